@@ -1,0 +1,235 @@
+//! The command line: `serve` (default), `migrate`, `healthcheck`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use recovery_storage::{ConnectOptions, Storage};
+use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use crate::{
+    config::{self, Config, ConfigError, KeyRing, KeySource, TlsConfig},
+    healthcheck, server, telemetry,
+};
+
+const CONFIGURATION_HELP: &str = "\
+Configuration (environment variables; the same keys, lower-cased and without RECOVERY_, may be
+set in the --config TOML file, which the environment overrides):
+  RECOVERY_LISTEN_ADDR          gRPC address [default: 127.0.0.1:50051]
+  RECOVERY_DATABASE_URL         sqlite://FILE?mode=rwc or postgres://… [default: sqlite://recovery.db?mode=rwc]
+  RECOVERY_DATABASE_URL_FILE    read the database URL from this file instead
+  RECOVERY_DATABASE_MAX_CONNECTIONS  PostgreSQL pool size [default: 10]
+  RECOVERY_SMTP_URL             smtp://HOST:PORT or smtps://… [default: unset: .eml files in RECOVERY_MAIL_DIR]
+  RECOVERY_SMTP_PASSWORD_FILE   SMTP password, read from this file
+  RECOVERY_MAIL_DIR             where .eml files go without SMTP [default: ./mail]
+  RECOVERY_MAIL_FROM            sender [default: Account Recovery <no-reply@localhost>]
+  RECOVERY_SECRET_KEY           64 hex characters, or ID:HEX,ID:HEX for rotation (first is current)
+  RECOVERY_SECRET_KEY_FILE      read the secret key from this file instead
+                                [default with SQLite: generated once into FILE.key beside the database;
+                                 required with PostgreSQL]
+  RECOVERY_REUSE_POLICY         reusable or rotate_on_use [default: reusable]
+  RECOVERY_TLS_CERT, RECOVERY_TLS_KEY  server certificate and key (PEM) [default: plaintext]
+  RECOVERY_TLS_CLIENT_CA        CA (PEM) for client certificates: turns on mutual TLS
+  RECOVERY_CALLERS              IDENTITY=ROLE,… mapping client certificate SANs to auth/operator
+  RECOVERY_SHUTDOWN_GRACE       how long in-flight calls may finish after SIGTERM [default: 30s]
+  RECOVERY_LOG_FORMAT           text or json [default: text]; RUST_LOG filters [default: info]
+
+Exit status: 0 success, 1 failure at run time, 2 invalid configuration or usage.";
+
+/// Account recovery with a saved recovery code plus proof of control of the account's email
+/// address, over gRPC (identity.recovery.v1.RecoveryService), with the standard health service
+/// and server reflection.
+#[derive(Debug, Parser)]
+#[command(name = "recovery-service", version, after_long_help = CONFIGURATION_HELP)]
+struct Cli {
+    /// TOML file of settings; RECOVERY_* environment variables override it.
+    #[arg(long, global = true, value_name = "FILE", env = "RECOVERY_CONFIG")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server (the default). Migrates the database first, serves on
+    /// RECOVERY_LISTEN_ADDR, and on SIGTERM or SIGINT turns health NOT_SERVING, lets in-flight
+    /// calls finish within RECOVERY_SHUTDOWN_GRACE and exits 0.
+    Serve,
+    /// Apply pending database migrations to RECOVERY_DATABASE_URL and exit. Idempotent; safe
+    /// to run from several replicas at once. Refuses a schema newer than this build.
+    Migrate,
+    /// Ask a running server's grpc.health.v1.Health service (plaintext). Exits 0 only when it
+    /// answers SERVING: for Kubernetes exec probes and Docker HEALTHCHECK.
+    Healthcheck {
+        /// Address to ask [default: RECOVERY_LISTEN_ADDR, else 127.0.0.1:50051]. An unspecified
+        /// address such as 0.0.0.0 is reached on loopback.
+        #[arg(long, value_name = "IP:PORT")]
+        addr: Option<SocketAddr>,
+        /// Service name to check; empty for the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// Runs the command line and answers the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("recovery-service: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config_file = cli.config.as_deref();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Healthcheck {
+            addr,
+            service,
+            timeout,
+        } => {
+            let addr = match addr.map_or_else(|| config::listen_addr(config_file), Ok) {
+                Ok(addr) => addr,
+                Err(err) => return config_failure(&err),
+            };
+            match runtime.block_on(healthcheck::check(addr, &service, timeout)) {
+                Ok(()) => {
+                    println!("SERVING");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    println!("NOT SERVING: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        command => {
+            let config = match Config::load(config_file) {
+                Ok(config) => config,
+                Err(err) => return config_failure(&err),
+            };
+            let _telemetry = telemetry::init(config.log_format);
+            for name in &config.unknown_env {
+                tracing::warn!(variable = %name, "ignoring unknown RECOVERY_* variable (a typo?)");
+            }
+            let result = match command {
+                Command::Migrate => runtime.block_on(migrate(&config)),
+                _ => runtime.block_on(serve(config)),
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!(error = format!("{err:#}"), "exiting");
+                    eprintln!("recovery-service: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn config_failure(err: &ConfigError) -> ExitCode {
+    eprintln!("recovery-service: {err}");
+    ExitCode::from(2)
+}
+
+async fn open_storage(config: &Config) -> anyhow::Result<Storage> {
+    let mut options = ConnectOptions::new(config.database_url.expose());
+    options.max_connections = config.database_max_connections;
+    Storage::connect(&options)
+        .await
+        .with_context(|| format!("cannot open the database {}", config.database_url))
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let storage = open_storage(config).await?;
+    let applied = storage.migrate().await.context("migration failed")?;
+    if applied.is_empty() {
+        tracing::info!("database schema is up to date");
+    } else {
+        tracing::info!(migrations = ?applied, "applied migrations");
+    }
+    storage.close().await?;
+    Ok(())
+}
+
+async fn serve(mut config: Config) -> anyhow::Result<()> {
+    let keys = load_keys(std::mem::replace(&mut config.keys, KeySource::Ephemeral))?;
+    tracing::info!(
+        key_id = keys.current().id(),
+        keys = keys.ids().count(),
+        "server key ring loaded"
+    );
+    if config.tls.is_none() {
+        tracing::warn!(
+            "serving plaintext gRPC and trusting every caller: set RECOVERY_TLS_CERT, RECOVERY_TLS_KEY and RECOVERY_TLS_CLIENT_CA in production"
+        );
+    }
+    let tls = config.tls.as_ref().map(server_tls).transpose()?;
+
+    let storage = open_storage(&config).await?;
+    let applied = storage.migrate().await.context("migration failed")?;
+    if !applied.is_empty() {
+        tracing::info!(migrations = ?applied, "applied migrations");
+    }
+
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+    server::run(
+        listener,
+        server::ServeOptions {
+            storage: storage.clone(),
+            tls,
+            shutdown_grace: config.shutdown_grace,
+        },
+        server::shutdown_signal(),
+    )
+    .await?;
+    storage.close().await?;
+    Ok(())
+}
+
+fn load_keys(source: KeySource) -> anyhow::Result<KeyRing> {
+    match source {
+        KeySource::Configured(ring) => Ok(ring),
+        KeySource::DevFile(path) => {
+            tracing::warn!(
+                path = %path.display(),
+                "no RECOVERY_SECRET_KEY: using the development key file beside the SQLite database"
+            );
+            KeyRing::load_or_create_dev_file(&path).map_err(anyhow::Error::msg)
+        }
+        KeySource::Ephemeral => {
+            tracing::warn!(
+                "no RECOVERY_SECRET_KEY and an in-memory database: using a key that dies with the process"
+            );
+            KeyRing::generate().map_err(anyhow::Error::msg)
+        }
+    }
+}
+
+fn server_tls(tls: &TlsConfig) -> anyhow::Result<ServerTlsConfig> {
+    let read = |path: &PathBuf, what: &str| {
+        std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+    };
+    let identity = Identity::from_pem(
+        read(&tls.cert, "TLS certificate")?,
+        read(&tls.key, "TLS key")?,
+    );
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca {
+        config = config
+            .client_ca_root(Certificate::from_pem(read(ca, "client CA")?))
+            .client_auth_optional(false);
+    }
+    Ok(config)
+}

@@ -1,0 +1,448 @@
+//! Configuration: layered (built-in defaults, then an optional `--config` TOML file, then
+//! `RECOVERY_*` environment variables), with `*_FILE` variants for secrets, validated once at
+//! start. A bad value stops the process with one line naming the variable and what is wrong.
+
+mod layers;
+mod secret;
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use lettre::message::Mailbox;
+
+pub use layers::{KEYS, Origin, env_name};
+use layers::{Layers, Raw};
+pub use secret::{KeyRing, KeySource, SecretKey, SecretUrl, getrandom_fill};
+
+/// Defaults, as documented in README.md and API.md.
+pub mod defaults {
+    pub const LISTEN_ADDR: &str = "127.0.0.1:50051";
+    pub const DATABASE_URL: &str = "sqlite://recovery.db?mode=rwc";
+    pub const DATABASE_MAX_CONNECTIONS: u32 = 10;
+    pub const MAIL_DIR: &str = "./mail";
+    pub const MAIL_FROM: &str = "Account Recovery <no-reply@localhost>";
+    pub const SHUTDOWN_GRACE: &str = "30s";
+}
+
+/// A setting that could not be used: where it came from and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    origin: String,
+    why: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(origin: impl Into<String>, why: impl Into<String>) -> Self {
+        Self {
+            origin: origin.into(),
+            why: why.into(),
+        }
+    }
+
+    fn at(origin: &Origin, why: impl Into<String>) -> Self {
+        Self::new(origin.to_string(), why)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.origin, self.why)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What happens to a recovery code when it completes a recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReusePolicy {
+    /// The code stays valid (as 1Password's); `use_count` and `last_used_at` advance.
+    Reusable,
+    /// The used code dies and RecoverAccount returns a fresh one, once.
+    RotateOnUse,
+}
+
+/// The role a caller's client certificate maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// The auth service: runs the recovery flow and manages codes.
+    Auth,
+    /// Operators: status, revoke, audit.
+    Operator,
+}
+
+/// One `IDENTITY=ROLE` entry of `RECOVERY_CALLERS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// A client certificate SAN: a URI as written, or `dns:NAME`.
+    pub identity: String,
+    pub role: Role,
+}
+
+/// Server TLS; with `client_ca`, mutual TLS.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where mail goes.
+#[derive(Debug, Clone)]
+pub enum MailTransport {
+    /// An SMTP server (`smtp://`, `smtps://`).
+    Smtp {
+        url: SecretUrl,
+        password_file: Option<PathBuf>,
+    },
+    /// `.eml` files in a directory.
+    Files { dir: PathBuf },
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub database_url: SecretUrl,
+    pub database_max_connections: u32,
+    pub mail: MailTransport,
+    pub mail_from: Mailbox,
+    pub keys: KeySource,
+    pub reuse_policy: ReusePolicy,
+    pub tls: Option<TlsConfig>,
+    pub callers: Vec<Caller>,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    /// `RECOVERY_*` variables that name no setting, to warn about once logging is up.
+    pub unknown_env: Vec<String>,
+}
+
+impl Config {
+    /// Reads the optional file and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_sources(file, std::env::vars())
+    }
+
+    /// Reads the optional file and the given environment: the testable core of [`Config::load`].
+    pub fn from_sources(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let layers = Layers::load(file, env)?;
+        let s = Settings { layers: &layers };
+
+        let listen_addr = s.parse("listen_addr", defaults::LISTEN_ADDR, parse_listen_addr)?;
+
+        let database_url = match s.secret("database_url", "database_url_file")? {
+            Some((url, origin)) => {
+                check_database_url(&url).map_err(|why| ConfigError::at(&origin, why))?;
+                SecretUrl::new(url)
+            }
+            None => SecretUrl::new(defaults::DATABASE_URL.to_owned()),
+        };
+        let is_postgres = database_url.expose().starts_with("postgres");
+
+        let database_max_connections = s.parse(
+            "database_max_connections",
+            &defaults::DATABASE_MAX_CONNECTIONS.to_string(),
+            |t| match t.parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => Ok(n),
+                _ => Err("expected a whole number from 1 to 1000".to_owned()),
+            },
+        )?;
+
+        let smtp_password_file = s.path("smtp_password_file")?;
+        let mail = match s.raw("smtp_url") {
+            Some(raw) => {
+                check_smtp_url(&raw.text).map_err(|why| ConfigError::at(&raw.origin, why))?;
+                MailTransport::Smtp {
+                    url: SecretUrl::new(raw.text.trim().to_owned()),
+                    password_file: smtp_password_file,
+                }
+            }
+            None => {
+                if smtp_password_file.is_some() {
+                    return Err(ConfigError::at(
+                        &layers.origin("smtp_password_file"),
+                        "set only together with RECOVERY_SMTP_URL",
+                    ));
+                }
+                MailTransport::Files {
+                    dir: s
+                        .path("mail_dir")?
+                        .unwrap_or_else(|| PathBuf::from(defaults::MAIL_DIR)),
+                }
+            }
+        };
+
+        let mail_from = s.parse("mail_from", defaults::MAIL_FROM, |t| {
+            t.parse::<Mailbox>().map_err(|e| {
+                format!(
+                    "not a mailbox ({e}); expected e.g. `Account Recovery <no-reply@example.com>`"
+                )
+            })
+        })?;
+
+        let keys = match s.secret("secret_key", "secret_key_file")? {
+            Some((text, origin)) => KeySource::Configured(
+                KeyRing::parse(text.trim()).map_err(|why| ConfigError::at(&origin, why))?,
+            ),
+            None if is_postgres => {
+                return Err(ConfigError::new(
+                    "RECOVERY_SECRET_KEY",
+                    "required with PostgreSQL (64 hex characters, e.g. `openssl rand -hex 32`; or RECOVERY_SECRET_KEY_FILE)",
+                ));
+            }
+            None => match recovery_storage::sqlite_file_path(database_url.expose()) {
+                Some(db) => KeySource::DevFile(dev_key_path(&db)),
+                None => KeySource::Ephemeral,
+            },
+        };
+
+        let reuse_policy = s.parse("reuse_policy", "reusable", |t| match t {
+            "reusable" => Ok(ReusePolicy::Reusable),
+            "rotate_on_use" => Ok(ReusePolicy::RotateOnUse),
+            _ => Err("expected `reusable` or `rotate_on_use`".to_owned()),
+        })?;
+
+        let tls = tls_config(&s)?;
+        let callers = match s.raw("callers") {
+            Some(raw) => {
+                parse_callers(&raw.text).map_err(|why| ConfigError::at(&raw.origin, why))?
+            }
+            None => Vec::new(),
+        };
+        let mutual_tls = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if !callers.is_empty() && !mutual_tls {
+            return Err(ConfigError::at(
+                &layers.origin("callers"),
+                "needs RECOVERY_TLS_CLIENT_CA: caller identities come from client certificates",
+            ));
+        }
+        if mutual_tls && callers.is_empty() {
+            return Err(ConfigError::at(
+                &layers.origin("callers"),
+                "required with RECOVERY_TLS_CLIENT_CA: map client certificate identities to roles, e.g. `spiffe://platform/ns/auth/sa/auth-service=auth`",
+            ));
+        }
+
+        let shutdown_grace = s.parse("shutdown_grace", defaults::SHUTDOWN_GRACE, parse_duration)?;
+        let log_format = s.parse("log_format", "text", |t| match t {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("expected `text` or `json`".to_owned()),
+        })?;
+
+        Ok(Self {
+            listen_addr,
+            database_url,
+            database_max_connections,
+            mail,
+            mail_from,
+            keys,
+            reuse_policy,
+            tls,
+            callers,
+            shutdown_grace,
+            log_format,
+            unknown_env: layers.unknown_env,
+        })
+    }
+}
+
+/// Only the listen address (for `healthcheck`, which must not fail on unrelated settings).
+pub fn listen_addr(file: Option<&Path>) -> Result<SocketAddr, ConfigError> {
+    let layers = Layers::load(file, std::env::vars())?;
+    Settings { layers: &layers }.parse("listen_addr", defaults::LISTEN_ADDR, parse_listen_addr)
+}
+
+fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    SocketAddr::from_str(text)
+        .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:50051 or [::]:50051".to_owned())
+}
+
+/// Typed access to the merged raw settings.
+struct Settings<'a> {
+    layers: &'a Layers,
+}
+
+impl Settings<'_> {
+    fn raw(&self, key: &str) -> Option<&Raw> {
+        self.layers.get(key)
+    }
+
+    /// Parses `key` (or `default` when unset); a failure names where the value came from.
+    /// The value itself is not echoed: it may be a secret set in the wrong place.
+    fn parse<T>(
+        &self,
+        key: &str,
+        default: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match self.raw(key) {
+            Some(raw) => parse(raw.text.trim()).map_err(|why| ConfigError::at(&raw.origin, why)),
+            None => parse(default).map_err(|why| ConfigError::new(env_name(key), why)),
+        }
+    }
+
+    fn path(&self, key: &str) -> Result<Option<PathBuf>, ConfigError> {
+        Ok(self.raw(key).map(|raw| PathBuf::from(raw.text.trim())))
+    }
+
+    /// A secret given inline (`key`) or as a file path (`file_key`), never both. File
+    /// contents are trimmed of surrounding whitespace (Kubernetes Secret volumes end in `\n`).
+    fn secret(&self, key: &str, file_key: &str) -> Result<Option<(String, Origin)>, ConfigError> {
+        match (self.raw(key), self.raw(file_key)) {
+            (Some(_), Some(file)) => Err(ConfigError::at(
+                &file.origin,
+                format!("set {} or {}, not both", env_name(key), env_name(file_key)),
+            )),
+            (Some(inline), None) => {
+                Ok(Some((inline.text.trim().to_owned(), inline.origin.clone())))
+            }
+            (None, Some(file)) => {
+                let path = file.text.trim();
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::at(&file.origin, format!("cannot read {path}: {e}"))
+                })?;
+                Ok(Some((text.trim().to_owned(), file.origin.clone())))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+fn check_database_url(url: &str) -> Result<(), String> {
+    if url.starts_with("sqlite:") {
+        return Ok(());
+    }
+    let parsed = url::Url::parse(url).map_err(|_| {
+        "expected sqlite://FILE?mode=rwc or postgres://USER@HOST:PORT/DATABASE".to_owned()
+    })?;
+    match parsed.scheme() {
+        "postgres" | "postgresql" if parsed.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
+        "postgres" | "postgresql" => Err("a postgres:// URL needs a host".to_owned()),
+        other => Err(format!(
+            "unsupported scheme `{other}`: expected sqlite:// or postgres://"
+        )),
+    }
+}
+
+fn check_smtp_url(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url.trim())
+        .map_err(|_| "expected smtp://HOST:PORT or smtps://HOST:PORT".to_owned())?;
+    if !matches!(parsed.scheme(), "smtp" | "smtps") {
+        return Err(format!(
+            "unsupported scheme `{}`: expected smtp:// or smtps://",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("an SMTP URL needs a host".to_owned());
+    }
+    Ok(())
+}
+
+fn tls_config(s: &Settings<'_>) -> Result<Option<TlsConfig>, ConfigError> {
+    let readable = |key: &str| -> Result<Option<PathBuf>, ConfigError> {
+        let Some(raw) = s.raw(key) else {
+            return Ok(None);
+        };
+        let path = PathBuf::from(raw.text.trim());
+        std::fs::metadata(&path).map_err(|e| {
+            ConfigError::at(&raw.origin, format!("cannot read {}: {e}", path.display()))
+        })?;
+        Ok(Some(path))
+    };
+    let cert = readable("tls_cert")?;
+    let key = readable("tls_key")?;
+    let client_ca = readable("tls_client_ca")?;
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsConfig {
+            cert,
+            key,
+            client_ca,
+        })),
+        (None, None) if client_ca.is_none() => Ok(None),
+        (None, None) => Err(ConfigError::new(
+            "RECOVERY_TLS_CLIENT_CA",
+            "needs RECOVERY_TLS_CERT and RECOVERY_TLS_KEY",
+        )),
+        (Some(_), None) => Err(ConfigError::new(
+            "RECOVERY_TLS_KEY",
+            "required with RECOVERY_TLS_CERT",
+        )),
+        (None, Some(_)) => Err(ConfigError::new(
+            "RECOVERY_TLS_CERT",
+            "required with RECOVERY_TLS_KEY",
+        )),
+    }
+}
+
+/// Parses `IDENTITY=ROLE,...`, each split at its last `=`.
+fn parse_callers(text: &str) -> Result<Vec<Caller>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let (identity, role) = entry
+                .rsplit_once('=')
+                .ok_or_else(|| format!("`{entry}` is not IDENTITY=ROLE"))?;
+            let role = match role.trim() {
+                "auth" => Role::Auth,
+                "operator" => Role::Operator,
+                other => {
+                    return Err(format!(
+                        "unknown role `{other}`: expected `auth` or `operator`"
+                    ));
+                }
+            };
+            let identity = identity.trim();
+            let valid = identity.strip_prefix("dns:").map_or_else(
+                || url::Url::parse(identity).is_ok(),
+                |name| !name.is_empty(),
+            );
+            if !valid {
+                return Err(format!(
+                    "`{identity}` is not a URI SAN (e.g. spiffe://…) or dns:NAME"
+                ));
+            }
+            Ok(Caller {
+                identity: identity.to_owned(),
+                role,
+            })
+        })
+        .collect()
+}
+
+/// `30s`, `1m 30s`, `500ms`, or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text)
+        .map_err(|_| "expected a duration such as `30s`, `2m` or `500ms`".to_owned())
+}
+
+/// The development key file for a SQLite database: `<database file>.key`.
+fn dev_key_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_owned();
+    name.push(".key");
+    db.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,217 @@
+use super::*;
+
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_sources(
+        None,
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    )
+}
+
+fn error(pairs: &[(&str, &str)]) -> String {
+    load(pairs).err().map(|e| e.to_string()).unwrap_or_default()
+}
+
+#[test]
+fn no_configuration_at_all_gives_the_documented_defaults() {
+    let config = load(&[]).unwrap();
+    assert_eq!(config.listen_addr, "127.0.0.1:50051".parse().unwrap());
+    assert_eq!(
+        config.database_url.expose(),
+        "sqlite://recovery.db?mode=rwc"
+    );
+    assert!(matches!(&config.mail, MailTransport::Files { dir } if dir == Path::new("./mail")));
+    assert_eq!(
+        config.mail_from.to_string(),
+        "Account Recovery <no-reply@localhost>"
+    );
+    assert!(matches!(&config.keys, KeySource::DevFile(p) if p == Path::new("recovery.db.key")));
+    assert_eq!(config.reuse_policy, ReusePolicy::Reusable);
+    assert!(config.tls.is_none());
+    assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(config.log_format, LogFormat::Text);
+}
+
+#[test]
+fn a_bad_value_names_its_variable_and_what_is_wrong() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("RECOVERY_LISTEN_ADDR", "localhost")],
+            "RECOVERY_LISTEN_ADDR: expected IP:PORT",
+        ),
+        (
+            &[("RECOVERY_DATABASE_URL", "mysql://x/y")],
+            "RECOVERY_DATABASE_URL: unsupported scheme `mysql`",
+        ),
+        (
+            &[("RECOVERY_SMTP_URL", "http://mail")],
+            "RECOVERY_SMTP_URL: unsupported scheme `http`",
+        ),
+        (
+            &[("RECOVERY_MAIL_FROM", "not an address")],
+            "RECOVERY_MAIL_FROM: not a mailbox",
+        ),
+        (
+            &[("RECOVERY_SECRET_KEY", "1234")],
+            "RECOVERY_SECRET_KEY: key #1 must be 64 hex characters",
+        ),
+        (
+            &[("RECOVERY_REUSE_POLICY", "never")],
+            "RECOVERY_REUSE_POLICY: expected `reusable` or `rotate_on_use`",
+        ),
+        (
+            &[("RECOVERY_SHUTDOWN_GRACE", "soon")],
+            "RECOVERY_SHUTDOWN_GRACE: expected a duration",
+        ),
+        (
+            &[("RECOVERY_LOG_FORMAT", "xml")],
+            "RECOVERY_LOG_FORMAT: expected `text` or `json`",
+        ),
+        (
+            &[("RECOVERY_DATABASE_MAX_CONNECTIONS", "0")],
+            "RECOVERY_DATABASE_MAX_CONNECTIONS: expected a whole number",
+        ),
+        (
+            &[("RECOVERY_TLS_CERT", "/nonexistent/cert.pem")],
+            "RECOVERY_TLS_CERT: cannot read /nonexistent/cert.pem",
+        ),
+        (
+            &[("RECOVERY_CALLERS", "dns:x=auth")],
+            "RECOVERY_CALLERS: needs RECOVERY_TLS_CLIENT_CA",
+        ),
+        (
+            &[("RECOVERY_DATABASE_URL", "postgres://db/recovery")],
+            "RECOVERY_SECRET_KEY: required with PostgreSQL",
+        ),
+        (
+            &[
+                ("RECOVERY_SECRET_KEY", KEY),
+                ("RECOVERY_SECRET_KEY_FILE", "/k"),
+            ],
+            "RECOVERY_SECRET_KEY_FILE: set RECOVERY_SECRET_KEY or RECOVERY_SECRET_KEY_FILE, not both",
+        ),
+    ];
+    for (env, want) in cases {
+        let got = error(env);
+        assert!(got.starts_with(want), "{env:?}: got {got:?}, want {want:?}");
+        assert_eq!(got.lines().count(), 1, "one line: {got:?}");
+    }
+}
+
+#[test]
+fn a_misplaced_secret_is_not_echoed_in_the_error() {
+    let got = error(&[("RECOVERY_LISTEN_ADDR", KEY)]);
+    assert!(!got.contains(KEY), "{got}");
+    let got = error(&[("RECOVERY_SECRET_KEY", &KEY[..62])]);
+    assert!(!got.contains(&KEY[..20]), "{got}");
+}
+
+#[test]
+fn secrets_can_come_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let url_file = dir.path().join("url");
+    std::fs::write(&url_file, "postgres://app:pw@db/recovery\n").unwrap();
+    let config = load(&[
+        ("RECOVERY_SECRET_KEY_FILE", key_file.to_str().unwrap()),
+        ("RECOVERY_DATABASE_URL_FILE", url_file.to_str().unwrap()),
+    ])
+    .unwrap();
+    assert_eq!(
+        config.database_url.expose(),
+        "postgres://app:pw@db/recovery"
+    );
+    let KeySource::Configured(ring) = &config.keys else {
+        panic!("expected configured keys, got {:?}", config.keys);
+    };
+    assert_eq!(ring.current().expose()[0], 0x00);
+    assert_eq!(ring.current().expose()[31], 0xff);
+}
+
+#[test]
+fn the_config_file_is_a_layer_under_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("recovery.toml");
+    std::fs::write(
+        &path,
+        "listen_addr = \"0.0.0.0:7000\"\nreuse_policy = \"rotate_on_use\"\nshutdown_grace = 3\n",
+    )
+    .unwrap();
+    let config = Config::from_sources(
+        Some(&path),
+        [(
+            "RECOVERY_LISTEN_ADDR".to_owned(),
+            "127.0.0.1:7001".to_owned(),
+        )],
+    )
+    .unwrap();
+    assert_eq!(config.listen_addr, "127.0.0.1:7001".parse().unwrap());
+    assert_eq!(config.reuse_policy, ReusePolicy::RotateOnUse);
+    assert_eq!(config.shutdown_grace, Duration::from_secs(3));
+
+    std::fs::write(&path, "reuse_policy = \"sometimes\"\n").unwrap();
+    let err = Config::from_sources(Some(&path), [])
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("reuse_policy (in "), "{err}");
+}
+
+#[test]
+fn debug_output_of_the_whole_config_holds_no_secret() {
+    let config = load(&[
+        ("RECOVERY_SECRET_KEY", KEY),
+        (
+            "RECOVERY_DATABASE_URL",
+            "postgres://app:s3cr3t-pw@db:5432/recovery",
+        ),
+        (
+            "RECOVERY_SMTP_URL",
+            "smtps://mailer:smtp-pw@mail.example.com:465",
+        ),
+    ])
+    .unwrap();
+    let shown = format!("{config:?}");
+    for secret in [&KEY[..16], "s3cr3t-pw", "smtp-pw"] {
+        assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+    }
+    assert!(shown.contains("db:5432"), "{shown}");
+}
+
+#[test]
+fn callers_split_at_the_last_equals_sign() {
+    let callers = parse_callers(
+        "spiffe://platform/ns/auth/sa/auth-service=auth, dns:oncall.ops.internal=operator,dns:x=auth,dns:x=operator",
+    )
+    .unwrap();
+    assert_eq!(callers.len(), 4);
+    assert_eq!(
+        callers[0].identity,
+        "spiffe://platform/ns/auth/sa/auth-service"
+    );
+    assert_eq!(callers[0].role, Role::Auth);
+    assert_eq!(callers[1].role, Role::Operator);
+    assert!(
+        parse_callers("dns:x=admin")
+            .unwrap_err()
+            .contains("unknown role")
+    );
+    assert!(parse_callers("noequals").is_err());
+}
+
+#[test]
+fn the_dev_key_sits_beside_the_sqlite_file() {
+    let config = load(&[(
+        "RECOVERY_DATABASE_URL",
+        "sqlite:///var/lib/r/recovery.db?mode=rwc",
+    )])
+    .unwrap();
+    assert!(
+        matches!(&config.keys, KeySource::DevFile(p) if p == Path::new("/var/lib/r/recovery.db.key"))
+    );
+    let config = load(&[("RECOVERY_DATABASE_URL", "sqlite::memory:")]).unwrap();
+    assert!(matches!(config.keys, KeySource::Ephemeral));
+}

@@ -1,0 +1,14 @@
+//! recovery-service: account recovery with a saved recovery code plus proof of control of the
+//! account's email address, served over gRPC.
+//!
+//! - [`config`]: layered configuration, validated once.
+//! - [`server`]: the tonic server with health and reflection, and graceful shutdown.
+//! - [`grpc`]: the thin adapter from the wire to the domain.
+//! - [`cli`]: the `recovery-service` binary's subcommands.
+
+pub mod cli;
+pub mod config;
+pub mod grpc;
+pub mod healthcheck;
+pub mod server;
+pub mod telemetry;

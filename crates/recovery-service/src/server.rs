@@ -1,0 +1,174 @@
+//! The gRPC server: `RecoveryService`, `grpc.health.v1.Health` and server reflection (v1 and
+//! v1alpha) on one port. [`run`] takes an already-bound listener and a shutdown future, so
+//! tests bind `127.0.0.1:0` and production drains on SIGTERM: health turns NOT_SERVING first,
+//! then in-flight calls finish within the grace period.
+
+use std::{future::Future, time::Duration};
+
+use recovery_proto::v1::recovery_service_server::{RecoveryServiceServer, SERVICE_NAME};
+use recovery_storage::Storage;
+use tokio::{net::TcpListener, sync::watch};
+use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::grpc::RecoveryApi;
+
+/// How often the database is pinged to keep the health status true.
+const DB_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What the server needs besides its listener.
+#[derive(Debug)]
+pub struct ServeOptions {
+    /// The database, already migrated.
+    pub storage: Storage,
+    /// Server TLS (mutual with a client CA); `None` for plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    /// How long in-flight calls may take to finish after shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid TLS configuration: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("gRPC transport failed: {0}")]
+    Transport(#[source] tonic::transport::Error),
+    #[error("reflection descriptors are invalid: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves until `shutdown` completes, then drains: health goes NOT_SERVING, the listener
+/// closes, and in-flight calls get `shutdown_grace` to finish before connections are dropped.
+pub async fn run(
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr()?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    set_status(&reporter, ServingStatus::NotServing).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(recovery_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(recovery_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let mut builder = Server::builder();
+    if let Some(tls) = options.tls {
+        builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
+    }
+    let (drain_tx, mut drain_rx) = watch::channel(false);
+    let mut stop_probe = drain_rx.clone();
+    let server = builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(RecoveryServiceServer::new(RecoveryApi::new()))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                // Resolves when `drain_tx` sends (or is dropped).
+                let _ = drain_rx.wait_for(|drain| *drain).await;
+            },
+        );
+    tokio::pin!(server);
+
+    // Health follows the database: SERVING while it answers.
+    let probe = {
+        let reporter = reporter.clone();
+        let storage = options.storage.clone();
+        tokio::spawn(async move {
+            let mut serving = None;
+            loop {
+                let now_serving = match storage.ping().await {
+                    Ok(()) => true,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "database unreachable: health NOT_SERVING");
+                        false
+                    }
+                };
+                if serving != Some(now_serving) {
+                    let status = if now_serving {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    set_status(&reporter, status).await;
+                    serving = Some(now_serving);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(DB_PROBE_INTERVAL) => {}
+                    _ = stop_probe.wait_for(|drain| *drain) => break,
+                }
+            }
+        })
+    };
+
+    tracing::info!(%addr, "serving identity.recovery.v1.RecoveryService, grpc.health.v1.Health and reflection");
+    let result = tokio::select! {
+        result = &mut server => Some(result),
+        () = shutdown => None,
+    };
+    if let Some(result) = result {
+        // The transport stopped on its own: report it as it is.
+        probe.abort();
+        return result.map_err(ServeError::Transport);
+    }
+
+    tracing::info!(
+        grace = ?options.shutdown_grace,
+        "shutting down: health NOT_SERVING, draining in-flight calls"
+    );
+    let _ = drain_tx.send(true);
+    let _ = probe.await;
+    set_status(&reporter, ServingStatus::NotServing).await;
+    match tokio::time::timeout(options.shutdown_grace, &mut server).await {
+        Ok(result) => result.map_err(ServeError::Transport)?,
+        Err(_) => tracing::warn!(
+            grace = ?options.shutdown_grace,
+            "grace period over: dropping the connections still open"
+        ),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!(signal = "SIGINT", "shutdown requested"),
+        () = terminate => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+    }
+}

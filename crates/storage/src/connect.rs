@@ -1,0 +1,251 @@
+//! Opening the database, migrating it, and checking that its schema is one this build knows.
+
+use std::{collections::BTreeSet, path::PathBuf, time::Duration};
+
+use sea_orm::{
+    ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, Statement,
+    TransactionTrait,
+    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+};
+use sea_orm_migration::{MigratorTrait, SchemaManager, seaql_migrations};
+
+use crate::{StorageError, migration::Migrator};
+
+/// Which database engine a [`Storage`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file (or memory).
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// How to open the database.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `sqlite://path?mode=rwc`, `sqlite::memory:` or `postgres://…`.
+    pub url: String,
+    /// Upper bound of the PostgreSQL connection pool. SQLite always uses one connection:
+    /// it allows one writer, and a single connection makes every transaction wait its turn
+    /// instead of failing with "database is locked".
+    pub max_connections: u32,
+    /// How long to wait for a new connection, or for a free one from the pool.
+    pub connect_timeout: Duration,
+    /// How long SQLite waits on a lock held by another process before failing.
+    pub sqlite_busy_timeout: Duration,
+}
+
+impl ConnectOptions {
+    /// Defaults for `url`: 10 PostgreSQL connections, 5 s timeouts.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(5),
+            sqlite_busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where the schema of a database stands relative to this build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaStatus {
+    /// Every known migration is applied and no unknown one is.
+    Current,
+    /// These known migrations are not applied yet.
+    Pending(Vec<String>),
+    /// The database has migrations this build does not know: a newer release migrated it.
+    TooNew(Vec<String>),
+}
+
+/// A handle on the database: cheap to clone, safe to share between tasks.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    db: DatabaseConnection,
+    backend: Backend,
+}
+
+impl Storage {
+    /// Opens (and for SQLite with `mode=rwc`, creates) the database. SQLite is put in WAL mode
+    /// with a busy timeout. Fails with [`StorageError::Unavailable`] when it cannot be reached.
+    pub async fn connect(options: &ConnectOptions) -> Result<Self, StorageError> {
+        let backend = backend_of(&options.url)?;
+        let mut opts = sea_orm::ConnectOptions::new(options.url.clone());
+        opts.connect_timeout(options.connect_timeout)
+            .acquire_timeout(options.connect_timeout)
+            .sqlx_logging(false);
+        match backend {
+            Backend::Sqlite => {
+                let busy = options.sqlite_busy_timeout;
+                opts.max_connections(1)
+                    .min_connections(1)
+                    // An in-memory database lives as long as its one connection.
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .map_sqlx_sqlite_opts(move |o| {
+                        o.journal_mode(SqliteJournalMode::Wal)
+                            .synchronous(SqliteSynchronous::Normal)
+                            .busy_timeout(busy)
+                            .foreign_keys(true)
+                    });
+            }
+            Backend::Postgres => {
+                opts.max_connections(options.max_connections.max(1))
+                    .min_connections(0)
+                    .set_application_name("recovery-service");
+            }
+        }
+        let db = Database::connect(opts).await.map_err(|err| {
+            match StorageError::from(err) {
+                // Any failure to open is "cannot reach the database" to the caller.
+                StorageError::Other(msg) => StorageError::Unavailable(msg),
+                other => other,
+            }
+        })?;
+        Ok(Self { db, backend })
+    }
+
+    /// The engine behind this handle.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A cheap round trip: `Ok` when the database answers.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.db
+            .query_one_raw(Statement::from_string(
+                self.db.get_database_backend(),
+                "SELECT 1",
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Where the schema stands. Reads only; never creates anything.
+    pub async fn schema_status(&self) -> Result<SchemaStatus, StorageError> {
+        schema_status(&self.db).await
+    }
+
+    /// Applies every pending migration and answers their names. Idempotent. Refuses a
+    /// database whose schema is newer than this build. On PostgreSQL the whole run holds a
+    /// transaction-scoped advisory lock, so replicas that start together migrate once.
+    pub async fn migrate(&self) -> Result<Vec<String>, StorageError> {
+        let txn = self.db.begin().await?;
+        if self.backend == Backend::Postgres {
+            // A fixed key: the advisory lock of "recovery-service migrations".
+            txn.execute_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT pg_advisory_xact_lock(8274201611)",
+            ))
+            .await?;
+        }
+        let applied = match schema_status(&txn).await? {
+            SchemaStatus::Current => Vec::new(),
+            SchemaStatus::TooNew(unknown) => {
+                return Err(StorageError::SchemaTooNew(unknown.join(", ")));
+            }
+            SchemaStatus::Pending(pending) => {
+                Migrator::up(&txn, None).await?;
+                pending
+            }
+        };
+        txn.commit().await?;
+        Ok(applied)
+    }
+
+    /// Checks that the schema is exactly the one this build knows.
+    pub async fn require_current_schema(&self) -> Result<(), StorageError> {
+        match self.schema_status().await? {
+            SchemaStatus::Current => Ok(()),
+            SchemaStatus::Pending(pending) => Err(StorageError::SchemaOutdated(pending.len())),
+            SchemaStatus::TooNew(unknown) => Err(StorageError::SchemaTooNew(unknown.join(", "))),
+        }
+    }
+
+    /// Closes every pooled connection.
+    pub async fn close(self) -> Result<(), StorageError> {
+        self.db.close().await?;
+        Ok(())
+    }
+}
+
+async fn schema_status<C>(db: &C) -> Result<SchemaStatus, StorageError>
+where
+    C: ConnectionTrait,
+    for<'a> &'a C: sea_orm::IntoDatabaseExecutor<'a>,
+{
+    let table = Migrator::migration_table_name().to_string();
+    let applied: BTreeSet<String> = if SchemaManager::new(db).has_table(&table).await? {
+        seaql_migrations::Entity::find()
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|m| m.version)
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    let known: Vec<String> = Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    let unknown: Vec<String> = applied
+        .iter()
+        .filter(|v| !known.contains(v))
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        return Ok(SchemaStatus::TooNew(unknown));
+    }
+    let pending: Vec<String> = known.into_iter().filter(|v| !applied.contains(v)).collect();
+    Ok(if pending.is_empty() {
+        SchemaStatus::Current
+    } else {
+        SchemaStatus::Pending(pending)
+    })
+}
+
+/// Which engine a database URL names.
+fn backend_of(url: &str) -> Result<Backend, StorageError> {
+    if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else {
+        Err(StorageError::Other(
+            "unsupported database url: expected sqlite://… or postgres://…".into(),
+        ))
+    }
+}
+
+/// The file a `sqlite://` URL points at, if any (`None` for in-memory databases and
+/// non-SQLite URLs). Relative paths are relative to the working directory.
+pub fn sqlite_file_path(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" || rest.contains("mode=memory") {
+        return None;
+    }
+    Some(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_paths_are_read_from_urls() {
+        assert_eq!(
+            sqlite_file_path("sqlite://recovery.db?mode=rwc"),
+            Some(PathBuf::from("recovery.db"))
+        );
+        assert_eq!(
+            sqlite_file_path("sqlite:///var/lib/r.db"),
+            Some(PathBuf::from("/var/lib/r.db"))
+        );
+        assert_eq!(sqlite_file_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_file_path("postgres://localhost/x"), None);
+    }
+}

@@ -1,0 +1,102 @@
+//! Typed storage errors. The service maps [`StorageError::Unavailable`] to gRPC
+//! `UNAVAILABLE`; the others are internal failures whose cause is logged, never returned.
+
+use sea_orm::DbErr;
+
+/// What went wrong talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The row the operation needs does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness or precondition conflict: another writer got there first.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database cannot be reached (connection refused or lost, pool exhausted, server
+    /// shutting down). Nothing was changed; the call may be retried.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database schema is newer than this build knows (a newer release migrated it).
+    #[error(
+        "the database schema is newer than this build: it has migrations this binary does not know ({0}); run a release that knows them"
+    )]
+    SchemaTooNew(String),
+    /// The database has migrations that are not applied yet.
+    #[error(
+        "the database schema is out of date: {0} migration(s) pending; run `recovery-service migrate`"
+    )]
+    SchemaOutdated(usize),
+    /// Anything else: a bug or an unexpected database answer.
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+impl StorageError {
+    /// Whether this error means the database could not be reached.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+impl From<DbErr> for StorageError {
+    fn from(err: DbErr) -> Self {
+        classify(&err).unwrap_or_else(|| Self::Other(err.to_string()))
+    }
+}
+
+/// Sorts a sea-orm error into unavailable / conflict, or `None` for everything else.
+fn classify(err: &DbErr) -> Option<StorageError> {
+    use sea_orm::{ConnAcquireErr, RuntimeErr};
+    let runtime = match err {
+        DbErr::ConnectionAcquire(ConnAcquireErr::Timeout) => {
+            return Some(StorageError::Unavailable(
+                "connection pool timed out".into(),
+            ));
+        }
+        DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed) => {
+            return Some(StorageError::Unavailable("connection closed".into()));
+        }
+        DbErr::RecordNotFound(_) => return Some(StorageError::NotFound),
+        DbErr::Conn(runtime) | DbErr::Exec(runtime) | DbErr::Query(runtime) => runtime,
+        _ => return None,
+    };
+    let RuntimeErr::SqlxError(sqlx_err) = runtime else {
+        return None;
+    };
+    sqlx_unavailable(sqlx_err.as_ref())
+        .map(StorageError::Unavailable)
+        .or_else(|| sqlx_conflict(sqlx_err.as_ref()).map(StorageError::Conflict))
+}
+
+fn sqlx_unavailable(err: &sea_orm::sqlx::Error) -> Option<String> {
+    use sea_orm::sqlx::Error;
+    match err {
+        Error::Io(io) => Some(format!("i/o: {io}")),
+        Error::Tls(tls) => Some(format!("tls: {tls}")),
+        Error::PoolTimedOut => Some("connection pool timed out".into()),
+        Error::PoolClosed => Some("connection pool closed".into()),
+        Error::WorkerCrashed => Some("database worker crashed".into()),
+        Error::Database(db) => {
+            let code = db.code()?;
+            // PostgreSQL: class 08 connection exceptions, 57P01-57P03 shutdown and start-up,
+            // 53300 too many connections. SQLite: 5 SQLITE_BUSY, 6 SQLITE_LOCKED after the
+            // busy timeout.
+            let unavailable = code.starts_with("08")
+                || matches!(
+                    code.as_ref(),
+                    "57P01" | "57P02" | "57P03" | "53300" | "5" | "6"
+                );
+            unavailable.then(|| format!("database refused the connection ({code})"))
+        }
+        _ => None,
+    }
+}
+
+fn sqlx_conflict(err: &sea_orm::sqlx::Error) -> Option<String> {
+    let sea_orm::sqlx::Error::Database(db) = err else {
+        return None;
+    };
+    let conflict =
+        db.is_unique_violation() || matches!(db.code().as_deref(), Some("40001" | "40P01"));
+    conflict.then(|| db.message().to_owned())
+}

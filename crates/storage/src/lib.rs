@@ -1,0 +1,13 @@
+//! Persistent state of recovery-service: the schema, its migrations, and the atomic operations
+//! through which every limit is enforced by the database (so that several replicas never allow
+//! more than one would).
+//!
+//! The same code serves SQLite (the embedded default) and PostgreSQL (production). This crate
+//! knows nothing of gRPC.
+
+mod connect;
+mod error;
+pub mod migration;
+
+pub use connect::{Backend, ConnectOptions, SchemaStatus, Storage, sqlite_file_path};
+pub use error::StorageError;

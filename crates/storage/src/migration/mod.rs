@@ -1,0 +1,21 @@
+//! Dated migrations, written with sea-query's schema builder so one set serves SQLite and
+//! PostgreSQL. Never edit a released migration: add a new one.
+//!
+//! Conventions: every instant is a `BIGINT` of Unix epoch milliseconds (UTC), so that time
+//! arithmetic and comparisons inside single atomic statements read the same on both backends.
+//! No column holds a plaintext secret.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261126_000001_initial_schema;
+
+/// Every migration this build knows, oldest first.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261126_000001_initial_schema::Migration)]
+    }
+}

@@ -1,1 +1,241 @@
-//! placeholder
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // a test harness: failing loudly is its job
+//! Harness for end-to-end tests: starts the real `recovery-service` binary on an ephemeral
+//! port with its own SQLite file in a temporary directory, reads the bound address back from
+//! its log, and hands out gRPC channels.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// The server binary: `RECOVERY_BIN` if set, else the one Cargo built beside this test.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("RECOVERY_BIN") {
+        return PathBuf::from(path);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>/recovery-service
+    let exe = std::env::current_exe().expect("current test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("recovery-service");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p recovery-service`) or set RECOVERY_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `recovery-service serve`.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its working directory (holds `recovery.db`, the dev key and `mail/`).
+    pub dir: tempfile::TempDir,
+    log: Arc<Mutex<Vec<String>>>,
+    /// How long from spawn until the address was logged.
+    pub started_in: Duration,
+}
+
+/// How to start a server.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Extra environment variables (the child starts from an empty environment plus `PATH`).
+    pub env: Vec<(String, String)>,
+    /// Extra arguments (before none: `serve` is the default command).
+    pub args: Vec<String>,
+}
+
+impl Options {
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+}
+
+impl Server {
+    /// Starts with defaults on `127.0.0.1:0` in a fresh directory.
+    pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(Options::default())
+    }
+
+    /// Starts with `options`, waiting until the server logs its address.
+    pub fn start_with(options: Options) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut env = vec![("RECOVERY_LISTEN_ADDR".to_owned(), "127.0.0.1:0".to_owned())];
+        env.extend(options.env);
+        let started = Instant::now();
+        let mut child = spawn(dir.path(), &env, &options.args)?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().context("child stderr")?;
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("[server] {line}");
+                    if let Some(addr) = line
+                        .split_whitespace()
+                        .find_map(|word| word.strip_prefix("addr="))
+                        .and_then(|a| a.trim_matches('"').parse::<SocketAddr>().ok())
+                    {
+                        let _ = tx.send(addr);
+                    }
+                    log.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait()?;
+                bail!(
+                    "server did not report its address ({status}); log:\n{}",
+                    log.lock().expect("log lock").join("\n")
+                );
+            }
+        };
+        Ok(Self {
+            child,
+            addr,
+            dir,
+            log,
+            started_in: started.elapsed(),
+        })
+    }
+
+    /// A plaintext channel to the server.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Endpoint::from_shared(format!("http://{}", self.addr))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await?)
+    }
+
+    /// Waits until the health service answers SERVING for `service` ("" for the server).
+    pub async fn wait_serving(&self, service: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut health = HealthClient::new(self.channel().await?);
+        loop {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: service.to_owned(),
+                })
+                .await
+                .map(|r| r.into_inner().status());
+            if matches!(status, Ok(ServingStatus::Serving)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("not SERVING after 20 s: {status:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends a signal (SIGTERM, SIGINT, SIGKILL, ...).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+        nix::sys::signal::kill(pid, signal)?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit (yielding, so that this test's own
+    /// connections can answer the server's GOAWAY and close).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("still running after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Spawns the binary in `dir` with an environment of only `PATH` plus `env`.
+pub fn spawn(dir: &Path, env: &[(String, String)], args: &[String]) -> anyhow::Result<Child> {
+    let mut command = Command::new(binary());
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Ok(command.spawn()?)
+}
+
+/// Runs the binary to completion (e.g. `healthcheck`, `migrate`), answering its exit status,
+/// standard output and standard error.
+pub fn run(
+    dir: &Path,
+    env: &[(String, String)],
+    args: &[&str],
+) -> anyhow::Result<(ExitStatus, String, String)> {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let output = spawn(dir, env, &args)?.wait_with_output()?;
+    Ok((
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// Whether an external tool a test needs is present. Missing is a failure under CI
+/// (`CI=true`, where `.ci/run` installs it) and a loud skip on a developer's machine.
+pub fn require_tool(name: &str, probe: &mut Command) -> bool {
+    let present = probe
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{name} is required under CI; .ci/run installs it"
+        );
+        eprintln!("SKIPPED: {name} is not installed (see .ci/run for how to install it)");
+    }
+    present
+}

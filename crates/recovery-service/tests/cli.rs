@@ -1,0 +1,27 @@
+//! The binary's own command line, run as a user would. (Its presence also makes `cargo test`
+//! build the `recovery-service` binary that the end-to-end tests in `tests/` start.)
+
+use std::process::Command;
+
+#[test]
+fn version_prints_the_package_version() {
+    let output = Command::new(env!("CARGO_BIN_EXE_recovery-service"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("recovery-service {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn an_unknown_subcommand_is_a_usage_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_recovery-service"))
+        .arg("serv")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("serve"));
+}

@@ -39,7 +39,10 @@ async fn reflection_v1_and_v1alpha_list_the_service() {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     for want in [SERVICE, "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
     }
 
     // grpcurl 1.8 only speaks v1alpha: it must find the service and its file with comments.
@@ -74,7 +77,12 @@ async fn reflection_v1_and_v1alpha_list_the_service() {
     let comments = file
         .source_code_info
         .as_ref()
-        .map(|info| info.location.iter().filter_map(|l| l.leading_comments.clone()).count())
+        .map(|info| {
+            info.location
+                .iter()
+                .filter_map(|l| l.leading_comments.clone())
+                .count()
+        })
         .unwrap_or(0);
     assert!(comments > 8, "descriptors carry the API comments");
 }
@@ -199,7 +207,8 @@ async fn the_healthcheck_subcommand_exits_zero_only_when_serving() {
     let server = Server::start().unwrap();
     server.wait_serving("").await.unwrap();
     let addr = server.addr.to_string();
-    let (status, stdout, _) = run(server.dir.path(), &[], &["healthcheck", "--addr", &addr]).unwrap();
+    let (status, stdout, _) =
+        run(server.dir.path(), &[], &["healthcheck", "--addr", &addr]).unwrap();
     assert!(status.success(), "{stdout}");
     assert_eq!(stdout.trim(), "SERVING");
 
@@ -226,7 +235,10 @@ async fn the_healthcheck_subcommand_exits_zero_only_when_serving() {
 #[test]
 fn a_bad_setting_stops_the_process_with_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let env = [("RECOVERY_LISTEN_ADDR".to_owned(), "localhost:50051".to_owned())];
+    let env = [(
+        "RECOVERY_LISTEN_ADDR".to_owned(),
+        "localhost:50051".to_owned(),
+    )];
     let (status, _, stderr) = run(dir.path(), &env, &[]).unwrap();
     assert_eq!(status.code(), Some(2));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -299,7 +311,8 @@ async fn with_no_configuration_it_serves_on_the_default_port_with_a_sqlite_file(
 /// The contract checker of ../shared/tools, through reflection (needs Python's grpcio).
 #[tokio::test]
 async fn the_shared_contract_check_passes() {
-    let tool = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/check-contract");
+    let tool =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/check-contract");
     assert!(tool.exists(), "{} is missing", tool.display());
     if !require_tool(
         "python3 with grpcio and grpcio-reflection",
@@ -345,7 +358,10 @@ async fn grpcurl_lists_describes_and_checks_health() {
         )
     };
     let (ok, out) = grpcurl(&[&addr, "list"]);
-    assert!(ok && out.contains(SERVICE) && out.contains("grpc.health.v1.Health"), "{out}");
+    assert!(
+        ok && out.contains(SERVICE) && out.contains("grpc.health.v1.Health"),
+        "{out}"
+    );
     let (ok, out) = grpcurl(&[&addr, "describe", SERVICE]);
     assert!(ok && out.contains("rpc RecoverAccount"), "{out}");
     let (ok, out) = grpcurl(&[&addr, "describe", "identity.recovery.v1.ErrorReason"]);

@@ -5,6 +5,8 @@
 //! cargo build --release -p recovery-service && cargo bench -p recovery-e2e --bench startup
 //! ```
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::time::{Duration, Instant};
 
 use recovery_e2e::Server;

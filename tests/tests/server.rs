@@ -1,6 +1,8 @@
 //! The server an operator can reach: reflection, health, UNIMPLEMENTED for RPCs not built yet,
 //! graceful shutdown, the healthcheck subcommand and configuration errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::{process::Command, time::Duration};
 
 use nix::sys::signal::Signal;

@@ -1,6 +1,8 @@
 //! The binary's own command line, run as a user would. (Its presence also makes `cargo test`
 //! build the `recovery-service` binary that the end-to-end tests in `tests/` start.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::process::Command;
 
 #[test]

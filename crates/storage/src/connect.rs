@@ -33,6 +33,8 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// How long SQLite waits on a lock held by another process before failing.
     pub sqlite_busy_timeout: Duration,
+    /// PostgreSQL schema to use (its `search_path`); `None` for the server's default.
+    pub schema: Option<String>,
 }
 
 impl ConnectOptions {
@@ -43,6 +45,7 @@ impl ConnectOptions {
             max_connections: 10,
             connect_timeout: Duration::from_secs(5),
             sqlite_busy_timeout: Duration::from_secs(5),
+            schema: None,
         }
     }
 }
@@ -93,6 +96,9 @@ impl Storage {
                 opts.max_connections(options.max_connections.max(1))
                     .min_connections(0)
                     .set_application_name("recovery-service");
+                if let Some(schema) = &options.schema {
+                    opts.set_schema_search_path(schema.clone());
+                }
             }
         }
         let db = Database::connect(opts).await.map_err(|err| {
@@ -103,6 +109,11 @@ impl Storage {
             }
         })?;
         Ok(Self { db, backend })
+    }
+
+    /// The sea-orm connection, for the operations of this crate.
+    pub(crate) fn db(&self) -> &DatabaseConnection {
+        &self.db
     }
 
     /// The engine behind this handle.

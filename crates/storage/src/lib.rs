@@ -6,8 +6,12 @@
 //! knows nothing of gRPC.
 
 mod connect;
+mod entity;
 mod error;
 pub mod migration;
+pub mod model;
+mod ops;
 
 pub use connect::{Backend, ConnectOptions, SchemaStatus, Storage, sqlite_file_path};
 pub use error::StorageError;
+pub use ops::CleanupReport;

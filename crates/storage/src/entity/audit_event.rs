@@ -1,0 +1,23 @@
+//! `audit_events`: the audit trail, paged newest first by `seq`.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "audit_events")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub seq: i64,
+    #[sea_orm(unique)]
+    pub event_id: String,
+    pub account_id: String,
+    pub kind: String,
+    pub occurred_at: i64,
+    pub client_ip: Option<String>,
+    pub client_user_agent: Option<String>,
+    pub details: String,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

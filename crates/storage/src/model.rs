@@ -1,0 +1,250 @@
+//! The plain types the storage API speaks. Times are Unix epoch milliseconds (UTC). Hashes and
+//! MACs are redacted in `Debug`: they are not plaintext secrets, but have no business in logs.
+
+use std::{collections::BTreeMap, fmt};
+
+/// A hash or MAC string that prints as `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Opaque(pub String);
+
+impl fmt::Debug for Opaque {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A recovery code as stored: its id and its argon2id PHC hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCode {
+    /// Opaque identifier, safe to log and show.
+    pub code_id: String,
+    /// The argon2id PHC string.
+    pub hash: Opaque,
+    /// Id of the server key whose pepper keyed the hash.
+    pub key_id: String,
+    /// The hash parameters, e.g. `argon2id,m=19456,t=2,p=1`, to find outdated hashes.
+    pub params: String,
+}
+
+/// An account's recovery enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrollment {
+    pub account_id: String,
+    /// The address given at enrollment: where mail goes.
+    pub email: String,
+    /// The current code; `None` after a revocation.
+    pub code: Option<StoredCode>,
+    /// Bumped by every replace, revoke and email change: flows started against an older
+    /// generation can no longer complete.
+    pub generation: i64,
+    pub created_at: i64,
+    pub code_created_at: Option<i64>,
+    pub updated_at: i64,
+    pub last_used_at: Option<i64>,
+    pub use_count: i64,
+    pub locked_until: Option<i64>,
+}
+
+/// What to store for a new or replacing code.
+#[derive(Debug, Clone)]
+pub struct NewEnrollment {
+    pub account_id: String,
+    pub email: String,
+    /// The canonical lookup form of `email`.
+    pub email_lookup: String,
+    pub code: StoredCode,
+}
+
+/// What `put_enrollment` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// A live code was replaced (rather than a first code, or one after a revocation).
+    pub replaced: bool,
+    /// The address the previous code's mail went to, when one was live.
+    pub previous_email: Option<String>,
+    /// The new generation.
+    pub generation: i64,
+}
+
+/// The end user's context as the auth service reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A recovery flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    pub flow_id: String,
+    pub email_lookup: String,
+    /// The enrollment (account id and generation) the flow was started against; `None` for an
+    /// email that belongs to no enrolled account.
+    pub target: Option<(String, i64)>,
+    pub email_code_mac: Opaque,
+    pub mac_key_id: String,
+    pub email_code_expires_at: i64,
+    pub email_attempts: i32,
+    pub recovery_attempts: i32,
+    pub verified_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub client: ClientInfo,
+}
+
+/// What to store for a new flow.
+#[derive(Debug, Clone)]
+pub struct NewFlow {
+    pub flow_id: String,
+    pub email_lookup: String,
+    pub target: Option<(String, i64)>,
+    pub email_code_mac: Opaque,
+    pub mac_key_id: String,
+    pub email_code_expires_at: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub client: ClientInfo,
+}
+
+/// Which per-flow submission counter an attempt counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptKind {
+    /// VerifyEmail submissions.
+    EmailCode,
+    /// RecoverAccount submissions.
+    RecoveryCode,
+}
+
+/// What changes on the enrollment when a flow completes.
+#[derive(Debug, Clone, Default)]
+pub struct CompletionUpdate {
+    /// Replace the stored code (re-hash under new parameters or key, or `rotate_on_use`).
+    pub new_code: Option<StoredCode>,
+}
+
+/// How `complete_flow` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    /// This call completed the flow; the enrollment's use count advanced.
+    Completed { use_count: i64 },
+    /// The flow was already completed, not verified, expired, or unknown.
+    NotCompletable,
+    /// The enrollment changed (new code, revoke, email change) since the flow started.
+    Cancelled,
+}
+
+/// Result of a failed recovery-code submission against the account's lockout window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureOutcome {
+    /// Failures inside the window, this one included.
+    pub failures_in_window: i64,
+    /// Set when this failure locked the account's recovery (exactly one caller sees it).
+    pub newly_locked_until: Option<i64>,
+}
+
+/// A rate-limit check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDecision {
+    /// Counted; `count` is the number of hits in the window so far.
+    Allowed { count: i64 },
+    /// Over the limit; retry after this many milliseconds.
+    Limited { retry_after_ms: i64 },
+}
+
+/// A notification to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Unique id, used as the `Message-ID` so a repeated send is recognisable.
+    pub message_id: String,
+    /// Template kind, e.g. `verification_code`.
+    pub kind: String,
+    pub account_id: Option<String>,
+    /// The stored address it goes to.
+    pub recipient: String,
+    /// Sealed (encrypted and authenticated) template data.
+    pub payload: Opaque,
+}
+
+/// A claimed outbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub id: i64,
+    pub message_id: String,
+    pub kind: String,
+    pub account_id: Option<String>,
+    pub recipient: String,
+    pub payload: Opaque,
+    /// Delivery attempts so far, this claim included.
+    pub attempts: i32,
+    pub created_at: i64,
+}
+
+/// Delivery state of an outbox row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxStatus {
+    Pending,
+    Sending,
+    Sent,
+    Dead,
+}
+
+impl OutboxStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+/// Outbox counts for operators and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    /// Rows waiting or being sent.
+    pub backlog: i64,
+    /// Rows that gave up.
+    pub dead: i64,
+    /// Creation time of the oldest row in the backlog.
+    pub oldest_backlog_at: Option<i64>,
+}
+
+/// An audit event to append.
+#[derive(Debug, Clone)]
+pub struct NewAuditEvent {
+    pub event_id: String,
+    pub account_id: String,
+    pub kind: String,
+    pub occurred_at: i64,
+    pub client: ClientInfo,
+    pub details: BTreeMap<String, String>,
+}
+
+/// A stored audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Position in the trail: larger is newer.
+    pub seq: i64,
+    pub event_id: String,
+    pub account_id: String,
+    pub kind: String,
+    pub occurred_at: i64,
+    pub client: ClientInfo,
+    pub details: BTreeMap<String, String>,
+}
+
+/// Notifications and audit events written in the same transaction as a change.
+#[derive(Debug, Clone, Default)]
+pub struct Effects {
+    pub messages: Vec<NewMessage>,
+    pub audit: Vec<NewAuditEvent>,
+}
+
+impl Effects {
+    /// No effects.
+    pub fn none() -> Self {
+        Self::default()
+    }
+}

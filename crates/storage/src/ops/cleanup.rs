@@ -1,0 +1,101 @@
+//! Deleting what has expired, in bounded batches so no statement holds locks for long.
+
+use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _, QuerySelect as _};
+
+use crate::{
+    Storage, StorageError,
+    entity::{failure, flow, outbox, rate_limit},
+    model::OutboxStatus,
+};
+
+/// Rows deleted by one [`Storage::cleanup`] pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    pub flows: u64,
+    pub rate_limits: u64,
+    pub failures: u64,
+    pub sent_messages: u64,
+}
+
+impl Storage {
+    /// Deletes at most `batch` rows of each kind: flows past their expiry, rate-limit windows
+    /// that have ended, lockout failures older than `failures_before`, and sent outbox rows
+    /// older than `sent_before`. Call it until it reports zeros to drain a backlog.
+    pub async fn cleanup(
+        &self,
+        now: i64,
+        failures_before: i64,
+        sent_before: i64,
+        batch: u64,
+    ) -> Result<CleanupReport, StorageError> {
+        let flow_ids: Vec<String> = flow::Entity::find()
+            .select_only()
+            .column(flow::Column::FlowId)
+            .filter(flow::Column::ExpiresAt.lte(now))
+            .limit(batch)
+            .into_tuple()
+            .all(self.db())
+            .await?;
+        let flows = flow::Entity::delete_many()
+            .filter(flow::Column::FlowId.is_in(flow_ids))
+            .exec(self.db())
+            .await?
+            .rows_affected;
+
+        let windows: Vec<(String, i64)> = rate_limit::Entity::find()
+            .select_only()
+            .column(rate_limit::Column::BucketKey)
+            .column(rate_limit::Column::WindowStart)
+            .filter(rate_limit::Column::ExpiresAt.lte(now))
+            .limit(batch)
+            .into_tuple()
+            .all(self.db())
+            .await?;
+        let mut rate_limits = 0;
+        for (key, start) in windows {
+            rate_limits += rate_limit::Entity::delete_many()
+                .filter(rate_limit::Column::BucketKey.eq(key))
+                .filter(rate_limit::Column::WindowStart.eq(start))
+                .filter(rate_limit::Column::ExpiresAt.lte(now))
+                .exec(self.db())
+                .await?
+                .rows_affected;
+        }
+
+        let failure_ids: Vec<i64> = failure::Entity::find()
+            .select_only()
+            .column(failure::Column::Id)
+            .filter(failure::Column::FailedAt.lt(failures_before))
+            .limit(batch)
+            .into_tuple()
+            .all(self.db())
+            .await?;
+        let failures = failure::Entity::delete_many()
+            .filter(failure::Column::Id.is_in(failure_ids))
+            .exec(self.db())
+            .await?
+            .rows_affected;
+
+        let sent_ids: Vec<i64> = outbox::Entity::find()
+            .select_only()
+            .column(outbox::Column::Id)
+            .filter(outbox::Column::Status.eq(OutboxStatus::Sent.as_str()))
+            .filter(outbox::Column::SentAt.lt(sent_before))
+            .limit(batch)
+            .into_tuple()
+            .all(self.db())
+            .await?;
+        let sent_messages = outbox::Entity::delete_many()
+            .filter(outbox::Column::Id.is_in(sent_ids))
+            .exec(self.db())
+            .await?
+            .rows_affected;
+
+        Ok(CleanupReport {
+            flows,
+            rate_limits,
+            failures,
+            sent_messages,
+        })
+    }
+}

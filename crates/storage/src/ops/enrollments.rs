@@ -1,0 +1,226 @@
+//! Enrollments: create or replace a code, revoke it, change the email, look them up.
+
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait as _, EntityTrait as _, QueryFilter as _, QuerySelect as _, TransactionTrait as _,
+    sea_query::{Expr, ExprTrait as _},
+};
+
+use super::apply_effects;
+use crate::{
+    Storage, StorageError,
+    entity::enrollment::{self, Column as C},
+    model::{Effects, Enrollment, NewEnrollment, Opaque, PutOutcome, StoredCode},
+};
+
+impl Storage {
+    /// Stores a new code for the account, replacing any live one, and bumps the generation so
+    /// every flow started before can no longer complete. `effects` sees what happened and
+    /// returns the notifications and audit events to write in the same transaction.
+    ///
+    /// Fails with [`StorageError::Conflict`] when the email's lookup form belongs to another
+    /// account's live enrollment.
+    pub async fn put_enrollment(
+        &self,
+        new: NewEnrollment,
+        now: i64,
+        effects: impl FnOnce(&PutOutcome) -> Effects,
+    ) -> Result<PutOutcome, StorageError> {
+        let txn = self.db().begin().await?;
+        let existing = enrollment::Entity::find_by_id(new.account_id.clone())
+            .lock_exclusive()
+            .one(&txn)
+            .await?;
+        let code = new.code;
+        let outcome = match existing {
+            Some(row) => {
+                let live = row.code_hash.is_some();
+                let outcome = PutOutcome {
+                    replaced: live,
+                    previous_email: live.then(|| row.email.clone()),
+                    generation: row.generation + 1,
+                };
+                let result = enrollment::Entity::update_many()
+                    .col_expr(C::Email, Expr::value(new.email))
+                    .col_expr(C::EmailLookup, Expr::value(Some(new.email_lookup)))
+                    .col_expr(C::CodeId, Expr::value(Some(code.code_id)))
+                    .col_expr(C::CodeHash, Expr::value(Some(code.hash.0)))
+                    .col_expr(C::HashKeyId, Expr::value(Some(code.key_id)))
+                    .col_expr(C::HashParams, Expr::value(Some(code.params)))
+                    .col_expr(C::Generation, Expr::col(C::Generation).add(1))
+                    .col_expr(C::CodeCreatedAt, Expr::value(Some(now)))
+                    .col_expr(C::UpdatedAt, Expr::value(now))
+                    .col_expr(C::LastUsedAt, Expr::value(Option::<i64>::None))
+                    .col_expr(C::UseCount, Expr::value(0i64))
+                    .col_expr(C::RevokedAt, Expr::value(Option::<i64>::None))
+                    .filter(C::AccountId.eq(row.account_id))
+                    .filter(C::Generation.eq(row.generation))
+                    .exec(&txn)
+                    .await?;
+                if result.rows_affected != 1 {
+                    return Err(StorageError::Conflict(
+                        "the enrollment changed concurrently".into(),
+                    ));
+                }
+                outcome
+            }
+            None => {
+                enrollment::Entity::insert(enrollment::ActiveModel {
+                    account_id: Set(new.account_id),
+                    email: Set(new.email),
+                    email_lookup: Set(Some(new.email_lookup)),
+                    code_id: Set(Some(code.code_id)),
+                    code_hash: Set(Some(code.hash.0)),
+                    hash_key_id: Set(Some(code.key_id)),
+                    hash_params: Set(Some(code.params)),
+                    generation: Set(1),
+                    created_at: Set(now),
+                    code_created_at: Set(Some(now)),
+                    updated_at: Set(now),
+                    last_used_at: Set(None),
+                    use_count: Set(0),
+                    locked_until: Set(None),
+                    revoked_at: Set(None),
+                })
+                .exec(&txn)
+                .await?;
+                PutOutcome {
+                    replaced: false,
+                    previous_email: None,
+                    generation: 1,
+                }
+            }
+        };
+        apply_effects(&txn, effects(&outcome), now).await?;
+        txn.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Deletes the account's live code (the row stays, with the generation bumped, so flows
+    /// started before can no longer complete). [`StorageError::NotFound`] when there is none.
+    pub async fn revoke_enrollment(
+        &self,
+        account_id: &str,
+        now: i64,
+        effects: impl FnOnce(&Enrollment) -> Effects,
+    ) -> Result<Enrollment, StorageError> {
+        let txn = self.db().begin().await?;
+        let Some(row) = enrollment::Entity::find_by_id(account_id.to_owned())
+            .lock_exclusive()
+            .one(&txn)
+            .await?
+            .filter(|row| row.code_hash.is_some())
+        else {
+            return Err(StorageError::NotFound);
+        };
+        let result = enrollment::Entity::update_many()
+            .col_expr(C::EmailLookup, Expr::value(Option::<String>::None))
+            .col_expr(C::CodeId, Expr::value(Option::<String>::None))
+            .col_expr(C::CodeHash, Expr::value(Option::<String>::None))
+            .col_expr(C::HashKeyId, Expr::value(Option::<String>::None))
+            .col_expr(C::HashParams, Expr::value(Option::<String>::None))
+            .col_expr(C::Generation, Expr::col(C::Generation).add(1))
+            .col_expr(C::UpdatedAt, Expr::value(now))
+            .col_expr(C::RevokedAt, Expr::value(Some(now)))
+            .filter(C::AccountId.eq(account_id))
+            .filter(C::Generation.eq(row.generation))
+            .filter(C::CodeHash.is_not_null())
+            .exec(&txn)
+            .await?;
+        if result.rows_affected != 1 {
+            return Err(StorageError::NotFound);
+        }
+        let before = to_enrollment(row);
+        apply_effects(&txn, effects(&before), now).await?;
+        txn.commit().await?;
+        Ok(before)
+    }
+
+    /// Changes where the account's recovery mail goes, bumping the generation (flows started
+    /// against the old address can no longer complete). Answers the enrollment as it was.
+    /// [`StorageError::NotFound`] without a live code; [`StorageError::Conflict`] when the
+    /// address belongs to another account's live enrollment.
+    pub async fn update_enrollment_email(
+        &self,
+        account_id: &str,
+        email: &str,
+        email_lookup: &str,
+        now: i64,
+        effects: impl FnOnce(&Enrollment) -> Effects,
+    ) -> Result<Enrollment, StorageError> {
+        let txn = self.db().begin().await?;
+        let Some(row) = enrollment::Entity::find_by_id(account_id.to_owned())
+            .lock_exclusive()
+            .one(&txn)
+            .await?
+            .filter(|row| row.code_hash.is_some())
+        else {
+            return Err(StorageError::NotFound);
+        };
+        let result = enrollment::Entity::update_many()
+            .col_expr(C::Email, Expr::value(email))
+            .col_expr(C::EmailLookup, Expr::value(Some(email_lookup.to_owned())))
+            .col_expr(C::Generation, Expr::col(C::Generation).add(1))
+            .col_expr(C::UpdatedAt, Expr::value(now))
+            .filter(C::AccountId.eq(account_id))
+            .filter(C::Generation.eq(row.generation))
+            .filter(C::CodeHash.is_not_null())
+            .exec(&txn)
+            .await?;
+        if result.rows_affected != 1 {
+            return Err(StorageError::NotFound);
+        }
+        let before = to_enrollment(row);
+        apply_effects(&txn, effects(&before), now).await?;
+        txn.commit().await?;
+        Ok(before)
+    }
+
+    /// The account's enrollment, live or revoked.
+    pub async fn find_enrollment(
+        &self,
+        account_id: &str,
+    ) -> Result<Option<Enrollment>, StorageError> {
+        Ok(enrollment::Entity::find_by_id(account_id.to_owned())
+            .one(self.db())
+            .await?
+            .map(to_enrollment))
+    }
+
+    /// The live enrollment whose email has this lookup form.
+    pub async fn find_enrollment_by_email(
+        &self,
+        email_lookup: &str,
+    ) -> Result<Option<Enrollment>, StorageError> {
+        Ok(enrollment::Entity::find()
+            .filter(C::EmailLookup.eq(email_lookup))
+            .filter(C::CodeHash.is_not_null())
+            .one(self.db())
+            .await?
+            .map(to_enrollment))
+    }
+}
+
+pub(crate) fn to_enrollment(row: enrollment::Model) -> Enrollment {
+    let code = match (row.code_id, row.code_hash, row.hash_key_id, row.hash_params) {
+        (Some(code_id), Some(hash), Some(key_id), Some(params)) => Some(StoredCode {
+            code_id,
+            hash: Opaque(hash),
+            key_id,
+            params,
+        }),
+        _ => None,
+    };
+    Enrollment {
+        account_id: row.account_id,
+        email: row.email,
+        code,
+        generation: row.generation,
+        created_at: row.created_at,
+        code_created_at: row.code_created_at,
+        updated_at: row.updated_at,
+        last_used_at: row.last_used_at,
+        use_count: row.use_count,
+        locked_until: row.locked_until,
+    }
+}

@@ -1,0 +1,270 @@
+//! Flows: start, count submissions, verify once, complete once; lockout failures.
+
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _, QuerySelect as _,
+    TransactionTrait as _,
+    sea_query::{Expr, ExprTrait as _},
+};
+
+use super::apply_effects;
+use crate::{
+    Storage, StorageError,
+    entity::{
+        enrollment::{self, Column as E},
+        failure,
+        flow::{self, Column as F},
+    },
+    model::{
+        AttemptKind, ClientInfo, Completion, CompletionUpdate, Effects, FailureOutcome, Flow,
+        NewFlow, Opaque,
+    },
+};
+
+impl Storage {
+    /// Stores a new flow with its effects (the verification message for a known email, the
+    /// audit event) in one transaction.
+    pub async fn create_flow(&self, new: NewFlow, effects: Effects) -> Result<(), StorageError> {
+        let txn = self.db().begin().await?;
+        let (account_id, generation) = new.target.map_or((None, None), |(a, g)| (Some(a), Some(g)));
+        flow::Entity::insert(flow::ActiveModel {
+            flow_id: Set(new.flow_id),
+            email_lookup: Set(new.email_lookup),
+            account_id: Set(account_id),
+            generation: Set(generation),
+            email_code_mac: Set(new.email_code_mac.0),
+            mac_key_id: Set(new.mac_key_id),
+            email_code_expires_at: Set(new.email_code_expires_at),
+            email_attempts: Set(0),
+            recovery_attempts: Set(0),
+            verified_at: Set(None),
+            completed_at: Set(None),
+            created_at: Set(new.created_at),
+            expires_at: Set(new.expires_at),
+            client_ip: Set(new.client.ip),
+            client_user_agent: Set(new.client.user_agent),
+        })
+        .exec(&txn)
+        .await?;
+        apply_effects(&txn, effects, new.created_at).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// The flow with this id.
+    pub async fn find_flow(&self, flow_id: &str) -> Result<Option<Flow>, StorageError> {
+        Ok(flow::Entity::find_by_id(flow_id.to_owned())
+            .one(self.db())
+            .await?
+            .map(to_flow))
+    }
+
+    /// Counts one submission against the flow's `cap` for `kind`, before any comparison.
+    /// Answers the number of submissions used, this one included, or `None` when the cap was
+    /// already reached (or the flow is unknown or completed). The database decides: exactly
+    /// `cap` calls get `Some`, however many race.
+    pub async fn register_attempt(
+        &self,
+        flow_id: &str,
+        kind: AttemptKind,
+        cap: i32,
+    ) -> Result<Option<i32>, StorageError> {
+        let column = match kind {
+            AttemptKind::EmailCode => F::EmailAttempts,
+            AttemptKind::RecoveryCode => F::RecoveryAttempts,
+        };
+        let txn = self.db().begin().await?;
+        let result = flow::Entity::update_many()
+            .col_expr(column, Expr::col(column).add(1))
+            .filter(F::FlowId.eq(flow_id))
+            .filter(column.lt(cap))
+            .filter(F::CompletedAt.is_null())
+            .exec(&txn)
+            .await?;
+        if result.rows_affected != 1 {
+            return Ok(None);
+        }
+        let used = flow::Entity::find_by_id(flow_id.to_owned())
+            .one(&txn)
+            .await?
+            .map(|row| match kind {
+                AttemptKind::EmailCode => row.email_attempts,
+                AttemptKind::RecoveryCode => row.recovery_attempts,
+            })
+            .ok_or(StorageError::NotFound)?;
+        txn.commit().await?;
+        Ok(Some(used))
+    }
+
+    /// Marks the flow's email verified, once: `true` for exactly one caller, and only while
+    /// the flow is unverified, not completed and not past `now`'s expiry.
+    pub async fn mark_flow_verified(
+        &self,
+        flow_id: &str,
+        now: i64,
+        effects: Effects,
+    ) -> Result<bool, StorageError> {
+        let txn = self.db().begin().await?;
+        let result = flow::Entity::update_many()
+            .col_expr(F::VerifiedAt, Expr::value(Some(now)))
+            .filter(F::FlowId.eq(flow_id))
+            .filter(F::VerifiedAt.is_null())
+            .filter(F::CompletedAt.is_null())
+            .filter(F::ExpiresAt.gt(now))
+            .filter(F::EmailCodeExpiresAt.gt(now))
+            .exec(&txn)
+            .await?;
+        if result.rows_affected != 1 {
+            return Ok(false);
+        }
+        apply_effects(&txn, effects, now).await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// Completes a verified flow, once, and records the use on the enrollment it was started
+    /// against, in one transaction. If the enrollment's generation moved on (new code, revoke,
+    /// email change) nothing changes and the answer is [`Completion::Cancelled`].
+    pub async fn complete_flow(
+        &self,
+        flow_id: &str,
+        now: i64,
+        update: CompletionUpdate,
+        effects: impl FnOnce(i64) -> Effects,
+    ) -> Result<Completion, StorageError> {
+        let txn = self.db().begin().await?;
+        let Some(row) = flow::Entity::find_by_id(flow_id.to_owned())
+            .one(&txn)
+            .await?
+        else {
+            return Ok(Completion::NotCompletable);
+        };
+        let (Some(account_id), Some(generation)) = (row.account_id, row.generation) else {
+            return Ok(Completion::NotCompletable);
+        };
+        let completed = flow::Entity::update_many()
+            .col_expr(F::CompletedAt, Expr::value(Some(now)))
+            .filter(F::FlowId.eq(flow_id))
+            .filter(F::CompletedAt.is_null())
+            .filter(F::VerifiedAt.is_not_null())
+            .filter(F::ExpiresAt.gt(now))
+            .exec(&txn)
+            .await?;
+        if completed.rows_affected != 1 {
+            return Ok(Completion::NotCompletable);
+        }
+        let mut used = enrollment::Entity::update_many()
+            .col_expr(E::UseCount, Expr::col(E::UseCount).add(1))
+            .col_expr(E::LastUsedAt, Expr::value(Some(now)))
+            .col_expr(E::UpdatedAt, Expr::value(now));
+        if let Some(code) = update.new_code {
+            used = used
+                .col_expr(E::CodeId, Expr::value(Some(code.code_id)))
+                .col_expr(E::CodeHash, Expr::value(Some(code.hash.0)))
+                .col_expr(E::HashKeyId, Expr::value(Some(code.key_id)))
+                .col_expr(E::HashParams, Expr::value(Some(code.params)));
+        }
+        let used = used
+            .filter(E::AccountId.eq(account_id.as_str()))
+            .filter(E::Generation.eq(generation))
+            .filter(E::CodeHash.is_not_null())
+            .exec(&txn)
+            .await?;
+        if used.rows_affected != 1 {
+            // Dropping the transaction rolls the flow's completion back.
+            return Ok(Completion::Cancelled);
+        }
+        let use_count = enrollment::Entity::find_by_id(account_id)
+            .one(&txn)
+            .await?
+            .map(|e| e.use_count)
+            .ok_or(StorageError::NotFound)?;
+        apply_effects(&txn, effects(use_count), now).await?;
+        txn.commit().await?;
+        Ok(Completion::Completed { use_count })
+    }
+
+    /// Records a failed recovery-code submission against the account. When the failures
+    /// within `window_ms` reach `threshold`, locks the account's recovery until
+    /// `now + lock_ms`; exactly one caller sees `newly_locked_until` and its `on_lock` effects
+    /// (the owner's notice, the audit event) are written with the lock.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_recovery_failure(
+        &self,
+        account_id: &str,
+        flow_id: &str,
+        now: i64,
+        window_ms: i64,
+        threshold: i64,
+        lock_ms: i64,
+        effects: Effects,
+        on_lock: impl FnOnce(i64) -> Effects,
+    ) -> Result<FailureOutcome, StorageError> {
+        let txn = self.db().begin().await?;
+        // Serialise failures per account: concurrent failures must not each count one short
+        // of the threshold and all miss the lock.
+        enrollment::Entity::find_by_id(account_id.to_owned())
+            .lock_exclusive()
+            .one(&txn)
+            .await?;
+        failure::Entity::insert(failure::ActiveModel {
+            account_id: Set(account_id.to_owned()),
+            flow_id: Set(flow_id.to_owned()),
+            failed_at: Set(now),
+            ..Default::default()
+        })
+        .exec(&txn)
+        .await?;
+        let failures_in_window = i64::try_from(
+            failure::Entity::find()
+                .filter(failure::Column::AccountId.eq(account_id))
+                .filter(failure::Column::FailedAt.gt(now - window_ms))
+                .count(&txn)
+                .await?,
+        )
+        .unwrap_or(i64::MAX);
+        let mut newly_locked_until = None;
+        if failures_in_window >= threshold {
+            let until = now + lock_ms;
+            let locked = enrollment::Entity::update_many()
+                .col_expr(E::LockedUntil, Expr::value(Some(until)))
+                .filter(E::AccountId.eq(account_id))
+                .filter(E::LockedUntil.is_null().or(E::LockedUntil.lte(now)))
+                .exec(&txn)
+                .await?;
+            if locked.rows_affected == 1 {
+                newly_locked_until = Some(until);
+            }
+        }
+        apply_effects(&txn, effects, now).await?;
+        if let Some(until) = newly_locked_until {
+            apply_effects(&txn, on_lock(until), now).await?;
+        }
+        txn.commit().await?;
+        Ok(FailureOutcome {
+            failures_in_window,
+            newly_locked_until,
+        })
+    }
+}
+
+fn to_flow(row: flow::Model) -> Flow {
+    Flow {
+        target: row.account_id.zip(row.generation),
+        flow_id: row.flow_id,
+        email_lookup: row.email_lookup,
+        email_code_mac: Opaque(row.email_code_mac),
+        mac_key_id: row.mac_key_id,
+        email_code_expires_at: row.email_code_expires_at,
+        email_attempts: row.email_attempts,
+        recovery_attempts: row.recovery_attempts,
+        verified_at: row.verified_at,
+        completed_at: row.completed_at,
+        created_at: row.created_at,
+        expires_at: row.expires_at,
+        client: ClientInfo {
+            ip: row.client_ip,
+            user_agent: row.client_user_agent,
+        },
+    }
+}

@@ -1,0 +1,962 @@
+//! The storage behaviour suite, written once and run on SQLite and PostgreSQL
+//! (`RECOVERY_TEST_DATABASE_URL`). Concurrency tests fire 32 operations at once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+mod common;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use common::TestDb;
+use recovery_storage::{
+    SchemaStatus, Storage, StorageError,
+    model::{
+        AttemptKind, ClientInfo, Completion, CompletionUpdate, Effects, NewAuditEvent,
+        NewEnrollment, NewFlow, NewMessage, Opaque, RateDecision, StoredCode,
+    },
+};
+use tokio::task::JoinSet;
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+const T0: i64 = 1_800_000_000_000;
+
+on_every_backend!(
+    migrations_are_idempotent_and_current,
+    a_schema_newer_than_the_build_is_refused,
+    a_code_is_created_then_replaced_with_a_new_generation,
+    an_email_belongs_to_one_live_enrollment,
+    revoking_clears_the_code_and_cancels_flows,
+    changing_the_email_moves_lookup_and_generation,
+    a_flow_is_verified_once_and_completed_once,
+    a_flow_started_before_a_new_code_cannot_complete,
+    attempt_counters_stop_at_the_cap,
+    concurrent_attempts_get_exactly_cap_successes,
+    concurrent_verifications_have_exactly_one_winner,
+    concurrent_completions_have_exactly_one_winner,
+    rate_limits_allow_exactly_the_limit_per_window,
+    concurrent_rate_limit_hits_allow_exactly_the_limit,
+    failures_lock_the_account_once,
+    concurrent_failures_lock_exactly_once,
+    outbox_rows_are_claimed_leased_and_finished,
+    concurrent_claimers_never_share_a_row,
+    effects_are_written_with_their_change_or_not_at_all,
+    the_audit_trail_pages_newest_first,
+    cleanup_deletes_what_expired_in_batches,
+);
+
+fn code(id: &str) -> StoredCode {
+    StoredCode {
+        code_id: id.to_owned(),
+        hash: Opaque(format!("$argon2id$v=19$m=19456,t=2,p=1$salt${id}")),
+        key_id: "k1".to_owned(),
+        params: "argon2id,m=19456,t=2,p=1".to_owned(),
+    }
+}
+
+fn enrollment(account: &str, email: &str, code_id: &str) -> NewEnrollment {
+    NewEnrollment {
+        account_id: account.to_owned(),
+        email: email.to_owned(),
+        email_lookup: email.to_lowercase(),
+        code: code(code_id),
+    }
+}
+
+fn audit(account: &str, kind: &str, at: i64) -> NewAuditEvent {
+    NewAuditEvent {
+        event_id: format!("{account}-{kind}-{at}-{}", rand_suffix()),
+        account_id: account.to_owned(),
+        kind: kind.to_owned(),
+        occurred_at: at,
+        client: ClientInfo::default(),
+        details: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
+    }
+}
+
+fn message(account: &str, kind: &str) -> NewMessage {
+    NewMessage {
+        message_id: format!("{account}-{kind}-{}", rand_suffix()),
+        kind: kind.to_owned(),
+        account_id: Some(account.to_owned()),
+        recipient: "ann@example.com".to_owned(),
+        payload: Opaque("sealed".to_owned()),
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn flow(id: &str, target: Option<(&str, i64)>, now: i64) -> NewFlow {
+    NewFlow {
+        flow_id: id.to_owned(),
+        email_lookup: "ann@example.com".to_owned(),
+        target: target.map(|(a, g)| (a.to_owned(), g)),
+        email_code_mac: Opaque("mac".to_owned()),
+        mac_key_id: "k1".to_owned(),
+        email_code_expires_at: now + 15 * MIN,
+        created_at: now,
+        expires_at: now + 30 * MIN,
+        client: ClientInfo {
+            ip: Some("203.0.113.7".to_owned()),
+            user_agent: Some("test".to_owned()),
+        },
+    }
+}
+
+/// An enrolled account with a verified flow against it.
+async fn verified_flow(s: &Storage, account: &str, flow_id: &str) {
+    let put = s
+        .put_enrollment(
+            enrollment(account, &format!("{account}@example.com"), "c1"),
+            T0,
+            |_| Effects::none(),
+        )
+        .await
+        .unwrap();
+    s.create_flow(
+        flow(flow_id, Some((account, put.generation)), T0),
+        Effects::none(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        s.mark_flow_verified(flow_id, T0 + MIN, Effects::none())
+            .await
+            .unwrap()
+    );
+}
+
+async fn migrations_are_idempotent_and_current(db: &TestDb) {
+    let s = &db.storage;
+    assert_eq!(s.schema_status().await.unwrap(), SchemaStatus::Current);
+    assert!(
+        s.migrate().await.unwrap().is_empty(),
+        "second run applies nothing"
+    );
+    s.require_current_schema().await.unwrap();
+}
+
+async fn a_schema_newer_than_the_build_is_refused(db: &TestDb) {
+    db.execute(
+        "INSERT INTO {schema}.seaql_migrations (version, applied_at) VALUES ('m29990101_000001_from_the_future', 0)",
+    )
+    .await;
+    let s = &db.storage;
+    assert_eq!(
+        s.schema_status().await.unwrap(),
+        SchemaStatus::TooNew(vec!["m29990101_000001_from_the_future".to_owned()])
+    );
+    let err = s.migrate().await.unwrap_err();
+    assert!(matches!(err, StorageError::SchemaTooNew(_)), "{err:?}");
+    assert!(err.to_string().contains("newer than this build"), "{err}");
+    assert!(s.require_current_schema().await.is_err());
+}
+
+async fn a_code_is_created_then_replaced_with_a_new_generation(db: &TestDb) {
+    let s = &db.storage;
+    let first = s
+        .put_enrollment(enrollment("acct", "ann@example.com", "c1"), T0, |o| {
+            Effects {
+                messages: vec![message(
+                    "acct",
+                    if o.replaced { "replaced" } else { "created" },
+                )],
+                audit: vec![audit("acct", "created", T0)],
+            }
+        })
+        .await
+        .unwrap();
+    assert!(!first.replaced);
+    assert_eq!(first.generation, 1);
+
+    let second = s
+        .put_enrollment(enrollment("acct", "ann@example.com", "c2"), T0 + 1, |o| {
+            Effects {
+                messages: vec![message(
+                    "acct",
+                    if o.replaced { "replaced" } else { "created" },
+                )],
+                audit: vec![audit("acct", "replaced", T0 + 1)],
+            }
+        })
+        .await
+        .unwrap();
+    assert!(second.replaced);
+    assert_eq!(second.previous_email.as_deref(), Some("ann@example.com"));
+    assert_eq!(second.generation, 2);
+
+    let stored = s.find_enrollment("acct").await.unwrap().unwrap();
+    assert_eq!(stored.code.unwrap().code_id, "c2");
+    assert_eq!(stored.use_count, 0);
+    assert_eq!(stored.code_created_at, Some(T0 + 1));
+    let found = s
+        .find_enrollment_by_email("ann@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.account_id, "acct");
+
+    let claimed = s.claim_outbox("w", 10, MIN, T0 + 2).await.unwrap();
+    let kinds: Vec<&str> = claimed.iter().map(|m| m.kind.as_str()).collect();
+    assert_eq!(kinds, ["created", "replaced"]);
+    assert_eq!(
+        s.list_audit_events("acct", None, 10).await.unwrap().len(),
+        2
+    );
+}
+
+async fn an_email_belongs_to_one_live_enrollment(db: &TestDb) {
+    let s = &db.storage;
+    s.put_enrollment(enrollment("a", "shared@example.com", "c1"), T0, |_| {
+        Effects::none()
+    })
+    .await
+    .unwrap();
+    let err = s
+        .put_enrollment(enrollment("b", "shared@example.com", "c2"), T0, |_| {
+            Effects {
+                messages: vec![message("b", "created")],
+                audit: vec![],
+            }
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Conflict(_)), "{err:?}");
+    assert!(s.find_enrollment("b").await.unwrap().is_none());
+    assert!(
+        s.claim_outbox("w", 10, MIN, T0).await.unwrap().is_empty(),
+        "rolled back"
+    );
+
+    // Once revoked, the address is free again.
+    s.revoke_enrollment("a", T0 + 1, |_| Effects::none())
+        .await
+        .unwrap();
+    s.put_enrollment(enrollment("b", "shared@example.com", "c2"), T0 + 2, |_| {
+        Effects::none()
+    })
+    .await
+    .unwrap();
+}
+
+async fn revoking_clears_the_code_and_cancels_flows(db: &TestDb) {
+    let s = &db.storage;
+    verified_flow(s, "acct", "f1").await;
+    let before = s
+        .revoke_enrollment("acct", T0 + 2 * MIN, |e| Effects {
+            messages: vec![],
+            audit: vec![audit(&e.account_id, "revoked", T0)],
+        })
+        .await
+        .unwrap();
+    assert_eq!(before.code.unwrap().code_id, "c1");
+    let after = s.find_enrollment("acct").await.unwrap().unwrap();
+    assert!(after.code.is_none());
+    assert_eq!(after.generation, 2);
+    assert!(
+        s.find_enrollment_by_email("acct@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        s.complete_flow("f1", T0 + 3 * MIN, CompletionUpdate::default(), |_| {
+            Effects::none()
+        })
+        .await
+        .unwrap(),
+        Completion::Cancelled
+    );
+    let err = s
+        .revoke_enrollment("acct", T0, |_| Effects::none())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::NotFound));
+    let err = s
+        .revoke_enrollment("nobody", T0, |_| Effects::none())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::NotFound));
+
+    let again = s
+        .put_enrollment(
+            enrollment("acct", "acct@example.com", "c3"),
+            T0 + 4 * MIN,
+            |_| Effects::none(),
+        )
+        .await
+        .unwrap();
+    assert!(!again.replaced, "a code after a revocation is a creation");
+    assert_eq!(again.generation, 3, "generations never repeat");
+}
+
+async fn changing_the_email_moves_lookup_and_generation(db: &TestDb) {
+    let s = &db.storage;
+    verified_flow(s, "acct", "f1").await;
+    let before = s
+        .update_enrollment_email(
+            "acct",
+            "New@Example.com",
+            "new@example.com",
+            T0 + MIN,
+            |_| Effects::none(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(before.email, "acct@example.com");
+    assert!(
+        s.find_enrollment_by_email("acct@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let moved = s
+        .find_enrollment_by_email("new@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved.email, "New@Example.com");
+    assert_eq!(moved.generation, 2);
+    assert_eq!(
+        s.complete_flow("f1", T0 + 2 * MIN, CompletionUpdate::default(), |_| {
+            Effects::none()
+        })
+        .await
+        .unwrap(),
+        Completion::Cancelled
+    );
+    let err = s
+        .update_enrollment_email("nobody", "x@example.com", "x@example.com", T0, |_| {
+            Effects::none()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::NotFound));
+}
+
+async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
+    let s = &db.storage;
+    let put = s
+        .put_enrollment(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
+            Effects::none()
+        })
+        .await
+        .unwrap();
+    s.create_flow(
+        flow("f1", Some(("acct", put.generation)), T0),
+        Effects::none(),
+    )
+    .await
+    .unwrap();
+    let stored = s.find_flow("f1").await.unwrap().unwrap();
+    assert_eq!(stored.target, Some(("acct".to_owned(), 1)));
+    assert_eq!(stored.client.ip.as_deref(), Some("203.0.113.7"));
+    assert!(s.find_flow("nope").await.unwrap().is_none());
+
+    // Not verified yet: cannot complete.
+    assert_eq!(
+        s.complete_flow("f1", T0 + MIN, CompletionUpdate::default(), |_| {
+            Effects::none()
+        })
+        .await
+        .unwrap(),
+        Completion::NotCompletable
+    );
+    // The email code expires at +15 min: verifying at exactly that instant is too late.
+    assert!(
+        !s.mark_flow_verified("f1", T0 + 15 * MIN, Effects::none())
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.mark_flow_verified("f1", T0 + 15 * MIN - 1, Effects::none())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.mark_flow_verified("f1", T0 + MIN, Effects::none())
+            .await
+            .unwrap(),
+        "once"
+    );
+
+    let done = s
+        .complete_flow(
+            "f1",
+            T0 + 20 * MIN,
+            CompletionUpdate {
+                new_code: Some(code("c2")),
+            },
+            |n| Effects {
+                messages: vec![message("acct", "recovered")],
+                audit: vec![audit("acct", &format!("completed-{n}"), T0)],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, Completion::Completed { use_count: 1 });
+    let e = s.find_enrollment("acct").await.unwrap().unwrap();
+    assert_eq!(e.use_count, 1);
+    assert_eq!(e.last_used_at, Some(T0 + 20 * MIN));
+    assert_eq!(e.code.unwrap().code_id, "c2");
+    assert_eq!(
+        s.complete_flow("f1", T0 + 21 * MIN, CompletionUpdate::default(), |_| {
+            Effects::none()
+        })
+        .await
+        .unwrap(),
+        Completion::NotCompletable
+    );
+
+    // A verified flow past its 30-minute lifetime cannot complete.
+    s.create_flow(flow("f2", Some(("acct", 1)), T0), Effects::none())
+        .await
+        .unwrap();
+    assert!(
+        s.mark_flow_verified("f2", T0 + MIN, Effects::none())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.complete_flow("f2", T0 + 30 * MIN, CompletionUpdate::default(), |_| {
+            Effects::none()
+        })
+        .await
+        .unwrap(),
+        Completion::NotCompletable
+    );
+    // A flow for an unknown email never completes.
+    s.create_flow(flow("f3", None, T0), Effects::none())
+        .await
+        .unwrap();
+    assert!(
+        s.mark_flow_verified("f3", T0 + MIN, Effects::none())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.complete_flow("f3", T0 + 2 * MIN, CompletionUpdate::default(), |_| {
+            Effects::none()
+        })
+        .await
+        .unwrap(),
+        Completion::NotCompletable
+    );
+}
+
+async fn a_flow_started_before_a_new_code_cannot_complete(db: &TestDb) {
+    let s = &db.storage;
+    verified_flow(s, "acct", "f1").await;
+    s.put_enrollment(
+        enrollment("acct", "acct@example.com", "c2"),
+        T0 + 2 * MIN,
+        |_| Effects::none(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.complete_flow("f1", T0 + 3 * MIN, CompletionUpdate::default(), |_| {
+            Effects {
+                messages: vec![message("acct", "recovered")],
+                audit: vec![],
+            }
+        })
+        .await
+        .unwrap(),
+        Completion::Cancelled
+    );
+    let f = s.find_flow("f1").await.unwrap().unwrap();
+    assert_eq!(f.completed_at, None, "the completion rolled back");
+    assert_eq!(
+        s.find_enrollment("acct").await.unwrap().unwrap().use_count,
+        0
+    );
+    assert!(
+        s.claim_outbox("w", 10, MIN, T0 + 4 * MIN)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn attempt_counters_stop_at_the_cap(db: &TestDb) {
+    let s = &db.storage;
+    s.create_flow(flow("f1", None, T0), Effects::none())
+        .await
+        .unwrap();
+    for expected in 1..=5 {
+        assert_eq!(
+            s.register_attempt("f1", AttemptKind::EmailCode, 5)
+                .await
+                .unwrap(),
+            Some(expected)
+        );
+    }
+    assert_eq!(
+        s.register_attempt("f1", AttemptKind::EmailCode, 5)
+            .await
+            .unwrap(),
+        None
+    );
+    // The other counter is separate.
+    assert_eq!(
+        s.register_attempt("f1", AttemptKind::RecoveryCode, 5)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        s.register_attempt("nope", AttemptKind::EmailCode, 5)
+            .await
+            .unwrap(),
+        None
+    );
+    let f = s.find_flow("f1").await.unwrap().unwrap();
+    assert_eq!((f.email_attempts, f.recovery_attempts), (5, 1));
+}
+
+async fn concurrent_attempts_get_exactly_cap_successes(db: &TestDb) {
+    let s = db.storage.clone();
+    s.create_flow(flow("f1", None, T0), Effects::none())
+        .await
+        .unwrap();
+    let mut tasks = JoinSet::new();
+    for _ in 0..32 {
+        let s = s.clone();
+        tasks.spawn(async move { s.register_attempt("f1", AttemptKind::RecoveryCode, 5).await });
+    }
+    let mut granted: Vec<i32> = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        if let Some(n) = result.unwrap().unwrap() {
+            granted.push(n);
+        }
+    }
+    granted.sort_unstable();
+    assert_eq!(granted, [1, 2, 3, 4, 5]);
+}
+
+async fn concurrent_verifications_have_exactly_one_winner(db: &TestDb) {
+    let s = db.storage.clone();
+    s.create_flow(flow("f1", None, T0), Effects::none())
+        .await
+        .unwrap();
+    let mut tasks = JoinSet::new();
+    for i in 0..32 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            s.mark_flow_verified(
+                "f1",
+                T0 + MIN,
+                Effects {
+                    messages: vec![],
+                    audit: vec![audit("acct", &format!("verified-{i}"), T0)],
+                },
+            )
+            .await
+        });
+    }
+    let mut winners = 0;
+    while let Some(result) = tasks.join_next().await {
+        winners += usize::from(result.unwrap().unwrap());
+    }
+    assert_eq!(winners, 1);
+    assert_eq!(
+        s.list_audit_events("acct", None, 100).await.unwrap().len(),
+        1
+    );
+}
+
+async fn concurrent_completions_have_exactly_one_winner(db: &TestDb) {
+    let s = db.storage.clone();
+    verified_flow(&s, "acct", "f1").await;
+    let s = Arc::new(s);
+    let mut tasks = JoinSet::new();
+    for _ in 0..32 {
+        let s = Arc::clone(&s);
+        tasks.spawn(async move {
+            s.complete_flow("f1", T0 + 2 * MIN, CompletionUpdate::default(), |_| {
+                Effects {
+                    messages: vec![message("acct", "recovered")],
+                    audit: vec![],
+                }
+            })
+            .await
+        });
+    }
+    let mut completed = 0;
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap().unwrap() {
+            Completion::Completed { use_count } => {
+                completed += 1;
+                assert_eq!(use_count, 1);
+            }
+            Completion::NotCompletable => {}
+            Completion::Cancelled => panic!("nothing changed the enrollment"),
+        }
+    }
+    assert_eq!(completed, 1);
+    assert_eq!(
+        s.find_enrollment("acct").await.unwrap().unwrap().use_count,
+        1
+    );
+    assert_eq!(
+        s.claim_outbox("w", 100, MIN, T0 + 3 * MIN)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn rate_limits_allow_exactly_the_limit_per_window(db: &TestDb) {
+    let s = &db.storage;
+    let window_start = T0 - T0.rem_euclid(HOUR);
+    let now = window_start + 10 * MIN;
+    for n in 1..=3 {
+        assert_eq!(
+            s.hit_rate_limit("email:ann@example.com", HOUR, 3, now)
+                .await
+                .unwrap(),
+            RateDecision::Allowed { count: n }
+        );
+    }
+    assert_eq!(
+        s.hit_rate_limit("email:ann@example.com", HOUR, 3, now)
+            .await
+            .unwrap(),
+        RateDecision::Limited {
+            retry_after_ms: 50 * MIN
+        }
+    );
+    // Other keys are counted apart; the next window starts afresh.
+    assert!(matches!(
+        s.hit_rate_limit("ip:203.0.113.7", HOUR, 3, now)
+            .await
+            .unwrap(),
+        RateDecision::Allowed { count: 1 }
+    ));
+    assert!(matches!(
+        s.hit_rate_limit("email:ann@example.com", HOUR, 3, window_start + HOUR)
+            .await
+            .unwrap(),
+        RateDecision::Allowed { count: 1 }
+    ));
+}
+
+async fn concurrent_rate_limit_hits_allow_exactly_the_limit(db: &TestDb) {
+    let s = db.storage.clone();
+    let mut tasks = JoinSet::new();
+    for _ in 0..32 {
+        let s = s.clone();
+        tasks.spawn(async move { s.hit_rate_limit("ip:198.51.100.1", HOUR, 5, T0).await });
+    }
+    let mut allowed = 0;
+    while let Some(result) = tasks.join_next().await {
+        if matches!(result.unwrap().unwrap(), RateDecision::Allowed { .. }) {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 5);
+}
+
+async fn failures_lock_the_account_once(db: &TestDb) {
+    let s = &db.storage;
+    s.put_enrollment(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
+        Effects::none()
+    })
+    .await
+    .unwrap();
+    let window = 24 * HOUR;
+    let fail = |at: i64| {
+        s.record_recovery_failure(
+            "acct",
+            "f1",
+            at,
+            window,
+            3,
+            window,
+            Effects::none(),
+            move |until| Effects {
+                messages: vec![message("acct", "locked")],
+                audit: vec![audit("acct", &format!("locked-{until}"), at)],
+            },
+        )
+    };
+    assert_eq!(fail(T0).await.unwrap().newly_locked_until, None);
+    assert_eq!(fail(T0 + 1).await.unwrap().newly_locked_until, None);
+    let third = fail(T0 + 2).await.unwrap();
+    assert_eq!(third.failures_in_window, 3);
+    assert_eq!(third.newly_locked_until, Some(T0 + 2 + window));
+    assert_eq!(
+        s.find_enrollment("acct")
+            .await
+            .unwrap()
+            .unwrap()
+            .locked_until,
+        Some(T0 + 2 + window)
+    );
+    assert_eq!(
+        fail(T0 + 3).await.unwrap().newly_locked_until,
+        None,
+        "already locked"
+    );
+    assert_eq!(s.claim_outbox("w", 10, MIN, T0 + 4).await.unwrap().len(), 1);
+    // Failures older than the window no longer count.
+    let later = T0 + 2 + window + window + 1;
+    let fresh = fail(later).await.unwrap();
+    assert_eq!(fresh.failures_in_window, 1);
+    assert_eq!(fresh.newly_locked_until, None);
+}
+
+async fn concurrent_failures_lock_exactly_once(db: &TestDb) {
+    let s = db.storage.clone();
+    s.put_enrollment(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
+        Effects::none()
+    })
+    .await
+    .unwrap();
+    let mut tasks = JoinSet::new();
+    for i in 0..32 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            s.record_recovery_failure(
+                "acct",
+                &format!("f{i}"),
+                T0 + i,
+                24 * HOUR,
+                10,
+                24 * HOUR,
+                Effects::none(),
+                |_| Effects::none(),
+            )
+            .await
+        });
+    }
+    let mut locks = 0;
+    let mut max_seen = 0;
+    while let Some(result) = tasks.join_next().await {
+        let outcome = result.unwrap().unwrap();
+        max_seen = max_seen.max(outcome.failures_in_window);
+        locks += usize::from(outcome.newly_locked_until.is_some());
+    }
+    assert_eq!(locks, 1);
+    assert_eq!(max_seen, 32, "every failure is counted");
+}
+
+async fn outbox_rows_are_claimed_leased_and_finished(db: &TestDb) {
+    let s = &db.storage;
+    s.create_flow(
+        flow("f1", None, T0),
+        Effects {
+            messages: vec![
+                message("a", "one"),
+                message("a", "two"),
+                message("a", "three"),
+            ],
+            audit: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let claimed = s.claim_outbox("w1", 10, MIN, T0).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert!(
+        claimed
+            .iter()
+            .all(|m| m.attempts == 1 && m.payload == Opaque("sealed".into()))
+    );
+    assert!(
+        s.claim_outbox("w2", 10, MIN, T0 + 1)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased"
+    );
+
+    let (one, two, three) = (claimed[0].id, claimed[1].id, claimed[2].id);
+    assert!(
+        !s.mark_outbox_sent(one, "w2", T0).await.unwrap(),
+        "not w2's claim"
+    );
+    assert!(s.mark_outbox_sent(one, "w1", T0).await.unwrap());
+    assert!(
+        s.reschedule_outbox(two, "w1", T0 + 5 * MIN, "421 try later")
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.dead_letter_outbox(three, "w1", "550 no such user")
+            .await
+            .unwrap()
+    );
+
+    assert!(
+        s.claim_outbox("w2", 10, MIN, T0 + MIN)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due yet"
+    );
+    let again = s.claim_outbox("w2", 10, MIN, T0 + 5 * MIN).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempts), (two, 2));
+
+    // w2 dies mid-send: once its lease runs out, another worker takes the row over.
+    let taken = s.claim_outbox("w3", 10, MIN, T0 + 6 * MIN).await.unwrap();
+    assert_eq!((taken[0].id, taken[0].attempts), (two, 3));
+    assert!(
+        !s.mark_outbox_sent(two, "w2", T0 + 6 * MIN).await.unwrap(),
+        "w2 lost it"
+    );
+    let stats = s.outbox_stats().await.unwrap();
+    assert_eq!((stats.backlog, stats.dead), (1, 1));
+    assert_eq!(stats.oldest_backlog_at, Some(T0));
+    assert!(s.mark_outbox_sent(two, "w3", T0 + 6 * MIN).await.unwrap());
+    let stats = s.outbox_stats().await.unwrap();
+    assert_eq!(
+        (stats.backlog, stats.dead, stats.oldest_backlog_at),
+        (0, 1, None)
+    );
+}
+
+async fn concurrent_claimers_never_share_a_row(db: &TestDb) {
+    let s = db.storage.clone();
+    let messages: Vec<NewMessage> = (0..64).map(|i| message("a", &format!("m{i}"))).collect();
+    s.create_flow(
+        flow("f1", None, T0),
+        Effects {
+            messages,
+            audit: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let mut tasks = JoinSet::new();
+    for w in 0..8 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            let owner = format!("w{w}");
+            let mut mine = Vec::new();
+            loop {
+                let batch = s.claim_outbox(&owner, 4, MIN, T0).await.unwrap();
+                if batch.is_empty() {
+                    break mine;
+                }
+                for m in batch {
+                    assert!(s.mark_outbox_sent(m.id, &owner, T0).await.unwrap());
+                    mine.push(m.id);
+                }
+            }
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        all.extend(result.unwrap());
+    }
+    all.sort_unstable();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "a row was claimed twice");
+    assert_eq!(all.len(), 64);
+}
+
+async fn effects_are_written_with_their_change_or_not_at_all(db: &TestDb) {
+    let s = &db.storage;
+    let duplicate = audit("acct", "dup", T0);
+    s.put_enrollment(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
+        Effects {
+            messages: vec![],
+            audit: vec![duplicate.clone()],
+        }
+    })
+    .await
+    .unwrap();
+    // The same audit event id again: the audit insert fails, so the replacement must not land.
+    let err = s
+        .put_enrollment(enrollment("acct", "ann@example.com", "c2"), T0 + 1, |_| {
+            Effects {
+                messages: vec![message("acct", "replaced")],
+                audit: vec![duplicate],
+            }
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Conflict(_)), "{err:?}");
+    let e = s.find_enrollment("acct").await.unwrap().unwrap();
+    assert_eq!(e.code.unwrap().code_id, "c1");
+    assert_eq!(e.generation, 1);
+    assert!(
+        s.claim_outbox("w", 10, MIN, T0 + 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn the_audit_trail_pages_newest_first(db: &TestDb) {
+    let s = &db.storage;
+    for i in 0..5 {
+        s.create_flow(
+            flow(&format!("f{i}"), None, T0 + i),
+            Effects {
+                messages: vec![],
+                audit: vec![audit("acct", &format!("e{i}"), T0 + i)],
+            },
+        )
+        .await
+        .unwrap();
+    }
+    s.create_flow(
+        flow("other", None, T0),
+        Effects {
+            messages: vec![],
+            audit: vec![audit("someone-else", "x", T0)],
+        },
+    )
+    .await
+    .unwrap();
+    let page1 = s.list_audit_events("acct", None, 2).await.unwrap();
+    let kinds: Vec<&str> = page1.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["e4", "e3"]);
+    assert_eq!(page1[0].details.get("k").map(String::as_str), Some("v"));
+    let page2 = s
+        .list_audit_events("acct", Some(page1[1].seq), 2)
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = page2.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["e2", "e1"]);
+    let page3 = s
+        .list_audit_events("acct", Some(page2[1].seq), 2)
+        .await
+        .unwrap();
+    assert_eq!(page3.len(), 1);
+}
+
+async fn cleanup_deletes_what_expired_in_batches(db: &TestDb) {
+    let s = &db.storage;
+    for i in 0..5 {
+        s.create_flow(flow(&format!("old{i}"), None, T0), Effects::none())
+            .await
+            .unwrap();
+    }
+    s.create_flow(flow("fresh", None, T0 + HOUR), Effects::none())
+        .await
+        .unwrap();
+    s.hit_rate_limit("ip:a", MIN, 5, T0).await.unwrap();
+    let now = T0 + HOUR;
+    let first = s.cleanup(now, now - 24 * HOUR, now, 3).await.unwrap();
+    assert_eq!(first.flows, 3, "bounded by the batch");
+    assert_eq!(first.rate_limits, 1);
+    let second = s.cleanup(now, now - 24 * HOUR, now, 3).await.unwrap();
+    assert_eq!(second.flows, 2);
+    assert_eq!(
+        s.cleanup(now, now - 24 * HOUR, now, 3).await.unwrap().flows,
+        0
+    );
+    assert!(s.find_flow("fresh").await.unwrap().is_some());
+    assert!(s.find_flow("old0").await.unwrap().is_none());
+}

@@ -108,6 +108,15 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_failures_failed_at")
+                    .table(Failures::Table)
+                    .col(Failures::FailedAt)
+                    .to_owned(),
+            )
+            .await?;
 
         // Fixed-window counters keyed by a canonical key such as `email:<canonical>`.
         manager

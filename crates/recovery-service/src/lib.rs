@@ -3,11 +3,13 @@
 //!
 //! - [`config`]: layered configuration, validated once.
 //! - [`server`]: the tonic server with health and reflection, and graceful shutdown.
+//! - [`domain`]: what recovery means: codes, flows, limits, notifications.
 //! - [`grpc`]: the thin adapter from the wire to the domain.
 //! - [`cli`]: the `recovery-service` binary's subcommands.
 
 pub mod cli;
 pub mod config;
+pub mod domain;
 pub mod grpc;
 pub mod healthcheck;
 pub mod server;

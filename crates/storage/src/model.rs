@@ -164,6 +164,9 @@ pub struct NewMessage {
     pub recipient: String,
     /// Sealed (encrypted and authenticated) template data.
     pub payload: Opaque,
+    /// `false` writes the row as `void`: stored like any other (so that a request for an
+    /// unknown email does the same writes as one for a known email) but never sent.
+    pub deliver: bool,
 }
 
 /// A claimed outbox row.
@@ -187,6 +190,8 @@ pub enum OutboxStatus {
     Sending,
     Sent,
     Dead,
+    /// Written only to keep the work of two requests alike; never sent.
+    Void,
 }
 
 impl OutboxStatus {
@@ -196,6 +201,7 @@ impl OutboxStatus {
             Self::Sending => "sending",
             Self::Sent => "sent",
             Self::Dead => "dead",
+            Self::Void => "void",
         }
     }
 }

@@ -81,6 +81,7 @@ fn message(account: &str, kind: &str) -> NewMessage {
         account_id: Some(account.to_owned()),
         recipient: "ann@example.com".to_owned(),
         payload: Opaque("sealed".to_owned()),
+        deliver: true,
     }
 }
 

@@ -7,10 +7,20 @@ use sea_orm::{
 use crate::{
     Storage, StorageError,
     entity::audit_event::{self, Column as A},
-    model::{AuditRecord, ClientInfo},
+    model::{AuditRecord, ClientInfo, Effects, NewAuditEvent},
 };
 
 impl Storage {
+    /// Appends one audit event on its own (for events that change nothing else).
+    pub async fn append_audit(&self, event: NewAuditEvent) -> Result<(), StorageError> {
+        let at = event.occurred_at;
+        let effects = Effects {
+            messages: Vec::new(),
+            audit: vec![event],
+        };
+        super::apply_effects(self.db(), effects, at).await
+    }
+
     /// Up to `limit` of the account's events older than `before_seq` (all when `None`),
     /// newest first.
     pub async fn list_audit_events(

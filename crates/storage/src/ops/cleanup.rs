@@ -1,6 +1,9 @@
 //! Deleting what has expired, in bounded batches so no statement holds locks for long.
 
-use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _, QuerySelect as _};
+use sea_orm::{
+    ColumnTrait as _, EntityTrait as _, QueryFilter as _, QuerySelect as _,
+    sea_query::ExprTrait as _,
+};
 
 use crate::{
     Storage, StorageError,
@@ -20,7 +23,7 @@ pub struct CleanupReport {
 impl Storage {
     /// Deletes at most `batch` rows of each kind: flows past their expiry, rate-limit windows
     /// that have ended, lockout failures older than `failures_before`, and sent outbox rows
-    /// older than `sent_before`. Call it until it reports zeros to drain a backlog.
+    /// older than `sent_before` (and never-sent `void` rows created before it). Call it until it reports zeros to drain a backlog.
     pub async fn cleanup(
         &self,
         now: i64,
@@ -79,8 +82,14 @@ impl Storage {
         let sent_ids: Vec<i64> = outbox::Entity::find()
             .select_only()
             .column(outbox::Column::Id)
-            .filter(outbox::Column::Status.eq(OutboxStatus::Sent.as_str()))
-            .filter(outbox::Column::SentAt.lt(sent_before))
+            .filter(
+                (outbox::Column::Status
+                    .eq(OutboxStatus::Sent.as_str())
+                    .and(outbox::Column::SentAt.lt(sent_before)))
+                .or(outbox::Column::Status
+                    .eq(OutboxStatus::Void.as_str())
+                    .and(outbox::Column::CreatedAt.lt(sent_before))),
+            )
             .limit(batch)
             .into_tuple()
             .all(self.db())

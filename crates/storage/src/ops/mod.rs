@@ -35,7 +35,13 @@ pub(crate) async fn apply_effects<C: ConnectionTrait>(
                 account_id: Set(m.account_id),
                 recipient: Set(m.recipient),
                 payload: Set(m.payload.0),
-                status: Set(OutboxStatus::Pending.as_str().to_owned()),
+                status: Set(if m.deliver {
+                    OutboxStatus::Pending
+                } else {
+                    OutboxStatus::Void
+                }
+                .as_str()
+                .to_owned()),
                 attempts: Set(0),
                 next_attempt_at: Set(now),
                 lease_owner: Set(None),

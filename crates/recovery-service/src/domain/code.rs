@@ -1,0 +1,219 @@
+//! The recovery code format: `RC1-` then 27 random Crockford base32 characters (135 bits from
+//! the OS CSPRNG) and one Luhn mod 32 check character, in seven groups of four:
+//! `RC1-XXXX-XXXX-XXXX-XXXX-XXXX-XXXX-XXXC`.
+//!
+//! Parsing is forgiving as API.md says (any case, with or without the prefix, separators and
+//! surrounding spaces; `I`/`L` read as `1`, `O` as `0`), and the check character catches every
+//! single-character typo before any hashing.
+
+use zeroize::Zeroizing;
+
+use super::Error;
+
+/// Crockford's base32 alphabet.
+const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+/// Random characters per code (27 × 5 = 135 bits).
+pub const RANDOM_CHARS: usize = 27;
+const TOTAL_CHARS: usize = RANDOM_CHARS + 1;
+const PREFIX: &str = "RC1";
+
+/// A recovery code in canonical form (28 characters, no prefix or separators). Zeroized on
+/// drop; never printed.
+pub struct RecoveryCode(Zeroizing<String>);
+
+impl std::fmt::Debug for RecoveryCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecoveryCode([redacted])")
+    }
+}
+
+impl RecoveryCode {
+    /// A fresh code from the operating system's CSPRNG.
+    pub fn generate() -> Result<Self, Error> {
+        let mut chars = Zeroizing::new(String::with_capacity(TOTAL_CHARS));
+        let mut bytes = Zeroizing::new([0u8; RANDOM_CHARS]);
+        crate::config::getrandom_fill(&mut *bytes).map_err(|err| {
+            tracing::error!(error = %err, "random source failed");
+            Error::Internal
+        })?;
+        // 256 is a multiple of 32: the low five bits of a uniform byte are uniform.
+        for b in bytes.iter() {
+            chars.push(char::from(ALPHABET[usize::from(b & 31)]));
+        }
+        let check = check_char(chars.as_bytes());
+        chars.push(char::from(check));
+        Ok(Self(chars))
+    }
+
+    /// Parses user input. Errors say what is wrong without echoing the input.
+    pub fn parse(input: &str) -> Result<Self, Error> {
+        let mut text = Zeroizing::new(input.trim().to_ascii_uppercase());
+        if let Some(rest) = text.strip_prefix(PREFIX)
+            && (rest.starts_with(['-', ' ']) || rest.len() == TOTAL_CHARS)
+        {
+            *text = rest.to_owned();
+        }
+        let mut chars = Zeroizing::new(String::with_capacity(TOTAL_CHARS));
+        for c in text.chars() {
+            let mapped = match c {
+                '-' | ' ' => continue,
+                'I' | 'L' => '1',
+                'O' => '0',
+                c if c.is_ascii() && ALPHABET.contains(&(c as u8)) => c,
+                _ => {
+                    return Err(Error::RecoveryCodeMalformed(
+                        "it has a character recovery codes never contain",
+                    ));
+                }
+            };
+            chars.push(mapped);
+        }
+        if chars.len() != TOTAL_CHARS {
+            return Err(Error::RecoveryCodeMalformed(
+                "it has the wrong number of characters",
+            ));
+        }
+        let (random, check) = chars.as_bytes().split_at(RANDOM_CHARS);
+        if check_char(random) != check[0] {
+            return Err(Error::RecoveryCodeMalformed(
+                "its check character does not match",
+            ));
+        }
+        Ok(Self(chars))
+    }
+
+    /// The canonical characters that get hashed.
+    pub fn canonical(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// The form shown to the person, once: `RC1-XXXX-…`.
+    pub fn display(&self) -> Zeroizing<String> {
+        let mut out = Zeroizing::new(String::with_capacity(PREFIX.len() + TOTAL_CHARS + 8));
+        out.push_str(PREFIX);
+        for group in self.0.as_bytes().chunks(4) {
+            out.push('-');
+            out.extend(group.iter().map(|&b| char::from(b)));
+        }
+        out
+    }
+}
+
+fn value(c: u8) -> usize {
+    ALPHABET.iter().position(|&a| a == c).unwrap_or(0)
+}
+
+/// Luhn mod 32 over `chars` (already in the alphabet): the character that makes the whole
+/// sequence check out.
+fn check_char(chars: &[u8]) -> u8 {
+    const N: usize = 32;
+    let mut factor = 2;
+    let mut sum = 0;
+    for &c in chars.iter().rev() {
+        let addend = factor * value(c);
+        factor = if factor == 2 { 1 } else { 2 };
+        sum += addend / N + addend % N;
+    }
+    ALPHABET[(N - sum % N) % N]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_codes_have_the_documented_shape_and_parse_back() {
+        let code = RecoveryCode::generate().unwrap();
+        let shown = code.display();
+        assert_eq!(shown.len(), 3 + 7 * 5);
+        assert!(shown.starts_with("RC1-"));
+        let groups: Vec<&str> = shown.split('-').skip(1).collect();
+        assert_eq!(groups.len(), 7);
+        assert!(groups.iter().all(|g| g.len() == 4));
+        let parsed = RecoveryCode::parse(&shown).unwrap();
+        assert_eq!(parsed.canonical(), code.canonical());
+    }
+
+    #[test]
+    fn codes_are_random() {
+        let a = RecoveryCode::generate().unwrap();
+        let b = RecoveryCode::generate().unwrap();
+        assert_ne!(a.canonical(), b.canonical());
+    }
+
+    #[test]
+    fn parsing_forgives_case_separators_prefix_and_lookalikes() {
+        let code = RecoveryCode::generate().unwrap();
+        let shown = code.display().to_string();
+        let bare: String = shown[4..].replace('-', "");
+        let variants = [
+            shown.to_lowercase(),
+            format!("  {shown}  "),
+            shown[4..].to_owned(),
+            bare.clone(),
+            format!("rc1{bare}"),
+            shown.replace('-', " "),
+            bare.replace('1', "l").replace('0', "O"),
+            bare.replace('1', "I").replace('0', "o"),
+        ];
+        for variant in variants {
+            let parsed = RecoveryCode::parse(&variant).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(parsed.canonical(), code.canonical());
+        }
+    }
+
+    #[test]
+    fn every_single_character_typo_is_caught() {
+        for _ in 0..20 {
+            let code = RecoveryCode::generate().unwrap();
+            let canonical = code.canonical().to_vec();
+            for position in 0..canonical.len() {
+                for &replacement in ALPHABET {
+                    if replacement == canonical[position] {
+                        continue;
+                    }
+                    let mut typo = canonical.clone();
+                    typo[position] = replacement;
+                    let typo = String::from_utf8(typo).unwrap();
+                    assert!(
+                        matches!(
+                            RecoveryCode::parse(&typo),
+                            Err(Error::RecoveryCodeMalformed(_))
+                        ),
+                        "a typo at {position} slipped through"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_are_malformed() {
+        let code = RecoveryCode::generate().unwrap();
+        let shown = code.display().to_string();
+        for bad in [
+            String::new(),
+            "RC1-".to_owned(),
+            shown[..shown.len() - 1].to_owned(),
+            format!("{shown}A"),
+            format!("{}U", &shown[..shown.len() - 1]),
+            format!("{}!", &shown[..shown.len() - 1]),
+            "RC1-ÄÄÄÄ".to_owned(),
+        ] {
+            assert!(
+                matches!(
+                    RecoveryCode::parse(&bad),
+                    Err(Error::RecoveryCodeMalformed(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_code() {
+        let code = RecoveryCode::generate().unwrap();
+        let shown = format!("{code:?}");
+        assert!(!shown.contains(std::str::from_utf8(&code.canonical()[..8]).unwrap()));
+    }
+}

@@ -1,0 +1,246 @@
+//! Email addresses: strict validation of exactly one plain address, and the canonical lookup
+//! form (trimmed, Unicode NFC, domain lower-cased and IDNA-encoded; the local part is not
+//! folded). Mail always goes to the address as stored at enrollment.
+
+use unicode_normalization::UnicodeNormalization as _;
+
+use super::Error;
+
+/// Longest address accepted, in bytes (RFC 5321's path limit less the angle brackets).
+pub const MAX_EMAIL_BYTES: usize = 254;
+const MAX_LOCAL_BYTES: usize = 64;
+
+/// A validated address: as given (trimmed, NFC) and its lookup form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email {
+    address: String,
+    lookup: String,
+}
+
+impl Email {
+    /// Validates `input` as exactly one plain address. Lists, display names, quotes, comments,
+    /// whitespace or control characters inside, and anything over 254 bytes are refused.
+    pub fn parse(input: &str) -> Result<Self, Error> {
+        let invalid = |why: &str| Error::InvalidEmail(format!("invalid email address: {why}"));
+        let trimmed = input.trim();
+        if trimmed.is_empty() {
+            return Err(invalid("it is empty"));
+        }
+        if trimmed.len() > MAX_EMAIL_BYTES {
+            return Err(invalid("it is longer than 254 bytes"));
+        }
+        if trimmed.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(invalid("it contains spaces or control characters"));
+        }
+        if trimmed.chars().any(|c| {
+            matches!(
+                c,
+                ',' | ';' | '<' | '>' | '(' | ')' | '"' | '[' | ']' | '\\' | ':'
+            )
+        }) {
+            return Err(invalid(
+                "give exactly one plain address, without a display name, list, quotes or comments",
+            ));
+        }
+        let address: String = trimmed.nfc().collect();
+        let mut parts = address.split('@');
+        let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(invalid("it must contain exactly one @"));
+        };
+        check_local(local).map_err(&invalid)?;
+        let ascii_domain = idna::domain_to_ascii_strict(domain)
+            .or_else(|_| idna::domain_to_ascii(domain))
+            .map_err(|_| invalid("the domain is not a valid domain name"))?;
+        check_domain(&ascii_domain).map_err(&invalid)?;
+        let lookup = format!("{local}@{ascii_domain}");
+        if lookup.len() > MAX_EMAIL_BYTES {
+            return Err(invalid("it is longer than 254 bytes"));
+        }
+        Ok(Self { address, lookup })
+    }
+
+    /// The address as given (trimmed, NFC): where mail goes.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The canonical form that lookups match on.
+    pub fn lookup(&self) -> &str {
+        &self.lookup
+    }
+}
+
+fn check_local(local: &str) -> Result<(), &'static str> {
+    if local.is_empty() {
+        return Err("the part before @ is empty");
+    }
+    if local.len() > MAX_LOCAL_BYTES {
+        return Err("the part before @ is longer than 64 bytes");
+    }
+    if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+        return Err("the part before @ has a misplaced dot");
+    }
+    // RFC 5322 atext, plus any non-ASCII character (RFC 6531).
+    let atext =
+        |c: char| !c.is_ascii() || c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c);
+    if !local.chars().all(atext) {
+        return Err("the part before @ has a character addresses cannot have");
+    }
+    Ok(())
+}
+
+fn check_domain(domain: &str) -> Result<(), &'static str> {
+    if domain.is_empty() {
+        return Err("the domain is empty");
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2 {
+        return Err("the domain needs a dot, e.g. example.com");
+    }
+    for label in &labels {
+        let valid = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !valid {
+            return Err("the domain is not a valid domain name");
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("the domain must be a name, not an IP address");
+    }
+    Ok(())
+}
+
+/// A masked form safe to show and log: `a***@example.com`.
+pub fn mask(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => {
+            let first: String = local.chars().take(1).collect();
+            format!("{first}***@{domain}")
+        }
+        None => "***".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(input: &str) -> String {
+        Email::parse(input)
+            .map(|e| e.lookup().to_owned())
+            .unwrap_or_else(|e| format!("ERR {e}"))
+    }
+
+    #[test]
+    fn canonical_forms() {
+        let table = [
+            // (input, lookup form)
+            ("ann@example.com", "ann@example.com"),
+            ("  Ann@EXAMPLE.com \n", "Ann@example.com"),
+            ("Ann@Example.COM", "Ann@example.com"),
+            // The local part is not case-folded.
+            ("ANN@example.com", "ANN@example.com"),
+            // IDNA: Unicode domains become punycode; full-width letters map to ASCII.
+            ("ann@bücher.example", "ann@xn--bcher-kva.example"),
+            ("ann@ＥＸＡＭＰＬＥ.com", "ann@example.com"),
+            // Turkish dotted capital I in the domain maps to "i̇" per UTS 46, never to ASCII "i".
+            ("ann@İstanbul.example", "ann@xn--istanbul-o0e.example"),
+            // Turkish dotless ı stays distinct from i.
+            ("ann@ıstanbul.example", "ann@xn--stanbul-qfb.example"),
+            // NFC: a decomposed é in the local part composes.
+            ("jose\u{301}@example.com", "jos\u{e9}@example.com"),
+            ("jos\u{e9}@example.com", "jos\u{e9}@example.com"),
+            // Full-width letters in the local part are not folded: a distinct mailbox.
+            ("ａnn@example.com", "ａnn@example.com"),
+        ];
+        for (input, want) in table {
+            assert_eq!(lookup(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn turkish_i_never_folds_to_ascii_i() {
+        for dotted in ["ann@İstanbul.example", "ann@ıstanbul.example"] {
+            assert_ne!(lookup(dotted), "ann@istanbul.example", "{dotted}");
+        }
+        // Surrounding whitespace, a trailing newline included, is trimmed.
+        assert_eq!(lookup("ann@example.com\n"), "ann@example.com");
+    }
+
+    #[test]
+    fn mail_goes_to_the_address_as_given() {
+        let email = Email::parse("  Ann@EXAMPLE.com ").unwrap();
+        assert_eq!(email.address(), "Ann@EXAMPLE.com");
+    }
+
+    #[test]
+    fn anything_but_one_plain_address_is_refused() {
+        for bad in [
+            "",
+            "   ",
+            "ann",
+            "ann@",
+            "@example.com",
+            "ann@@example.com",
+            "ann@example.com,eve@evil.example",
+            "ann@example.com;eve@evil.example",
+            "[\"ann@example.com\",\"eve@evil.example\"]",
+            "Ann <ann@example.com>",
+            "\"ann\"@example.com",
+            "ann(comment)@example.com",
+            "ann@example.com\r\nBcc: eve@evil.example",
+            "ann @example.com",
+            "ann@exa mple.com",
+            "ann\u{0}@example.com",
+            ".ann@example.com",
+            "ann.@example.com",
+            "an..n@example.com",
+            "ann@localhost",
+            "ann@-example.com",
+            "ann@example..com",
+            "ann@[127.0.0.1]",
+            "ann@127.0.0.1",
+            "＠example.com",
+            "ａｎｎ＠ｅｘａｍｐｌｅ．ｃｏｍ",
+        ] {
+            let result = Email::parse(bad);
+            assert!(
+                matches!(result, Err(Error::InvalidEmail(_))),
+                "{bad:?} was accepted as {result:?}"
+            );
+        }
+        let long_local = format!("{}@example.com", "a".repeat(65));
+        assert!(Email::parse(&long_local).is_err());
+        let long = format!(
+            "{}@{}.com",
+            "a".repeat(60),
+            "b".repeat(63).repeat(3).chars().collect::<String>()
+        );
+        assert!(Email::parse(&long).is_err());
+        let exactly_254 = format!(
+            "{}@{}.{}.{}.com",
+            "a".repeat(64),
+            "b".repeat(60),
+            "c".repeat(60),
+            "d".repeat(63)
+        );
+        assert_eq!(exactly_254.len(), 254);
+        assert!(Email::parse(&exactly_254).is_ok());
+        assert!(Email::parse(&format!("a{exactly_254}")).is_err());
+    }
+
+    #[test]
+    fn masking_keeps_the_first_character_and_the_domain() {
+        assert_eq!(mask("ann@example.com"), "a***@example.com");
+        assert_eq!(mask("élise@example.com"), "é***@example.com");
+        assert_eq!(mask("bogus"), "***");
+    }
+}

@@ -1,0 +1,70 @@
+//! What can go wrong in the domain, in the caller's terms. The gRPC adapter maps each variant
+//! to one status code and one `ErrorInfo` reason (see `grpc::status`); nothing here carries a
+//! secret or an internal cause.
+
+use recovery_storage::StorageError;
+
+/// A domain failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidEmail(String),
+    #[error("{0}")]
+    InvalidAccountId(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("the recovery code is malformed: {0}; check it for typos (no attempt was counted)")]
+    RecoveryCodeMalformed(&'static str),
+    #[error("the email code must be exactly 6 digits (no attempt was counted)")]
+    EmailCodeMalformed,
+    #[error("no such recovery flow")]
+    FlowNotFound,
+    #[error("the recovery flow has expired; start a new one with BeginRecovery")]
+    FlowExpired,
+    #[error("the recovery flow is over (it succeeded, or a newer recovery code cancelled it)")]
+    FlowCompleted,
+    #[error("the email address of this flow is not verified yet; call VerifyEmail first")]
+    EmailNotVerified,
+    #[error("wrong email code; {attempts_left} attempt(s) left")]
+    EmailCodeMismatch { attempts_left: i32 },
+    #[error("wrong recovery code; {attempts_left} attempt(s) left")]
+    RecoveryCodeMismatch { attempts_left: i32 },
+    #[error("this flow used up its attempts; start a new one with BeginRecovery")]
+    TooManyAttempts,
+    #[error("recovery is locked for this account after too many wrong recovery codes")]
+    RecoveryLocked { locked_until_ms: i64 },
+    #[error("the account has no recovery code")]
+    NotEnrolled,
+    #[error("this email address is already used for recovery by another account")]
+    EmailInUse,
+    #[error("too many requests; retry later")]
+    RateLimited {
+        retry_after_ms: i64,
+        limit: &'static str,
+    },
+    #[error("the server is busy hashing; retry shortly")]
+    Overloaded,
+    #[error("the database is unavailable; nothing was changed, retry shortly")]
+    Unavailable,
+    /// A bug or an unexpected answer: the cause is logged where it happens, never returned.
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<StorageError> for Error {
+    fn from(err: StorageError) -> Self {
+        match err {
+            StorageError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "database unavailable");
+                Self::Unavailable
+            }
+            other => {
+                tracing::error!(error = %other, "storage failure");
+                Self::Internal
+            }
+        }
+    }
+}
+
+/// Shorthand for domain results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

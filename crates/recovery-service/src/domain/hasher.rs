@@ -1,0 +1,409 @@
+//! Argon2id on a bounded pool of dedicated threads. Each thread reuses one block buffer, so
+//! memory stays near `threads × m_cost`; admission is a semaphore with a short wait, so overload
+//! is answered fast with `OVERLOADED` instead of queueing without bound.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    time::Duration,
+};
+
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use base64::{Engine as _, engine::general_purpose::STANDARD_NO_PAD};
+use subtle::ConstantTimeEq as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use zeroize::Zeroizing;
+
+use super::{
+    Error,
+    secrets::{Purpose, random_bytes, subkey},
+};
+use crate::config::SecretKey;
+
+/// Argon2id cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashParams {
+    /// Memory in KiB.
+    pub m_kib: u32,
+    /// Passes.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl Default for HashParams {
+    /// OWASP's baseline: m = 19 MiB, t = 2, p = 1.
+    fn default() -> Self {
+        Self {
+            m_kib: 19_456,
+            t: 2,
+            p: 1,
+        }
+    }
+}
+
+impl HashParams {
+    /// As stored beside each hash: `argon2id,m=19456,t=2,p=1`.
+    pub fn label(&self) -> String {
+        format!("argon2id,m={},t={},p={}", self.m_kib, self.t, self.p)
+    }
+
+    fn argon2_params(&self) -> Result<Params, Error> {
+        Params::new(self.m_kib, self.t, self.p, Some(32)).map_err(|e| {
+            tracing::error!(error = %e, "invalid argon2 parameters");
+            Error::Internal
+        })
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub admitted: AtomicU64,
+    pub rejected: AtomicU64,
+    pub waiting: AtomicU64,
+}
+
+/// The hashing pool. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Hasher {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    jobs: mpsc::SyncSender<Job>,
+    permits: Arc<Semaphore>,
+    threads: usize,
+    admission_wait: Duration,
+    params: HashParams,
+    stats: PoolStats,
+}
+
+/// The right to run one hash on the pool, held across the calls of one request.
+#[derive(Debug)]
+pub struct HashPermit {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Hasher {
+    /// Starts `threads` hashing threads hashing with `params`; a request waits at most
+    /// `admission_wait` for a free thread.
+    pub fn new(
+        threads: usize,
+        params: HashParams,
+        admission_wait: Duration,
+    ) -> Result<Self, Error> {
+        let threads = threads.max(1);
+        params.argon2_params()?;
+        let (jobs, receiver) = mpsc::sync_channel::<Job>(threads);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for n in 0..threads {
+            let receiver = Arc::clone(&receiver);
+            std::thread::Builder::new()
+                .name(format!("argon2-{n}"))
+                .spawn(move || {
+                    let mut blocks: Vec<Block> = Vec::new();
+                    loop {
+                        let job = match receiver.lock() {
+                            Ok(guard) => guard.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(&mut blocks),
+                            Err(_) => return, // the pool was dropped
+                        }
+                    }
+                })
+                .map_err(|e| {
+                    tracing::error!(error = %e, "cannot start a hashing thread");
+                    Error::Internal
+                })?;
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                jobs,
+                permits: Arc::new(Semaphore::new(threads)),
+                threads,
+                admission_wait,
+                params,
+                stats: PoolStats::default(),
+            }),
+        })
+    }
+
+    /// The parameters new hashes use.
+    pub fn params(&self) -> HashParams {
+        self.inner.params
+    }
+
+    /// Threads (and so concurrent hashes) in the pool.
+    pub fn threads(&self) -> usize {
+        self.inner.threads
+    }
+
+    /// Pool counters.
+    pub fn stats(&self) -> &PoolStats {
+        &self.inner.stats
+    }
+
+    /// Waits briefly for a free hashing thread; [`Error::Overloaded`] when none frees up.
+    pub async fn admit(&self) -> Result<HashPermit, Error> {
+        let stats = &self.inner.stats;
+        stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let acquired = tokio::time::timeout(
+            self.inner.admission_wait,
+            Arc::clone(&self.inner.permits).acquire_owned(),
+        )
+        .await;
+        stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        match acquired {
+            Ok(Ok(permit)) => {
+                stats.admitted.fetch_add(1, Ordering::Relaxed);
+                Ok(HashPermit { _permit: permit })
+            }
+            _ => {
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(Error::Overloaded)
+            }
+        }
+    }
+
+    /// Hashes `secret` with a fresh salt under `key`'s pepper: a PHC string.
+    pub async fn hash(
+        &self,
+        _permit: &HashPermit,
+        secret: &[u8],
+        key: &SecretKey,
+    ) -> Result<String, Error> {
+        let params = self.inner.params;
+        let salt: [u8; 16] = random_bytes()?;
+        let output = self.run(params, secret, salt.to_vec(), key).await?;
+        Ok(format!(
+            "$argon2id$v=19$m={},t={},p={}${}${}",
+            params.m_kib,
+            params.t,
+            params.p,
+            STANDARD_NO_PAD.encode(salt),
+            STANDARD_NO_PAD.encode(&*output)
+        ))
+    }
+
+    /// Checks `secret` against a PHC string made by [`Hasher::hash`], under `key`'s pepper, in
+    /// constant time. A malformed stored hash is an internal error, never a match.
+    pub async fn verify(
+        &self,
+        _permit: &HashPermit,
+        secret: &[u8],
+        phc: &str,
+        key: &SecretKey,
+    ) -> Result<bool, Error> {
+        let (params, salt, expected) = parse_phc(phc).ok_or_else(|| {
+            tracing::error!("stored recovery-code hash is not an argon2id PHC string");
+            Error::Internal
+        })?;
+        let output = self.run(params, secret, salt, key).await?;
+        Ok(output.len() == expected.len() && bool::from(output.ct_eq(&expected)))
+    }
+
+    async fn run(
+        &self,
+        params: HashParams,
+        secret: &[u8],
+        salt: Vec<u8>,
+        key: &SecretKey,
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let argon_params = params.argon2_params()?;
+        let pepper = subkey(key, Purpose::RecoveryCodePepper);
+        let secret = Zeroizing::new(secret.to_vec());
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move |blocks: &mut Vec<Block>| {
+            let needed = argon_params.block_count();
+            if blocks.len() < needed {
+                blocks.resize(needed, Block::default());
+            }
+            let mut out = Zeroizing::new(vec![0u8; 32]);
+            let outcome = Argon2::new_with_secret(
+                &*pepper,
+                Algorithm::Argon2id,
+                Version::V0x13,
+                argon_params,
+            )
+            .and_then(|argon| {
+                argon.hash_password_into_with_memory(
+                    &secret,
+                    &salt,
+                    &mut out,
+                    &mut blocks[..needed],
+                )
+            })
+            .map(|()| out);
+            let _ = done.send(outcome);
+        });
+        self.inner.jobs.send(job).map_err(|_| {
+            tracing::error!("hashing threads are gone");
+            Error::Internal
+        })?;
+        match result.await {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "argon2 failed");
+                Err(Error::Internal)
+            }
+            Err(_) => {
+                tracing::error!("a hashing thread died");
+                Err(Error::Internal)
+            }
+        }
+    }
+}
+
+/// `$argon2id$v=19$m=…,t=…,p=…$salt$hash` → (params, salt, hash).
+fn parse_phc(phc: &str) -> Option<(HashParams, Vec<u8>, Vec<u8>)> {
+    let mut parts = phc.split('$');
+    let ("", "argon2id", "v=19", params, salt, hash, None) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let mut m = None;
+    let mut t = None;
+    let mut p = None;
+    for pair in params.split(',') {
+        let (name, value) = pair.split_once('=')?;
+        let value: u32 = value.parse().ok()?;
+        match name {
+            "m" => m = Some(value),
+            "t" => t = Some(value),
+            "p" => p = Some(value),
+            _ => return None,
+        }
+    }
+    let params = HashParams {
+        m_kib: m?,
+        t: t?,
+        p: p?,
+    };
+    Some((
+        params,
+        STANDARD_NO_PAD.decode(salt).ok()?,
+        STANDARD_NO_PAD.decode(hash).ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KeyRing;
+
+    const A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    const B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+    fn small() -> HashParams {
+        HashParams {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hash_verifies_only_the_same_secret_under_the_same_pepper() {
+        let hasher = Hasher::new(2, small(), Duration::from_secs(1)).unwrap();
+        let a = KeyRing::parse(A).unwrap();
+        let b = KeyRing::parse(B).unwrap();
+        let permit = hasher.admit().await.unwrap();
+        let phc = hasher.hash(&permit, b"SECRET", a.current()).await.unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{phc}");
+        assert!(
+            hasher
+                .verify(&permit, b"SECRET", &phc, a.current())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !hasher
+                .verify(&permit, b"SECRET!", &phc, a.current())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !hasher
+                .verify(&permit, b"SECRET", &phc, b.current())
+                .await
+                .unwrap(),
+            "peppered"
+        );
+        let again = hasher.hash(&permit, b"SECRET", a.current()).await.unwrap();
+        assert_ne!(phc, again, "fresh salt each time");
+    }
+
+    #[tokio::test]
+    async fn hashes_made_under_other_parameters_still_verify() {
+        let keys = KeyRing::parse(A).unwrap();
+        let old = Hasher::new(1, small(), Duration::from_secs(1)).unwrap();
+        let permit = old.admit().await.unwrap();
+        let phc = old.hash(&permit, b"code", keys.current()).await.unwrap();
+        drop(permit);
+        let new = Hasher::new(
+            1,
+            HashParams {
+                m_kib: 128,
+                t: 2,
+                p: 1,
+            },
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let permit = new.admit().await.unwrap();
+        assert!(
+            new.verify(&permit, b"code", &phc, keys.current())
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_malformed_stored_hash_is_an_internal_error() {
+        let keys = KeyRing::parse(A).unwrap();
+        let hasher = Hasher::new(1, small(), Duration::from_secs(1)).unwrap();
+        let permit = hasher.admit().await.unwrap();
+        for bad in [
+            "",
+            "$argon2i$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA",
+            "$argon2id$v=19$m=x$a$b",
+        ] {
+            assert_eq!(
+                hasher.verify(&permit, b"code", bad, keys.current()).await,
+                Err(Error::Internal)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_answers_overloaded_after_the_admission_wait() {
+        let hasher = Hasher::new(2, small(), Duration::from_millis(20)).unwrap();
+        let first = hasher.admit().await.unwrap();
+        let _second = hasher.admit().await.unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(hasher.admit().await.unwrap_err(), Error::Overloaded);
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert_eq!(hasher.stats().rejected.load(Ordering::Relaxed), 1);
+        drop(first);
+        assert!(
+            hasher.admit().await.is_ok(),
+            "a released permit admits the next call"
+        );
+    }
+}

@@ -1,0 +1,329 @@
+//! Managing an account's code: create or replace, status, revoke, change email, audit trail.
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use recovery_storage::{
+    StorageError,
+    model::{Effects, NewEnrollment, Opaque, StoredCode},
+};
+use serde_json::json;
+
+use super::{
+    AuditPage, CreatedCode, Error, Recovery, Result, Status,
+    code::RecoveryCode,
+    email::{Email, mask},
+    notify::{AuditKind, Client, MessageKind, audit, context, merge, message},
+    secrets, validate_account_id,
+};
+
+const DEFAULT_PAGE_SIZE: i32 = 50;
+const MAX_PAGE_SIZE: i32 = 500;
+const MAX_REASON_BYTES: usize = 256;
+
+impl Recovery {
+    /// Creates the account's recovery code, replacing any live one (which stops working at
+    /// once, with every flow in progress). The plaintext is returned here only.
+    pub async fn create_code(&self, account_id: &str, email: &str) -> Result<CreatedCode> {
+        let account_id = validate_account_id(account_id)?;
+        let email = Email::parse(email)?;
+        let permit = self.hasher.admit().await?;
+        let code = RecoveryCode::generate()?;
+        let key = self.keys.current();
+        let hash = self.hasher.hash(&permit, code.canonical(), key).await?;
+        drop(permit);
+        let code_id = secrets::random_id("rc_")?;
+        let now = self.now();
+        let stored = StoredCode {
+            code_id: code_id.clone(),
+            hash: Opaque(hash),
+            key_id: key.id().to_owned(),
+            params: self.hasher.params().label(),
+        };
+        let new = NewEnrollment {
+            account_id: account_id.to_owned(),
+            email: email.address().to_owned(),
+            email_lookup: email.lookup().to_owned(),
+            code: stored,
+        };
+        // Effects need the outcome (created or replaced); build them fallibly up front for
+        // both cases, then pick.
+        let client = Client::default();
+        let hint = mask(email.address());
+        let data = |kind: &str| {
+            merge(
+                context(now, &client),
+                json!({ "code_id": code_id, "event": kind }),
+            )
+        };
+        let created = Effects {
+            messages: vec![message(
+                &self.keys,
+                MessageKind::CodeCreated,
+                Some(account_id),
+                email.address(),
+                data("created"),
+            )?],
+            audit: vec![audit(
+                account_id,
+                AuditKind::CodeCreated,
+                now,
+                &client,
+                &[("code_id", code_id.clone()), ("email_hint", hint.clone())],
+            )?],
+        };
+        let mut replaced = Effects {
+            messages: vec![message(
+                &self.keys,
+                MessageKind::CodeReplaced,
+                Some(account_id),
+                email.address(),
+                data("replaced"),
+            )?],
+            audit: vec![audit(
+                account_id,
+                AuditKind::CodeReplaced,
+                now,
+                &client,
+                &[("code_id", code_id.clone()), ("email_hint", hint)],
+            )?],
+        };
+        let keys = &self.keys;
+        let address = email.address().to_owned();
+        let mut previous_notice = None;
+        let outcome = self
+            .storage
+            .put_enrollment(new, now, |outcome| {
+                if !outcome.replaced {
+                    return created;
+                }
+                if let Some(previous) = outcome.previous_email.as_deref().filter(|p| *p != address)
+                {
+                    match message(
+                        keys,
+                        MessageKind::CodeReplaced,
+                        Some(account_id),
+                        previous,
+                        data("replaced"),
+                    ) {
+                        Ok(notice) => replaced.messages.push(notice),
+                        Err(err) => previous_notice = Some(err),
+                    }
+                }
+                replaced
+            })
+            .await
+            .map_err(|err| match err {
+                StorageError::Conflict(_) => Error::EmailInUse,
+                other => other.into(),
+            })?;
+        if let Some(err) = previous_notice {
+            // Sealing failed only for the old address's notice; the change itself is stored.
+            tracing::error!(error = %err, "could not notify the previous recovery address");
+        }
+        tracing::info!(
+            account_id,
+            code_id,
+            replaced = outcome.replaced,
+            generation = outcome.generation,
+            "recovery code created"
+        );
+        Ok(CreatedCode {
+            recovery_code: code.display(),
+            code_id,
+            created_at_ms: now,
+        })
+    }
+
+    /// Whether the account has a live code, and its usage. Never the code.
+    pub async fn status(&self, account_id: &str) -> Result<Status> {
+        let account_id = validate_account_id(account_id)?;
+        let now = self.now();
+        let Some(enrollment) = self.storage.find_enrollment(account_id).await? else {
+            return Ok(Status::default());
+        };
+        let Some(code) = enrollment.code else {
+            return Ok(Status::default());
+        };
+        Ok(Status {
+            enrolled: true,
+            code_id: Some(code.code_id),
+            created_at_ms: enrollment.code_created_at,
+            last_used_at_ms: enrollment.last_used_at,
+            use_count: u32::try_from(enrollment.use_count).unwrap_or(u32::MAX),
+            locked_until_ms: enrollment.locked_until.filter(|until| *until > now),
+            email_hint: Some(mask(&enrollment.email)),
+        })
+    }
+
+    /// Deletes the account's code; flows in progress are cancelled and the owner notified.
+    pub async fn revoke(&self, account_id: &str, reason: &str) -> Result<i64> {
+        let account_id = validate_account_id(account_id)?;
+        let reason = truncate(reason.trim(), MAX_REASON_BYTES);
+        let now = self.now();
+        let client = Client::default();
+        let keys = &self.keys;
+        let mut failure = None;
+        let result = self
+            .storage
+            .revoke_enrollment(account_id, now, |before| {
+                let built = (|| -> Result<Effects> {
+                    let code_id = before
+                        .code
+                        .as_ref()
+                        .map(|c| c.code_id.clone())
+                        .unwrap_or_default();
+                    Ok(Effects {
+                        messages: vec![message(
+                            keys,
+                            MessageKind::CodeRevoked,
+                            Some(account_id),
+                            &before.email,
+                            merge(context(now, &client), json!({ "code_id": code_id })),
+                        )?],
+                        audit: vec![audit(
+                            account_id,
+                            AuditKind::CodeRevoked,
+                            now,
+                            &client,
+                            &[("code_id", code_id), ("reason", reason.clone())],
+                        )?],
+                    })
+                })();
+                built.unwrap_or_else(|err| {
+                    failure = Some(err);
+                    Effects::none()
+                })
+            })
+            .await;
+        if let Some(err) = failure {
+            return Err(err);
+        }
+        match result {
+            Ok(_) => {
+                tracing::info!(account_id, "recovery code revoked");
+                Ok(now)
+            }
+            Err(StorageError::NotFound) => Err(Error::NotEnrolled),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Changes where recovery mail goes. The code stays valid; flows in progress are cancelled;
+    /// both the old and the new address are told.
+    pub async fn update_email(&self, account_id: &str, email: &str) -> Result<i64> {
+        let account_id = validate_account_id(account_id)?;
+        let email = Email::parse(email)?;
+        let now = self.now();
+        let client = Client::default();
+        let keys = &self.keys;
+        let new_hint = mask(email.address());
+        let mut failure = None;
+        let result = self
+            .storage
+            .update_enrollment_email(account_id, email.address(), email.lookup(), now, |before| {
+                let built = (|| -> Result<Effects> {
+                    let data = merge(context(now, &client), json!({ "new_email_hint": new_hint }));
+                    let mut messages = vec![message(
+                        keys,
+                        MessageKind::EmailChanged,
+                        Some(account_id),
+                        email.address(),
+                        data.clone(),
+                    )?];
+                    if before.email != email.address() {
+                        messages.push(message(
+                            keys,
+                            MessageKind::EmailChanged,
+                            Some(account_id),
+                            &before.email,
+                            data,
+                        )?);
+                    }
+                    Ok(Effects {
+                        messages,
+                        audit: vec![audit(
+                            account_id,
+                            AuditKind::EmailUpdated,
+                            now,
+                            &client,
+                            &[
+                                ("old_email_hint", mask(&before.email)),
+                                ("email_hint", new_hint.clone()),
+                            ],
+                        )?],
+                    })
+                })();
+                built.unwrap_or_else(|err| {
+                    failure = Some(err);
+                    Effects::none()
+                })
+            })
+            .await;
+        if let Some(err) = failure {
+            return Err(err);
+        }
+        match result {
+            Ok(_) => Ok(now),
+            Err(StorageError::NotFound) => Err(Error::NotEnrolled),
+            Err(StorageError::Conflict(_)) => Err(Error::EmailInUse),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// One page of the account's audit trail, newest first.
+    pub async fn audit_page(
+        &self,
+        account_id: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<AuditPage> {
+        let account_id = validate_account_id(account_id)?;
+        let size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n < 0 => {
+                return Err(Error::InvalidArgument(
+                    "page_size must not be negative".into(),
+                ));
+            }
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let before = decode_page_token(page_token)?;
+        let limit = u64::try_from(size).unwrap_or(50);
+        // One extra row tells whether another page follows.
+        let mut events = self
+            .storage
+            .list_audit_events(account_id, before, limit + 1)
+            .await?;
+        let more = events.len() as u64 > limit;
+        events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let next_page_token = match (more, events.last()) {
+            (true, Some(last)) => URL_SAFE_NO_PAD.encode(format!("a1:{}", last.seq)),
+            _ => String::new(),
+        };
+        Ok(AuditPage {
+            events,
+            next_page_token,
+        })
+    }
+}
+
+fn decode_page_token(token: &str) -> Result<Option<i64>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || Error::InvalidArgument("page_token was not issued by this service".into());
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    text.strip_prefix("a1:")
+        .and_then(|seq| seq.parse::<i64>().ok())
+        .filter(|seq| *seq > 0)
+        .map(Some)
+        .ok_or_else(invalid)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}

@@ -1,0 +1,208 @@
+//! What recovery means, free of transport and storage types: the rules of PRODUCT.md over a
+//! [`Storage`] handle, a hashing pool, the server key ring and an injected clock.
+
+mod clock;
+pub mod code;
+pub mod email;
+mod error;
+pub mod hasher;
+mod manage;
+pub mod notify;
+mod recover;
+pub mod secrets;
+
+use std::{net::IpAddr, sync::Arc};
+
+pub use clock::{Clock, FixedClock, SystemClock};
+pub use error::{Error, Result};
+use recovery_storage::Storage;
+use zeroize::Zeroizing;
+
+pub use self::notify::Client;
+use crate::config::{KeyRing, ReusePolicy};
+
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 60 * MINUTE_MS;
+
+/// The rules and numbers of PRODUCT.md, each configurable.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub reuse: ReusePolicy,
+    /// A flow's lifetime from BeginRecovery.
+    pub flow_ttl_ms: i64,
+    /// The email code's lifetime.
+    pub email_code_ttl_ms: i64,
+    /// VerifyEmail submissions per flow.
+    pub email_attempts: i32,
+    /// RecoverAccount submissions per flow.
+    pub recovery_attempts: i32,
+    /// Failed recovery codes within `lockout_window_ms` that lock the account's recovery.
+    pub lockout_threshold: i64,
+    pub lockout_window_ms: i64,
+    pub lockout_ms: i64,
+    /// Recovery starts per canonical email address per hour (enrolled or not).
+    pub starts_per_email_per_hour: i64,
+    /// Recovery starts per client IP (IPv6: per /64) per hour.
+    pub starts_per_ip_per_hour: i64,
+    /// BeginRecovery calls per client IP (IPv6: per /64) per minute.
+    pub starts_per_ip_per_minute: i64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            reuse: ReusePolicy::Reusable,
+            flow_ttl_ms: 30 * MINUTE_MS,
+            email_code_ttl_ms: 15 * MINUTE_MS,
+            email_attempts: 5,
+            recovery_attempts: 5,
+            lockout_threshold: 10,
+            lockout_window_ms: 24 * HOUR_MS,
+            lockout_ms: 24 * HOUR_MS,
+            starts_per_email_per_hour: 5,
+            starts_per_ip_per_hour: 20,
+            starts_per_ip_per_minute: 10,
+        }
+    }
+}
+
+/// The recovery domain service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    storage: Storage,
+    hasher: hasher::Hasher,
+    keys: Arc<KeyRing>,
+    clock: Arc<dyn Clock>,
+    policy: Arc<Policy>,
+}
+
+/// A code just created: shown once.
+#[derive(Debug)]
+pub struct CreatedCode {
+    pub recovery_code: Zeroizing<String>,
+    pub code_id: String,
+    pub created_at_ms: i64,
+}
+
+/// A flow just started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedFlow {
+    pub flow_id: String,
+    pub expires_at_ms: i64,
+}
+
+/// A completed recovery.
+#[derive(Debug)]
+pub struct Recovered {
+    pub account_id: String,
+    /// The replacement code under `rotate_on_use`, shown once.
+    pub new_recovery_code: Option<Zeroizing<String>>,
+}
+
+/// An account's recovery status; never the code.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub enrolled: bool,
+    pub code_id: Option<String>,
+    pub created_at_ms: Option<i64>,
+    pub last_used_at_ms: Option<i64>,
+    pub use_count: u32,
+    pub locked_until_ms: Option<i64>,
+    pub email_hint: Option<String>,
+}
+
+/// One page of an audit trail.
+#[derive(Debug, Clone)]
+pub struct AuditPage {
+    pub events: Vec<recovery_storage::model::AuditRecord>,
+    pub next_page_token: String,
+}
+
+impl Recovery {
+    pub fn new(
+        storage: Storage,
+        hasher: hasher::Hasher,
+        keys: Arc<KeyRing>,
+        clock: Arc<dyn Clock>,
+        policy: Policy,
+    ) -> Self {
+        Self {
+            storage,
+            hasher,
+            keys,
+            clock,
+            policy: Arc::new(policy),
+        }
+    }
+
+    /// The storage handle (for health probes and the outbox worker).
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The hashing pool (for metrics).
+    pub fn hasher(&self) -> &hasher::Hasher {
+        &self.hasher
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}
+
+/// Checks an account id: 1 to 128 bytes, no control characters.
+pub fn validate_account_id(account_id: &str) -> Result<&str> {
+    if account_id.is_empty() {
+        return Err(Error::InvalidAccountId("account_id is empty".into()));
+    }
+    if account_id.len() > 128 {
+        return Err(Error::InvalidAccountId(
+            "account_id is longer than 128 bytes".into(),
+        ));
+    }
+    if account_id.chars().any(char::is_control) {
+        return Err(Error::InvalidAccountId(
+            "account_id contains control characters".into(),
+        ));
+    }
+    Ok(account_id)
+}
+
+/// Validates the client context the auth service reported: an IP address (or none) and a user
+/// agent, trimmed of control characters and cut to 512 bytes.
+pub fn client(ip_address: &str, user_agent: &str) -> Result<Client> {
+    let ip = match ip_address.trim() {
+        "" => None,
+        text => Some(text.parse::<IpAddr>().map_err(|_| {
+            Error::InvalidArgument("client.ip_address is not an IPv4 or IPv6 address".into())
+        })?),
+    };
+    let ip = ip.map(|ip| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    });
+    let cleaned: String = user_agent.chars().filter(|c| !c.is_control()).collect();
+    let mut end = cleaned.len().min(512);
+    while !cleaned.is_char_boundary(end) {
+        end -= 1;
+    }
+    let user_agent = cleaned[..end].trim();
+    Ok(Client {
+        ip,
+        user_agent: (!user_agent.is_empty()).then(|| user_agent.to_owned()),
+    })
+}
+
+/// The rate-limit key of an address: IPv4 as is, IPv6 by its /64.
+pub fn ip_limit_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("ip:{v4}"),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

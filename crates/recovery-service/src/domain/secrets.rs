@@ -1,0 +1,271 @@
+//! Everything keyed by the server secret: per-purpose subkeys, the email-code MAC, the
+//! recovery-code pepper, sealing of outbox payloads, and random identifiers.
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use chacha20poly1305::{
+    ChaCha20Poly1305, KeyInit as _, Nonce,
+    aead::{Aead as _, Payload},
+};
+use hmac::{Hmac, Mac as _};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::Error;
+use crate::config::{KeyRing, SecretKey, getrandom_fill};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// What a subkey is for; each purpose gets an independent key from the same server secret.
+#[derive(Debug, Clone, Copy)]
+pub enum Purpose {
+    EmailCodeMac,
+    RecoveryCodePepper,
+    OutboxSeal,
+}
+
+impl Purpose {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Self::EmailCodeMac => b"recovery-service v1 email-code mac",
+            Self::RecoveryCodePepper => b"recovery-service v1 recovery-code pepper",
+            Self::OutboxSeal => b"recovery-service v1 outbox seal",
+        }
+    }
+}
+
+/// HMAC-SHA-256(server key, purpose label): a 32-byte subkey.
+pub fn subkey(key: &SecretKey, purpose: Purpose) -> Zeroizing<[u8; 32]> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    if let Ok(mut mac) = <HmacSha256 as hmac::Mac>::new_from_slice(key.expose()) {
+        mac.update(purpose.label());
+        out.copy_from_slice(&mac.finalize().into_bytes());
+    }
+    out
+}
+
+fn internal(what: &str) -> Error {
+    tracing::error!(what, "cryptographic operation failed");
+    Error::Internal
+}
+
+/// Random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], Error> {
+    let mut out = [0u8; N];
+    getrandom_fill(&mut out).map_err(|e| {
+        tracing::error!(error = %e, "random source failed");
+        Error::Internal
+    })?;
+    Ok(out)
+}
+
+/// A random identifier: `prefix` then 26 Crockford base32 characters (130 bits).
+pub fn random_id(prefix: &str) -> Result<String, Error> {
+    const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    let bytes: [u8; 26] = random_bytes()?;
+    let mut id = String::with_capacity(prefix.len() + 26);
+    id.push_str(prefix);
+    id.extend(
+        bytes
+            .iter()
+            .map(|b| char::from(ALPHABET[usize::from(b & 31)])),
+    );
+    Ok(id)
+}
+
+/// A uniformly random 6-digit email code.
+pub fn email_code() -> Result<Zeroizing<String>, Error> {
+    // Rejection sampling over u32: values at or above the largest multiple of 10^6 are redrawn.
+    const LIMIT: u32 = u32::MAX - (u32::MAX % 1_000_000);
+    loop {
+        let n = u32::from_le_bytes(random_bytes()?);
+        if n < LIMIT {
+            return Ok(Zeroizing::new(format!("{:06}", n % 1_000_000)));
+        }
+    }
+}
+
+/// Whether `code` is exactly 6 ASCII digits once trimmed; answers the trimmed code.
+pub fn parse_email_code(input: &str) -> Result<&str, Error> {
+    let code = input.trim();
+    if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(code)
+    } else {
+        Err(Error::EmailCodeMalformed)
+    }
+}
+
+/// HMAC-SHA-256 of an email code, bound to its flow, under `key`'s MAC subkey (hex).
+pub fn email_code_mac(key: &SecretKey, flow_id: &str, code: &str) -> String {
+    hex::encode(email_code_mac_bytes(key, flow_id, code))
+}
+
+fn email_code_mac_bytes(key: &SecretKey, flow_id: &str, code: &str) -> Vec<u8> {
+    let subkey = subkey(key, Purpose::EmailCodeMac);
+    let Ok(mut mac) = <HmacSha256 as hmac::Mac>::new_from_slice(&*subkey) else {
+        return Vec::new();
+    };
+    mac.update(flow_id.as_bytes());
+    mac.update(b"\0");
+    mac.update(code.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Compares `code` with a stored MAC in constant time.
+pub fn verify_email_code(
+    keys: &KeyRing,
+    key_id: &str,
+    flow_id: &str,
+    code: &str,
+    stored_hex: &str,
+) -> bool {
+    use subtle::ConstantTimeEq as _;
+    let (Some(key), Ok(stored)) = (keys.get(key_id), hex::decode(stored_hex)) else {
+        return false;
+    };
+    let computed = email_code_mac_bytes(key, flow_id, code);
+    computed.len() == stored.len() && bool::from(computed.ct_eq(&stored))
+}
+
+/// Seals `plaintext` for the outbox: ChaCha20-Poly1305 under the key's seal subkey, bound to
+/// `message_id`. Format: `v1.<key id>.<base64url(nonce ‖ ciphertext)>`.
+pub fn seal(key: &SecretKey, message_id: &str, plaintext: &[u8]) -> Result<String, Error> {
+    let subkey = subkey(key, Purpose::OutboxSeal);
+    let cipher = ChaCha20Poly1305::new_from_slice(&*subkey).map_err(|_| internal("seal key"))?;
+    let nonce: [u8; 12] = random_bytes()?;
+    let ciphertext = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad: message_id.as_bytes(),
+            },
+        )
+        .map_err(|_| internal("seal"))?;
+    let mut blob = nonce.to_vec();
+    blob.extend_from_slice(&ciphertext);
+    Ok(format!("v1.{}.{}", key.id(), URL_SAFE_NO_PAD.encode(blob)))
+}
+
+/// Opens what [`seal`] sealed with any key of the ring.
+pub fn unseal(keys: &KeyRing, message_id: &str, sealed: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let mut parts = sealed.splitn(3, '.');
+    let (Some("v1"), Some(key_id), Some(body)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(internal("sealed payload format"));
+    };
+    let key = keys
+        .get(key_id)
+        .ok_or_else(|| internal("sealed payload key id"))?;
+    let blob = URL_SAFE_NO_PAD
+        .decode(body)
+        .map_err(|_| internal("sealed payload encoding"))?;
+    if blob.len() < 12 {
+        return Err(internal("sealed payload length"));
+    }
+    let (nonce, ciphertext) = blob.split_at(12);
+    let subkey = subkey(key, Purpose::OutboxSeal);
+    let cipher = ChaCha20Poly1305::new_from_slice(&*subkey).map_err(|_| internal("seal key"))?;
+    cipher
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: message_id.as_bytes(),
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| internal("unseal"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(text: &str) -> KeyRing {
+        KeyRing::parse(text).unwrap()
+    }
+
+    const A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    const B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+    #[test]
+    fn email_codes_are_six_digits_and_vary() {
+        let codes: std::collections::BTreeSet<String> = (0..200)
+            .map(|_| email_code().unwrap().to_string())
+            .collect();
+        assert!(
+            codes
+                .iter()
+                .all(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()))
+        );
+        assert!(
+            codes.len() > 190,
+            "200 draws from a million should rarely collide"
+        );
+    }
+
+    #[test]
+    fn email_code_format_is_checked_before_anything_else() {
+        assert_eq!(parse_email_code(" 012345 ").unwrap(), "012345");
+        for bad in ["", "12345", "1234567", "12a456", "１２３４５６", "12 345"] {
+            assert_eq!(
+                parse_email_code(bad),
+                Err(Error::EmailCodeMalformed),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn macs_verify_under_any_listed_key_and_bind_the_flow() {
+        let old = ring(&format!("old:{A}"));
+        let mac = email_code_mac(old.current(), "flow-1", "123456");
+        assert!(verify_email_code(&old, "old", "flow-1", "123456", &mac));
+        assert!(!verify_email_code(&old, "old", "flow-1", "123457", &mac));
+        assert!(!verify_email_code(&old, "old", "flow-2", "123456", &mac));
+        let rotated = ring(&format!("new:{B},old:{A}"));
+        assert!(verify_email_code(&rotated, "old", "flow-1", "123456", &mac));
+        assert!(!verify_email_code(
+            &rotated, "gone", "flow-1", "123456", &mac
+        ));
+    }
+
+    #[test]
+    fn sealed_payloads_open_only_with_their_key_and_message_id() {
+        let keys = ring(&format!("new:{B},old:{A}"));
+        let sealed = seal(keys.current(), "m1", b"code 123456").unwrap();
+        assert!(sealed.starts_with("v1.new."));
+        assert!(!sealed.contains("123456"));
+        assert_eq!(&*unseal(&keys, "m1", &sealed).unwrap(), b"code 123456");
+        assert!(
+            unseal(&keys, "m2", &sealed).is_err(),
+            "bound to its message id"
+        );
+        assert!(unseal(&ring(A), "m1", &sealed).is_err(), "unknown key id");
+        let mut tampered = sealed.clone();
+        tampered.pop();
+        tampered.push(if sealed.ends_with('A') { 'B' } else { 'A' });
+        assert!(unseal(&keys, "m1", &tampered).is_err());
+    }
+
+    #[test]
+    fn subkeys_differ_by_purpose() {
+        let keys = ring(A);
+        let k = keys.current();
+        assert_ne!(
+            *subkey(k, Purpose::EmailCodeMac),
+            *subkey(k, Purpose::RecoveryCodePepper)
+        );
+        assert_ne!(
+            *subkey(k, Purpose::OutboxSeal),
+            *subkey(k, Purpose::RecoveryCodePepper)
+        );
+    }
+
+    #[test]
+    fn random_ids_have_a_prefix_and_130_bits() {
+        let id = random_id("fl_").unwrap();
+        assert_eq!(id.len(), 3 + 26);
+        assert!(id.starts_with("fl_"));
+        assert_ne!(id, random_id("fl_").unwrap());
+    }
+}

@@ -1,0 +1,802 @@
+//! The rules of recovery, each tested against a real SQLite file with an injected clock.
+
+use std::{sync::Arc, time::Duration};
+
+use recovery_storage::{ConnectOptions, Storage};
+
+use super::{
+    hasher::{HashParams, Hasher},
+    *,
+};
+use crate::config::{KeyRing, ReusePolicy};
+
+const KEY_A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const KEY_B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+const T0: i64 = 1_800_000_000_000;
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+const IP: &str = "203.0.113.7";
+
+fn small_params() -> HashParams {
+    HashParams {
+        m_kib: 64,
+        t: 1,
+        p: 1,
+    }
+}
+
+struct Harness {
+    recovery: Recovery,
+    clock: FixedClock,
+    storage: Storage,
+    keys: Arc<KeyRing>,
+    _dir: tempfile::TempDir,
+}
+
+/// A delivered (claimed and opened) outbox message.
+#[derive(Debug)]
+struct Mail {
+    kind: String,
+    recipient: String,
+    data: serde_json::Value,
+}
+
+async fn harness(policy: Policy) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+    let storage = Storage::connect(&ConnectOptions::new(url)).await.unwrap();
+    storage.migrate().await.unwrap();
+    let mut h = Harness {
+        recovery: Recovery::new(
+            storage.clone(),
+            Hasher::new(2, small_params(), Duration::from_secs(2)).unwrap(),
+            Arc::new(KeyRing::parse(KEY_A).unwrap()),
+            Arc::new(FixedClock::at(T0)),
+            policy.clone(),
+        ),
+        clock: FixedClock::at(T0),
+        storage,
+        keys: Arc::new(KeyRing::parse(KEY_A).unwrap()),
+        _dir: dir,
+    };
+    h.rebuild(policy, small_params(), KEY_A);
+    h
+}
+
+impl Harness {
+    /// Replaces the service (same database and clock) with other settings.
+    fn rebuild(&mut self, policy: Policy, params: HashParams, keys: &str) {
+        self.keys = Arc::new(KeyRing::parse(keys).unwrap());
+        self.recovery = Recovery::new(
+            self.storage.clone(),
+            Hasher::new(2, params, Duration::from_secs(2)).unwrap(),
+            Arc::clone(&self.keys),
+            Arc::new(self.clock.clone()),
+            policy,
+        );
+    }
+
+    async fn enroll(&self, account: &str, email: &str) -> String {
+        self.recovery
+            .create_code(account, email)
+            .await
+            .unwrap()
+            .recovery_code
+            .to_string()
+    }
+
+    /// Every deliverable message so far, opened; marks them sent.
+    async fn mail(&self) -> Vec<Mail> {
+        let now = self.clock.now_ms();
+        let claimed = self
+            .storage
+            .claim_outbox("test", 1000, MIN, now)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for m in claimed {
+            let plain = secrets::unseal(&self.keys, &m.message_id, &m.payload.0).unwrap();
+            self.storage
+                .mark_outbox_sent(m.id, "test", now)
+                .await
+                .unwrap();
+            out.push(Mail {
+                kind: m.kind,
+                recipient: m.recipient,
+                data: serde_json::from_slice(&plain).unwrap(),
+            });
+        }
+        out
+    }
+
+    /// The code of the newest verification message.
+    async fn email_code(&self) -> String {
+        self.mail()
+            .await
+            .into_iter()
+            .rev()
+            .find(|m| m.kind == "verification_code")
+            .and_then(|m| m.data["code"].as_str().map(str::to_owned))
+            .expect("a verification message")
+    }
+
+    async fn verified_flow(&self, email: &str) -> String {
+        let flow = self.recovery.begin(email, IP, "test-agent").await.unwrap();
+        let code = self.email_code().await;
+        self.recovery.verify(&flow.flow_id, &code).await.unwrap();
+        flow.flow_id
+    }
+}
+
+fn wrong_code(right: &str) -> String {
+    loop {
+        let other = code::RecoveryCode::generate()
+            .unwrap()
+            .display()
+            .to_string();
+        if other != right {
+            return other;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_full_recovery_works_twice_with_the_same_reusable_code() {
+    let h = harness(Policy::default()).await;
+    let code = h.enroll("acct-1", "Ann@Example.com").await;
+    assert!(code.starts_with("RC1-"));
+    let created = h.mail().await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].kind, "code_created");
+
+    for round in 1..=2u32 {
+        h.clock.advance(MIN);
+        let flow = h.recovery.begin("  ann@EXAMPLE.com ", IP, "Firefox").await;
+        // The typed address differs in case of the local part: a different mailbox.
+        assert!(flow.is_ok());
+        let flow = h
+            .recovery
+            .begin("Ann@EXAMPLE.COM", IP, "Firefox")
+            .await
+            .unwrap();
+        assert_eq!(flow.expires_at_ms, h.clock.now_ms() + 30 * MIN);
+        let mail = h.mail().await;
+        let verification = mail.iter().find(|m| m.kind == "verification_code").unwrap();
+        assert_eq!(
+            verification.recipient, "Ann@Example.com",
+            "mail goes to the stored address"
+        );
+        assert!(
+            mail.iter()
+                .any(|m| m.kind == "recovery_started" && m.data["ip_address"] == IP)
+        );
+        let email_code = verification.data["code"].as_str().unwrap().to_owned();
+        let until = h.recovery.verify(&flow.flow_id, &email_code).await.unwrap();
+        assert_eq!(until, flow.expires_at_ms);
+        let recovered = h
+            .recovery
+            .recover(&flow.flow_id, &code.to_lowercase())
+            .await
+            .unwrap();
+        assert_eq!(recovered.account_id, "acct-1");
+        assert!(recovered.new_recovery_code.is_none());
+        let status = h.recovery.status("acct-1").await.unwrap();
+        assert_eq!(status.use_count, round);
+        assert_eq!(status.last_used_at_ms, Some(h.clock.now_ms()));
+        assert!(
+            h.mail()
+                .await
+                .iter()
+                .any(|m| m.kind == "recovery_completed")
+        );
+        assert_eq!(
+            h.recovery.recover(&flow.flow_id, &code).await.unwrap_err(),
+            Error::FlowCompleted,
+            "a flow succeeds once"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rotate_on_use_returns_a_fresh_code_once_and_kills_the_old_one() {
+    let policy = Policy {
+        reuse: ReusePolicy::RotateOnUse,
+        ..Policy::default()
+    };
+    let h = harness(policy).await;
+    let old = h.enroll("acct", "ann@example.com").await;
+    let flow = h.verified_flow("ann@example.com").await;
+    let recovered = h.recovery.recover(&flow, &old).await.unwrap();
+    let new = recovered
+        .new_recovery_code
+        .expect("a replacement code")
+        .to_string();
+    assert_ne!(new, old);
+
+    let flow = h.verified_flow("ann@example.com").await;
+    assert!(matches!(
+        h.recovery.recover(&flow, &old).await.unwrap_err(),
+        Error::RecoveryCodeMismatch { .. }
+    ));
+    assert!(h.recovery.recover(&flow, &new).await.is_ok());
+}
+
+#[tokio::test]
+async fn the_email_code_expires_at_exactly_fifteen_minutes() {
+    let h = harness(Policy::default()).await;
+    h.enroll("acct", "ann@example.com").await;
+    let flow = h.recovery.begin("ann@example.com", IP, "").await.unwrap();
+    let code = h.email_code().await;
+    h.clock.advance(15 * MIN);
+    assert_eq!(
+        h.recovery.verify(&flow.flow_id, &code).await.unwrap_err(),
+        Error::FlowExpired
+    );
+
+    let flow = h.recovery.begin("ann@example.com", IP, "").await.unwrap();
+    let code = h.email_code().await;
+    h.clock.advance(15 * MIN - 1);
+    assert!(h.recovery.verify(&flow.flow_id, &code).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_flow_expires_at_exactly_thirty_minutes() {
+    let h = harness(Policy::default()).await;
+    let code = h.enroll("acct", "ann@example.com").await;
+    let flow = h.verified_flow("ann@example.com").await;
+    h.clock.advance(30 * MIN);
+    assert_eq!(
+        h.recovery.recover(&flow, &code).await.unwrap_err(),
+        Error::FlowExpired
+    );
+
+    let flow = h.verified_flow("ann@example.com").await;
+    h.clock.advance(30 * MIN - 1);
+    assert!(h.recovery.recover(&flow, &code).await.is_ok());
+}
+
+#[tokio::test]
+async fn five_wrong_email_codes_use_up_the_flow_even_for_the_right_one() {
+    let h = harness(Policy::default()).await;
+    h.enroll("acct", "ann@example.com").await;
+    let flow = h.recovery.begin("ann@example.com", IP, "").await.unwrap();
+    let right = h.email_code().await;
+    let wrong = if right == "000000" {
+        "000001"
+    } else {
+        "000000"
+    };
+    for left in (0..5).rev() {
+        assert_eq!(
+            h.recovery.verify(&flow.flow_id, wrong).await.unwrap_err(),
+            Error::EmailCodeMismatch {
+                attempts_left: left
+            }
+        );
+    }
+    assert_eq!(
+        h.recovery.verify(&flow.flow_id, &right).await.unwrap_err(),
+        Error::TooManyAttempts
+    );
+    // Malformed codes never count.
+    let flow = h.recovery.begin("ann@example.com", IP, "").await.unwrap();
+    let right = h.email_code().await;
+    for _ in 0..10 {
+        assert_eq!(
+            h.recovery.verify(&flow.flow_id, "12345").await.unwrap_err(),
+            Error::EmailCodeMalformed
+        );
+    }
+    assert!(h.recovery.verify(&flow.flow_id, &right).await.is_ok());
+    // A retried VerifyEmail with the right code succeeds again; a wrong one does not.
+    assert!(h.recovery.verify(&flow.flow_id, &right).await.is_ok());
+    assert!(matches!(
+        h.recovery.verify(&flow.flow_id, wrong).await.unwrap_err(),
+        Error::EmailCodeMismatch { .. }
+    ));
+}
+
+#[tokio::test]
+async fn five_wrong_recovery_codes_use_up_the_flow_and_malformed_ones_count_nothing() {
+    let h = harness(Policy::default()).await;
+    let code = h.enroll("acct", "ann@example.com").await;
+    let flow = h.verified_flow("ann@example.com").await;
+    let mut typo = code.clone();
+    typo.pop();
+    typo.push(if code.ends_with('0') { '1' } else { '0' });
+    for _ in 0..10 {
+        assert!(matches!(
+            h.recovery.recover(&flow, &typo).await.unwrap_err(),
+            Error::RecoveryCodeMalformed(_)
+        ));
+    }
+    for left in (0..5).rev() {
+        assert_eq!(
+            h.recovery
+                .recover(&flow, &wrong_code(&code))
+                .await
+                .unwrap_err(),
+            Error::RecoveryCodeMismatch {
+                attempts_left: left
+            }
+        );
+    }
+    assert_eq!(
+        h.recovery.recover(&flow, &code).await.unwrap_err(),
+        Error::TooManyAttempts
+    );
+}
+
+#[tokio::test]
+async fn recovery_needs_a_verified_email_first() {
+    let h = harness(Policy::default()).await;
+    let code = h.enroll("acct", "ann@example.com").await;
+    let flow = h.recovery.begin("ann@example.com", IP, "").await.unwrap();
+    assert_eq!(
+        h.recovery.recover(&flow.flow_id, &code).await.unwrap_err(),
+        Error::EmailNotVerified
+    );
+    assert_eq!(
+        h.recovery.recover("fl_nope", &code).await.unwrap_err(),
+        Error::FlowNotFound
+    );
+    assert_eq!(
+        h.recovery
+            .recover("fl_0000000000000000000000000a", &code)
+            .await
+            .unwrap_err(),
+        Error::FlowNotFound
+    );
+}
+
+#[tokio::test]
+async fn a_new_code_or_a_revocation_cancels_flows_in_progress() {
+    let h = harness(Policy::default()).await;
+    let old = h.enroll("acct", "ann@example.com").await;
+    let verified = h.verified_flow("ann@example.com").await;
+    let pending = h.recovery.begin("ann@example.com", IP, "").await.unwrap();
+    let pending_code = h.email_code().await;
+    let new = h.enroll("acct", "ann@example.com").await;
+    assert!(h.mail().await.iter().any(|m| m.kind == "code_replaced"));
+    assert_eq!(
+        h.recovery.recover(&verified, &new).await.unwrap_err(),
+        Error::FlowCompleted
+    );
+    assert_eq!(
+        h.recovery
+            .verify(&pending.flow_id, &pending_code)
+            .await
+            .unwrap_err(),
+        Error::FlowCompleted
+    );
+
+    let flow = h.verified_flow("ann@example.com").await;
+    assert!(matches!(
+        h.recovery.recover(&flow, &old).await.unwrap_err(),
+        Error::RecoveryCodeMismatch { .. }
+    ));
+    h.recovery.revoke("acct", "lost paper").await.unwrap();
+    assert_eq!(
+        h.recovery.recover(&flow, &new).await.unwrap_err(),
+        Error::FlowCompleted
+    );
+    assert_eq!(
+        h.recovery.revoke("acct", "again").await.unwrap_err(),
+        Error::NotEnrolled
+    );
+    assert!(!h.recovery.status("acct").await.unwrap().enrolled);
+    assert!(h.mail().await.iter().any(|m| m.kind == "code_revoked"));
+}
+
+#[tokio::test]
+async fn ten_wrong_codes_in_a_day_lock_recovery_for_a_day_and_tell_the_owner() {
+    let h = harness(Policy::default()).await;
+    let code = h.enroll("acct", "ann@example.com").await;
+    for _ in 0..2 {
+        let flow = h.verified_flow("ann@example.com").await;
+        for _ in 0..5 {
+            assert!(matches!(
+                h.recovery
+                    .recover(&flow, &wrong_code(&code))
+                    .await
+                    .unwrap_err(),
+                Error::RecoveryCodeMismatch { .. }
+            ));
+        }
+    }
+    let locked_at = h.clock.now_ms();
+    let mail = h.mail().await;
+    assert_eq!(
+        mail.iter().filter(|m| m.kind == "recovery_locked").count(),
+        1
+    );
+
+    // Begin and verify behave as usual; RecoverAccount says locked before any hashing, even
+    // for the right code.
+    let flow = h.verified_flow("ann@example.com").await;
+    let admitted = h
+        .recovery
+        .hasher()
+        .stats()
+        .admitted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        h.recovery.recover(&flow, &code).await.unwrap_err(),
+        Error::RecoveryLocked {
+            locked_until_ms: locked_at + 24 * HOUR
+        }
+    );
+    assert_eq!(
+        h.recovery
+            .hasher()
+            .stats()
+            .admitted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        admitted,
+        "no hashing while locked"
+    );
+    assert_eq!(
+        h.recovery.status("acct").await.unwrap().locked_until_ms,
+        Some(locked_at + 24 * HOUR)
+    );
+
+    h.clock.set(locked_at + 24 * HOUR);
+    let flow = h.verified_flow("ann@example.com").await;
+    assert!(
+        h.recovery.recover(&flow, &code).await.is_ok(),
+        "unlocked after a day"
+    );
+    assert_eq!(
+        h.recovery.status("acct").await.unwrap().locked_until_ms,
+        None
+    );
+}
+
+#[tokio::test]
+async fn failures_older_than_the_window_do_not_count_toward_a_lock() {
+    let h = harness(Policy {
+        lockout_threshold: 3,
+        ..Policy::default()
+    })
+    .await;
+    let code = h.enroll("acct", "ann@example.com").await;
+    let flow = h.verified_flow("ann@example.com").await;
+    for _ in 0..2 {
+        h.recovery
+            .recover(&flow, &wrong_code(&code))
+            .await
+            .unwrap_err();
+    }
+    h.clock.advance(24 * HOUR);
+    let flow = h.verified_flow("ann@example.com").await;
+    h.recovery
+        .recover(&flow, &wrong_code(&code))
+        .await
+        .unwrap_err();
+    assert!(
+        h.recovery.recover(&flow, &code).await.is_ok(),
+        "2 old + 1 new failures: no lock"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_email_gets_a_flow_that_never_verifies_and_no_mail() {
+    let h = harness(Policy::default()).await;
+    let flow = h
+        .recovery
+        .begin("nobody@example.com", IP, "")
+        .await
+        .unwrap();
+    assert!(flow.flow_id.starts_with("fl_"));
+    assert!(h.mail().await.is_empty(), "nothing is sent");
+    for code in ["000000", "123456", "999999"] {
+        assert!(matches!(
+            h.recovery.verify(&flow.flow_id, code).await.unwrap_err(),
+            Error::EmailCodeMismatch { .. }
+        ));
+    }
+    assert_eq!(
+        h.recovery
+            .recover(&flow.flow_id, &wrong_code(""))
+            .await
+            .unwrap_err(),
+        Error::EmailNotVerified
+    );
+}
+
+#[tokio::test]
+async fn starts_are_limited_per_email_and_per_ip_with_a_retry_time() {
+    let h = harness(Policy::default()).await;
+    for _ in 0..5 {
+        h.recovery.begin("ann@example.com", "", "").await.unwrap();
+    }
+    match h
+        .recovery
+        .begin(" ann@EXAMPLE.com ", "", "")
+        .await
+        .unwrap_err()
+    {
+        Error::RateLimited {
+            retry_after_ms,
+            limit,
+        } => {
+            assert_eq!(limit, "email_per_hour");
+            assert!(retry_after_ms > 0 && retry_after_ms <= HOUR);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The per-email limit holds for unknown emails too (no enumeration through limits).
+    for _ in 0..5 {
+        h.recovery.begin("ghost@example.com", "", "").await.unwrap();
+    }
+    assert!(matches!(
+        h.recovery.begin("ghost@example.com", "", "").await,
+        Err(Error::RateLimited { .. })
+    ));
+
+    // Per IP: 10 a minute; an IPv6 /64 is one client.
+    let h = harness(Policy::default()).await;
+    for i in 0..10 {
+        let ip = format!("2001:db8:1:2::{i:x}");
+        h.recovery
+            .begin(&format!("user{i}@example.com"), &ip, "")
+            .await
+            .unwrap();
+    }
+    match h
+        .recovery
+        .begin("other@example.com", "2001:db8:1:2:ffff::1", "")
+        .await
+        .unwrap_err()
+    {
+        Error::RateLimited { limit, .. } => assert_eq!(limit, "ip_per_minute"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        h.recovery
+            .begin("other@example.com", "2001:db8:1:3::1", "")
+            .await
+            .is_ok(),
+        "another /64"
+    );
+    assert!(matches!(
+        h.recovery
+            .begin("x@example.com", "not-an-ip", "")
+            .await
+            .unwrap_err(),
+        Error::InvalidArgument(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_successful_use_upgrades_outdated_hash_parameters_and_keys() {
+    let mut h = harness(Policy::default()).await;
+    let code = h.enroll("acct", "ann@example.com").await;
+    let before = h
+        .storage
+        .find_enrollment("acct")
+        .await
+        .unwrap()
+        .unwrap()
+        .code
+        .unwrap();
+    assert_eq!(before.params, "argon2id,m=64,t=1,p=1");
+
+    // New parameters and a rotated key (the old one still listed).
+    h.rebuild(
+        Policy::default(),
+        HashParams {
+            m_kib: 128,
+            t: 2,
+            p: 1,
+        },
+        &format!("new:{KEY_B},{KEY_A}"),
+    );
+    let flow = h.verified_flow("ann@example.com").await;
+    h.recovery.recover(&flow, &code).await.unwrap();
+    let after = h
+        .storage
+        .find_enrollment("acct")
+        .await
+        .unwrap()
+        .unwrap()
+        .code
+        .unwrap();
+    assert_eq!(after.params, "argon2id,m=128,t=2,p=1");
+    assert_eq!(after.key_id, "new");
+    assert_eq!(after.code_id, before.code_id, "the same code, re-hashed");
+    assert_ne!(after.hash, before.hash);
+
+    // Only the new key now: the re-hashed code still works.
+    h.rebuild(
+        Policy::default(),
+        HashParams {
+            m_kib: 128,
+            t: 2,
+            p: 1,
+        },
+        &format!("new:{KEY_B}"),
+    );
+    let flow = h.verified_flow("ann@example.com").await;
+    assert!(h.recovery.recover(&flow, &code).await.is_ok());
+}
+
+#[tokio::test]
+async fn status_never_shows_the_code_or_the_full_address() {
+    let h = harness(Policy::default()).await;
+    assert_eq!(
+        h.recovery.status("nobody").await.unwrap(),
+        Status::default()
+    );
+    let created = h
+        .recovery
+        .create_code("acct", "ann@example.com")
+        .await
+        .unwrap();
+    let status = h.recovery.status("acct").await.unwrap();
+    assert!(status.enrolled);
+    assert_eq!(status.code_id.as_deref(), Some(created.code_id.as_str()));
+    assert_eq!(status.created_at_ms, Some(T0));
+    assert_eq!(status.email_hint.as_deref(), Some("a***@example.com"));
+    assert_eq!(
+        (
+            status.use_count,
+            status.last_used_at_ms,
+            status.locked_until_ms
+        ),
+        (0, None, None)
+    );
+    for bad in ["", &"x".repeat(129), "a\nb"] {
+        assert!(matches!(
+            h.recovery.status(bad).await.unwrap_err(),
+            Error::InvalidAccountId(_)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn changing_the_email_moves_recovery_mail_and_tells_both_addresses() {
+    let h = harness(Policy::default()).await;
+    let code = h.enroll("acct", "old@example.com").await;
+    h.mail().await;
+    h.recovery
+        .update_email("acct", "new@example.org")
+        .await
+        .unwrap();
+    let mail = h.mail().await;
+    let mut told: Vec<&str> = mail
+        .iter()
+        .filter(|m| m.kind == "email_changed")
+        .map(|m| m.recipient.as_str())
+        .collect();
+    told.sort_unstable();
+    assert_eq!(told, ["new@example.org", "old@example.com"]);
+
+    h.recovery.begin("old@example.com", IP, "").await.unwrap();
+    assert!(
+        h.mail().await.is_empty(),
+        "the old address no longer recovers"
+    );
+    let flow = h.verified_flow("new@example.org").await;
+    assert!(
+        h.recovery.recover(&flow, &code).await.is_ok(),
+        "the code stays valid"
+    );
+    assert_eq!(
+        h.recovery
+            .update_email("nobody", "x@example.com")
+            .await
+            .unwrap_err(),
+        Error::NotEnrolled
+    );
+}
+
+#[tokio::test]
+async fn an_address_recovers_one_account() {
+    let h = harness(Policy::default()).await;
+    h.enroll("a", "shared@example.com").await;
+    assert_eq!(
+        h.recovery
+            .create_code("b", "shared@EXAMPLE.com")
+            .await
+            .unwrap_err(),
+        Error::EmailInUse
+    );
+    // The local part is not folded: another mailbox, another account.
+    assert!(
+        h.recovery
+            .create_code("b", "Shared@example.com")
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn the_audit_trail_records_each_step_and_pages_newest_first() {
+    let h = harness(Policy::default()).await;
+    let code = h.enroll("acct", "ann@example.com").await;
+    let flow = h.verified_flow("ann@example.com").await;
+    h.recovery
+        .recover(&flow, &wrong_code(&code))
+        .await
+        .unwrap_err();
+    h.recovery.recover(&flow, &code).await.unwrap();
+    let page = h.recovery.audit_page("acct", 0, "").await.unwrap();
+    let kinds: Vec<&str> = page.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "RECOVERY_COMPLETED",
+            "RECOVERY_CODE_FAILED",
+            "EMAIL_VERIFIED",
+            "RECOVERY_STARTED",
+            "CODE_CREATED"
+        ]
+    );
+    assert!(page.next_page_token.is_empty());
+    let first = h.recovery.audit_page("acct", 2, "").await.unwrap();
+    assert_eq!(first.events.len(), 2);
+    let second = h
+        .recovery
+        .audit_page("acct", 2, &first.next_page_token)
+        .await
+        .unwrap();
+    assert_eq!(second.events[0].kind, "EMAIL_VERIFIED");
+    let third = h
+        .recovery
+        .audit_page("acct", 2, &second.next_page_token)
+        .await
+        .unwrap();
+    assert_eq!(third.events.len(), 1);
+    assert!(third.next_page_token.is_empty());
+    for bad in ["x", "YTE6LTE", "!!"] {
+        assert!(matches!(
+            h.recovery.audit_page("acct", 2, bad).await.unwrap_err(),
+            Error::InvalidArgument(_)
+        ));
+    }
+    assert!(matches!(
+        h.recovery.audit_page("acct", -1, "").await.unwrap_err(),
+        Error::InvalidArgument(_)
+    ));
+    let audit_text = format!("{:?}", page.events);
+    assert!(
+        !audit_text.contains(&code[4..]),
+        "no code in the audit trail"
+    );
+    assert!(
+        !audit_text.contains("ann@example.com"),
+        "no full address in the audit trail"
+    );
+}
+
+#[tokio::test]
+async fn a_full_hashing_pool_answers_overloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+    let storage = Storage::connect(&ConnectOptions::new(url)).await.unwrap();
+    storage.migrate().await.unwrap();
+    let hasher = Hasher::new(1, small_params(), Duration::from_millis(10)).unwrap();
+    let recovery = Recovery::new(
+        storage,
+        hasher.clone(),
+        Arc::new(KeyRing::parse(KEY_A).unwrap()),
+        Arc::new(FixedClock::at(T0)),
+        Policy::default(),
+    );
+    let held = hasher.admit().await.unwrap();
+    assert_eq!(
+        recovery
+            .create_code("acct", "ann@example.com")
+            .await
+            .unwrap_err(),
+        Error::Overloaded
+    );
+    drop(held);
+    assert!(
+        recovery
+            .create_code("acct", "ann@example.com")
+            .await
+            .is_ok()
+    );
+}

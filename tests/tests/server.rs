@@ -112,47 +112,77 @@ async fn health_is_serving_for_the_server_and_the_service() {
     assert_eq!(unknown.code(), Code::NotFound);
 }
 
+/// Empty requests get precise, actionable errors with an `ErrorInfo` reason, never a panic
+/// or a fake success.
 #[tokio::test]
-async fn rpcs_not_built_yet_answer_unimplemented() {
+async fn empty_requests_get_the_contract_reasons() {
+    use tonic_types::StatusExt as _;
     let server = Server::start().unwrap();
     let mut client = RecoveryServiceClient::new(server.channel().await.unwrap());
     let results = [
-        client
-            .create_recovery_code(api::CreateRecoveryCodeRequest::default())
-            .await
-            .map(drop),
-        client
-            .begin_recovery(api::BeginRecoveryRequest::default())
-            .await
-            .map(drop),
-        client
-            .verify_email(api::VerifyEmailRequest::default())
-            .await
-            .map(drop),
-        client
-            .recover_account(api::RecoverAccountRequest::default())
-            .await
-            .map(drop),
-        client
-            .get_recovery_status(api::GetRecoveryStatusRequest::default())
-            .await
-            .map(drop),
-        client
-            .revoke_recovery_code(api::RevokeRecoveryCodeRequest::default())
-            .await
-            .map(drop),
-        client
-            .update_recovery_email(api::UpdateRecoveryEmailRequest::default())
-            .await
-            .map(drop),
-        client
-            .list_audit_events(api::ListAuditEventsRequest::default())
-            .await
-            .map(drop),
+        (
+            client
+                .create_recovery_code(api::CreateRecoveryCodeRequest::default())
+                .await
+                .map(drop),
+            "INVALID_ACCOUNT_ID",
+        ),
+        (
+            client
+                .begin_recovery(api::BeginRecoveryRequest::default())
+                .await
+                .map(drop),
+            "INVALID_EMAIL",
+        ),
+        (
+            client
+                .verify_email(api::VerifyEmailRequest::default())
+                .await
+                .map(drop),
+            "EMAIL_CODE_MALFORMED",
+        ),
+        (
+            client
+                .recover_account(api::RecoverAccountRequest::default())
+                .await
+                .map(drop),
+            "RECOVERY_CODE_MALFORMED",
+        ),
+        (
+            client
+                .get_recovery_status(api::GetRecoveryStatusRequest::default())
+                .await
+                .map(drop),
+            "INVALID_ACCOUNT_ID",
+        ),
+        (
+            client
+                .revoke_recovery_code(api::RevokeRecoveryCodeRequest::default())
+                .await
+                .map(drop),
+            "INVALID_ACCOUNT_ID",
+        ),
+        (
+            client
+                .update_recovery_email(api::UpdateRecoveryEmailRequest::default())
+                .await
+                .map(drop),
+            "INVALID_ACCOUNT_ID",
+        ),
+        (
+            client
+                .list_audit_events(api::ListAuditEventsRequest::default())
+                .await
+                .map(drop),
+            "INVALID_ACCOUNT_ID",
+        ),
     ];
-    for result in results {
-        let status = result.expect_err("no RPC may fake a success");
-        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    for (result, reason) in results {
+        let status = result.expect_err("an empty request is invalid");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let info = status.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, reason);
+        assert_eq!(info.domain, "recovery.identity");
     }
 }
 

@@ -1,6 +1,6 @@
 //! The command line: `serve` (default), `migrate`, `healthcheck`.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -10,6 +10,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::{
     config::{self, Config, ConfigError, KeyRing, KeySource, TlsConfig},
+    domain::{Recovery, SystemClock, hasher::Hasher},
     healthcheck, server, telemetry,
 };
 
@@ -184,10 +185,27 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+    let hasher = Hasher::new(
+        config.hash_threads,
+        config.hash_params,
+        config.hash_admission_wait,
+    )?;
+    tracing::info!(
+        threads = hasher.threads(),
+        params = %config.hash_params.label(),
+        "argon2id hashing pool started"
+    );
+    let recovery = Recovery::new(
+        storage.clone(),
+        hasher,
+        Arc::new(keys),
+        Arc::new(SystemClock),
+        config.policy.clone(),
+    );
     server::run(
         listener,
         server::ServeOptions {
-            storage: storage.clone(),
+            recovery,
             tls,
             shutdown_grace: config.shutdown_grace,
         },

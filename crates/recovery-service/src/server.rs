@@ -6,12 +6,11 @@
 use std::{future::Future, time::Duration};
 
 use recovery_proto::v1::recovery_service_server::{RecoveryServiceServer, SERVICE_NAME};
-use recovery_storage::Storage;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::grpc::RecoveryApi;
+use crate::{domain::Recovery, grpc::RecoveryApi};
 
 /// How often the database is pinged to keep the health status true.
 const DB_PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -19,8 +18,8 @@ const DB_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// What the server needs besides its listener.
 #[derive(Debug)]
 pub struct ServeOptions {
-    /// The database, already migrated.
-    pub storage: Storage,
+    /// The recovery domain, over an already migrated database.
+    pub recovery: Recovery,
     /// Server TLS (mutual with a client CA); `None` for plaintext.
     pub tls: Option<ServerTlsConfig>,
     /// How long in-flight calls may take to finish after shutdown starts.
@@ -70,7 +69,9 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RecoveryServiceServer::new(RecoveryApi::new()))
+        .add_service(RecoveryServiceServer::new(RecoveryApi::new(
+            options.recovery.clone(),
+        )))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {
@@ -83,7 +84,7 @@ pub async fn run(
     // Health follows the database: SERVING while it answers.
     let probe = {
         let reporter = reporter.clone();
-        let storage = options.storage.clone();
+        let storage = options.recovery.storage().clone();
         tokio::spawn(async move {
             let mut serving = None;
             loop {

@@ -34,6 +34,21 @@ pub const KEYS: &[&str] = &[
     "callers",
     "shutdown_grace",
     "log_format",
+    "hash_threads",
+    "hash_memory_kib",
+    "hash_iterations",
+    "hash_parallelism",
+    "hash_admission_wait",
+    "flow_ttl",
+    "email_code_ttl",
+    "email_code_attempts",
+    "recovery_code_attempts",
+    "lockout_threshold",
+    "lockout_window",
+    "lockout_duration",
+    "starts_per_email_per_hour",
+    "starts_per_ip_per_hour",
+    "starts_per_ip_per_minute",
 ];
 
 /// Variables with the prefix that are not settings but are known to the project (tests).

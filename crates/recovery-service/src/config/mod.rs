@@ -15,6 +15,8 @@ use std::{
 
 use lettre::message::Mailbox;
 
+use crate::domain::{Policy, hasher::HashParams};
+
 pub use layers::{KEYS, Origin, env_name};
 use layers::{Layers, Raw};
 pub use secret::{KeyRing, KeySource, SecretKey, SecretUrl, getrandom_fill};
@@ -121,11 +123,18 @@ pub struct Config {
     pub mail: MailTransport,
     pub mail_from: Mailbox,
     pub keys: KeySource,
-    pub reuse_policy: ReusePolicy,
     pub tls: Option<TlsConfig>,
     pub callers: Vec<Caller>,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// Hashing threads (and so concurrent argon2 computations).
+    pub hash_threads: usize,
+    /// Argon2id cost of new hashes.
+    pub hash_params: HashParams,
+    /// How long a request waits for a hashing thread before `OVERLOADED`.
+    pub hash_admission_wait: Duration,
+    /// The rules and limits of recovery.
+    pub policy: Policy,
     /// `RECOVERY_*` variables that name no setting, to warn about once logging is up.
     pub unknown_env: Vec<String>,
 }
@@ -246,6 +255,74 @@ impl Config {
             _ => Err("expected `text` or `json`".to_owned()),
         })?;
 
+        let hash_threads = s.parse("hash_threads", &default_threads().to_string(), |t| match t
+            .parse::<usize>()
+        {
+            Ok(n) if (1..=256).contains(&n) => Ok(n),
+            _ => Err("expected a whole number from 1 to 256".to_owned()),
+        })?;
+        let defaults = HashParams::default();
+        let hash_params = HashParams {
+            m_kib: s.parse("hash_memory_kib", &defaults.m_kib.to_string(), |t| {
+                count(t, 8, 4 * 1024 * 1024)
+            })?,
+            t: s.parse("hash_iterations", &defaults.t.to_string(), |t| {
+                count(t, 1, 100)
+            })?,
+            p: s.parse("hash_parallelism", &defaults.p.to_string(), |t| {
+                count(t, 1, 64)
+            })?,
+        };
+        if hash_params.m_kib < 8 * hash_params.p {
+            return Err(ConfigError::at(
+                &layers.origin("hash_memory_kib"),
+                "must be at least 8 KiB per lane (RECOVERY_HASH_PARALLELISM)",
+            ));
+        }
+        let hash_admission_wait = s.parse("hash_admission_wait", "100ms", parse_duration)?;
+        let d = Policy::default();
+        let policy = Policy {
+            reuse: reuse_policy,
+            flow_ttl_ms: s.parse("flow_ttl", "30m", parse_millis)?,
+            email_code_ttl_ms: s.parse("email_code_ttl", "15m", parse_millis)?,
+            email_attempts: s.parse("email_code_attempts", &d.email_attempts.to_string(), |t| {
+                count(t, 1, 100).map(|n| n as i32)
+            })?,
+            recovery_attempts: s.parse(
+                "recovery_code_attempts",
+                &d.recovery_attempts.to_string(),
+                |t| count(t, 1, 100).map(|n| n as i32),
+            )?,
+            lockout_threshold: s.parse(
+                "lockout_threshold",
+                &d.lockout_threshold.to_string(),
+                |t| count(t, 1, 10_000).map(i64::from),
+            )?,
+            lockout_window_ms: s.parse("lockout_window", "24h", parse_millis)?,
+            lockout_ms: s.parse("lockout_duration", "24h", parse_millis)?,
+            starts_per_email_per_hour: s.parse(
+                "starts_per_email_per_hour",
+                &d.starts_per_email_per_hour.to_string(),
+                |t| count(t, 1, 1_000_000).map(i64::from),
+            )?,
+            starts_per_ip_per_hour: s.parse(
+                "starts_per_ip_per_hour",
+                &d.starts_per_ip_per_hour.to_string(),
+                |t| count(t, 1, 1_000_000).map(i64::from),
+            )?,
+            starts_per_ip_per_minute: s.parse(
+                "starts_per_ip_per_minute",
+                &d.starts_per_ip_per_minute.to_string(),
+                |t| count(t, 1, 1_000_000).map(i64::from),
+            )?,
+        };
+        if policy.email_code_ttl_ms > policy.flow_ttl_ms {
+            return Err(ConfigError::at(
+                &layers.origin("email_code_ttl"),
+                "must not be longer than RECOVERY_FLOW_TTL",
+            ));
+        }
+
         Ok(Self {
             listen_addr,
             database_url,
@@ -253,11 +330,14 @@ impl Config {
             mail,
             mail_from,
             keys,
-            reuse_policy,
             tls,
             callers,
             shutdown_grace,
             log_format,
+            hash_threads,
+            hash_params,
+            hash_admission_wait,
+            policy,
             unknown_env: layers.unknown_env,
         })
     }
@@ -426,6 +506,27 @@ fn parse_callers(text: &str) -> Result<Vec<Caller>, String> {
             })
         })
         .collect()
+}
+
+/// A whole number in `min..=max`.
+fn count(text: &str, min: u32, max: u32) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from {min} to {max}")),
+    }
+}
+
+/// A positive duration in milliseconds.
+fn parse_millis(text: &str) -> Result<i64, String> {
+    let duration = parse_duration(text)?;
+    match i64::try_from(duration.as_millis()) {
+        Ok(ms) if ms > 0 => Ok(ms),
+        _ => Err("expected a positive duration such as `30m` or `24h`".to_owned()),
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// `30s`, `1m 30s`, `500ms`, or a bare number of seconds.

@@ -29,7 +29,7 @@ fn no_configuration_at_all_gives_the_documented_defaults() {
         "Account Recovery <no-reply@localhost>"
     );
     assert!(matches!(&config.keys, KeySource::DevFile(p) if p == Path::new("recovery.db.key")));
-    assert_eq!(config.reuse_policy, ReusePolicy::Reusable);
+    assert_eq!(config.policy.reuse, ReusePolicy::Reusable);
     assert!(config.tls.is_none());
     assert_eq!(config.shutdown_grace, Duration::from_secs(30));
     assert_eq!(config.log_format, LogFormat::Text);
@@ -150,7 +150,7 @@ fn the_config_file_is_a_layer_under_the_environment() {
     )
     .unwrap();
     assert_eq!(config.listen_addr, "127.0.0.1:7001".parse().unwrap());
-    assert_eq!(config.reuse_policy, ReusePolicy::RotateOnUse);
+    assert_eq!(config.policy.reuse, ReusePolicy::RotateOnUse);
     assert_eq!(config.shutdown_grace, Duration::from_secs(3));
 
     std::fs::write(&path, "reuse_policy = \"sometimes\"\n").unwrap();

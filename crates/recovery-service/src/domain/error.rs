@@ -12,7 +12,9 @@ pub enum Error {
     #[error("{0}")]
     InvalidAccountId(String),
     #[error("{0}")]
-    InvalidArgument(String),
+    InvalidClient(String),
+    #[error("{0}")]
+    InvalidPage(String),
     #[error("the recovery code is malformed: {0}; check it for typos (no attempt was counted)")]
     RecoveryCodeMalformed(&'static str),
     #[error("the email code must be exactly 6 digits (no attempt was counted)")]

@@ -280,9 +280,7 @@ impl Recovery {
         let size = match page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n < 0 => {
-                return Err(Error::InvalidArgument(
-                    "page_size must not be negative".into(),
-                ));
+                return Err(Error::InvalidPage("page_size must not be negative".into()));
             }
             n => n.min(MAX_PAGE_SIZE),
         };
@@ -310,7 +308,7 @@ fn decode_page_token(token: &str) -> Result<Option<i64>> {
     if token.is_empty() {
         return Ok(None);
     }
-    let invalid = || Error::InvalidArgument("page_token was not issued by this service".into());
+    let invalid = || Error::InvalidPage("page_token was not issued by this service".into());
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     text.strip_prefix("a1:")

@@ -174,7 +174,7 @@ pub fn client(ip_address: &str, user_agent: &str) -> Result<Client> {
     let ip = match ip_address.trim() {
         "" => None,
         text => Some(text.parse::<IpAddr>().map_err(|_| {
-            Error::InvalidArgument("client.ip_address is not an IPv4 or IPv6 address".into())
+            Error::InvalidClient("client.ip_address is not an IPv4 or IPv6 address".into())
         })?),
     };
     let ip = ip.map(|ip| match ip {

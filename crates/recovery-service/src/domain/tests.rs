@@ -564,7 +564,7 @@ async fn starts_are_limited_per_email_and_per_ip_with_a_retry_time() {
             .begin("x@example.com", "not-an-ip", "")
             .await
             .unwrap_err(),
-        Error::InvalidArgument(_)
+        Error::InvalidClient(_)
     ));
 }
 
@@ -752,12 +752,12 @@ async fn the_audit_trail_records_each_step_and_pages_newest_first() {
     for bad in ["x", "YTE6LTE", "!!"] {
         assert!(matches!(
             h.recovery.audit_page("acct", 2, bad).await.unwrap_err(),
-            Error::InvalidArgument(_)
+            Error::InvalidPage(_)
         ));
     }
     assert!(matches!(
         h.recovery.audit_page("acct", -1, "").await.unwrap_err(),
-        Error::InvalidArgument(_)
+        Error::InvalidPage(_)
     ));
     let audit_text = format!("{:?}", page.events);
     assert!(

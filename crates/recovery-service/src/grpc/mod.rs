@@ -1,0 +1,201 @@
+//! The thin adapter between the wire (tonic) and the domain: each RPC converts its request,
+//! calls [`Recovery`], and converts the answer; every failure goes through
+//! [`status::to_status`]. No `unwrap` on a request path.
+
+pub mod status;
+
+use prost_types::Timestamp;
+use recovery_proto::v1::{
+    AuditEvent, AuditEventKind, BeginRecoveryRequest, BeginRecoveryResponse, ClientContext,
+    CreateRecoveryCodeRequest, CreateRecoveryCodeResponse, GetRecoveryStatusRequest,
+    GetRecoveryStatusResponse, ListAuditEventsRequest, ListAuditEventsResponse,
+    RecoverAccountRequest, RecoverAccountResponse, RevokeRecoveryCodeRequest,
+    RevokeRecoveryCodeResponse, UpdateRecoveryEmailRequest, UpdateRecoveryEmailResponse,
+    VerifyEmailRequest, VerifyEmailResponse, recovery_service_server::RecoveryService,
+};
+use tonic::{Request, Response, Status};
+
+use crate::domain::{self, Recovery};
+
+/// The `identity.recovery.v1.RecoveryService` implementation.
+#[derive(Debug, Clone)]
+pub struct RecoveryApi {
+    recovery: Recovery,
+}
+
+impl RecoveryApi {
+    pub fn new(recovery: Recovery) -> Self {
+        Self { recovery }
+    }
+}
+
+/// Unix epoch milliseconds as a protobuf timestamp.
+pub fn timestamp(ms: i64) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+fn fail(method: &'static str, err: &domain::Error) -> Status {
+    let status = status::to_status(err);
+    let (_, reason) = status::classify(err);
+    tracing::debug!(method, reason = reason.bare_name(), "request failed");
+    status
+}
+
+#[tonic::async_trait]
+impl RecoveryService for RecoveryApi {
+    async fn create_recovery_code(
+        &self,
+        request: Request<CreateRecoveryCodeRequest>,
+    ) -> Result<Response<CreateRecoveryCodeResponse>, Status> {
+        let req = request.into_inner();
+        let created = self
+            .recovery
+            .create_code(&req.account_id, &req.email)
+            .await
+            .map_err(|e| fail("CreateRecoveryCode", &e))?;
+        Ok(Response::new(CreateRecoveryCodeResponse {
+            recovery_code: created.recovery_code.to_string(),
+            code_id: created.code_id,
+            created_at: Some(timestamp(created.created_at_ms)),
+        }))
+    }
+
+    async fn begin_recovery(
+        &self,
+        request: Request<BeginRecoveryRequest>,
+    ) -> Result<Response<BeginRecoveryResponse>, Status> {
+        let req = request.into_inner();
+        let client = req.client.unwrap_or_default();
+        let flow = self
+            .recovery
+            .begin(&req.email, &client.ip_address, &client.user_agent)
+            .await
+            .map_err(|e| fail("BeginRecovery", &e))?;
+        Ok(Response::new(BeginRecoveryResponse {
+            flow_id: flow.flow_id,
+            expires_at: Some(timestamp(flow.expires_at_ms)),
+        }))
+    }
+
+    async fn verify_email(
+        &self,
+        request: Request<VerifyEmailRequest>,
+    ) -> Result<Response<VerifyEmailResponse>, Status> {
+        let req = request.into_inner();
+        let until = self
+            .recovery
+            .verify(&req.flow_id, &req.email_code)
+            .await
+            .map_err(|e| fail("VerifyEmail", &e))?;
+        Ok(Response::new(VerifyEmailResponse {
+            verified_until: Some(timestamp(until)),
+        }))
+    }
+
+    async fn recover_account(
+        &self,
+        request: Request<RecoverAccountRequest>,
+    ) -> Result<Response<RecoverAccountResponse>, Status> {
+        let req = request.into_inner();
+        let recovered = self
+            .recovery
+            .recover(&req.flow_id, &req.recovery_code)
+            .await
+            .map_err(|e| fail("RecoverAccount", &e))?;
+        Ok(Response::new(RecoverAccountResponse {
+            account_id: recovered.account_id,
+            revoke_all_sessions: true,
+            new_recovery_code: recovered
+                .new_recovery_code
+                .map(|code| code.to_string())
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn get_recovery_status(
+        &self,
+        request: Request<GetRecoveryStatusRequest>,
+    ) -> Result<Response<GetRecoveryStatusResponse>, Status> {
+        let req = request.into_inner();
+        let status = self
+            .recovery
+            .status(&req.account_id)
+            .await
+            .map_err(|e| fail("GetRecoveryStatus", &e))?;
+        Ok(Response::new(GetRecoveryStatusResponse {
+            enrolled: status.enrolled,
+            code_id: status.code_id.unwrap_or_default(),
+            created_at: status.created_at_ms.map(timestamp),
+            last_used_at: status.last_used_at_ms.map(timestamp),
+            use_count: status.use_count,
+            locked_until: status.locked_until_ms.map(timestamp),
+            email_hint: status.email_hint.unwrap_or_default(),
+        }))
+    }
+
+    async fn revoke_recovery_code(
+        &self,
+        request: Request<RevokeRecoveryCodeRequest>,
+    ) -> Result<Response<RevokeRecoveryCodeResponse>, Status> {
+        let req = request.into_inner();
+        let at = self
+            .recovery
+            .revoke(&req.account_id, &req.reason)
+            .await
+            .map_err(|e| fail("RevokeRecoveryCode", &e))?;
+        Ok(Response::new(RevokeRecoveryCodeResponse {
+            revoked_at: Some(timestamp(at)),
+        }))
+    }
+
+    async fn update_recovery_email(
+        &self,
+        request: Request<UpdateRecoveryEmailRequest>,
+    ) -> Result<Response<UpdateRecoveryEmailResponse>, Status> {
+        let req = request.into_inner();
+        let at = self
+            .recovery
+            .update_email(&req.account_id, &req.email)
+            .await
+            .map_err(|e| fail("UpdateRecoveryEmail", &e))?;
+        Ok(Response::new(UpdateRecoveryEmailResponse {
+            updated_at: Some(timestamp(at)),
+        }))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<ListAuditEventsRequest>,
+    ) -> Result<Response<ListAuditEventsResponse>, Status> {
+        let req = request.into_inner();
+        let page = self
+            .recovery
+            .audit_page(&req.account_id, req.page_size, &req.page_token)
+            .await
+            .map_err(|e| fail("ListAuditEvents", &e))?;
+        let events = page
+            .events
+            .into_iter()
+            .map(|e| AuditEvent {
+                event_id: e.event_id,
+                account_id: e.account_id,
+                kind: AuditEventKind::from_str_name(&format!("AUDIT_EVENT_KIND_{}", e.kind))
+                    .unwrap_or(AuditEventKind::Unspecified)
+                    .into(),
+                occurred_at: Some(timestamp(e.occurred_at)),
+                client: Some(ClientContext {
+                    ip_address: e.client.ip.unwrap_or_default(),
+                    user_agent: e.client.user_agent.unwrap_or_default(),
+                }),
+                details: e.details.into_iter().collect(),
+            })
+            .collect();
+        Ok(Response::new(ListAuditEventsResponse {
+            events,
+            next_page_token: page.next_page_token,
+        }))
+    }
+}

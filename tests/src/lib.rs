@@ -239,3 +239,176 @@ pub fn require_tool(name: &str, probe: &mut Command) -> bool {
     }
     present
 }
+
+/// One message the server wrote to its mail directory (the `.eml` file transport).
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub file: PathBuf,
+    pub to: String,
+    pub subject: String,
+    pub raw: String,
+}
+
+impl Mail {
+    /// The 6-digit verification code: the plain-text line that is exactly six digits.
+    pub fn code(&self) -> Option<String> {
+        self.raw
+            .lines()
+            .map(str::trim)
+            .find(|l| l.len() == 6 && l.bytes().all(|b| b.is_ascii_digit()))
+            .map(str::to_owned)
+    }
+}
+
+/// Reads the `.eml` files of a mail directory.
+#[derive(Debug)]
+pub struct Mailbox {
+    dir: PathBuf,
+    seen: Mutex<std::collections::BTreeSet<PathBuf>>,
+}
+
+impl Mailbox {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            seen: Mutex::new(std::collections::BTreeSet::new()),
+        }
+    }
+
+    /// Every message not returned before.
+    pub fn fresh(&self) -> Vec<Mail> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut seen = self.seen.lock().expect("seen lock");
+        let mut out = Vec::new();
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "eml") || seen.contains(&path) {
+                continue;
+            }
+            let Ok(raw) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let header = |name: &str| {
+                raw.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            };
+            let mail = Mail {
+                to: header("To: "),
+                subject: header("Subject: "),
+                file: path.clone(),
+                raw,
+            };
+            seen.insert(path);
+            out.push(mail);
+        }
+        out
+    }
+
+    /// Waits up to 10 s for a new message to `to` whose subject contains `subject`.
+    pub async fn wait_for(&self, to: &str, subject: &str) -> anyhow::Result<Mail> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut pending: Vec<Mail> = Vec::new();
+        loop {
+            pending.extend(self.fresh());
+            if let Some(i) = pending
+                .iter()
+                .position(|m| m.to.contains(to) && m.subject.contains(subject))
+            {
+                let mail = pending.remove(i);
+                // Others stay unseen for later waits.
+                let mut seen = self.seen.lock().expect("seen lock");
+                for other in &pending {
+                    seen.remove(&other.file);
+                }
+                return Ok(mail);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no mail to {to} about {subject:?}; have {:?}",
+                    pending
+                        .iter()
+                        .map(|m| (&m.to, &m.subject))
+                        .collect::<Vec<_>>()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// A fresh PostgreSQL database for one test, dropped at the end; `None` (a loud skip) when
+/// `RECOVERY_TEST_DATABASE_URL` is unset, which CI never allows.
+#[derive(Debug)]
+pub struct PgDatabase {
+    pub url: String,
+    base: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> Option<Self> {
+        let Ok(base) = std::env::var("RECOVERY_TEST_DATABASE_URL") else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "RECOVERY_TEST_DATABASE_URL must be set under CI"
+            );
+            eprintln!("SKIPPED: RECOVERY_TEST_DATABASE_URL is unset, PostgreSQL not tested");
+            return None;
+        };
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "recovery_e2e_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        pg_exec(&base, &format!("DROP DATABASE IF EXISTS {name}")).await;
+        pg_exec(&base, &format!("CREATE DATABASE {name}")).await;
+        let (prefix, rest) = base
+            .rsplit_once('/')
+            .expect("a postgres URL with a database");
+        let query = rest
+            .split_once('?')
+            .map(|(_, q)| format!("?{q}"))
+            .unwrap_or_default();
+        Some(Self {
+            url: format!("{prefix}/{name}{query}"),
+            base,
+            name,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let base = self.base.clone();
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(pg_exec(&base, &sql));
+            }
+        })
+        .join();
+    }
+}
+
+async fn pg_exec(url: &str, sql: &str) {
+    use sea_orm::ConnectionTrait as _;
+    let db = sea_orm::Database::connect(url)
+        .await
+        .expect("connect to the test PostgreSQL");
+    db.execute_raw(sea_orm::Statement::from_string(
+        db.get_database_backend(),
+        sql.to_owned(),
+    ))
+    .await
+    .expect("admin statement");
+    let _ = db.close().await;
+}

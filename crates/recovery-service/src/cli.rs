@@ -11,7 +11,9 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use crate::{
     config::{self, Config, ConfigError, KeyRing, KeySource, TlsConfig},
     domain::{Recovery, SystemClock, hasher::Hasher},
-    healthcheck, server, telemetry,
+    healthcheck,
+    mail::{DeliveryOptions, Transport, Worker},
+    server, telemetry,
 };
 
 const CONFIGURATION_HELP: &str = "\
@@ -195,14 +197,29 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         params = %config.hash_params.label(),
         "argon2id hashing pool started"
     );
+    let keys = Arc::new(keys);
     let recovery = Recovery::new(
         storage.clone(),
         hasher,
-        Arc::new(keys),
+        Arc::clone(&keys),
         Arc::new(SystemClock),
         config.policy.clone(),
     );
-    server::run(
+    let transport = Transport::from_config(&config.mail)?;
+    let mut delivery = DeliveryOptions::new(config.mail_from.clone());
+    delivery.max_attempts = config.mail_max_attempts;
+    let worker = Worker::new(
+        storage.clone(),
+        transport,
+        keys,
+        Arc::new(SystemClock),
+        delivery,
+        recovery.mail_ready(),
+    )?;
+    let (stop_worker, worker_stop) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(worker.run(worker_stop));
+
+    let served = server::run(
         listener,
         server::ServeOptions {
             recovery,
@@ -211,7 +228,11 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         },
         server::shutdown_signal(),
     )
-    .await?;
+    .await;
+    // Mail enqueued by the last calls is still delivered by the next start if not now.
+    let _ = stop_worker.send(true);
+    let _ = worker.await;
+    served?;
     storage.close().await?;
     Ok(())
 }

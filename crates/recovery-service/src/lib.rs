@@ -12,5 +12,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod healthcheck;
+pub mod mail;
 pub mod server;
 pub mod telemetry;
+pub mod time;

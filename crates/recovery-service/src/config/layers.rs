@@ -25,6 +25,7 @@ pub const KEYS: &[&str] = &[
     "smtp_password_file",
     "mail_dir",
     "mail_from",
+    "mail_max_attempts",
     "secret_key",
     "secret_key_file",
     "reuse_policy",

@@ -122,6 +122,8 @@ pub struct Config {
     pub database_max_connections: u32,
     pub mail: MailTransport,
     pub mail_from: Mailbox,
+    /// Delivery attempts before a message is dead-lettered.
+    pub mail_max_attempts: i32,
     pub keys: KeySource,
     pub tls: Option<TlsConfig>,
     pub callers: Vec<Caller>,
@@ -203,6 +205,10 @@ impl Config {
                     "not a mailbox ({e}); expected e.g. `Account Recovery <no-reply@example.com>`"
                 )
             })
+        })?;
+
+        let mail_max_attempts = s.parse("mail_max_attempts", "10", |t| {
+            count(t, 1, 1000).map(|n| n as i32)
         })?;
 
         let keys = match s.secret("secret_key", "secret_key_file")? {
@@ -329,6 +335,7 @@ impl Config {
             database_max_connections,
             mail,
             mail_from,
+            mail_max_attempts,
             keys,
             tls,
             callers,

@@ -119,6 +119,7 @@ impl Recovery {
             // Sealing failed only for the old address's notice; the change itself is stored.
             tracing::error!(error = %err, "could not notify the previous recovery address");
         }
+        self.mail_enqueued();
         tracing::info!(
             account_id,
             code_id,
@@ -199,6 +200,7 @@ impl Recovery {
         }
         match result {
             Ok(_) => {
+                self.mail_enqueued();
                 tracing::info!(account_id, "recovery code revoked");
                 Ok(now)
             }
@@ -262,7 +264,10 @@ impl Recovery {
             return Err(err);
         }
         match result {
-            Ok(_) => Ok(now),
+            Ok(_) => {
+                self.mail_enqueued();
+                Ok(now)
+            }
             Err(StorageError::NotFound) => Err(Error::NotEnrolled),
             Err(StorageError::Conflict(_)) => Err(Error::EmailInUse),
             Err(other) => Err(other.into()),

@@ -74,6 +74,7 @@ pub struct Recovery {
     keys: Arc<KeyRing>,
     clock: Arc<dyn Clock>,
     policy: Arc<Policy>,
+    mail_ready: Arc<tokio::sync::Notify>,
 }
 
 /// A code just created: shown once.
@@ -132,7 +133,17 @@ impl Recovery {
             keys,
             clock,
             policy: Arc::new(policy),
+            mail_ready: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Notified after every commit that enqueued mail, so a delivery worker can send at once.
+    pub fn mail_ready(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.mail_ready)
+    }
+
+    fn mail_enqueued(&self) {
+        self.mail_ready.notify_one();
     }
 
     /// The storage handle (for health probes and the outbox worker).

@@ -100,6 +100,9 @@ impl Recovery {
                 },
             )
             .await?;
+        if enrollment.is_some() {
+            self.mail_enqueued();
+        }
         Ok(StartedFlow {
             flow_id,
             expires_at_ms: expires_at,
@@ -333,6 +336,7 @@ impl Recovery {
             .await?;
         match completion {
             Completion::Completed { use_count } => {
+                self.mail_enqueued();
                 tracing::info!(account_id, flow_id = %flow.flow_id, use_count, "account recovered");
                 Ok(Recovered {
                     account_id,
@@ -411,6 +415,7 @@ impl Recovery {
             )
             .await?;
         if let Some(until) = outcome.newly_locked_until {
+            self.mail_enqueued();
             tracing::warn!(
                 account_id,
                 locked_until_ms = until,

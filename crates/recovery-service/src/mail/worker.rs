@@ -1,0 +1,268 @@
+//! The delivery worker: claim, render, send, mark; retry with backoff; dead-letter.
+
+use std::{sync::Arc, time::Duration};
+
+use lettre::{
+    Message,
+    message::{Mailbox, MultiPart},
+};
+use recovery_storage::{Storage, model::OutboxMessage};
+use tokio::sync::{Notify, watch};
+
+use super::{Transport, templates};
+use crate::{
+    config::KeyRing,
+    domain::{Clock, email::mask, secrets},
+};
+
+/// How often expired rows are deleted.
+const CLEANUP_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Delivery settings.
+#[derive(Debug, Clone)]
+pub struct DeliveryOptions {
+    /// The `From` of every message.
+    pub from: Mailbox,
+    /// Attempts before a message is dead-lettered.
+    pub max_attempts: i32,
+    /// First retry delay; doubles each attempt, with ±20 % jitter.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// How long a claim lasts before another worker may take the row over (a worker that
+    /// died mid-send). Longer than the SMTP timeout.
+    pub lease: Duration,
+    /// How often an idle worker looks for due rows.
+    pub poll_interval: Duration,
+    /// Rows claimed at once.
+    pub batch: u32,
+}
+
+impl DeliveryOptions {
+    pub fn new(from: Mailbox) -> Self {
+        Self {
+            from,
+            max_attempts: 10,
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(600),
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(200),
+            batch: 16,
+        }
+    }
+}
+
+/// One replica's delivery worker.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    storage: Storage,
+    transport: Transport,
+    keys: Arc<KeyRing>,
+    clock: Arc<dyn Clock>,
+    options: DeliveryOptions,
+    owner: String,
+    wake: Arc<Notify>,
+}
+
+impl Worker {
+    /// A worker over `storage`'s outbox. `wake` is notified when mail was just enqueued
+    /// ([`crate::domain::Recovery::mail_ready`]).
+    pub fn new(
+        storage: Storage,
+        transport: Transport,
+        keys: Arc<KeyRing>,
+        clock: Arc<dyn Clock>,
+        options: DeliveryOptions,
+        wake: Arc<Notify>,
+    ) -> Result<Self, crate::domain::Error> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                storage,
+                transport,
+                keys,
+                clock,
+                options,
+                owner: secrets::random_id("worker_")?,
+                wake,
+            }),
+        })
+    }
+
+    /// Runs until `stop` turns true: delivers due rows, sleeping `poll_interval` when idle.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        tracing::info!(owner = %self.inner.owner, transport = ?self.inner.transport, "mail delivery worker started");
+        let mut next_cleanup = tokio::time::Instant::now();
+        loop {
+            if tokio::time::Instant::now() >= next_cleanup {
+                self.cleanup().await;
+                next_cleanup = tokio::time::Instant::now() + CLEANUP_INTERVAL;
+            }
+            let delivered = match self.deliver_due().await {
+                Ok(n) => n,
+                Err(err) => {
+                    tracing::warn!(error = %err, "outbox unavailable; retrying");
+                    0
+                }
+            };
+            if delivered > 0 {
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.inner.options.poll_interval) => {}
+                () = self.inner.wake.notified() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        tracing::info!("mail delivery worker stopped");
+    }
+
+    /// Deletes expired flows, rate-limit windows, old lockout failures and old sent mail, in
+    /// bounded batches.
+    async fn cleanup(&self) {
+        let now = self.inner.clock.now_ms();
+        // Lockout failures matter for at most the lockout window (24 h by default); keep two
+        // days. Sent rows (payload already wiped) are kept a week for operators.
+        const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+        for _ in 0..10 {
+            match self
+                .inner
+                .storage
+                .cleanup(now, now - 2 * DAY_MS, now - 7 * DAY_MS, 1000)
+                .await
+            {
+                Ok(report) => {
+                    let total =
+                        report.flows + report.rate_limits + report.failures + report.sent_messages;
+                    if total > 0 {
+                        tracing::debug!(?report, "cleaned up expired rows");
+                    }
+                    if total < 1000 {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cleanup failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Claims and handles one batch of due rows; answers how many were claimed.
+    pub async fn deliver_due(&self) -> Result<usize, recovery_storage::StorageError> {
+        let inner = &self.inner;
+        let now = inner.clock.now_ms();
+        let lease_ms = i64::try_from(inner.options.lease.as_millis()).unwrap_or(60_000);
+        let claimed = inner
+            .storage
+            .claim_outbox(&inner.owner, inner.options.batch, lease_ms, now)
+            .await?;
+        let count = claimed.len();
+        for row in claimed {
+            self.deliver(row).await?;
+        }
+        Ok(count)
+    }
+
+    async fn deliver(&self, row: OutboxMessage) -> Result<(), recovery_storage::StorageError> {
+        let inner = &self.inner;
+        let owner = inner.owner.as_str();
+        let message = match self.build(&row) {
+            Ok(message) => message,
+            Err(why) => {
+                tracing::error!(message_id = %row.message_id, kind = %row.kind, reason = why, "dead letter: cannot build the message");
+                inner.storage.dead_letter_outbox(row.id, owner, why).await?;
+                return Ok(());
+            }
+        };
+        match inner.transport.send(message).await {
+            Ok(()) => {
+                // The server accepted it: mark at once. A crash between the two is the only
+                // window in which a message may go out twice (after the lease runs out).
+                let now = inner.clock.now_ms();
+                if !inner.storage.mark_outbox_sent(row.id, owner, now).await? {
+                    tracing::warn!(message_id = %row.message_id, "sent, but the claim had expired");
+                }
+                tracing::info!(
+                    message_id = %row.message_id,
+                    kind = %row.kind,
+                    to = %mask(&row.recipient),
+                    attempts = row.attempts,
+                    queued_ms = now - row.created_at,
+                    "mail sent"
+                );
+            }
+            Err(err) if err.permanent || row.attempts >= inner.options.max_attempts => {
+                tracing::error!(
+                    message_id = %row.message_id,
+                    kind = %row.kind,
+                    to = %mask(&row.recipient),
+                    attempts = row.attempts,
+                    error = %err.message,
+                    "dead letter: mail could not be delivered"
+                );
+                inner
+                    .storage
+                    .dead_letter_outbox(row.id, owner, &err.message)
+                    .await?;
+            }
+            Err(err) => {
+                let delay = self.backoff(row.attempts);
+                let next = inner.clock.now_ms() + i64::try_from(delay.as_millis()).unwrap_or(0);
+                tracing::warn!(
+                    message_id = %row.message_id,
+                    attempts = row.attempts,
+                    retry_in = ?delay,
+                    error = %err.message,
+                    "mail send failed; will retry"
+                );
+                inner
+                    .storage
+                    .reschedule_outbox(row.id, owner, next, &err.message)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn build(&self, row: &OutboxMessage) -> Result<Message, &'static str> {
+        let inner = &self.inner;
+        let plaintext = secrets::unseal(&inner.keys, &row.message_id, &row.payload.0)
+            .map_err(|_| "the payload cannot be opened with the configured keys")?;
+        let data: serde_json::Value =
+            serde_json::from_slice(&plaintext).map_err(|_| "the payload is not JSON")?;
+        let rendered = templates::render(&row.kind, &data).ok_or("unknown message kind")?;
+        let to: Mailbox = row
+            .recipient
+            .parse()
+            .map_err(|_| "the recipient is not an address")?;
+        Message::builder()
+            .from(inner.options.from.clone())
+            .to(to)
+            .subject(rendered.subject)
+            .message_id(Some(format!("<{}@recovery-service>", row.message_id)))
+            .multipart(MultiPart::alternative_plain_html(
+                rendered.text,
+                rendered.html,
+            ))
+            .map_err(|_| "the message cannot be built")
+    }
+
+    /// `base × 2^(attempts-1)`, capped, with ±20 % jitter.
+    fn backoff(&self, attempts: i32) -> Duration {
+        let o = &self.inner.options;
+        let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(0);
+        let base = o
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow(exp))
+            .min(o.backoff_max);
+        let jitter: [u8; 2] = secrets::random_bytes().unwrap_or([0; 2]);
+        let unit = f64::from(u16::from_le_bytes(jitter)) / f64::from(u16::MAX); // 0..=1
+        base.mul_f64(0.8 + 0.4 * unit)
+    }
+}

@@ -1,0 +1,505 @@
+//! The recovery flows through the real binary and the generated client: the happy path twice
+//! with the same code, the reuse policies, every error reason the flows return, and 32
+//! concurrent RecoverAccount calls on one verified flow.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use std::time::Duration;
+
+use recovery_e2e::{Mailbox, Options, PgDatabase, Server};
+use recovery_proto::v1::{
+    self as api, ClientContext, recovery_service_client::RecoveryServiceClient,
+};
+use tonic::{Code, Status, transport::Channel};
+use tonic_types::StatusExt as _;
+
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+type Client = RecoveryServiceClient<Channel>;
+
+struct Env {
+    server: Server,
+    client: Client,
+    mail: Mailbox,
+}
+
+async fn start(options: Options) -> Env {
+    let server = Server::start_with(options.env("RECOVERY_SECRET_KEY", KEY)).unwrap();
+    server.wait_serving("").await.unwrap();
+    let client = RecoveryServiceClient::new(server.channel().await.unwrap());
+    let mail = Mailbox::new(server.dir.path().join("mail"));
+    Env {
+        server,
+        client,
+        mail,
+    }
+}
+
+fn reason(status: &Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_else(|| format!("no ErrorInfo in {status:?}"))
+}
+
+fn metadata(status: &Status, key: &str) -> Option<String> {
+    status.get_details_error_info()?.metadata.get(key).cloned()
+}
+
+async fn enroll(c: &mut Client, account: &str, email: &str) -> String {
+    c.create_recovery_code(api::CreateRecoveryCodeRequest {
+        account_id: account.into(),
+        email: email.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .recovery_code
+}
+
+async fn begin(c: &mut Client, email: &str) -> Result<String, Status> {
+    c.begin_recovery(api::BeginRecoveryRequest {
+        email: email.into(),
+        client: Some(ClientContext {
+            ip_address: "203.0.113.7".into(),
+            user_agent: "e2e/1.0".into(),
+        }),
+    })
+    .await
+    .map(|r| r.into_inner().flow_id)
+}
+
+async fn verify(c: &mut Client, flow: &str, code: &str) -> Result<(), Status> {
+    c.verify_email(api::VerifyEmailRequest {
+        flow_id: flow.into(),
+        email_code: code.into(),
+    })
+    .await
+    .map(drop)
+}
+
+async fn recover(
+    c: &mut Client,
+    flow: &str,
+    code: &str,
+) -> Result<api::RecoverAccountResponse, Status> {
+    c.recover_account(api::RecoverAccountRequest {
+        flow_id: flow.into(),
+        recovery_code: code.into(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// Begins a flow and verifies it with the code from the mailbox.
+async fn verified_flow(env: &mut Env, email: &str) -> String {
+    let flow = begin(&mut env.client, email).await.unwrap();
+    let mail = env.mail.wait_for(email, "verification code").await.unwrap();
+    verify(
+        &mut env.client,
+        &flow,
+        &mail.code().expect("a 6-digit line"),
+    )
+    .await
+    .unwrap();
+    flow
+}
+
+fn wrong(code: &str) -> String {
+    // Another valid-looking code: flip the first random character and fix nothing else would
+    // fail the check character, so derive a fresh one from the alphabet instead.
+    let alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let body: String = code[4..].replace('-', "");
+    let mut chars: Vec<char> = body.chars().collect();
+    let first = alphabet.find(chars[0]).unwrap();
+    chars[0] = alphabet.chars().nth((first + 1) % 32).unwrap();
+    let random: String = chars[..27].iter().collect();
+    // Luhn mod 32 check character over the random part.
+    let mut factor = 2;
+    let mut sum = 0;
+    for c in random.chars().rev() {
+        let addend = factor * alphabet.find(c).unwrap();
+        factor = if factor == 2 { 1 } else { 2 };
+        sum += addend / 32 + addend % 32;
+    }
+    let check = alphabet.chars().nth((32 - sum % 32) % 32).unwrap();
+    format!("RC1-{random}{check}")
+}
+
+#[tokio::test]
+async fn a_person_recovers_twice_with_the_same_code() {
+    let mut env = start(Options::default()).await;
+    let code = enroll(&mut env.client, "acct-1", "Ann@Example.com").await;
+    assert!(code.starts_with("RC1-"), "{code}");
+    env.mail
+        .wait_for("Ann@Example.com", "recovery code was created")
+        .await
+        .unwrap();
+
+    for round in 1..=2u32 {
+        // Typed with another case in the domain and spaces: mail goes to the stored address.
+        let flow = begin(&mut env.client, "  Ann@EXAMPLE.COM ").await.unwrap();
+        let mail = env
+            .mail
+            .wait_for("Ann@Example.com", "verification code")
+            .await
+            .unwrap();
+        assert!(mail.raw.contains("valid for 15 minutes"), "{}", mail.raw);
+        verify(&mut env.client, &flow, &mail.code().unwrap())
+            .await
+            .unwrap();
+        let answer = recover(&mut env.client, &flow, &code).await.unwrap();
+        assert_eq!(answer.account_id, "acct-1");
+        assert!(answer.revoke_all_sessions);
+        assert!(answer.new_recovery_code.is_empty(), "reusable by default");
+        env.mail
+            .wait_for("Ann@Example.com", "was recovered")
+            .await
+            .unwrap();
+
+        let status = env
+            .client
+            .get_recovery_status(api::GetRecoveryStatusRequest {
+                account_id: "acct-1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(status.enrolled);
+        assert_eq!(status.use_count, round);
+        assert!(status.last_used_at.is_some());
+        assert_eq!(status.email_hint, "A***@Example.com");
+        assert!(status.locked_until.is_none());
+    }
+    let audit = env
+        .client
+        .list_audit_events(api::ListAuditEventsRequest {
+            account_id: "acct-1".into(),
+            page_size: 3,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(audit.events.len(), 3);
+    assert_eq!(
+        audit.events[0].kind(),
+        api::AuditEventKind::RecoveryCompleted
+    );
+    assert!(!audit.next_page_token.is_empty());
+}
+
+#[tokio::test]
+async fn rotate_on_use_hands_out_a_new_code_once() {
+    let mut env = start(Options::default().env("RECOVERY_REUSE_POLICY", "rotate_on_use")).await;
+    let old = enroll(&mut env.client, "acct", "bob@example.com").await;
+    let flow = verified_flow(&mut env, "bob@example.com").await;
+    let new = recover(&mut env.client, &flow, &old)
+        .await
+        .unwrap()
+        .new_recovery_code;
+    assert!(new.starts_with("RC1-") && new != old);
+    let flow = verified_flow(&mut env, "bob@example.com").await;
+    let err = recover(&mut env.client, &flow, &old).await.unwrap_err();
+    assert_eq!(reason(&err), "RECOVERY_CODE_MISMATCH");
+    assert!(recover(&mut env.client, &flow, &new).await.is_ok());
+}
+
+#[tokio::test]
+async fn each_flow_error_has_its_reason() {
+    let mut env = start(
+        Options::default()
+            .env("RECOVERY_LOCKOUT_THRESHOLD", "6")
+            .env("RECOVERY_STARTS_PER_EMAIL_PER_HOUR", "3"),
+    )
+    .await;
+    let c = &mut env.client.clone();
+    let code = enroll(c, "acct", "eve@example.com").await;
+
+    // Input shape: checked before anything is counted.
+    for bad in [
+        "a@example.com, b@example.com",
+        "Eve <eve@example.com>",
+        "eve@example.com\r\nBcc: x@y.z",
+    ] {
+        let err = begin(c, bad).await.unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err)),
+            (Code::InvalidArgument, "INVALID_EMAIL".into()),
+            "{bad:?}"
+        );
+    }
+    let err = c
+        .get_recovery_status(api::GetRecoveryStatusRequest {
+            account_id: "x".repeat(129),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "INVALID_ACCOUNT_ID");
+    let err = recover(c, "fl_whatever", "RC1-not-a-code")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::InvalidArgument, "RECOVERY_CODE_MALFORMED".into())
+    );
+    let err = verify(c, "fl_whatever", "12345").await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::InvalidArgument, "EMAIL_CODE_MALFORMED".into())
+    );
+    let err = verify(c, "fl_whatever", "123456").await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::NotFound, "FLOW_NOT_FOUND".into())
+    );
+
+    // Order: recovery before verification.
+    let flow = begin(c, "eve@example.com").await.unwrap();
+    let mail = env
+        .mail
+        .wait_for("eve@example.com", "verification code")
+        .await
+        .unwrap();
+    let err = recover(c, &flow, &code).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::FailedPrecondition, "EMAIL_NOT_VERIFIED".into())
+    );
+
+    // Five wrong email codes, then even the right one is refused.
+    let right = mail.code().unwrap();
+    let wrong_email = if right == "000000" {
+        "000001"
+    } else {
+        "000000"
+    };
+    for left in (0..5).rev() {
+        let err = verify(c, &flow, wrong_email).await.unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err)),
+            (Code::PermissionDenied, "EMAIL_CODE_MISMATCH".into())
+        );
+        assert_eq!(metadata(&err, "attempts_left"), Some(left.to_string()));
+    }
+    let err = verify(c, &flow, &right).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::ResourceExhausted, "TOO_MANY_ATTEMPTS".into())
+    );
+
+    // Five wrong recovery codes on a verified flow, then TOO_MANY_ATTEMPTS; a sixth failure
+    // (on a second flow) locks recovery.
+    let flow = verified_flow(&mut env, "eve@example.com").await;
+    let c = &mut env.client.clone();
+    for left in (0..5).rev() {
+        let err = recover(c, &flow, &wrong(&code)).await.unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err)),
+            (Code::PermissionDenied, "RECOVERY_CODE_MISMATCH".into())
+        );
+        assert_eq!(metadata(&err, "attempts_left"), Some(left.to_string()));
+    }
+    let err = recover(c, &flow, &code).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::ResourceExhausted, "TOO_MANY_ATTEMPTS".into())
+    );
+    let flow = verified_flow(&mut env, "eve@example.com").await;
+    let c = &mut env.client.clone();
+    let err = recover(c, &flow, &wrong(&code)).await.unwrap_err();
+    assert_eq!(reason(&err), "RECOVERY_CODE_MISMATCH");
+    env.mail
+        .wait_for("eve@example.com", "recovery was locked")
+        .await
+        .unwrap();
+    let err = recover(c, &flow, &code).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::FailedPrecondition, "RECOVERY_LOCKED".into())
+    );
+    assert!(metadata(&err, "locked_until").is_some_and(|t| t.ends_with('Z')));
+
+    // Three starts for this address this hour: the fourth is refused.
+    let err = begin(c, "eve@example.com").await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::ResourceExhausted, "RATE_LIMITED".into())
+    );
+    let retry = err
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo");
+    assert!(retry > Duration::ZERO && retry <= Duration::from_secs(3600));
+
+    // Revoke: flows end, management calls say NOT_ENROLLED.
+    c.revoke_recovery_code(api::RevokeRecoveryCodeRequest {
+        account_id: "acct".into(),
+        reason: "test".into(),
+    })
+    .await
+    .unwrap();
+    let err = recover(c, &flow, &code).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::FailedPrecondition, "FLOW_COMPLETED".into())
+    );
+    let err = c
+        .revoke_recovery_code(api::RevokeRecoveryCodeRequest {
+            account_id: "acct".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::NotFound, "NOT_ENROLLED".into())
+    );
+    let err = c
+        .update_recovery_email(api::UpdateRecoveryEmailRequest {
+            account_id: "acct".into(),
+            email: "x@example.com".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "NOT_ENROLLED");
+}
+
+#[tokio::test]
+async fn flows_expire_and_complete_once() {
+    let mut env = start(
+        Options::default()
+            .env("RECOVERY_FLOW_TTL", "3s")
+            .env("RECOVERY_EMAIL_CODE_TTL", "3s"),
+    )
+    .await;
+    let code = enroll(&mut env.client, "acct", "fay@example.com").await;
+    let flow = verified_flow(&mut env, "fay@example.com").await;
+    recover(&mut env.client, &flow, &code).await.unwrap();
+    let err = recover(&mut env.client, &flow, &code).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::FailedPrecondition, "FLOW_COMPLETED".into())
+    );
+
+    let flow = verified_flow(&mut env, "fay@example.com").await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let err = recover(&mut env.client, &flow, &code).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::FailedPrecondition, "FLOW_EXPIRED".into())
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_email_gets_the_same_answer_and_no_mail() {
+    let mut env = start(Options::default()).await;
+    let flow = begin(&mut env.client, "nobody@example.com").await.unwrap();
+    assert!(flow.starts_with("fl_"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        env.mail.fresh().is_empty(),
+        "no mail for an unknown address"
+    );
+    let err = verify(&mut env.client, &flow, "123456").await.unwrap_err();
+    assert_eq!(reason(&err), "EMAIL_CODE_MISMATCH");
+    drop(env.server);
+}
+
+#[tokio::test]
+async fn a_full_hashing_pool_answers_overloaded() {
+    let env = start(
+        Options::default()
+            .env("RECOVERY_HASH_THREADS", "1")
+            .env("RECOVERY_HASH_ADMISSION_WAIT", "1ms"),
+    )
+    .await;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let mut c = env.client.clone();
+        calls.spawn(async move {
+            c.create_recovery_code(api::CreateRecoveryCodeRequest {
+                account_id: format!("acct-{i}"),
+                email: format!("user{i}@example.com"),
+            })
+            .await
+        });
+    }
+    let (mut ok, mut overloaded) = (0, 0);
+    while let Some(result) = calls.join_next().await {
+        match result.unwrap() {
+            Ok(_) => ok += 1,
+            Err(status) => {
+                assert_eq!(
+                    (status.code(), reason(&status)),
+                    (Code::ResourceExhausted, "OVERLOADED".into())
+                );
+                assert!(status.get_details_retry_info().is_some());
+                overloaded += 1;
+            }
+        }
+    }
+    assert!(
+        ok >= 1 && overloaded >= 1,
+        "ok {ok}, overloaded {overloaded}"
+    );
+}
+
+async fn one_winner(env: &mut Env) {
+    let code = enroll(&mut env.client, "acct-race", "race@example.com").await;
+    let flow = verified_flow(env, "race@example.com").await;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let mut c = env.client.clone();
+        let (flow, code) = (flow.clone(), code.clone());
+        calls.spawn(async move { recover(&mut c, &flow, &code).await });
+    }
+    let mut winners = 0;
+    while let Some(result) = calls.join_next().await {
+        match result.unwrap() {
+            Ok(answer) => {
+                assert_eq!(answer.account_id, "acct-race");
+                winners += 1;
+            }
+            Err(status) => {
+                let r = reason(&status);
+                assert!(
+                    ["FLOW_COMPLETED", "TOO_MANY_ATTEMPTS", "OVERLOADED"].contains(&r.as_str()),
+                    "unexpected {status:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(winners, 1, "a flow succeeds exactly once");
+    let status = env
+        .client
+        .get_recovery_status(api::GetRecoveryStatusRequest {
+            account_id: "acct-race".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.use_count, 1);
+}
+
+#[tokio::test]
+async fn thirty_two_concurrent_recoveries_of_one_flow_have_one_winner_on_sqlite() {
+    let mut env = start(Options::default().env("RECOVERY_HASH_ADMISSION_WAIT", "10s")).await;
+    one_winner(&mut env).await;
+}
+
+#[tokio::test]
+async fn thirty_two_concurrent_recoveries_of_one_flow_have_one_winner_on_postgres() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let mut env = start(
+        Options::default()
+            .env("RECOVERY_DATABASE_URL", db.url.clone())
+            .env("RECOVERY_HASH_ADMISSION_WAIT", "10s"),
+    )
+    .await;
+    one_winner(&mut env).await;
+    drop(env);
+    drop(db);
+}

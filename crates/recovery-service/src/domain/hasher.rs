@@ -61,6 +61,9 @@ impl HashParams {
 
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
+/// Admitted requests per hashing thread.
+const PERMITS_PER_THREAD: usize = 2;
+
 /// Counters for metrics.
 #[derive(Debug, Default)]
 pub struct PoolStats {
@@ -93,15 +96,18 @@ pub struct HashPermit {
 
 impl Hasher {
     /// Starts `threads` hashing threads hashing with `params`; a request waits at most
-    /// `admission_wait` for a free thread.
+    /// `admission_wait` for a permit. There are two permits per thread: a request holds its
+    /// permit across the database calls around its hash, and the second permit keeps the thread
+    /// busy meanwhile. Memory stays `threads × m_cost`: buffers belong to threads, not permits.
     pub fn new(
         threads: usize,
         params: HashParams,
         admission_wait: Duration,
     ) -> Result<Self, Error> {
         let threads = threads.max(1);
+        let permits = threads * PERMITS_PER_THREAD;
         params.argon2_params()?;
-        let (jobs, receiver) = mpsc::sync_channel::<Job>(threads);
+        let (jobs, receiver) = mpsc::sync_channel::<Job>(permits);
         let receiver = Arc::new(Mutex::new(receiver));
         for n in 0..threads {
             let receiver = Arc::clone(&receiver);
@@ -128,7 +134,7 @@ impl Hasher {
         Ok(Self {
             inner: Arc::new(Inner {
                 jobs,
-                permits: Arc::new(Semaphore::new(threads)),
+                permits: Arc::new(Semaphore::new(permits)),
                 threads,
                 admission_wait,
                 params,
@@ -393,7 +399,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_pool_answers_overloaded_after_the_admission_wait() {
-        let hasher = Hasher::new(2, small(), Duration::from_millis(20)).unwrap();
+        let hasher = Hasher::new(1, small(), Duration::from_millis(20)).unwrap();
         let first = hasher.admit().await.unwrap();
         let _second = hasher.admit().await.unwrap();
         let started = std::time::Instant::now();

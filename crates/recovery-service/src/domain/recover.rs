@@ -154,7 +154,7 @@ impl Recovery {
     pub async fn verify(&self, flow_id: &str, email_code: &str) -> Result<i64> {
         let code = secrets::parse_email_code(email_code)?;
         let now = self.now();
-        let flow = self.find_open_flow(flow_id, now).await?;
+        let (flow, _) = self.find_open_flow(flow_id, now).await?;
         if now >= flow.email_code_expires_at && flow.verified_at.is_none() {
             return Err(Error::FlowExpired);
         }
@@ -229,11 +229,16 @@ impl Recovery {
     pub async fn recover(&self, flow_id: &str, recovery_code: &str) -> Result<Recovered> {
         let code = RecoveryCode::parse(recovery_code)?;
         let now = self.now();
-        let flow = self.find_open_flow(flow_id, now).await?;
+        let (flow, enrollment) = self.find_open_flow(flow_id, now).await?;
         if flow.verified_at.is_none() {
             return Err(Error::EmailNotVerified);
         }
-        let (enrollment, stored) = self.target_of(&flow).await?;
+        let Some(enrollment) = enrollment else {
+            // Unknown emails never verify; a verified flow without a target is a bug.
+            tracing::error!(flow_id = %flow.flow_id, "verified flow without an enrollment");
+            return Err(Error::Internal);
+        };
+        let stored = enrollment.code.clone().ok_or(Error::FlowCompleted)?;
         if let Some(until) = enrollment.locked_until.filter(|until| *until > now) {
             return Err(Error::RecoveryLocked {
                 locked_until_ms: until,
@@ -426,8 +431,9 @@ impl Recovery {
         Ok(())
     }
 
-    /// The flow, if it exists, is not completed or cancelled, and has not expired.
-    async fn find_open_flow(&self, flow_id: &str, now: i64) -> Result<Flow> {
+    /// The flow, if it exists, is not completed or cancelled, and has not expired; with the
+    /// live enrollment it was started against (none for an unknown email).
+    async fn find_open_flow(&self, flow_id: &str, now: i64) -> Result<(Flow, Option<Enrollment>)> {
         if !valid_flow_id(flow_id) {
             return Err(Error::FlowNotFound);
         }
@@ -443,33 +449,18 @@ impl Recovery {
         // the same work.
         let (account_id, generation) = flow.target.clone().unwrap_or_default();
         let current = self.storage.find_enrollment(&account_id).await?;
-        if flow.target.is_some() {
-            let live = current.is_some_and(|e| e.generation == generation && e.code.is_some());
-            if !live {
-                return Err(Error::FlowCompleted);
-            }
-        }
+        let target = match flow.target {
+            Some(_) => Some(
+                current
+                    .filter(|e| e.generation == generation && e.code.is_some())
+                    .ok_or(Error::FlowCompleted)?,
+            ),
+            None => None,
+        };
         if now >= flow.expires_at {
             return Err(Error::FlowExpired);
         }
-        Ok(flow)
-    }
-
-    /// The live enrollment a verified flow recovers, with its stored code.
-    async fn target_of(&self, flow: &Flow) -> Result<(Enrollment, StoredCode)> {
-        let Some((account_id, generation)) = &flow.target else {
-            // Unknown emails never verify; a verified flow without a target is a bug.
-            tracing::error!(flow_id = %flow.flow_id, "verified flow without an enrollment");
-            return Err(Error::Internal);
-        };
-        let enrollment = self
-            .storage
-            .find_enrollment(account_id)
-            .await?
-            .filter(|e| e.generation == *generation)
-            .ok_or(Error::FlowCompleted)?;
-        let stored = enrollment.code.clone().ok_or(Error::FlowCompleted)?;
-        Ok((enrollment, stored))
+        Ok((flow, target))
     }
 
     /// Why `register_attempt` refused: the cap, or the flow ended meanwhile.

@@ -784,7 +784,7 @@ async fn a_full_hashing_pool_answers_overloaded() {
         Arc::new(FixedClock::at(T0)),
         Policy::default(),
     );
-    let held = hasher.admit().await.unwrap();
+    let held = (hasher.admit().await.unwrap(), hasher.admit().await.unwrap());
     assert_eq!(
         recovery
             .create_code("acct", "ann@example.com")

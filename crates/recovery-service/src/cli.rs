@@ -35,7 +35,18 @@ set in the --config TOML file, which the environment overrides):
   RECOVERY_TLS_CERT, RECOVERY_TLS_KEY  server certificate and key (PEM) [default: plaintext]
   RECOVERY_TLS_CLIENT_CA        CA (PEM) for client certificates: turns on mutual TLS
   RECOVERY_CALLERS              IDENTITY=ROLE,… mapping client certificate SANs to auth/operator
+  RECOVERY_MAIL_MAX_ATTEMPTS    delivery attempts before a message is dead-lettered [default: 10]
   RECOVERY_SHUTDOWN_GRACE       how long in-flight calls may finish after SIGTERM [default: 30s]
+  RECOVERY_HASH_THREADS         argon2id threads [default: number of cores]
+  RECOVERY_HASH_MEMORY_KIB, RECOVERY_HASH_ITERATIONS, RECOVERY_HASH_PARALLELISM
+                                argon2id cost of new hashes [default: 19456, 2, 1]
+  RECOVERY_HASH_ADMISSION_WAIT  wait for the hashing pool before OVERLOADED [default: 100ms]
+  RECOVERY_FLOW_TTL, RECOVERY_EMAIL_CODE_TTL  lifetimes [default: 30m, 15m]
+  RECOVERY_EMAIL_CODE_ATTEMPTS, RECOVERY_RECOVERY_CODE_ATTEMPTS  per flow [default: 5, 5]
+  RECOVERY_LOCKOUT_THRESHOLD, RECOVERY_LOCKOUT_WINDOW, RECOVERY_LOCKOUT_DURATION
+                                wrong codes that lock recovery [default: 10 in 24h, for 24h]
+  RECOVERY_STARTS_PER_EMAIL_PER_HOUR, RECOVERY_STARTS_PER_IP_PER_HOUR,
+  RECOVERY_STARTS_PER_IP_PER_MINUTE  BeginRecovery limits [default: 5, 20, 10]
   RECOVERY_LOG_FORMAT           text or json [default: text]; RUST_LOG filters [default: info]
 
 Exit status: 0 success, 1 failure at run time, 2 invalid configuration or usage.";

@@ -11,6 +11,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use crate::{
     config::{self, Config, ConfigError, KeyRing, KeySource, TlsConfig},
     domain::{Recovery, SystemClock, hasher::Hasher},
+    grpc::auth::Callers,
     healthcheck,
     mail::{DeliveryOptions, Transport, Worker},
     server, telemetry,
@@ -74,8 +75,8 @@ enum Command {
     /// Apply pending database migrations to RECOVERY_DATABASE_URL and exit. Idempotent; safe
     /// to run from several replicas at once. Refuses a schema newer than this build.
     Migrate,
-    /// Ask a running server's grpc.health.v1.Health service (plaintext). Exits 0 only when it
-    /// answers SERVING: for Kubernetes exec probes and Docker HEALTHCHECK.
+    /// Ask a running server's grpc.health.v1.Health service (plaintext, or TLS with --tls-ca).
+    /// Exits 0 only when it answers SERVING: for Kubernetes exec probes and Docker HEALTHCHECK.
     Healthcheck {
         /// Address to ask [default: RECOVERY_LISTEN_ADDR, else 127.0.0.1:50051]. An unspecified
         /// address such as 0.0.0.0 is reached on loopback.
@@ -87,6 +88,18 @@ enum Command {
         /// Give up after this long.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Connect over TLS, trusting this CA (PEM) for the server certificate.
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
+        /// Client certificate (PEM) for a server with mutual TLS.
+        #[arg(long, value_name = "FILE", requires = "tls_key", requires = "tls_ca")]
+        tls_cert: Option<PathBuf>,
+        /// Client key (PEM) for a server with mutual TLS.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Name the server certificate must carry [default: localhost].
+        #[arg(long, value_name = "NAME", requires = "tls_ca")]
+        tls_domain: Option<String>,
     },
 }
 
@@ -109,12 +122,22 @@ pub fn main() -> ExitCode {
             addr,
             service,
             timeout,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            tls_domain,
         } => {
+            let tls = healthcheck::ClientTls {
+                ca: tls_ca,
+                cert: tls_cert,
+                key: tls_key,
+                domain: tls_domain,
+            };
             let addr = match addr.map_or_else(|| config::listen_addr(config_file), Ok) {
                 Ok(addr) => addr,
                 Err(err) => return config_failure(&err),
             };
-            match runtime.block_on(healthcheck::check(addr, &service, timeout)) {
+            match runtime.block_on(healthcheck::check(addr, &service, timeout, &tls)) {
                 Ok(()) => {
                     println!("SERVING");
                     ExitCode::SUCCESS
@@ -235,6 +258,11 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         server::ServeOptions {
             recovery,
             tls,
+            callers: config
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca.is_some())
+                .then(|| Callers::new(&config.callers)),
             shutdown_grace: config.shutdown_grace,
         },
         server::shutdown_signal(),

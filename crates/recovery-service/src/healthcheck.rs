@@ -28,6 +28,8 @@ pub enum HealthcheckError {
     },
     #[error("{addr} answered {status}")]
     NotServing { addr: SocketAddr, status: String },
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A server listening on an unspecified address (`0.0.0.0`, `[::]`) is reached on loopback.
@@ -43,16 +45,49 @@ pub fn dialable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Checks `service` ("" for the whole server) at `addr` over plaintext gRPC.
+/// TLS for the check: the CA that signed the server's certificate, and optionally a client
+/// certificate and key (for a server with mutual TLS).
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    /// The name to expect in the server certificate (default: `localhost`).
+    pub domain: Option<String>,
+}
+
+/// Checks `service` ("" for the whole server) at `addr`, over TLS when `tls` names a CA.
 pub async fn check(
     addr: SocketAddr,
     service: &str,
     timeout: Duration,
+    tls: &ClientTls,
 ) -> Result<(), HealthcheckError> {
     let addr = dialable(addr);
     let attempt = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|source| HealthcheckError::Connect { addr, source })?
+        let scheme = if tls.ca.is_some() { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|source| HealthcheckError::Connect { addr, source })?;
+        if let Some(ca) = &tls.ca {
+            let read = |path: &std::path::Path| {
+                std::fs::read(path).map_err(|e| {
+                    HealthcheckError::Tls(format!("cannot read {}: {e}", path.display()))
+                })
+            };
+            let mut config = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?))
+                .domain_name(tls.domain.clone().unwrap_or_else(|| "localhost".to_owned()));
+            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+                config = config.identity(tonic::transport::Identity::from_pem(
+                    read(cert)?,
+                    read(key)?,
+                ));
+            }
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|source| HealthcheckError::Connect { addr, source })?;
+        }
+        let channel = endpoint
             .connect_timeout(timeout)
             .connect()
             .await

@@ -10,7 +10,10 @@ use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::{domain::Recovery, grpc::RecoveryApi};
+use crate::{
+    domain::Recovery,
+    grpc::{RecoveryApi, auth::Callers},
+};
 
 /// How often the database is pinged to keep the health status true.
 const DB_PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -22,6 +25,8 @@ pub struct ServeOptions {
     pub recovery: Recovery,
     /// Server TLS (mutual with a client CA); `None` for plaintext.
     pub tls: Option<ServerTlsConfig>,
+    /// Caller roles under mutual TLS; `None` trusts every caller.
+    pub callers: Option<Callers>,
     /// How long in-flight calls may take to finish after shutdown starts.
     pub shutdown_grace: Duration,
 }
@@ -73,6 +78,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(RecoveryServiceServer::new(RecoveryApi::new(
             options.recovery.clone(),
+            options.callers,
         )))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

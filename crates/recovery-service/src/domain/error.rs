@@ -46,6 +46,8 @@ pub enum Error {
     },
     #[error("the server is busy hashing; retry shortly")]
     Overloaded,
+    #[error("{0}")]
+    CallerNotAllowed(String),
     #[error("the database is unavailable; nothing was changed, retry shortly")]
     Unavailable,
     /// A bug or an unexpected answer: the cause is logged where it happens, never returned.

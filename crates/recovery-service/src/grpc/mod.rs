@@ -2,6 +2,7 @@
 //! calls [`Recovery`], and converts the answer; every failure goes through
 //! [`status::to_status`]. No `unwrap` on a request path.
 
+pub mod auth;
 pub mod status;
 
 use prost_types::Timestamp;
@@ -13,19 +14,48 @@ use recovery_proto::v1::{
     RevokeRecoveryCodeResponse, UpdateRecoveryEmailRequest, UpdateRecoveryEmailResponse,
     VerifyEmailRequest, VerifyEmailResponse, recovery_service_server::RecoveryService,
 };
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
-use crate::domain::{self, Recovery};
+use self::auth::Callers;
+use crate::{
+    config::Role,
+    domain::{self, Recovery},
+};
 
 /// The `identity.recovery.v1.RecoveryService` implementation.
 #[derive(Debug, Clone)]
 pub struct RecoveryApi {
     recovery: Recovery,
+    /// Caller roles under mutual TLS; `None` trusts every caller.
+    callers: Option<Arc<Callers>>,
 }
 
+const AUTH: &[Role] = &[Role::Auth];
+const OPERATOR: &[Role] = &[Role::Operator];
+const AUTH_OR_OPERATOR: &[Role] = &[Role::Auth, Role::Operator];
+
 impl RecoveryApi {
-    pub fn new(recovery: Recovery) -> Self {
-        Self { recovery }
+    pub fn new(recovery: Recovery, callers: Option<Callers>) -> Self {
+        Self {
+            recovery,
+            callers: callers.map(Arc::new),
+        }
+    }
+
+    fn authorize<T>(
+        &self,
+        method: &'static str,
+        request: &Request<T>,
+        allowed: &[Role],
+    ) -> Result<(), Status> {
+        match &self.callers {
+            Some(callers) => callers
+                .authorize(request, allowed)
+                .map_err(|e| fail(method, &e)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -50,6 +80,7 @@ impl RecoveryService for RecoveryApi {
         &self,
         request: Request<CreateRecoveryCodeRequest>,
     ) -> Result<Response<CreateRecoveryCodeResponse>, Status> {
+        self.authorize("CreateRecoveryCode", &request, AUTH)?;
         let req = request.into_inner();
         let created = self
             .recovery
@@ -67,6 +98,7 @@ impl RecoveryService for RecoveryApi {
         &self,
         request: Request<BeginRecoveryRequest>,
     ) -> Result<Response<BeginRecoveryResponse>, Status> {
+        self.authorize("BeginRecovery", &request, AUTH)?;
         let req = request.into_inner();
         let client = req.client.unwrap_or_default();
         let flow = self
@@ -84,6 +116,7 @@ impl RecoveryService for RecoveryApi {
         &self,
         request: Request<VerifyEmailRequest>,
     ) -> Result<Response<VerifyEmailResponse>, Status> {
+        self.authorize("VerifyEmail", &request, AUTH)?;
         let req = request.into_inner();
         let until = self
             .recovery
@@ -99,6 +132,7 @@ impl RecoveryService for RecoveryApi {
         &self,
         request: Request<RecoverAccountRequest>,
     ) -> Result<Response<RecoverAccountResponse>, Status> {
+        self.authorize("RecoverAccount", &request, AUTH)?;
         let req = request.into_inner();
         let recovered = self
             .recovery
@@ -119,6 +153,7 @@ impl RecoveryService for RecoveryApi {
         &self,
         request: Request<GetRecoveryStatusRequest>,
     ) -> Result<Response<GetRecoveryStatusResponse>, Status> {
+        self.authorize("GetRecoveryStatus", &request, AUTH_OR_OPERATOR)?;
         let req = request.into_inner();
         let status = self
             .recovery
@@ -140,6 +175,7 @@ impl RecoveryService for RecoveryApi {
         &self,
         request: Request<RevokeRecoveryCodeRequest>,
     ) -> Result<Response<RevokeRecoveryCodeResponse>, Status> {
+        self.authorize("RevokeRecoveryCode", &request, AUTH_OR_OPERATOR)?;
         let req = request.into_inner();
         let at = self
             .recovery
@@ -155,6 +191,7 @@ impl RecoveryService for RecoveryApi {
         &self,
         request: Request<UpdateRecoveryEmailRequest>,
     ) -> Result<Response<UpdateRecoveryEmailResponse>, Status> {
+        self.authorize("UpdateRecoveryEmail", &request, AUTH)?;
         let req = request.into_inner();
         let at = self
             .recovery
@@ -170,6 +207,7 @@ impl RecoveryService for RecoveryApi {
         &self,
         request: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
+        self.authorize("ListAuditEvents", &request, OPERATOR)?;
         let req = request.into_inner();
         let page = self
             .recovery

@@ -32,6 +32,7 @@ pub fn classify(err: &Error) -> (Code, ErrorReason) {
         Error::EmailInUse => (Code::AlreadyExists, R::EmailInUse),
         Error::RateLimited { .. } => (Code::ResourceExhausted, R::RateLimited),
         Error::Overloaded => (Code::ResourceExhausted, R::Overloaded),
+        Error::CallerNotAllowed(_) => (Code::PermissionDenied, R::CallerNotAllowed),
         Error::Unavailable => (Code::Unavailable, R::Unavailable),
         Error::Internal => (Code::Internal, R::Internal),
     }
@@ -98,6 +99,7 @@ mod tests {
                 limit: "email_per_hour",
             },
             Error::Overloaded,
+            Error::CallerNotAllowed("x".into()),
             Error::Unavailable,
             Error::Internal,
         ];

@@ -1,0 +1,86 @@
+//! Caller roles under mutual TLS: a client certificate's SANs (URIs as written, DNS names as
+//! `dns:NAME`) map to roles through `RECOVERY_CALLERS`; each RPC names the roles that may call
+//! it. Without a client CA (plaintext or server-only TLS) every caller is trusted.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tonic::Request;
+use x509_parser::{extensions::GeneralName, prelude::FromDer as _};
+
+use crate::{
+    config::{Caller, Role},
+    domain::Error,
+};
+
+/// Who may call what.
+#[derive(Debug, Clone, Default)]
+pub struct Callers {
+    roles: HashMap<String, BTreeSet<Role>>,
+}
+
+impl Callers {
+    pub fn new(callers: &[Caller]) -> Self {
+        let mut roles: HashMap<String, BTreeSet<Role>> = HashMap::new();
+        for caller in callers {
+            roles
+                .entry(caller.identity.clone())
+                .or_default()
+                .insert(caller.role);
+        }
+        Self { roles }
+    }
+
+    /// Checks that the request's client certificate maps to one of `allowed`.
+    pub fn authorize<T>(&self, request: &Request<T>, allowed: &[Role]) -> Result<(), Error> {
+        let Some(certs) = request.peer_certs() else {
+            return Err(Error::CallerNotAllowed(
+                "no client certificate: this server requires mutual TLS".into(),
+            ));
+        };
+        let Some(leaf) = certs.first() else {
+            return Err(Error::CallerNotAllowed("no client certificate".into()));
+        };
+        let identities = identities(leaf.as_ref());
+        let granted = identities
+            .iter()
+            .filter_map(|id| self.roles.get(id))
+            .flatten()
+            .any(|role| allowed.contains(role));
+        if granted {
+            Ok(())
+        } else {
+            let allowed: Vec<&str> = allowed.iter().map(|r| role_name(*r)).collect();
+            tracing::info!(?identities, "caller not allowed");
+            Err(Error::CallerNotAllowed(format!(
+                "this RPC is for callers with the role {}; the client certificate maps to none of them",
+                allowed.join(" or ")
+            )))
+        }
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Auth => "auth",
+        Role::Operator => "operator",
+    }
+}
+
+/// The identities of a DER certificate: URI SANs as written, DNS SANs as `dns:NAME`.
+pub fn identities(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            GeneralName::DNSName(dns) => Some(format!("dns:{dns}")),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,250 @@
+//! Mutual TLS and caller roles: client certificate SANs map to roles through RECOVERY_CALLERS,
+//! and each RPC answers CALLER_NOT_ALLOWED to a role it is not for.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use std::path::Path;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+use recovery_e2e::{Options, Server, run};
+use recovery_proto::v1::{self as api, recovery_service_client::RecoveryServiceClient};
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+use tonic_types::StatusExt as _;
+
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const AUTH_ID: &str = "spiffe://platform/ns/auth/sa/auth-service";
+
+struct Pki {
+    ca_pem: String,
+    dir: tempfile::TempDir,
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Self {
+            ca_pem: issuer.pem(),
+            dir: tempfile::tempdir().unwrap(),
+            issuer,
+        }
+    }
+
+    /// A certificate with these SANs, signed by the CA: (cert PEM, key PEM).
+    fn issue(&self, sans: Vec<SanType>) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+}
+
+fn dns(name: &str) -> SanType {
+    SanType::DnsName(name.try_into().unwrap())
+}
+
+fn uri(name: &str) -> SanType {
+    SanType::URI(name.try_into().unwrap())
+}
+
+async fn channel(
+    server: &Server,
+    ca: &str,
+    client: Option<&(String, String)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some((cert, key)) = client {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(format!("https://{}", server.addr))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn client_certificates_map_to_roles_and_roles_to_rpcs() {
+    let pki = Pki::new();
+    let (server_cert, server_key) = pki.issue(vec![
+        dns("localhost"),
+        SanType::IpAddress("127.0.0.1".parse().unwrap()),
+    ]);
+    let auth = pki.issue(vec![uri(AUTH_ID)]);
+    let operator = pki.issue(vec![dns("oncall.ops.internal")]);
+    let stranger = pki.issue(vec![dns("someone.else.internal")]);
+    let ca = pki.write("ca.pem", &pki.ca_pem);
+    let server = Server::start_with(
+        Options::default()
+            .env("RECOVERY_SECRET_KEY", KEY)
+            .env("RECOVERY_TLS_CERT", pki.write("server.pem", &server_cert))
+            .env("RECOVERY_TLS_KEY", pki.write("server.key", &server_key))
+            .env("RECOVERY_TLS_CLIENT_CA", ca.clone())
+            .env(
+                "RECOVERY_CALLERS",
+                format!("{AUTH_ID}=auth,dns:oncall.ops.internal=operator"),
+            ),
+    )
+    .unwrap();
+
+    let mut as_auth =
+        RecoveryServiceClient::new(channel(&server, &pki.ca_pem, Some(&auth)).await.unwrap());
+    let mut as_operator = RecoveryServiceClient::new(
+        channel(&server, &pki.ca_pem, Some(&operator))
+            .await
+            .unwrap(),
+    );
+    let mut as_stranger = RecoveryServiceClient::new(
+        channel(&server, &pki.ca_pem, Some(&stranger))
+            .await
+            .unwrap(),
+    );
+
+    as_auth
+        .create_recovery_code(api::CreateRecoveryCodeRequest {
+            account_id: "acct".into(),
+            email: "ann@example.com".into(),
+        })
+        .await
+        .unwrap();
+    let status = api::GetRecoveryStatusRequest {
+        account_id: "acct".into(),
+    };
+    assert!(
+        as_auth
+            .get_recovery_status(status.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .enrolled
+    );
+    assert!(
+        as_operator
+            .get_recovery_status(status.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .enrolled
+    );
+    let audit = api::ListAuditEventsRequest {
+        account_id: "acct".into(),
+        ..Default::default()
+    };
+    assert!(
+        !as_operator
+            .list_audit_events(audit.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+            .is_empty()
+    );
+
+    let denied = [
+        as_auth
+            .list_audit_events(audit.clone())
+            .await
+            .map(drop)
+            .unwrap_err(),
+        as_operator
+            .create_recovery_code(api::CreateRecoveryCodeRequest {
+                account_id: "x".into(),
+                email: "x@example.com".into(),
+            })
+            .await
+            .map(drop)
+            .unwrap_err(),
+        as_operator
+            .begin_recovery(api::BeginRecoveryRequest {
+                email: "ann@example.com".into(),
+                client: None,
+            })
+            .await
+            .map(drop)
+            .unwrap_err(),
+        as_stranger
+            .get_recovery_status(status.clone())
+            .await
+            .map(drop)
+            .unwrap_err(),
+        as_stranger
+            .list_audit_events(audit)
+            .await
+            .map(drop)
+            .unwrap_err(),
+    ];
+    for err in denied {
+        assert_eq!(
+            (err.code(), reason(&err)),
+            (Code::PermissionDenied, "CALLER_NOT_ALLOWED".into()),
+            "{err:?}"
+        );
+    }
+
+    // Without a client certificate the handshake itself fails.
+    let anonymous = match channel(&server, &pki.ca_pem, None).await {
+        Ok(channel) => RecoveryServiceClient::new(channel)
+            .get_recovery_status(status)
+            .await
+            .map(drop),
+        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+    };
+    assert!(anonymous.is_err());
+
+    // The healthcheck subcommand speaks mutual TLS too.
+    let (cert, key) = (
+        pki.write("op.pem", &operator.0),
+        pki.write("op.key", &operator.1),
+    );
+    let addr = server.addr.to_string();
+    let (ok, stdout, _) = run(
+        Path::new(pki.dir.path()),
+        &[],
+        &[
+            "healthcheck",
+            "--addr",
+            &addr,
+            "--tls-ca",
+            &ca,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+    )
+    .unwrap();
+    assert!(ok.success(), "{stdout}");
+}
+
+#[test]
+fn callers_without_a_client_ca_are_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("RECOVERY_CALLERS".to_owned(), format!("{AUTH_ID}=auth"))];
+    let (status, _, stderr) = run(dir.path(), &env, &[]).unwrap();
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        stderr.contains("RECOVERY_CALLERS: needs RECOVERY_TLS_CLIENT_CA"),
+        "{stderr}"
+    );
+}

@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod smtp;
+
 use anyhow::{Context as _, bail};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{

@@ -26,6 +26,7 @@ pub const KEYS: &[&str] = &[
     "mail_dir",
     "mail_from",
     "mail_max_attempts",
+    "mail_retry_base",
     "secret_key",
     "secret_key_file",
     "reuse_policy",

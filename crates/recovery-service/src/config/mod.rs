@@ -124,6 +124,8 @@ pub struct Config {
     pub mail_from: Mailbox,
     /// Delivery attempts before a message is dead-lettered.
     pub mail_max_attempts: i32,
+    /// First retry delay of a failed send (doubles each attempt).
+    pub mail_retry_base: Duration,
     pub keys: KeySource,
     pub tls: Option<TlsConfig>,
     pub callers: Vec<Caller>,
@@ -210,6 +212,8 @@ impl Config {
         let mail_max_attempts = s.parse("mail_max_attempts", "10", |t| {
             count(t, 1, 1000).map(|n| n as i32)
         })?;
+
+        let mail_retry_base = s.parse("mail_retry_base", "2s", parse_duration)?;
 
         let keys = match s.secret("secret_key", "secret_key_file")? {
             Some((text, origin)) => KeySource::Configured(
@@ -336,6 +340,7 @@ impl Config {
             mail,
             mail_from,
             mail_max_attempts,
+            mail_retry_base,
             keys,
             tls,
             callers,

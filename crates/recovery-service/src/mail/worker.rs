@@ -163,10 +163,25 @@ impl Worker {
             .claim_outbox(&inner.owner, inner.options.batch, lease_ms, now)
             .await?;
         let count = claimed.len();
+        // Send the batch concurrently: the SMTP transport pools connections, and each message
+        // waits on network round trips, not on this process.
+        let mut sends = tokio::task::JoinSet::new();
         for row in claimed {
-            self.deliver(row).await?;
+            let worker = self.clone();
+            sends.spawn(async move { worker.deliver(row).await });
         }
-        Ok(count)
+        let mut first_error = None;
+        while let Some(done) = sends.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => first_error = first_error.or(Some(err)),
+                Err(join) => tracing::error!(error = %join, "a send task failed"),
+            }
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(count),
+        }
     }
 
     async fn deliver(&self, row: OutboxMessage) -> Result<(), recovery_storage::StorageError> {

@@ -90,11 +90,17 @@ impl Server {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     eprintln!("[server] {line}");
-                    if let Some(addr) = line
+                    // `addr=IP:PORT` in text logs, `"addr":"IP:PORT"` in JSON logs.
+                    let addr = line
                         .split_whitespace()
                         .find_map(|word| word.strip_prefix("addr="))
-                        .and_then(|a| a.trim_matches('"').parse::<SocketAddr>().ok())
-                    {
+                        .or_else(|| {
+                            line.split("\"addr\":\"")
+                                .nth(1)
+                                .and_then(|rest| rest.split('"').next())
+                        })
+                        .and_then(|a| a.trim_matches('"').parse::<SocketAddr>().ok());
+                    if let Some(addr) = addr {
                         let _ = tx.send(addr);
                     }
                     log.lock().expect("log lock").push(line);

@@ -154,7 +154,11 @@ pub fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(err) => return config_failure(&err),
             };
-            let _telemetry = telemetry::init(config.log_format);
+            let telemetry = {
+                // The OTLP exporters' channels live on the runtime.
+                let _runtime = runtime.enter();
+                telemetry::init(config.log_format)
+            };
             for name in &config.unknown_env {
                 tracing::warn!(variable = %name, "ignoring unknown RECOVERY_* variable (a typo?)");
             }
@@ -162,6 +166,7 @@ pub fn main() -> ExitCode {
                 Command::Migrate => runtime.block_on(migrate(&config)),
                 _ => runtime.block_on(serve(config)),
             };
+            runtime.block_on(telemetry.shutdown());
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
@@ -227,6 +232,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         config.hash_params,
         config.hash_admission_wait,
     )?;
+    crate::metrics::register_gauges(hasher.clone());
     tracing::info!(
         threads = hasher.threads(),
         params = %config.hash_params.label(),

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod grpc;
 pub mod healthcheck;
 pub mod mail;
+pub mod metrics;
 pub mod server;
 pub mod telemetry;
 pub mod time;

@@ -12,7 +12,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     domain::Recovery,
-    grpc::{RecoveryApi, auth::Callers},
+    grpc::{RecoveryApi, auth::Callers, layer::RpcTelemetryLayer},
 };
 
 /// How often the database is pinged to keep the health status true.
@@ -73,6 +73,7 @@ pub async fn run(
     let (drain_tx, mut drain_rx) = watch::channel(false);
     let mut stop_probe = drain_rx.clone();
     let server = builder
+        .layer(RpcTelemetryLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -1,43 +1,167 @@
-//! Logging set up in one place. `init` returns a guard to keep alive until exit; dropping it
-//! flushes what is buffered. The filter follows `RUST_LOG` (default `info`).
+//! Logs, traces and metrics, set up in one place. [`init`] returns a guard; call
+//! [`TelemetryGuard::shutdown`] before exit to flush what is buffered.
+//!
+//! - Logs: `tracing-subscriber`, human lines or JSON (`RECOVERY_LOG_FORMAT=json`), filtered by
+//!   `RUST_LOG` (default `info`), to standard error. Each RPC's log lines carry its `trace_id`.
+//! - Traces and metrics: OTLP over gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the per-signal
+//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`) is set; the
+//!   standard `OTEL_SERVICE_NAME` (default `recovery-service`), `OTEL_RESOURCE_ATTRIBUTES` and
+//!   `OTEL_TRACES_SAMPLER(_ARG)` apply. Exports run in the background with a timeout, so an
+//!   unreachable collector never slows an RPC or holds shutdown past the export timeout.
 
-use std::io::IsTerminal as _;
+use std::{io::IsTerminal as _, time::Duration};
 
-use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, trace::SdkTracerProvider};
+use tracing_subscriber::{
+    EnvFilter, Layer as _, fmt, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 use crate::config::LogFormat;
 
-/// Keeps telemetry alive; flushes on drop.
+/// How long one export may take before it is abandoned.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Keeps telemetry alive until [`TelemetryGuard::shutdown`].
 #[derive(Debug)]
 #[must_use = "telemetry stops when the guard is dropped"]
 pub struct TelemetryGuard {
-    _private: (),
+    tracer: Option<SdkTracerProvider>,
+    meter: Option<SdkMeterProvider>,
 }
 
-/// Installs the global subscriber: human-readable lines, or JSON lines with `json`.
-/// Logs go to standard error so that subcommands keep standard output for their answers.
-pub fn init(format: LogFormat) -> TelemetryGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Text => registry
-            .with(
-                fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(std::io::stderr().is_terminal()),
-            )
-            .try_init(),
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
+fn env_set(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
+}
+
+fn resource() -> Resource {
+    let named = env_set("OTEL_SERVICE_NAME")
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+    let builder = Resource::builder();
+    let builder = if named {
+        builder
+    } else {
+        builder.with_service_name("recovery-service")
     };
-    // A second init (in tests) keeps the first subscriber; nothing to do.
-    drop(result);
-    TelemetryGuard { _private: () }
+    builder
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build()
+}
+
+/// Installs logging, and OTLP export when configured. Call inside the Tokio runtime: the
+/// exporters' gRPC channels live on it.
+pub fn init(format: LogFormat) -> TelemetryGuard {
+    let traces =
+        env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    let metrics =
+        env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
+    let mut problems = Vec::new();
+
+    let tracer = if traces {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+        {
+            Ok(exporter) => Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource())
+                    .build(),
+            ),
+            Err(err) => {
+                problems.push(format!("trace export disabled: {err}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let meter = if metrics {
+        match opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+        {
+            Ok(exporter) => {
+                let provider = SdkMeterProvider::builder()
+                    .with_periodic_exporter(exporter)
+                    .with_resource(resource())
+                    .build();
+                opentelemetry::global::set_meter_provider(provider.clone());
+                Some(provider)
+            }
+            Err(err) => {
+                problems.push(format!("metric export disabled: {err}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt_layer = match format {
+        LogFormat::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let otel_layer = tracer.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("recovery-service"))
+            .with_tracked_inactivity(false)
+    });
+    // A second init (in tests) keeps the first subscriber.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init();
+    for problem in problems {
+        tracing::warn!(%problem, "OpenTelemetry");
+    }
+    if tracer.is_some() || meter.is_some() {
+        tracing::info!(
+            traces = tracer.is_some(),
+            metrics = meter.is_some(),
+            "exporting OpenTelemetry over OTLP/gRPC"
+        );
+    }
+    TelemetryGuard { tracer, meter }
+}
+
+impl TelemetryGuard {
+    /// Flushes and stops the exporters, off the async workers (an export needs them to make
+    /// progress) and bounded by the export timeout.
+    pub async fn shutdown(mut self) {
+        let tracer = self.tracer.take();
+        let meter = self.meter.take();
+        if tracer.is_none() && meter.is_none() {
+            return;
+        }
+        let flush = tokio::task::spawn_blocking(move || {
+            if let Some(tracer) = tracer {
+                let _ = tracer.shutdown_with_timeout(EXPORT_TIMEOUT);
+            }
+            if let Some(meter) = meter {
+                let _ = meter.shutdown_with_timeout(EXPORT_TIMEOUT);
+            }
+        });
+        let _ = tokio::time::timeout(EXPORT_TIMEOUT * 2, flush).await;
+    }
 }

@@ -153,12 +153,18 @@ impl Hasher {
         self.inner.threads
     }
 
+    /// Permits held right now.
+    pub fn in_use(&self) -> usize {
+        self.inner.threads * PERMITS_PER_THREAD - self.inner.permits.available_permits()
+    }
+
     /// Pool counters.
     pub fn stats(&self) -> &PoolStats {
         &self.inner.stats
     }
 
     /// Waits briefly for a free hashing thread; [`Error::Overloaded`] when none frees up.
+    #[tracing::instrument(name = "argon2.admit", skip_all)]
     pub async fn admit(&self) -> Result<HashPermit, Error> {
         let stats = &self.inner.stats;
         stats.waiting.fetch_add(1, Ordering::Relaxed);
@@ -181,6 +187,7 @@ impl Hasher {
     }
 
     /// Hashes `secret` with a fresh salt under `key`'s pepper: a PHC string.
+    #[tracing::instrument(name = "argon2.hash", skip_all, fields(argon2.m_kib = self.inner.params.m_kib))]
     pub async fn hash(
         &self,
         _permit: &HashPermit,
@@ -202,6 +209,7 @@ impl Hasher {
 
     /// Checks `secret` against a PHC string made by [`Hasher::hash`], under `key`'s pepper, in
     /// constant time. A malformed stored hash is an internal error, never a match.
+    #[tracing::instrument(name = "argon2.verify", skip_all)]
     pub async fn verify(
         &self,
         _permit: &HashPermit,

@@ -22,6 +22,7 @@ const MAX_REASON_BYTES: usize = 256;
 impl Recovery {
     /// Creates the account's recovery code, replacing any live one (which stops working at
     /// once, with every flow in progress). The plaintext is returned here only.
+    #[tracing::instrument(name = "domain.create_recovery_code", skip_all)]
     pub async fn create_code(&self, account_id: &str, email: &str) -> Result<CreatedCode> {
         let account_id = validate_account_id(account_id)?;
         let email = Email::parse(email)?;
@@ -135,6 +136,7 @@ impl Recovery {
     }
 
     /// Whether the account has a live code, and its usage. Never the code.
+    #[tracing::instrument(name = "domain.get_recovery_status", skip_all)]
     pub async fn status(&self, account_id: &str) -> Result<Status> {
         let account_id = validate_account_id(account_id)?;
         let now = self.now();
@@ -156,6 +158,7 @@ impl Recovery {
     }
 
     /// Deletes the account's code; flows in progress are cancelled and the owner notified.
+    #[tracing::instrument(name = "domain.revoke_recovery_code", skip_all)]
     pub async fn revoke(&self, account_id: &str, reason: &str) -> Result<i64> {
         let account_id = validate_account_id(account_id)?;
         let reason = truncate(reason.trim(), MAX_REASON_BYTES);
@@ -211,6 +214,7 @@ impl Recovery {
 
     /// Changes where recovery mail goes. The code stays valid; flows in progress are cancelled;
     /// both the old and the new address are told.
+    #[tracing::instrument(name = "domain.update_recovery_email", skip_all)]
     pub async fn update_email(&self, account_id: &str, email: &str) -> Result<i64> {
         let account_id = validate_account_id(account_id)?;
         let email = Email::parse(email)?;
@@ -275,6 +279,7 @@ impl Recovery {
     }
 
     /// One page of the account's audit trail, newest first.
+    #[tracing::instrument(name = "domain.list_audit_events", skip_all)]
     pub async fn audit_page(
         &self,
         account_id: &str,

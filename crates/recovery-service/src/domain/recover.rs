@@ -23,6 +23,7 @@ impl Recovery {
     /// Starts a flow for whoever claims `email`. Known and unknown emails get the same answer
     /// after the same work: the same queries and writes (the messages of an unknown email are
     /// written `void`, never sent).
+    #[tracing::instrument(name = "domain.begin_recovery", skip_all)]
     pub async fn begin(
         &self,
         email: &str,
@@ -140,6 +141,7 @@ impl Recovery {
                 .await?
             {
                 tracing::info!(limit = name, retry_after_ms, "recovery start rate-limited");
+                crate::metrics::get().rate_limited(name);
                 return Err(Error::RateLimited {
                     retry_after_ms,
                     limit: name,
@@ -151,6 +153,7 @@ impl Recovery {
 
     /// Proves control of the mailbox. Counts the submission before comparing; a verified flow
     /// accepts its right code again (a retried call succeeds) and nothing else.
+    #[tracing::instrument(name = "domain.verify_email", skip_all)]
     pub async fn verify(&self, flow_id: &str, email_code: &str) -> Result<i64> {
         let code = secrets::parse_email_code(email_code)?;
         let now = self.now();
@@ -226,6 +229,7 @@ impl Recovery {
     }
 
     /// Proves possession of the recovery code on a verified flow and completes it, once.
+    #[tracing::instrument(name = "domain.recover_account", skip_all)]
     pub async fn recover(&self, flow_id: &str, recovery_code: &str) -> Result<Recovered> {
         let code = RecoveryCode::parse(recovery_code)?;
         let now = self.now();
@@ -421,6 +425,7 @@ impl Recovery {
             .await?;
         if let Some(until) = outcome.newly_locked_until {
             self.mail_enqueued();
+            crate::metrics::get().lockout();
             tracing::warn!(
                 account_id,
                 locked_until_ms = until,

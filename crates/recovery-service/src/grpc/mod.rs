@@ -3,6 +3,7 @@
 //! [`status::to_status`]. No `unwrap` on a request path.
 
 pub mod auth;
+pub mod layer;
 pub mod status;
 
 use prost_types::Timestamp;
@@ -70,7 +71,8 @@ pub fn timestamp(ms: i64) -> Timestamp {
 fn fail(method: &'static str, err: &domain::Error) -> Status {
     let status = status::to_status(err);
     let (_, reason) = status::classify(err);
-    tracing::debug!(method, reason = reason.bare_name(), "request failed");
+    tracing::Span::current().record("rpc.error_reason", reason.bare_name());
+    tracing::info!(method, reason = reason.bare_name(), "request failed");
     status
 }
 

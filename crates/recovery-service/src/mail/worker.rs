@@ -15,6 +15,9 @@ use crate::{
     domain::{Clock, email::mask, secrets},
 };
 
+/// How often the outbox gauges are refreshed.
+const STATS_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How often expired rows are deleted.
 const CLEANUP_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -97,10 +100,15 @@ impl Worker {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         tracing::info!(owner = %self.inner.owner, transport = ?self.inner.transport, "mail delivery worker started");
         let mut next_cleanup = tokio::time::Instant::now();
+        let mut next_stats = tokio::time::Instant::now();
         loop {
             if tokio::time::Instant::now() >= next_cleanup {
                 self.cleanup().await;
                 next_cleanup = tokio::time::Instant::now() + CLEANUP_INTERVAL;
+            }
+            if tokio::time::Instant::now() >= next_stats {
+                self.publish_stats().await;
+                next_stats = tokio::time::Instant::now() + STATS_INTERVAL;
             }
             let delivered = match self.deliver_due().await {
                 Ok(n) => n,
@@ -119,6 +127,17 @@ impl Worker {
             }
         }
         tracing::info!("mail delivery worker stopped");
+    }
+
+    async fn publish_stats(&self) {
+        match self.inner.storage.outbox_stats().await {
+            Ok(stats) => {
+                let now = self.inner.clock.now_ms();
+                let age = stats.oldest_backlog_at.map_or(0, |t| (now - t).max(0));
+                crate::metrics::set_outbox(stats.backlog, stats.dead, age);
+            }
+            Err(err) => tracing::debug!(error = %err, "outbox stats unavailable"),
+        }
     }
 
     /// Deletes expired flows, rate-limit windows, old lockout failures and old sent mail, in
@@ -191,6 +210,7 @@ impl Worker {
             Ok(message) => message,
             Err(why) => {
                 tracing::error!(message_id = %row.message_id, kind = %row.kind, reason = why, "dead letter: cannot build the message");
+                crate::metrics::get().dead_letter(&row.kind);
                 inner.storage.dead_letter_outbox(row.id, owner, why).await?;
                 return Ok(());
             }
@@ -203,6 +223,7 @@ impl Worker {
                 if !inner.storage.mark_outbox_sent(row.id, owner, now).await? {
                     tracing::warn!(message_id = %row.message_id, "sent, but the claim had expired");
                 }
+                crate::metrics::get().mail_sent(&row.kind);
                 tracing::info!(
                     message_id = %row.message_id,
                     kind = %row.kind,

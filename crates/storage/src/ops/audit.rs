@@ -12,6 +12,7 @@ use crate::{
 
 impl Storage {
     /// Appends one audit event on its own (for events that change nothing else).
+    #[tracing::instrument(name = "db.append_audit", skip_all)]
     pub async fn append_audit(&self, event: NewAuditEvent) -> Result<(), StorageError> {
         let at = event.occurred_at;
         let effects = Effects {
@@ -23,6 +24,7 @@ impl Storage {
 
     /// Up to `limit` of the account's events older than `before_seq` (all when `None`),
     /// newest first.
+    #[tracing::instrument(name = "db.list_audit_events", skip_all)]
     pub async fn list_audit_events(
         &self,
         account_id: &str,

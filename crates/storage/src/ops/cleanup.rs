@@ -24,6 +24,7 @@ impl Storage {
     /// Deletes at most `batch` rows of each kind: flows past their expiry, rate-limit windows
     /// that have ended, lockout failures older than `failures_before`, and sent outbox rows
     /// older than `sent_before` (and never-sent `void` rows created before it). Call it until it reports zeros to drain a backlog.
+    #[tracing::instrument(name = "db.cleanup", skip_all)]
     pub async fn cleanup(
         &self,
         now: i64,

@@ -20,6 +20,7 @@ impl Storage {
     ///
     /// Fails with [`StorageError::Conflict`] when the email's lookup form belongs to another
     /// account's live enrollment.
+    #[tracing::instrument(name = "db.put_enrollment", skip_all)]
     pub async fn put_enrollment(
         &self,
         new: NewEnrollment,
@@ -98,6 +99,7 @@ impl Storage {
 
     /// Deletes the account's live code (the row stays, with the generation bumped, so flows
     /// started before can no longer complete). [`StorageError::NotFound`] when there is none.
+    #[tracing::instrument(name = "db.revoke_enrollment", skip_all)]
     pub async fn revoke_enrollment(
         &self,
         account_id: &str,
@@ -140,6 +142,7 @@ impl Storage {
     /// against the old address can no longer complete). Answers the enrollment as it was.
     /// [`StorageError::NotFound`] without a live code; [`StorageError::Conflict`] when the
     /// address belongs to another account's live enrollment.
+    #[tracing::instrument(name = "db.update_enrollment_email", skip_all)]
     pub async fn update_enrollment_email(
         &self,
         account_id: &str,
@@ -177,6 +180,7 @@ impl Storage {
     }
 
     /// The account's enrollment, live or revoked.
+    #[tracing::instrument(name = "db.find_enrollment", skip_all)]
     pub async fn find_enrollment(
         &self,
         account_id: &str,
@@ -188,6 +192,7 @@ impl Storage {
     }
 
     /// The live enrollment whose email has this lookup form.
+    #[tracing::instrument(name = "db.find_enrollment_by_email", skip_all)]
     pub async fn find_enrollment_by_email(
         &self,
         email_lookup: &str,

@@ -24,6 +24,7 @@ use crate::{
 impl Storage {
     /// Stores a new flow with its effects (the verification message for a known email, the
     /// audit event) in one transaction.
+    #[tracing::instrument(name = "db.create_flow", skip_all)]
     pub async fn create_flow(&self, new: NewFlow, effects: Effects) -> Result<(), StorageError> {
         let txn = self.db().begin().await?;
         let (account_id, generation) = new.target.map_or((None, None), |(a, g)| (Some(a), Some(g)));
@@ -52,6 +53,7 @@ impl Storage {
     }
 
     /// The flow with this id.
+    #[tracing::instrument(name = "db.find_flow", skip_all)]
     pub async fn find_flow(&self, flow_id: &str) -> Result<Option<Flow>, StorageError> {
         Ok(flow::Entity::find_by_id(flow_id.to_owned())
             .one(self.db())
@@ -63,6 +65,7 @@ impl Storage {
     /// Answers the number of submissions used, this one included, or `None` when the cap was
     /// already reached (or the flow is unknown or completed). The database decides: exactly
     /// `cap` calls get `Some`, however many race.
+    #[tracing::instrument(name = "db.register_attempt", skip_all)]
     pub async fn register_attempt(
         &self,
         flow_id: &str,
@@ -98,6 +101,7 @@ impl Storage {
 
     /// Marks the flow's email verified, once: `true` for exactly one caller, and only while
     /// the flow is unverified, not completed and not past `now`'s expiry.
+    #[tracing::instrument(name = "db.mark_flow_verified", skip_all)]
     pub async fn mark_flow_verified(
         &self,
         flow_id: &str,
@@ -125,6 +129,7 @@ impl Storage {
     /// Completes a verified flow, once, and records the use on the enrollment it was started
     /// against, in one transaction. If the enrollment's generation moved on (new code, revoke,
     /// email change) nothing changes and the answer is [`Completion::Cancelled`].
+    #[tracing::instrument(name = "db.complete_flow", skip_all)]
     pub async fn complete_flow(
         &self,
         flow_id: &str,
@@ -189,6 +194,7 @@ impl Storage {
     /// `now + lock_ms`; exactly one caller sees `newly_locked_until` and its `on_lock` effects
     /// (the owner's notice, the audit event) are written with the lock.
     #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(name = "db.record_recovery_failure", skip_all)]
     pub async fn record_recovery_failure(
         &self,
         account_id: &str,

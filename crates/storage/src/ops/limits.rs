@@ -18,6 +18,7 @@ impl Storage {
     /// One statement decides: `INSERT … ON CONFLICT DO UPDATE SET count = count + 1 WHERE
     /// count < limit RETURNING count`. A hit over the limit changes nothing and returns no
     /// row, so exactly `limit` hits per window are allowed however many replicas race.
+    #[tracing::instrument(name = "db.hit_rate_limit", skip_all)]
     pub async fn hit_rate_limit(
         &self,
         key: &str,

@@ -18,6 +18,7 @@ impl Storage {
     /// pending whose time has come, and rows whose previous claim's lease ran out (a worker
     /// died mid-send). Each claim counts one attempt. On PostgreSQL concurrent claimers skip
     /// each other's rows (`FOR UPDATE SKIP LOCKED`); SQLite has one writer at a time.
+    #[tracing::instrument(name = "db.claim_outbox", skip_all)]
     pub async fn claim_outbox(
         &self,
         owner: &str,
@@ -83,6 +84,7 @@ impl Storage {
 
     /// Marks a claimed row sent and wipes its payload (a sent verification code has no reason
     /// to stay). `false` when `owner` no longer holds the claim.
+    #[tracing::instrument(name = "db.mark_outbox_sent", skip_all)]
     pub async fn mark_outbox_sent(
         &self,
         id: i64,
@@ -101,6 +103,7 @@ impl Storage {
 
     /// Gives a claimed row back for another attempt at `next_attempt_at`, noting why the
     /// last one failed. `false` when `owner` no longer holds the claim.
+    #[tracing::instrument(name = "db.reschedule_outbox", skip_all)]
     pub async fn reschedule_outbox(
         &self,
         id: i64,
@@ -119,6 +122,7 @@ impl Storage {
     }
 
     /// Gives up on a claimed row: it stays, `dead`, for operators to see. Its payload is wiped.
+    #[tracing::instrument(name = "db.dead_letter_outbox", skip_all)]
     pub async fn dead_letter_outbox(
         &self,
         id: i64,
@@ -153,6 +157,7 @@ impl Storage {
     }
 
     /// Backlog, dead letters and the age of the oldest waiting row.
+    #[tracing::instrument(name = "db.outbox_stats", skip_all)]
     pub async fn outbox_stats(&self) -> Result<OutboxStats, StorageError> {
         let backend = self.db().get_database_backend();
         let row = self

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod otlp;
 pub mod smtp;
 
 use anyhow::{Context as _, bail};

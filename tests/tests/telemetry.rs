@@ -5,100 +5,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::{
-    collector::{
-        metrics::v1::{
-            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-            metrics_service_server::{MetricsService, MetricsServiceServer},
-        },
-        trace::v1::{
-            ExportTraceServiceRequest, ExportTraceServiceResponse,
-            trace_service_server::{TraceService, TraceServiceServer},
-        },
-    },
-    common::v1::any_value::Value,
-    trace::v1::Span,
-};
-use recovery_e2e::{Mailbox, Options, Server};
+use opentelemetry_proto::tonic::{common::v1::any_value::Value, trace::v1::Span};
+use recovery_e2e::{Mailbox, Options, Server, otlp::Collector};
 use recovery_proto::v1::{
     self as api, ClientContext, recovery_service_client::RecoveryServiceClient,
 };
-use tonic::{Request, Response, Status, metadata::MetadataValue};
+use tonic::{Request, metadata::MetadataValue};
 
 const KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
-
-#[derive(Clone, Default)]
-struct Collector {
-    traces: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
-    metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.traces.lock().unwrap().push(request.into_inner());
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-#[tonic::async_trait]
-impl MetricsService for Collector {
-    async fn export(
-        &self,
-        request: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.metrics.lock().unwrap().push(request.into_inner());
-        Ok(Response::new(ExportMetricsServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-impl Collector {
-    async fn start(&self) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(self.clone()))
-            .add_service(MetricsServiceServer::new(self.clone()));
-        tokio::spawn(
-            router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-        );
-        addr
-    }
-
-    fn spans(&self) -> Vec<Span> {
-        self.traces
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|r| r.resource_spans.iter())
-            .flat_map(|r| r.scope_spans.iter())
-            .flat_map(|s| s.spans.iter().cloned())
-            .collect()
-    }
-
-    fn dump(&self) -> String {
-        format!(
-            "{:?}{:?}",
-            self.traces.lock().unwrap(),
-            self.metrics.lock().unwrap()
-        )
-    }
-}
 
 fn attr(span: &Span, key: &str) -> Option<String> {
     span.attributes
@@ -204,7 +122,7 @@ async fn spans_reach_the_collector_and_no_secret_is_exported_or_logged() {
         if spans
             .iter()
             .any(|s| s.name == "identity.recovery.v1.RecoveryService/RecoverAccount")
-            && !collector.metrics.lock().unwrap().is_empty()
+            && !collector.metrics.lock().expect("metrics").is_empty()
         {
             break;
         }
@@ -294,7 +212,7 @@ async fn spans_reach_the_collector_and_no_secret_is_exported_or_logged() {
     );
 
     // Metrics went through the same pipeline.
-    let metrics = format!("{:?}", collector.metrics.lock().unwrap());
+    let metrics = format!("{:?}", collector.metrics.lock().expect("metrics"));
     assert!(
         metrics.contains("rpc.server.duration"),
         "no RPC duration metric"

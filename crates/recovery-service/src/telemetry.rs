@@ -107,6 +107,8 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
 
+    // RUST_LOG filters the log lines only: traces keep every span of this service whatever
+    // the log level (sampling is OTEL_TRACES_SAMPLER's job).
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt_layer = match format {
         LogFormat::Text => fmt::layer()
@@ -120,15 +122,20 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
             .with_span_list(true)
             .with_writer(std::io::stderr)
             .boxed(),
-    };
+    }
+    .with_filter(filter);
     let otel_layer = tracer.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("recovery-service"))
             .with_tracked_inactivity(false)
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("recovery_service", tracing::Level::INFO)
+                    .with_target("recovery_storage", tracing::Level::INFO),
+            )
     });
     // A second init (in tests) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
-        .with(filter)
         .with(fmt_layer)
         .with(otel_layer)
         .try_init();

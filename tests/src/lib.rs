@@ -13,6 +13,7 @@ use std::{
 };
 
 pub mod otlp;
+pub mod pgcluster;
 pub mod smtp;
 
 use anyhow::{Context as _, bail};

@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// How often the database is pinged to keep the health status true.
-const DB_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+const DB_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What the server needs besides its listener.
 #[derive(Debug)]

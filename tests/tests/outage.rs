@@ -1,0 +1,96 @@
+//! The database goes away under a running server: calls answer UNAVAILABLE (nothing changed,
+//! retry later), health turns NOT_SERVING, and everything comes back with the database.
+//! Runs against a throwaway PostgreSQL cluster, never the machine's shared server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use std::time::{Duration, Instant};
+
+use recovery_e2e::{
+    Options, Server,
+    pgcluster::{Cluster, postgres_bin},
+};
+use recovery_proto::v1::{self as api, recovery_service_client::RecoveryServiceClient};
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_types::StatusExt as _;
+
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+async fn wait_health(server: &Server, want: ServingStatus, within: Duration) {
+    let mut health = HealthClient::new(server.channel().await.unwrap());
+    let deadline = Instant::now() + within;
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: "identity.recovery.v1.RecoveryService".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        if status == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health stayed {status:?}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_lost_database_means_unavailable_and_not_serving_until_it_returns() {
+    let Some(bin) = postgres_bin() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "PostgreSQL server binaries are required under CI"
+        );
+        eprintln!("SKIPPED: no PostgreSQL server binaries under /usr/lib/postgresql");
+        return;
+    };
+    let cluster = Cluster::create(bin);
+    let server = Server::start_with(
+        Options::default()
+            .env("RECOVERY_SECRET_KEY", KEY)
+            .env("RECOVERY_DATABASE_URL", cluster.url()),
+    )
+    .unwrap();
+    server.wait_serving("").await.unwrap();
+    let mut c = RecoveryServiceClient::new(server.channel().await.unwrap());
+    c.create_recovery_code(api::CreateRecoveryCodeRequest {
+        account_id: "acct".into(),
+        email: "ann@example.com".into(),
+    })
+    .await
+    .unwrap();
+
+    cluster.stop();
+    let status = api::GetRecoveryStatusRequest {
+        account_id: "acct".into(),
+    };
+    let err = c.get_recovery_status(status.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(err.get_details_error_info().unwrap().reason, "UNAVAILABLE");
+    assert!(err.get_details_retry_info().is_some());
+    let err = c
+        .begin_recovery(api::BeginRecoveryRequest {
+            email: "ann@example.com".into(),
+            client: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    wait_health(&server, ServingStatus::NotServing, Duration::from_secs(12)).await;
+
+    cluster.start();
+    wait_health(&server, ServingStatus::Serving, Duration::from_secs(15)).await;
+    let answer = c.get_recovery_status(status).await.unwrap().into_inner();
+    assert!(
+        answer.enrolled,
+        "what was stored before the outage is still there"
+    );
+}

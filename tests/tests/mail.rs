@@ -202,9 +202,11 @@ async fn mail_queued_before_a_kill_9_goes_out_after_the_restart() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
+    // A short lease: a row claimed when the process died is taken over quickly.
     let options = Options::default()
         .env("RECOVERY_SMTP_URL", format!("smtp://{addr}"))
-        .env("RECOVERY_MAIL_RETRY_BASE", "100ms");
+        .env("RECOVERY_MAIL_RETRY_BASE", "100ms")
+        .env("RECOVERY_MAIL_LEASE", "1s");
     let (mut server, mut c) = serve(options.clone()).await;
     enroll(&mut c, "acct", "cy@example.com").await;
     begin(&mut c, "cy@example.com").await;

@@ -38,6 +38,8 @@ set in the --config TOML file, which the environment overrides):
   RECOVERY_CALLERS              IDENTITY=ROLE,… mapping client certificate SANs to auth/operator
   RECOVERY_MAIL_MAX_ATTEMPTS    delivery attempts before a message is dead-lettered [default: 10]
   RECOVERY_MAIL_RETRY_BASE      first retry delay, doubling each attempt up to 10m [default: 2s]
+  RECOVERY_MAIL_LEASE           a worker's claim on a message; after a crash another worker
+                                sends it once this runs out [default: 60s]
   RECOVERY_SHUTDOWN_GRACE       how long in-flight calls may finish after SIGTERM [default: 30s]
   RECOVERY_HASH_THREADS         argon2id threads [default: number of cores]
   RECOVERY_HASH_MEMORY_KIB, RECOVERY_HASH_ITERATIONS, RECOVERY_HASH_PARALLELISM
@@ -250,6 +252,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let mut delivery = DeliveryOptions::new(config.mail_from.clone());
     delivery.max_attempts = config.mail_max_attempts;
     delivery.backoff_base = config.mail_retry_base;
+    delivery.lease = config.mail_lease;
     let worker = Worker::new(
         storage.clone(),
         transport,

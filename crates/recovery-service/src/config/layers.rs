@@ -27,6 +27,7 @@ pub const KEYS: &[&str] = &[
     "mail_from",
     "mail_max_attempts",
     "mail_retry_base",
+    "mail_lease",
     "secret_key",
     "secret_key_file",
     "reuse_policy",

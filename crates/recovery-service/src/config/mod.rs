@@ -126,6 +126,8 @@ pub struct Config {
     pub mail_max_attempts: i32,
     /// First retry delay of a failed send (doubles each attempt).
     pub mail_retry_base: Duration,
+    /// How long a worker's claim on a message lasts before another worker may take it over.
+    pub mail_lease: Duration,
     pub keys: KeySource,
     pub tls: Option<TlsConfig>,
     pub callers: Vec<Caller>,
@@ -214,6 +216,7 @@ impl Config {
         })?;
 
         let mail_retry_base = s.parse("mail_retry_base", "2s", parse_duration)?;
+        let mail_lease = s.parse("mail_lease", "60s", parse_duration)?;
 
         let keys = match s.secret("secret_key", "secret_key_file")? {
             Some((text, origin)) => KeySource::Configured(
@@ -341,6 +344,7 @@ impl Config {
             mail_from,
             mail_max_attempts,
             mail_retry_base,
+            mail_lease,
             keys,
             tls,
             callers,

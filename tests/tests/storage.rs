@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-use recovery_e2e::{Server, run};
+use recovery_e2e::{PgDatabase, Server, run};
 use sea_orm::{ConnectionTrait as _, Database, Statement};
 
 const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -80,28 +80,10 @@ async fn the_embedded_database_runs_in_wal_mode() {
 /// applied once, and a fourth run finds nothing to do.
 #[tokio::test]
 async fn replicas_migrating_postgres_at_once_all_succeed() {
-    let Ok(base) = std::env::var("RECOVERY_TEST_DATABASE_URL") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "RECOVERY_TEST_DATABASE_URL must be set under CI"
-        );
-        eprintln!("SKIPPED: RECOVERY_TEST_DATABASE_URL is unset, PostgreSQL not tested");
+    let Some(db) = PgDatabase::create().await else {
         return;
     };
-    let name = format!("recovery_e2e_{}", std::process::id());
-    let admin = Database::connect(&base).await.unwrap();
-    let exec = |sql: String| {
-        let admin = &admin;
-        async move {
-            admin
-                .execute_raw(Statement::from_string(admin.get_database_backend(), sql))
-                .await
-                .unwrap();
-        }
-    };
-    exec(format!("DROP DATABASE IF EXISTS {name}")).await;
-    exec(format!("CREATE DATABASE {name}")).await;
-    let url = url_with_database(&base, &name);
+    let url = db.url.clone();
     let env = vec![
         ("RECOVERY_DATABASE_URL".to_owned(), url.clone()),
         ("RECOVERY_SECRET_KEY".to_owned(), KEY.to_owned()),
@@ -127,17 +109,5 @@ async fn replicas_migrating_postgres_at_once_all_succeed() {
         "{stderr}"
     );
 
-    exec(format!("DROP DATABASE {name} WITH (FORCE)")).await;
-    admin.close().await.unwrap();
-}
-
-fn url_with_database(base: &str, database: &str) -> String {
-    let (prefix, rest) = base
-        .rsplit_once('/')
-        .expect("a postgres URL with a database");
-    let query = rest
-        .split_once('?')
-        .map(|(_, q)| format!("?{q}"))
-        .unwrap_or_default();
-    format!("{prefix}/{database}{query}")
+    drop(db);
 }

@@ -14,4 +14,4 @@ mod ops;
 
 pub use connect::{Backend, ConnectOptions, SchemaStatus, Storage, sqlite_file_path};
 pub use error::StorageError;
-pub use ops::CleanupReport;
+pub use ops::{CleanupReport, IntoEffects};

@@ -41,6 +41,7 @@ on_every_backend!(
     outbox_rows_are_claimed_leased_and_finished,
     concurrent_claimers_never_share_a_row,
     effects_are_written_with_their_change_or_not_at_all,
+    effects_that_cannot_be_built_roll_the_change_back,
     the_audit_trail_pages_newest_first,
     cleanup_deletes_what_expired_in_batches,
 );
@@ -960,4 +961,38 @@ async fn cleanup_deletes_what_expired_in_batches(db: &TestDb) {
     );
     assert!(s.find_flow("fresh").await.unwrap().is_some());
     assert!(s.find_flow("old0").await.unwrap().is_none());
+}
+
+async fn effects_that_cannot_be_built_roll_the_change_back(db: &TestDb) {
+    let s = &db.storage;
+    let err = s
+        .put_enrollment(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
+            Err::<Effects, _>("the random source failed")
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Other(_)), "{err:?}");
+    assert!(
+        s.find_enrollment("acct").await.unwrap().is_none(),
+        "nothing stored"
+    );
+
+    s.put_enrollment(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
+        Effects::none()
+    })
+    .await
+    .unwrap();
+    s.revoke_enrollment("acct", T0 + 1, |_| {
+        Err::<Effects, _>("no notice, no revocation")
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        s.find_enrollment("acct")
+            .await
+            .unwrap()
+            .unwrap()
+            .code
+            .is_some()
+    );
 }

@@ -89,37 +89,29 @@ impl Recovery {
         };
         let keys = &self.keys;
         let address = email.address().to_owned();
-        let mut previous_notice = None;
         let outcome = self
             .storage
-            .put_enrollment(new, now, |outcome| {
+            .put_enrollment(new, now, |outcome| -> Result<Effects> {
                 if !outcome.replaced {
-                    return created;
+                    return Ok(created);
                 }
                 if let Some(previous) = outcome.previous_email.as_deref().filter(|p| *p != address)
                 {
-                    match message(
+                    replaced.messages.push(message(
                         keys,
                         MessageKind::CodeReplaced,
                         Some(account_id),
                         previous,
                         data("replaced"),
-                    ) {
-                        Ok(notice) => replaced.messages.push(notice),
-                        Err(err) => previous_notice = Some(err),
-                    }
+                    )?);
                 }
-                replaced
+                Ok(replaced)
             })
             .await
             .map_err(|err| match err {
                 StorageError::Conflict(_) => Error::EmailInUse,
                 other => other.into(),
             })?;
-        if let Some(err) = previous_notice {
-            // Sealing failed only for the old address's notice; the change itself is stored.
-            tracing::error!(error = %err, "could not notify the previous recovery address");
-        }
         self.mail_enqueued();
         tracing::info!(
             account_id,
@@ -165,42 +157,32 @@ impl Recovery {
         let now = self.now();
         let client = Client::default();
         let keys = &self.keys;
-        let mut failure = None;
         let result = self
             .storage
-            .revoke_enrollment(account_id, now, |before| {
-                let built = (|| -> Result<Effects> {
-                    let code_id = before
-                        .code
-                        .as_ref()
-                        .map(|c| c.code_id.clone())
-                        .unwrap_or_default();
-                    Ok(Effects {
-                        messages: vec![message(
-                            keys,
-                            MessageKind::CodeRevoked,
-                            Some(account_id),
-                            &before.email,
-                            merge(context(now, &client), json!({ "code_id": code_id })),
-                        )?],
-                        audit: vec![audit(
-                            account_id,
-                            AuditKind::CodeRevoked,
-                            now,
-                            &client,
-                            &[("code_id", code_id), ("reason", reason.clone())],
-                        )?],
-                    })
-                })();
-                built.unwrap_or_else(|err| {
-                    failure = Some(err);
-                    Effects::none()
+            .revoke_enrollment(account_id, now, |before| -> Result<Effects> {
+                let code_id = before
+                    .code
+                    .as_ref()
+                    .map(|c| c.code_id.clone())
+                    .unwrap_or_default();
+                Ok(Effects {
+                    messages: vec![message(
+                        keys,
+                        MessageKind::CodeRevoked,
+                        Some(account_id),
+                        &before.email,
+                        merge(context(now, &client), json!({ "code_id": code_id })),
+                    )?],
+                    audit: vec![audit(
+                        account_id,
+                        AuditKind::CodeRevoked,
+                        now,
+                        &client,
+                        &[("code_id", code_id), ("reason", reason.clone())],
+                    )?],
                 })
             })
             .await;
-        if let Some(err) = failure {
-            return Err(err);
-        }
         match result {
             Ok(_) => {
                 self.mail_enqueued();
@@ -222,11 +204,14 @@ impl Recovery {
         let client = Client::default();
         let keys = &self.keys;
         let new_hint = mask(email.address());
-        let mut failure = None;
         let result = self
             .storage
-            .update_enrollment_email(account_id, email.address(), email.lookup(), now, |before| {
-                let built = (|| -> Result<Effects> {
+            .update_enrollment_email(
+                account_id,
+                email.address(),
+                email.lookup(),
+                now,
+                |before| -> Result<Effects> {
                     let data = merge(context(now, &client), json!({ "new_email_hint": new_hint }));
                     let mut messages = vec![message(
                         keys,
@@ -257,16 +242,9 @@ impl Recovery {
                             ],
                         )?],
                     })
-                })();
-                built.unwrap_or_else(|err| {
-                    failure = Some(err);
-                    Effects::none()
-                })
-            })
+                },
+            )
             .await;
-        if let Some(err) = failure {
-            return Err(err);
-        }
         match result {
             Ok(_) => {
                 self.mail_enqueued();

@@ -6,11 +6,11 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait as _},
 };
 
-use super::apply_effects;
+use super::{IntoEffects, apply_effects};
 use crate::{
     Storage, StorageError,
     entity::enrollment::{self, Column as C},
-    model::{Effects, Enrollment, NewEnrollment, Opaque, PutOutcome, StoredCode},
+    model::{Enrollment, NewEnrollment, Opaque, PutOutcome, StoredCode},
 };
 
 impl Storage {
@@ -21,11 +21,11 @@ impl Storage {
     /// Fails with [`StorageError::Conflict`] when the email's lookup form belongs to another
     /// account's live enrollment.
     #[tracing::instrument(name = "db.put_enrollment", skip_all)]
-    pub async fn put_enrollment(
+    pub async fn put_enrollment<R: IntoEffects>(
         &self,
         new: NewEnrollment,
         now: i64,
-        effects: impl FnOnce(&PutOutcome) -> Effects,
+        effects: impl FnOnce(&PutOutcome) -> R,
     ) -> Result<PutOutcome, StorageError> {
         let txn = self.db().begin().await?;
         let existing = enrollment::Entity::find_by_id(new.account_id.clone())
@@ -92,7 +92,7 @@ impl Storage {
                 }
             }
         };
-        apply_effects(&txn, effects(&outcome), now).await?;
+        apply_effects(&txn, effects(&outcome).into_effects()?, now).await?;
         txn.commit().await?;
         Ok(outcome)
     }
@@ -100,21 +100,14 @@ impl Storage {
     /// Deletes the account's live code (the row stays, with the generation bumped, so flows
     /// started before can no longer complete). [`StorageError::NotFound`] when there is none.
     #[tracing::instrument(name = "db.revoke_enrollment", skip_all)]
-    pub async fn revoke_enrollment(
+    pub async fn revoke_enrollment<R: IntoEffects>(
         &self,
         account_id: &str,
         now: i64,
-        effects: impl FnOnce(&Enrollment) -> Effects,
+        effects: impl FnOnce(&Enrollment) -> R,
     ) -> Result<Enrollment, StorageError> {
         let txn = self.db().begin().await?;
-        let Some(row) = enrollment::Entity::find_by_id(account_id.to_owned())
-            .lock_exclusive()
-            .one(&txn)
-            .await?
-            .filter(|row| row.code_hash.is_some())
-        else {
-            return Err(StorageError::NotFound);
-        };
+        let row = lock_live(&txn, account_id).await?;
         let result = enrollment::Entity::update_many()
             .col_expr(C::EmailLookup, Expr::value(Option::<String>::None))
             .col_expr(C::CodeId, Expr::value(Option::<String>::None))
@@ -133,7 +126,7 @@ impl Storage {
             return Err(StorageError::NotFound);
         }
         let before = to_enrollment(row);
-        apply_effects(&txn, effects(&before), now).await?;
+        apply_effects(&txn, effects(&before).into_effects()?, now).await?;
         txn.commit().await?;
         Ok(before)
     }
@@ -143,23 +136,16 @@ impl Storage {
     /// [`StorageError::NotFound`] without a live code; [`StorageError::Conflict`] when the
     /// address belongs to another account's live enrollment.
     #[tracing::instrument(name = "db.update_enrollment_email", skip_all)]
-    pub async fn update_enrollment_email(
+    pub async fn update_enrollment_email<R: IntoEffects>(
         &self,
         account_id: &str,
         email: &str,
         email_lookup: &str,
         now: i64,
-        effects: impl FnOnce(&Enrollment) -> Effects,
+        effects: impl FnOnce(&Enrollment) -> R,
     ) -> Result<Enrollment, StorageError> {
         let txn = self.db().begin().await?;
-        let Some(row) = enrollment::Entity::find_by_id(account_id.to_owned())
-            .lock_exclusive()
-            .one(&txn)
-            .await?
-            .filter(|row| row.code_hash.is_some())
-        else {
-            return Err(StorageError::NotFound);
-        };
+        let row = lock_live(&txn, account_id).await?;
         let result = enrollment::Entity::update_many()
             .col_expr(C::Email, Expr::value(email))
             .col_expr(C::EmailLookup, Expr::value(Some(email_lookup.to_owned())))
@@ -174,7 +160,7 @@ impl Storage {
             return Err(StorageError::NotFound);
         }
         let before = to_enrollment(row);
-        apply_effects(&txn, effects(&before), now).await?;
+        apply_effects(&txn, effects(&before).into_effects()?, now).await?;
         txn.commit().await?;
         Ok(before)
     }
@@ -204,6 +190,20 @@ impl Storage {
             .await?
             .map(to_enrollment))
     }
+}
+
+/// The account's live enrollment, locked for the rest of the transaction;
+/// [`StorageError::NotFound`] when it has no code.
+async fn lock_live(
+    txn: &sea_orm::DatabaseTransaction,
+    account_id: &str,
+) -> Result<enrollment::Model, StorageError> {
+    enrollment::Entity::find_by_id(account_id.to_owned())
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .filter(|row| row.code_hash.is_some())
+        .ok_or(StorageError::NotFound)
 }
 
 pub(crate) fn to_enrollment(row: enrollment::Model) -> Enrollment {

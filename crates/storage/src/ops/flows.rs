@@ -7,7 +7,7 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait as _},
 };
 
-use super::apply_effects;
+use super::{IntoEffects, apply_effects};
 use crate::{
     Storage, StorageError,
     entity::{
@@ -130,12 +130,12 @@ impl Storage {
     /// against, in one transaction. If the enrollment's generation moved on (new code, revoke,
     /// email change) nothing changes and the answer is [`Completion::Cancelled`].
     #[tracing::instrument(name = "db.complete_flow", skip_all)]
-    pub async fn complete_flow(
+    pub async fn complete_flow<R: IntoEffects>(
         &self,
         flow_id: &str,
         now: i64,
         update: CompletionUpdate,
-        effects: impl FnOnce(i64) -> Effects,
+        effects: impl FnOnce(i64) -> R,
     ) -> Result<Completion, StorageError> {
         let txn = self.db().begin().await?;
         let Some(row) = flow::Entity::find_by_id(flow_id.to_owned())
@@ -184,7 +184,7 @@ impl Storage {
             .await?
             .map(|e| e.use_count)
             .ok_or(StorageError::NotFound)?;
-        apply_effects(&txn, effects(use_count), now).await?;
+        apply_effects(&txn, effects(use_count).into_effects()?, now).await?;
         txn.commit().await?;
         Ok(Completion::Completed { use_count })
     }
@@ -195,7 +195,7 @@ impl Storage {
     /// (the owner's notice, the audit event) are written with the lock.
     #[allow(clippy::too_many_arguments)]
     #[tracing::instrument(name = "db.record_recovery_failure", skip_all)]
-    pub async fn record_recovery_failure(
+    pub async fn record_recovery_failure<R: IntoEffects>(
         &self,
         account_id: &str,
         flow_id: &str,
@@ -204,7 +204,7 @@ impl Storage {
         threshold: i64,
         lock_ms: i64,
         effects: Effects,
-        on_lock: impl FnOnce(i64) -> Effects,
+        on_lock: impl FnOnce(i64) -> R,
     ) -> Result<FailureOutcome, StorageError> {
         let txn = self.db().begin().await?;
         // Serialise failures per account: concurrent failures must not each count one short
@@ -244,7 +244,7 @@ impl Storage {
         }
         apply_effects(&txn, effects, now).await?;
         if let Some(until) = newly_locked_until {
-            apply_effects(&txn, on_lock(until), now).await?;
+            apply_effects(&txn, on_lock(until).into_effects()?, now).await?;
         }
         txn.commit().await?;
         Ok(FailureOutcome {

@@ -19,6 +19,26 @@ use crate::{
 
 pub use cleanup::CleanupReport;
 
+/// What a change's effects callback may return: the effects, or why they could not be built
+/// (then the whole change rolls back, so no change is stored without its notice and audit).
+pub trait IntoEffects {
+    fn into_effects(self) -> Result<Effects, StorageError>;
+}
+
+impl IntoEffects for Effects {
+    fn into_effects(self) -> Result<Effects, StorageError> {
+        Ok(self)
+    }
+}
+
+impl<E: std::fmt::Display> IntoEffects for Result<Effects, E> {
+    fn into_effects(self) -> Result<Effects, StorageError> {
+        self.map_err(|e| {
+            StorageError::Other(format!("the change's effects could not be built: {e}"))
+        })
+    }
+}
+
 /// Writes a change's notifications and audit events inside its transaction.
 pub(crate) async fn apply_effects<C: ConnectionTrait>(
     txn: &C,

@@ -15,6 +15,9 @@ use crate::{
     domain::{Clock, email::mask, secrets},
 };
 
+/// How long a woken worker waits before claiming, so that one claim takes several messages.
+const WAKE_DEBOUNCE: Duration = Duration::from_millis(20);
+
 /// How often the outbox gauges are refreshed.
 const STATS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -120,10 +123,14 @@ impl Worker {
             if delivered > 0 {
                 continue;
             }
-            tokio::select! {
-                () = tokio::time::sleep(self.inner.options.poll_interval) => {}
-                () = self.inner.wake.notified() => {}
+            let woken = tokio::select! {
+                () = tokio::time::sleep(self.inner.options.poll_interval) => false,
+                () = self.inner.wake.notified() => true,
                 _ = stop.wait_for(|s| *s) => break,
+            };
+            if woken {
+                // Let the messages of calls committing right now join one claim.
+                tokio::time::sleep(WAKE_DEBOUNCE).await;
             }
         }
         tracing::info!("mail delivery worker stopped");

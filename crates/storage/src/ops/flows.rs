@@ -76,27 +76,18 @@ impl Storage {
             AttemptKind::EmailCode => F::EmailAttempts,
             AttemptKind::RecoveryCode => F::RecoveryAttempts,
         };
-        let txn = self.db().begin().await?;
-        let result = flow::Entity::update_many()
+        // One statement: the increment, its condition and the new count (RETURNING).
+        let rows = flow::Entity::update_many()
             .col_expr(column, Expr::col(column).add(1))
             .filter(F::FlowId.eq(flow_id))
             .filter(column.lt(cap))
             .filter(F::CompletedAt.is_null())
-            .exec(&txn)
+            .exec_with_returning(self.db())
             .await?;
-        if result.rows_affected != 1 {
-            return Ok(None);
-        }
-        let used = flow::Entity::find_by_id(flow_id.to_owned())
-            .one(&txn)
-            .await?
-            .map(|row| match kind {
-                AttemptKind::EmailCode => row.email_attempts,
-                AttemptKind::RecoveryCode => row.recovery_attempts,
-            })
-            .ok_or(StorageError::NotFound)?;
-        txn.commit().await?;
-        Ok(Some(used))
+        Ok(rows.first().map(|row| match kind {
+            AttemptKind::EmailCode => row.email_attempts,
+            AttemptKind::RecoveryCode => row.recovery_attempts,
+        }))
     }
 
     /// Marks the flow's email verified, once: `true` for exactly one caller, and only while
@@ -138,26 +129,22 @@ impl Storage {
         effects: impl FnOnce(i64) -> R,
     ) -> Result<Completion, StorageError> {
         let txn = self.db().begin().await?;
-        let Some(row) = flow::Entity::find_by_id(flow_id.to_owned())
-            .one(&txn)
-            .await?
-        else {
-            return Ok(Completion::NotCompletable);
-        };
-        let (Some(account_id), Some(generation)) = (row.account_id, row.generation) else {
-            return Ok(Completion::NotCompletable);
-        };
         let completed = flow::Entity::update_many()
             .col_expr(F::CompletedAt, Expr::value(Some(now)))
             .filter(F::FlowId.eq(flow_id))
             .filter(F::CompletedAt.is_null())
             .filter(F::VerifiedAt.is_not_null())
             .filter(F::ExpiresAt.gt(now))
-            .exec(&txn)
+            .exec_with_returning(&txn)
             .await?;
-        if completed.rows_affected != 1 {
+        // Dropping the transaction rolls back whatever this call changed.
+        let Some((account_id, generation)) = completed
+            .into_iter()
+            .next()
+            .and_then(|row| row.account_id.zip(row.generation))
+        else {
             return Ok(Completion::NotCompletable);
-        }
+        };
         let mut used = enrollment::Entity::update_many()
             .col_expr(E::UseCount, Expr::col(E::UseCount).add(1))
             .col_expr(E::LastUsedAt, Expr::value(Some(now)))
@@ -173,17 +160,11 @@ impl Storage {
             .filter(E::AccountId.eq(account_id.as_str()))
             .filter(E::Generation.eq(generation))
             .filter(E::CodeHash.is_not_null())
-            .exec(&txn)
+            .exec_with_returning(&txn)
             .await?;
-        if used.rows_affected != 1 {
-            // Dropping the transaction rolls the flow's completion back.
+        let Some(use_count) = used.first().map(|e| e.use_count) else {
             return Ok(Completion::Cancelled);
-        }
-        let use_count = enrollment::Entity::find_by_id(account_id)
-            .one(&txn)
-            .await?
-            .map(|e| e.use_count)
-            .ok_or(StorageError::NotFound)?;
+        };
         apply_effects(&txn, effects(use_count).into_effects()?, now).await?;
         txn.commit().await?;
         Ok(Completion::Completed { use_count })

@@ -60,6 +60,21 @@ fn raw_argon2_rate() -> f64 {
     total as f64 / started.elapsed().as_secs_f64()
 }
 
+/// CPU seconds (user + system) the process `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn client_context(i: usize) -> Option<ClientContext> {
     Some(ClientContext {
         ip_address: format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
@@ -91,6 +106,7 @@ async fn main() {
     let client = RecoveryServiceClient::new(server.channel().await.unwrap());
 
     // CreateRecoveryCode, 8 clients.
+    let cpu_before = cpu_seconds(server.pid());
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for worker in 0..CLIENTS {
@@ -114,7 +130,13 @@ async fn main() {
         calls += n.unwrap();
     }
     let create = f64::from(calls) / started.elapsed().as_secs_f64();
-    println!("CreateRecoveryCode, {CLIENTS} clients: {create:.1} calls/s");
+    let create_cpu = cpu_seconds(server.pid()) - cpu_before;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    println!(
+        "CreateRecoveryCode, {CLIENTS} clients: {create:.1} calls/s; the server used {:.2} of {threads} cores",
+        create_cpu / started.elapsed().as_secs_f64()
+    );
+    let create_calls = f64::from(calls);
 
     let raw_mid = tokio::task::spawn_blocking(raw_argon2_rate).await.unwrap();
     println!("raw argon2id between the phases: {raw_mid:.1} hashes/s");
@@ -171,6 +193,7 @@ async fn main() {
         flows.push((flow, codes[a].clone()));
     }
     let flows = Arc::new(std::sync::Mutex::new(flows));
+    let cpu_before = cpu_seconds(server.pid());
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for _ in 0..CLIENTS {
@@ -198,7 +221,12 @@ async fn main() {
         calls += n.unwrap();
     }
     let recover = f64::from(calls) / started.elapsed().as_secs_f64();
-    println!("RecoverAccount, {CLIENTS} clients: {recover:.1} calls/s");
+    let recover_cpu = cpu_seconds(server.pid()) - cpu_before;
+    println!(
+        "RecoverAccount, {CLIENTS} clients: {recover:.1} calls/s; the server used {:.2} of {threads} cores",
+        recover_cpu / started.elapsed().as_secs_f64()
+    );
+    let recover_calls = f64::from(calls);
     // This machine's speed drifts: compare each phase with raw argon2 measured right before
     // and right after it.
     let raw_after = tokio::task::spawn_blocking(raw_argon2_rate).await.unwrap();
@@ -207,6 +235,14 @@ async fn main() {
         "ratio to raw argon2 around each phase: CreateRecoveryCode {:.3}, RecoverAccount {:.3} (goal >= 0.9)",
         create / ((raw + raw_mid) / 2.0),
         recover / ((raw_mid + raw_after) / 2.0)
+    );
+    // The load generator and the SMTP sink share these cores: per CPU second the server
+    // spends, how many calls it completes next to raw argon2's hashes per CPU second.
+    let raw_per_cpu = ((raw + raw_mid + raw_after) / 3.0) / threads;
+    println!(
+        "calls per server CPU second vs raw hashes per CPU second: CreateRecoveryCode {:.3}, RecoverAccount {:.3}",
+        create_calls / create_cpu / raw_per_cpu,
+        recover_calls / recover_cpu / raw_per_cpu
     );
     if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", server.pid())) {
         for line in status

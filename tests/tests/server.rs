@@ -225,6 +225,42 @@ async fn sigterm_turns_health_not_serving_and_exits_zero_within_the_grace_period
     assert!(log.contains("shutdown requested"), "{log}");
 }
 
+/// A call in flight when SIGTERM arrives still gets its answer.
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_call_finish() {
+    // A deliberately slow hash (256 MiB, 4 passes) keeps CreateRecoveryCode busy for a while.
+    let mut server = Server::start_with(
+        Options::default()
+            .env("RECOVERY_HASH_MEMORY_KIB", "262144")
+            .env("RECOVERY_HASH_ITERATIONS", "4")
+            .env("RECOVERY_SHUTDOWN_GRACE", "30s"),
+    )
+    .unwrap();
+    server.wait_serving("").await.unwrap();
+    let mut client = RecoveryServiceClient::new(server.channel().await.unwrap());
+    let call = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let answer = client
+            .create_recovery_code(api::CreateRecoveryCodeRequest {
+                account_id: "acct".into(),
+                email: "ann@example.com".into(),
+            })
+            .await;
+        (answer, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.signal(Signal::SIGTERM).unwrap();
+    let (answer, took) = call.await.unwrap();
+    let answer = answer.expect("the in-flight call completes during the drain");
+    assert!(answer.into_inner().recovery_code.starts_with("RC1-"));
+    assert!(
+        took > Duration::from_millis(150),
+        "the call was still running at SIGTERM: {took:?}"
+    );
+    let status = server.wait_exit(Duration::from_secs(30)).await.unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
 #[tokio::test]
 async fn sigint_without_open_calls_exits_zero_at_once() {
     let mut server = Server::start().unwrap();

@@ -12,7 +12,7 @@ use super::{
     code::RecoveryCode,
     email::{Email, mask},
     notify::{AuditKind, Client, MessageKind, audit, context, merge, message},
-    secrets, validate_account_id,
+    secrets, truncate, validate_account_id,
 };
 
 const DEFAULT_PAGE_SIZE: i32 = 50;
@@ -45,67 +45,52 @@ impl Recovery {
             email_lookup: email.lookup().to_owned(),
             code: stored,
         };
-        // Effects need the outcome (created or replaced); build them fallibly up front for
-        // both cases, then pick.
+        // The effects depend on the outcome (created or replaced): built once, inside the
+        // transaction; if building fails, the change rolls back.
         let client = Client::default();
-        let hint = mask(email.address());
-        let data = |kind: &str| {
-            merge(
-                context(now, &client),
-                json!({ "code_id": code_id, "event": kind }),
-            )
-        };
-        let created = Effects {
-            messages: vec![message(
-                &self.keys,
-                MessageKind::CodeCreated,
-                Some(account_id),
-                email.address(),
-                data("created"),
-            )?],
-            audit: vec![audit(
-                account_id,
-                AuditKind::CodeCreated,
-                now,
-                &client,
-                &[("code_id", code_id.clone()), ("email_hint", hint.clone())],
-            )?],
-        };
-        let mut replaced = Effects {
-            messages: vec![message(
-                &self.keys,
-                MessageKind::CodeReplaced,
-                Some(account_id),
-                email.address(),
-                data("replaced"),
-            )?],
-            audit: vec![audit(
-                account_id,
-                AuditKind::CodeReplaced,
-                now,
-                &client,
-                &[("code_id", code_id.clone()), ("email_hint", hint)],
-            )?],
-        };
         let keys = &self.keys;
-        let address = email.address().to_owned();
         let outcome = self
             .storage
             .put_enrollment(new, now, |outcome| -> Result<Effects> {
-                if !outcome.replaced {
-                    return Ok(created);
-                }
-                if let Some(previous) = outcome.previous_email.as_deref().filter(|p| *p != address)
-                {
-                    replaced.messages.push(message(
-                        keys,
+                let (message_kind, audit_kind, event) = if outcome.replaced {
+                    (
                         MessageKind::CodeReplaced,
-                        Some(account_id),
-                        previous,
-                        data("replaced"),
-                    )?);
+                        AuditKind::CodeReplaced,
+                        "replaced",
+                    )
+                } else {
+                    (MessageKind::CodeCreated, AuditKind::CodeCreated, "created")
+                };
+                let data = merge(
+                    context(now, &client),
+                    json!({ "code_id": code_id, "event": event }),
+                );
+                // The new address is told; so is the previous one when the address changed.
+                let mut recipients = vec![email.address()];
+                if let Some(previous) = outcome
+                    .previous_email
+                    .as_deref()
+                    .filter(|p| *p != email.address())
+                {
+                    recipients.push(previous);
                 }
-                Ok(replaced)
+                let messages = recipients
+                    .into_iter()
+                    .map(|to| message(keys, message_kind, Some(account_id), to, data.clone()))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Effects {
+                    messages,
+                    audit: vec![audit(
+                        account_id,
+                        audit_kind,
+                        now,
+                        &client,
+                        &[
+                            ("code_id", code_id.clone()),
+                            ("email_hint", mask(email.address())),
+                        ],
+                    )?],
+                })
             })
             .await
             .map_err(|err| match err {
@@ -304,12 +289,4 @@ fn decode_page_token(token: &str) -> Result<Option<i64>> {
         .filter(|seq| *seq > 0)
         .map(Some)
         .ok_or_else(invalid)
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
 }

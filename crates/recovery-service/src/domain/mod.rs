@@ -193,15 +193,21 @@ pub fn client(ip_address: &str, user_agent: &str) -> Result<Client> {
         v4 => v4,
     });
     let cleaned: String = user_agent.chars().filter(|c| !c.is_control()).collect();
-    let mut end = cleaned.len().min(512);
-    while !cleaned.is_char_boundary(end) {
-        end -= 1;
-    }
-    let user_agent = cleaned[..end].trim();
+    let user_agent = truncate(&cleaned, 512);
+    let user_agent = user_agent.trim();
     Ok(Client {
         ip,
         user_agent: (!user_agent.is_empty()).then(|| user_agent.to_owned()),
     })
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+pub fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// The rate-limit key of an address: IPv4 as is, IPv6 by its /64.

@@ -800,3 +800,44 @@ async fn a_full_hashing_pool_answers_overloaded() {
             .is_ok()
     );
 }
+
+#[tokio::test]
+async fn a_replacement_under_a_new_address_tells_both_addresses_once() {
+    let h = harness(Policy::default()).await;
+    h.enroll("acct", "old@example.com").await;
+    let created: Vec<(String, String)> = h
+        .mail()
+        .await
+        .into_iter()
+        .map(|m| (m.kind, m.recipient))
+        .collect();
+    assert_eq!(
+        created,
+        [("code_created".to_owned(), "old@example.com".to_owned())]
+    );
+    h.enroll("acct", "new@example.com").await;
+    let mut replaced: Vec<(String, String)> = h
+        .mail()
+        .await
+        .into_iter()
+        .map(|m| (m.kind, m.recipient))
+        .collect();
+    replaced.sort();
+    assert_eq!(
+        replaced,
+        [
+            ("code_replaced".to_owned(), "new@example.com".to_owned()),
+            ("code_replaced".to_owned(), "old@example.com".to_owned()),
+        ]
+    );
+    let kinds: Vec<String> = h
+        .recovery
+        .audit_page("acct", 0, "")
+        .await
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["CODE_REPLACED", "CODE_CREATED"]);
+}

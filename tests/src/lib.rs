@@ -13,7 +13,7 @@ use std::{
 };
 
 pub mod otlp;
-pub mod pgcluster;
+pub use recovery_test_support::{PgDatabase, need, pgcluster};
 pub mod smtp;
 
 use anyhow::{Context as _, bail};
@@ -92,11 +92,16 @@ impl Server {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     eprintln!("[server] {line}");
-                    // `addr=IP:PORT` in text logs, `"addr":"IP:PORT"` in JSON logs.
-                    let addr = line
-                        .split_whitespace()
+                    // `addr=IP:PORT` in text logs, `"addr":"IP:PORT"` in JSON logs, on the
+                    // line that says the server is serving.
+                    let serving = line.contains("serving identity.recovery.v1.RecoveryService");
+                    let addr = Some(line.as_str())
+                        .filter(|_| serving)
+                        .into_iter()
+                        .flat_map(str::split_whitespace)
                         .find_map(|word| word.strip_prefix("addr="))
                         .or_else(|| {
+                            serving.then_some(())?;
                             line.split("\"addr\":\"")
                                 .nth(1)
                                 .and_then(|rest| rest.split('"').next())
@@ -232,24 +237,6 @@ pub fn run(
     ))
 }
 
-/// Whether an external tool a test needs is present. Missing is a failure under CI
-/// (`CI=true`, where `.ci/run` installs it) and a loud skip on a developer's machine.
-pub fn require_tool(name: &str, probe: &mut Command) -> bool {
-    let present = probe
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !present {
-        assert!(
-            std::env::var("CI").is_err(),
-            "{name} is required under CI; .ci/run installs it"
-        );
-        eprintln!("SKIPPED: {name} is not installed (see .ci/run for how to install it)");
-    }
-    present
-}
-
 /// One message the server wrote to its mail directory (the `.eml` file transport).
 #[derive(Debug, Clone)]
 pub struct Mail {
@@ -349,76 +336,4 @@ impl Mailbox {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
-}
-
-/// A fresh PostgreSQL database for one test, dropped at the end; `None` (a loud skip) when
-/// `RECOVERY_TEST_DATABASE_URL` is unset, which CI never allows.
-#[derive(Debug)]
-pub struct PgDatabase {
-    pub url: String,
-    base: String,
-    name: String,
-}
-
-impl PgDatabase {
-    pub async fn create() -> Option<Self> {
-        let Ok(base) = std::env::var("RECOVERY_TEST_DATABASE_URL") else {
-            assert!(
-                std::env::var("CI").is_err(),
-                "RECOVERY_TEST_DATABASE_URL must be set under CI"
-            );
-            eprintln!("SKIPPED: RECOVERY_TEST_DATABASE_URL is unset, PostgreSQL not tested");
-            return None;
-        };
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let name = format!(
-            "recovery_e2e_{}_{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        pg_exec(&base, &format!("DROP DATABASE IF EXISTS {name}")).await;
-        pg_exec(&base, &format!("CREATE DATABASE {name}")).await;
-        let (prefix, rest) = base
-            .rsplit_once('/')
-            .expect("a postgres URL with a database");
-        let query = rest
-            .split_once('?')
-            .map(|(_, q)| format!("?{q}"))
-            .unwrap_or_default();
-        Some(Self {
-            url: format!("{prefix}/{name}{query}"),
-            base,
-            name,
-        })
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let base = self.base.clone();
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(pg_exec(&base, &sql));
-            }
-        })
-        .join();
-    }
-}
-
-async fn pg_exec(url: &str, sql: &str) {
-    use sea_orm::ConnectionTrait as _;
-    let db = sea_orm::Database::connect(url)
-        .await
-        .expect("connect to the test PostgreSQL");
-    db.execute_raw(sea_orm::Statement::from_string(
-        db.get_database_backend(),
-        sql.to_owned(),
-    ))
-    .await
-    .expect("admin statement");
-    let _ = db.close().await;
 }

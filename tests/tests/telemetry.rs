@@ -278,3 +278,84 @@ async fn an_unreachable_collector_slows_nothing_and_shutdown_stays_bounded() {
         signalled.elapsed()
     );
 }
+
+/// Without any collector, every request's log lines still carry a trace id (the caller's
+/// `traceparent` when it sent one, else a fresh one), the RPC is named once, and no `Debug`
+/// form of an internal type reaches a line.
+#[tokio::test]
+async fn text_logs_carry_a_trace_id_without_a_collector() {
+    let server = Server::start_with(Options::default().env("RECOVERY_SECRET_KEY", KEY)).unwrap();
+    server.wait_serving("").await.unwrap();
+    let mut client = RecoveryServiceClient::new(server.channel().await.unwrap());
+    client
+        .create_recovery_code(with_traceparent(api::CreateRecoveryCodeRequest {
+            account_id: "acct-traced".into(),
+            email: "traced@example.com".into(),
+        }))
+        .await
+        .unwrap();
+    client
+        .create_recovery_code(api::CreateRecoveryCodeRequest {
+            account_id: "acct-fresh".into(),
+            email: "fresh@example.com".into(),
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let lines: Vec<String> = server
+            .log()
+            .into_iter()
+            .filter(|l| l.contains("rpc=identity.recovery.v1.RecoveryService/CreateRecoveryCode"))
+            .collect();
+        if lines.len() >= 2 {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no request log lines: {:?}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let trace_ids: Vec<&str> = lines
+        .iter()
+        .map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("trace_id="))
+                .map(|id| {
+                    &id[..id
+                        .find(|c: char| !c.is_ascii_hexdigit())
+                        .unwrap_or(id.len())]
+                })
+                .unwrap_or_else(|| panic!("no trace_id in {l}"))
+        })
+        .collect();
+    assert!(
+        trace_ids.contains(&TRACE_ID),
+        "the caller's trace id: {lines:?}"
+    );
+    assert!(
+        trace_ids.iter().any(|id| *id != TRACE_ID
+            && id.len() == 32
+            && id.bytes().all(|b| b.is_ascii_hexdigit())),
+        "a fresh trace id for the call without traceparent: {lines:?}"
+    );
+    for line in &lines {
+        assert_eq!(
+            line.matches("CreateRecoveryCode").count(),
+            1,
+            "the RPC named once: {line}"
+        );
+        assert!(
+            !line.contains("otel.") && !line.contains("rpc.method"),
+            "{line}"
+        );
+    }
+    for line in server.log() {
+        assert!(
+            !line.contains("Transport::") && !line.contains("Some("),
+            "{line}"
+        );
+    }
+}

@@ -18,40 +18,97 @@ use crate::{
 };
 
 const CONFIGURATION_HELP: &str = "\
-Configuration (environment variables; the same keys, lower-cased and without RECOVERY_, may be
-set in the --config TOML file, which the environment overrides):
-  RECOVERY_LISTEN_ADDR          gRPC address [default: 127.0.0.1:50051]
-  RECOVERY_DATABASE_URL         sqlite://FILE?mode=rwc or postgres://… [default: sqlite://recovery.db?mode=rwc]
-  RECOVERY_DATABASE_URL_FILE    read the database URL from this file instead
-  RECOVERY_DATABASE_MAX_CONNECTIONS  PostgreSQL pool size [default: 10]
-  RECOVERY_SMTP_URL             smtp://HOST:PORT or smtps://… [default: unset: .eml files in RECOVERY_MAIL_DIR]
-  RECOVERY_SMTP_PASSWORD_FILE   SMTP password, read from this file
-  RECOVERY_MAIL_DIR             where .eml files go without SMTP [default: ./mail]
-  RECOVERY_MAIL_FROM            sender [default: Account Recovery <no-reply@localhost>]
-  RECOVERY_SECRET_KEY           64 hex characters, or ID:HEX,ID:HEX for rotation (first is current)
-  RECOVERY_SECRET_KEY_FILE      read the secret key from this file instead
-                                [default with SQLite: generated once into FILE.key beside the database;
-                                 required with PostgreSQL]
-  RECOVERY_REUSE_POLICY         reusable or rotate_on_use [default: reusable]
-  RECOVERY_TLS_CERT, RECOVERY_TLS_KEY  server certificate and key (PEM) [default: plaintext]
-  RECOVERY_TLS_CLIENT_CA        CA (PEM) for client certificates: turns on mutual TLS
-  RECOVERY_CALLERS              IDENTITY=ROLE,… mapping client certificate SANs to auth/operator
-  RECOVERY_MAIL_MAX_ATTEMPTS    delivery attempts before a message is dead-lettered [default: 10]
-  RECOVERY_MAIL_RETRY_BASE      first retry delay, doubling each attempt up to 10m [default: 2s]
-  RECOVERY_MAIL_LEASE           a worker's claim on a message; after a crash another worker
-                                sends it once this runs out [default: 60s]
-  RECOVERY_SHUTDOWN_GRACE       how long in-flight calls may finish after SIGTERM [default: 30s]
-  RECOVERY_HASH_THREADS         argon2id threads [default: number of cores]
-  RECOVERY_HASH_MEMORY_KIB, RECOVERY_HASH_ITERATIONS, RECOVERY_HASH_PARALLELISM
-                                argon2id cost of new hashes [default: 19456, 2, 1]
-  RECOVERY_HASH_ADMISSION_WAIT  wait for the hashing pool before OVERLOADED [default: 100ms]
-  RECOVERY_FLOW_TTL, RECOVERY_EMAIL_CODE_TTL  lifetimes [default: 30m, 15m]
-  RECOVERY_EMAIL_CODE_ATTEMPTS, RECOVERY_RECOVERY_CODE_ATTEMPTS  per flow [default: 5, 5]
+Configuration: environment variables; the same keys, lower-cased and without
+RECOVERY_, may be set in the --config TOML file, which the environment overrides.
+Secrets (*_FILE) can be read from files.
+
+Server
+  RECOVERY_LISTEN_ADDR              gRPC address, IP:PORT or localhost:PORT
+                                    [default: 127.0.0.1:50051]
+  RECOVERY_HEALTH_LISTEN_ADDR       extra plaintext port serving only the health
+                                    service (Kubernetes gRPC probes) [default: unset]
+  RECOVERY_SHUTDOWN_GRACE           how long in-flight calls may finish after
+                                    SIGTERM [default: 30s]
+  RECOVERY_LOG_FORMAT               text or json [default: text]; RUST_LOG filters
+                                    [default: info]
+
+Callers
+  RECOVERY_TLS_CERT, RECOVERY_TLS_KEY
+                                    server certificate and key (PEM)
+                                    [default: unset: plaintext]
+  RECOVERY_TLS_CLIENT_CA            CA (PEM) for client certificates: mutual TLS
+  RECOVERY_CALLERS                  IDENTITY=ROLE,... mapping client certificate
+                                    SANs to the roles auth and operator
+  RECOVERY_TRUST_ALL_CALLERS        without a client CA, trust every caller on a
+                                    non-loopback address (a mesh authenticates
+                                    them); otherwise start-up refuses
+                                    [default: false]
+
+Database and keys
+  RECOVERY_DATABASE_URL             sqlite://FILE?mode=rwc or postgres://...
+                                    [default: sqlite://recovery.db?mode=rwc]
+  RECOVERY_DATABASE_URL_FILE        read the database URL from this file
+  RECOVERY_DATABASE_MAX_CONNECTIONS PostgreSQL pool size [default: 10]
+  RECOVERY_SECRET_KEY               64 hex characters, or ID:HEX,ID:HEX for
+                                    rotation (the first is current)
+                                    [default with SQLite: generated once into
+                                    FILE.key beside the database; required with
+                                    PostgreSQL]
+  RECOVERY_SECRET_KEY_FILE          read the secret key from this file
+
+Mail
+  RECOVERY_SMTP_URL                 smtp://HOST:PORT or smtps://...
+                                    [default: unset: .eml files in MAIL_DIR]
+  RECOVERY_SMTP_PASSWORD_FILE       SMTP password, read from this file
+  RECOVERY_MAIL_DIR                 where .eml files go without SMTP
+                                    [default: ./mail]
+  RECOVERY_MAIL_FROM                sender
+                                    [default: Account Recovery <no-reply@localhost>]
+  RECOVERY_PRODUCT_NAME             product named in mail (\"your Acme account\")
+                                    [default: unset: \"your account\"]
+  RECOVERY_SUPPORT_URL              https:// or mailto: URL that mail gives to a
+                                    person who did not make a change
+                                    [default: unset: \"contact support\"]
+  RECOVERY_MAIL_MAX_ATTEMPTS        delivery attempts before a dead letter
+                                    [default: 10]
+  RECOVERY_MAIL_RETRY_BASE          first retry delay, doubling up to 10m
+                                    [default: 2s]
+  RECOVERY_MAIL_LEASE               a worker's claim on a message; after a crash
+                                    another worker sends it once this runs out
+                                    [default: 60s]
+
+Recovery rules
+  RECOVERY_REUSE_POLICY             reusable or rotate_on_use [default: reusable]
+  RECOVERY_FLOW_TTL, RECOVERY_EMAIL_CODE_TTL
+                                    lifetimes [default: 30m, 15m]
+  RECOVERY_EMAIL_CODE_ATTEMPTS, RECOVERY_RECOVERY_CODE_ATTEMPTS
+                                    submissions per flow [default: 5, 5]
   RECOVERY_LOCKOUT_THRESHOLD, RECOVERY_LOCKOUT_WINDOW, RECOVERY_LOCKOUT_DURATION
-                                wrong codes that lock recovery [default: 10 in 24h, for 24h]
+                                    wrong codes that lock recovery
+                                    [default: 10 in 24h, for 24h]
   RECOVERY_STARTS_PER_EMAIL_PER_HOUR, RECOVERY_STARTS_PER_IP_PER_HOUR,
-  RECOVERY_STARTS_PER_IP_PER_MINUTE  BeginRecovery limits [default: 5, 20, 10]
-  RECOVERY_LOG_FORMAT           text or json [default: text]; RUST_LOG filters [default: info]
+  RECOVERY_STARTS_PER_IP_PER_MINUTE BeginRecovery limits [default: 5, 20, 10]
+
+Hashing
+  RECOVERY_HASH_THREADS             argon2id threads [default: number of cores]
+  RECOVERY_HASH_MEMORY_KIB, RECOVERY_HASH_ITERATIONS, RECOVERY_HASH_PARALLELISM
+                                    argon2id cost of new hashes
+                                    [default: 19456, 2, 1]
+  RECOVERY_HASH_ADMISSION_WAIT      wait for the hashing pool before OVERLOADED
+                                    [default: 100ms]
+
+Telemetry (standard OpenTelemetry variables; OTLP over gRPC)
+  OTEL_EXPORTER_OTLP_ENDPOINT       collector, e.g. http://127.0.0.1:4317
+                                    [default: unset: nothing is exported]
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_METRICS_ENDPOINT
+                                    per-signal endpoints
+  OTEL_SERVICE_NAME                 [default: recovery-service]
+  OTEL_RESOURCE_ATTRIBUTES          KEY=VALUE,... added to every span and metric
+  OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG
+                                    e.g. parentbased_traceidratio and 0.1
+                                    [default: parentbased_always_on]
+  OTEL_BSP_*, OTEL_METRIC_EXPORT_INTERVAL
+                                    batching and export intervals
 
 Exit status: 0 success, 1 failure at run time, 2 invalid configuration or usage.";
 
@@ -200,7 +257,7 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     if applied.is_empty() {
         tracing::info!("database schema is up to date");
     } else {
-        tracing::info!(migrations = ?applied, "applied migrations");
+        tracing::info!(migrations = %applied.join(", "), "applied migrations");
     }
     storage.close().await?;
     Ok(())
@@ -213,9 +270,14 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         keys = keys.ids().count(),
         "server key ring loaded"
     );
-    if config.tls.is_none() {
+    let mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if !mutual_tls {
+        // Config refused this off loopback unless RECOVERY_TRUST_ALL_CALLERS=true.
         tracing::warn!(
-            "serving plaintext gRPC and trusting every caller: set RECOVERY_TLS_CERT, RECOVERY_TLS_KEY and RECOVERY_TLS_CLIENT_CA in production"
+            listen_addr = %config.listen_addr,
+            tls = config.tls.is_some(),
+            trust_all_callers = config.trust_all_callers,
+            "trusting every caller (no client CA): set RECOVERY_TLS_CERT, RECOVERY_TLS_KEY, RECOVERY_TLS_CLIENT_CA and RECOVERY_CALLERS in production"
         );
     }
     let tls = config.tls.as_ref().map(server_tls).transpose()?;
@@ -223,12 +285,19 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let storage = open_storage(&config).await?;
     let applied = storage.migrate().await.context("migration failed")?;
     if !applied.is_empty() {
-        tracing::info!(migrations = ?applied, "applied migrations");
+        tracing::info!(migrations = %applied.join(", "), "applied migrations");
     }
 
     let listener = TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+    let health_listener =
+        match config.health_listen_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} (RECOVERY_HEALTH_LISTEN_ADDR)")
+            })?),
+            None => None,
+        };
     let hasher = Hasher::new(
         config.hash_threads,
         config.hash_params,
@@ -253,6 +322,10 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     delivery.max_attempts = config.mail_max_attempts;
     delivery.backoff_base = config.mail_retry_base;
     delivery.lease = config.mail_lease;
+    delivery.branding = crate::mail::templates::Branding {
+        product_name: config.product_name.clone(),
+        support_url: config.support_url.clone(),
+    };
     let worker = Worker::new(
         storage.clone(),
         transport,
@@ -275,6 +348,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
                 .is_some_and(|t| t.client_ca.is_some())
                 .then(|| Callers::new(&config.callers)),
             shutdown_grace: config.shutdown_grace,
+            health_listener,
         },
         server::shutdown_signal(),
     )

@@ -121,6 +121,18 @@ pub fn register_gauges(hasher: Hasher) {
             o.observe(pool.stats().waiting.load(Ordering::Relaxed) as i64, &[]);
         })
         .build();
+    let pool = hasher.clone();
+    let _ = meter
+        .u64_observable_counter("recovery.hash.pool.skipped")
+        .with_description("Queued hashes skipped because their caller had gone")
+        .with_callback(move |o| o.observe(pool.stats().skipped.load(Ordering::Relaxed), &[]))
+        .build();
+    let pool = hasher.clone();
+    let _ = meter
+        .u64_observable_counter("recovery.hash.pool.abandoned")
+        .with_description("Hashes computed for callers that had gone")
+        .with_callback(move |o| o.observe(pool.stats().abandoned.load(Ordering::Relaxed), &[]))
+        .build();
     let pool = hasher;
     let _ = meter
         .u64_observable_counter("recovery.hash.pool.rejected")

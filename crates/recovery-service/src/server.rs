@@ -15,6 +15,26 @@ use crate::{
     grpc::{RecoveryApi, auth::Callers, layer::RpcTelemetryLayer},
 };
 
+/// The health service name that answers SERVING while the process runs, for liveness probes.
+pub const LIVENESS: &str = "liveness";
+
+/// Transport limits: a message is small (the largest request is a few hundred bytes), a
+/// connection multiplexes at most this many calls, headers stay small, a call that runs longer
+/// than the request timeout is cut, idle connections are probed.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+const MAX_CONCURRENT_STREAMS: u32 = 128;
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Calls in progress across all connections; more wait for a slot.
+const GLOBAL_CONCURRENCY: usize = 4096;
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rapid-reset protection (CVE-2023-44487): streams a client resets before the server took
+/// them up, per connection, before GOAWAY. h2's default of 20 cuts off a legitimate caller
+/// whose deadlines expire in a burst (each expiry is a RST_STREAM); a flood of thousands of
+/// HEADERS+RST_STREAM still reaches this within one read.
+const MAX_PENDING_ACCEPT_RESETS: usize = 512;
+
 /// How often the database is pinged to keep the health status true.
 const DB_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -29,6 +49,9 @@ pub struct ServeOptions {
     pub callers: Option<Callers>,
     /// How long in-flight calls may take to finish after shutdown starts.
     pub shutdown_grace: Duration,
+    /// A plaintext listener serving only `grpc.health.v1.Health` (Kubernetes' native gRPC
+    /// probes cannot present a client certificate); `None` for none.
+    pub health_listener: Option<TcpListener>,
 }
 
 /// Why serving stopped with an error.
@@ -54,6 +77,11 @@ pub async fn run(
     let addr = listener.local_addr()?;
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_status(&reporter, ServingStatus::NotServing).await;
+    // `liveness`: the process answers, whatever the database does (a liveness probe on the
+    // database-following status would restart every replica during a database failover).
+    reporter
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(recovery_proto::FILE_DESCRIPTOR_SET)
@@ -66,21 +94,50 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let mut builder = Server::builder();
+    let mut builder = Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .timeout(REQUEST_TIMEOUT);
     if let Some(tls) = options.tls {
         builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
     }
     let (drain_tx, mut drain_rx) = watch::channel(false);
     let mut stop_probe = drain_rx.clone();
+    let health_only = options.health_listener.map(|listener| {
+        if let Ok(health_addr) = listener.local_addr() {
+            tracing::info!(%health_addr, "serving grpc.health.v1.Health alone, in plaintext");
+        }
+        let mut drain = drain_rx.clone();
+        tokio::spawn(
+            Server::builder()
+                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+                .timeout(REQUEST_TIMEOUT)
+                .add_service(health_service.clone())
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async move {
+                        let _ = drain.wait_for(|drain| *drain).await;
+                    },
+                ),
+        )
+    });
     let server = builder
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            GLOBAL_CONCURRENCY,
+        ))
         .layer(RpcTelemetryLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RecoveryServiceServer::new(RecoveryApi::new(
-            options.recovery.clone(),
-            options.callers,
-        )))
+        .add_service(
+            RecoveryServiceServer::new(RecoveryApi::new(options.recovery.clone(), options.callers))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {
@@ -129,6 +186,9 @@ pub async fn run(
     if let Some(result) = result {
         // The transport stopped on its own: report it as it is.
         probe.abort();
+        if let Some(health_only) = &health_only {
+            health_only.abort();
+        }
         return result.map_err(ServeError::Transport);
     }
 
@@ -139,6 +199,13 @@ pub async fn run(
     let _ = drain_tx.send(true);
     let _ = probe.await;
     set_status(&reporter, ServingStatus::NotServing).await;
+    reporter
+        .set_service_status(LIVENESS, ServingStatus::NotServing)
+        .await;
+    if let Some(health_only) = health_only {
+        // Health calls are instant; the probe port closes with the main one.
+        health_only.abort();
+    }
     match tokio::time::timeout(options.shutdown_grace, &mut server).await {
         Ok(result) => result.map_err(ServeError::Transport)?,
         Err(_) => tracing::warn!(

@@ -112,6 +112,7 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt_layer = match format {
         LogFormat::Text => fmt::layer()
+            .fmt_fields(TextFields)
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .boxed(),
@@ -150,6 +151,72 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
         );
     }
     TelemetryGuard { tracer, meter }
+}
+
+/// Span fields in text logs: the RPC once (`rpc=package.Service/Method`) and the `trace_id`;
+/// the other OpenTelemetry attributes (`otel.*`, `rpc.*`) are for traces, not for people.
+#[derive(Debug, Clone, Copy, Default)]
+struct TextFields;
+
+impl<'writer> fmt::FormatFields<'writer> for TextFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = TextVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let mut visitor = TextVisitor {
+            first: current.fields.is_empty(),
+            writer: current.as_writer(),
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct TextVisitor<'writer> {
+    writer: fmt::format::Writer<'writer>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl tracing::field::Visit for TextVisitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let name = match field.name() {
+            "otel.name" => "rpc",
+            name if name.starts_with("otel.") || name.starts_with("rpc.") => return,
+            name => name,
+        };
+        if self.result.is_err() {
+            return;
+        }
+        let separator = if self.first { "" } else { " " };
+        self.first = false;
+        self.result = if name == "message" {
+            write!(self.writer, "{separator}{value:?}")
+        } else {
+            write!(self.writer, "{separator}{name}={value:?}")
+        };
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        // Strings without quotes, as the default formatter's `%` fields read.
+        self.record_debug(field, &format_args!("{value}"));
+    }
 }
 
 impl TelemetryGuard {

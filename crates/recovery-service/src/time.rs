@@ -15,6 +15,38 @@ pub fn rfc3339(ms: i64) -> String {
     )
 }
 
+/// A wait as a person reads it, rounded up: `40 seconds`, `1 minute`, `56 minutes`, `3 hours`.
+pub fn wait_in_words(ms: i64) -> String {
+    let secs = (ms.max(0) + 999) / 1000;
+    let (n, unit) = if secs < 60 {
+        (secs.max(1), "second")
+    } else if secs < 2 * 3600 {
+        ((secs + 59) / 60, "minute")
+    } else {
+        ((secs + 3599) / 3600, "hour")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+/// A moment as a person reads it in a message: `30 Nov 2026, 21:02 UTC`.
+pub fn human(ms: i64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = ms.div_euclid(1000);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    let month = usize::try_from(m - 1)
+        .ok()
+        .and_then(|i| MONTHS.get(i))
+        .unwrap_or(&"?");
+    format!(
+        "{d} {month} {y}, {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
 /// Howard Hinnant's days-from-civil inverse: days since 1970-01-01 to (year, month, day).
 fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
@@ -38,5 +70,16 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339(1_800_000_000_123), "2027-01-15T08:00:00.123Z");
+    }
+
+    #[test]
+    fn times_for_people() {
+        assert_eq!(human(1_796_072_520_000), "30 Nov 2026, 21:02 UTC");
+        assert_eq!(human(951_782_400_000), "29 Feb 2000, 00:00 UTC");
+        assert_eq!(wait_in_words(0), "1 second");
+        assert_eq!(wait_in_words(40_000), "40 seconds");
+        assert_eq!(wait_in_words(60_000), "1 minute");
+        assert_eq!(wait_in_words(3_350_000), "56 minutes");
+        assert_eq!(wait_in_words(3 * 3_600_000), "3 hours");
     }
 }

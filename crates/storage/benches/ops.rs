@@ -162,9 +162,15 @@ async fn run_suite(backend: &str, storage: Storage) {
                             .await
                             .unwrap()
                     );
-                    s.complete_flow(&id, T0 + 2, CompletionUpdate::default(), |_| {
-                        Effects::none()
-                    })
+                    s.complete_flow(
+                        &id,
+                        T0 + 2,
+                        CompletionUpdate {
+                            verified_code_id: "c1".into(),
+                            ..CompletionUpdate::default()
+                        },
+                        |_| Effects::none(),
+                    )
                     .await
                     .unwrap();
                 }

@@ -119,8 +119,14 @@ pub enum AttemptKind {
 /// What changes on the enrollment when a flow completes.
 #[derive(Debug, Clone, Default)]
 pub struct CompletionUpdate {
+    /// The id of the code the submission was checked against: the completion happens only if
+    /// it is still the enrollment's code (a code rotated meanwhile completes nothing).
+    pub verified_code_id: String,
     /// Replace the stored code (re-hash under new parameters or key, or `rotate_on_use`).
     pub new_code: Option<StoredCode>,
+    /// The code was rotated: bump the generation, so every other flow in progress against
+    /// the old code is cancelled.
+    pub rotated: bool,
 }
 
 /// How `complete_flow` ended.

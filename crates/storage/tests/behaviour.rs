@@ -110,6 +110,14 @@ fn flow(id: &str, target: Option<(&str, i64)>, now: i64) -> NewFlow {
 }
 
 /// An enrolled account with a verified flow against it.
+/// A completion of a submission checked against code `code_id`.
+fn checked(code_id: &str) -> CompletionUpdate {
+    CompletionUpdate {
+        verified_code_id: code_id.into(),
+        ..CompletionUpdate::default()
+    }
+}
+
 async fn verified_flow(s: &Storage, account: &str, flow_id: &str) {
     let put = s
         .put_enrollment(
@@ -266,11 +274,9 @@ async fn revoking_clears_the_code_and_cancels_flows(db: &TestDb) {
             .is_none()
     );
     assert_eq!(
-        s.complete_flow("f1", T0 + 3 * MIN, CompletionUpdate::default(), |_| {
-            Effects::none()
-        })
-        .await
-        .unwrap(),
+        s.complete_flow("f1", T0 + 3 * MIN, checked("c1"), |_| { Effects::none() })
+            .await
+            .unwrap(),
         Completion::Cancelled
     );
     let err = s
@@ -324,11 +330,9 @@ async fn changing_the_email_moves_lookup_and_generation(db: &TestDb) {
     assert_eq!(moved.email, "New@Example.com");
     assert_eq!(moved.generation, 2);
     assert_eq!(
-        s.complete_flow("f1", T0 + 2 * MIN, CompletionUpdate::default(), |_| {
-            Effects::none()
-        })
-        .await
-        .unwrap(),
+        s.complete_flow("f1", T0 + 2 * MIN, checked("c1"), |_| { Effects::none() })
+            .await
+            .unwrap(),
         Completion::Cancelled
     );
     let err = s
@@ -361,11 +365,9 @@ async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
 
     // Not verified yet: cannot complete.
     assert_eq!(
-        s.complete_flow("f1", T0 + MIN, CompletionUpdate::default(), |_| {
-            Effects::none()
-        })
-        .await
-        .unwrap(),
+        s.complete_flow("f1", T0 + MIN, checked("c1"), |_| { Effects::none() })
+            .await
+            .unwrap(),
         Completion::NotCompletable
     );
     // The email code expires at +15 min: verifying at exactly that instant is too late.
@@ -391,7 +393,9 @@ async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
             "f1",
             T0 + 20 * MIN,
             CompletionUpdate {
+                verified_code_id: "c1".into(),
                 new_code: Some(code("c2")),
+                rotated: true,
             },
             |n| Effects {
                 messages: vec![message("acct", "recovered")],
@@ -406,11 +410,9 @@ async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
     assert_eq!(e.last_used_at, Some(T0 + 20 * MIN));
     assert_eq!(e.code.unwrap().code_id, "c2");
     assert_eq!(
-        s.complete_flow("f1", T0 + 21 * MIN, CompletionUpdate::default(), |_| {
-            Effects::none()
-        })
-        .await
-        .unwrap(),
+        s.complete_flow("f1", T0 + 21 * MIN, checked("c1"), |_| { Effects::none() })
+            .await
+            .unwrap(),
         Completion::NotCompletable
     );
 
@@ -424,11 +426,9 @@ async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
             .unwrap()
     );
     assert_eq!(
-        s.complete_flow("f2", T0 + 30 * MIN, CompletionUpdate::default(), |_| {
-            Effects::none()
-        })
-        .await
-        .unwrap(),
+        s.complete_flow("f2", T0 + 30 * MIN, checked("c1"), |_| { Effects::none() })
+            .await
+            .unwrap(),
         Completion::NotCompletable
     );
     // A flow for an unknown email never completes.
@@ -441,11 +441,9 @@ async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
             .unwrap()
     );
     assert_eq!(
-        s.complete_flow("f3", T0 + 2 * MIN, CompletionUpdate::default(), |_| {
-            Effects::none()
-        })
-        .await
-        .unwrap(),
+        s.complete_flow("f3", T0 + 2 * MIN, checked("c1"), |_| { Effects::none() })
+            .await
+            .unwrap(),
         Completion::NotCompletable
     );
 }
@@ -461,7 +459,7 @@ async fn a_flow_started_before_a_new_code_cannot_complete(db: &TestDb) {
     .await
     .unwrap();
     assert_eq!(
-        s.complete_flow("f1", T0 + 3 * MIN, CompletionUpdate::default(), |_| {
+        s.complete_flow("f1", T0 + 3 * MIN, checked("c1"), |_| {
             Effects {
                 messages: vec![message("acct", "recovered")],
                 audit: vec![],
@@ -580,11 +578,9 @@ async fn concurrent_completions_have_exactly_one_winner(db: &TestDb) {
     for _ in 0..32 {
         let s = Arc::clone(&s);
         tasks.spawn(async move {
-            s.complete_flow("f1", T0 + 2 * MIN, CompletionUpdate::default(), |_| {
-                Effects {
-                    messages: vec![message("acct", "recovered")],
-                    audit: vec![],
-                }
+            s.complete_flow("f1", T0 + 2 * MIN, checked("c1"), |_| Effects {
+                messages: vec![message("acct", "recovered")],
+                audit: vec![],
             })
             .await
         });

@@ -52,6 +52,10 @@ pub const KEYS: &[&str] = &[
     "starts_per_email_per_hour",
     "starts_per_ip_per_hour",
     "starts_per_ip_per_minute",
+    "trust_all_callers",
+    "health_listen_addr",
+    "product_name",
+    "support_url",
 ];
 
 /// Variables with the prefix that are not settings but are known to the project (tests).

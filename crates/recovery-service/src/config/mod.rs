@@ -141,6 +141,15 @@ pub struct Config {
     pub hash_admission_wait: Duration,
     /// The rules and limits of recovery.
     pub policy: Policy,
+    /// Without a client CA, whether trusting every caller on a non-loopback address is meant.
+    pub trust_all_callers: bool,
+    /// A second, plaintext listener that serves only the health service (for Kubernetes'
+    /// native gRPC probes, which cannot present a client certificate).
+    pub health_listen_addr: Option<SocketAddr>,
+    /// The product name mail uses (`your Acme account`); `None`: `your account`.
+    pub product_name: Option<String>,
+    /// Where a person who did not make a change gets help (a URL, `mailto:` included).
+    pub support_url: Option<String>,
     /// `RECOVERY_*` variables that name no setting, to warn about once logging is up.
     pub unknown_env: Vec<String>,
 }
@@ -261,6 +270,41 @@ impl Config {
             ));
         }
 
+        let trust_all_callers = s.parse("trust_all_callers", "false", parse_bool)?;
+        if !mutual_tls && !listen_addr.ip().is_loopback() && !trust_all_callers {
+            return Err(ConfigError::at(
+                &layers.origin("trust_all_callers"),
+                format!(
+                    "without RECOVERY_TLS_CLIENT_CA every caller on {listen_addr} would be trusted; set RECOVERY_TLS_CLIENT_CA and RECOVERY_CALLERS (mutual TLS), or RECOVERY_TRUST_ALL_CALLERS=true if something in front authenticates callers (e.g. a service mesh)"
+                ),
+            ));
+        }
+        let health_listen_addr = match s.raw("health_listen_addr") {
+            Some(raw) => Some(
+                parse_listen_addr(&raw.text).map_err(|why| ConfigError::at(&raw.origin, why))?,
+            ),
+            None => None,
+        };
+        if health_listen_addr.is_some_and(|h| h == listen_addr) {
+            return Err(ConfigError::at(
+                &layers.origin("health_listen_addr"),
+                "must differ from RECOVERY_LISTEN_ADDR",
+            ));
+        }
+        let product_name = match s.raw("product_name") {
+            Some(raw) => Some(
+                check_display_text(&raw.text, 60)
+                    .map_err(|why| ConfigError::at(&raw.origin, why))?,
+            ),
+            None => None,
+        };
+        let support_url = match s.raw("support_url") {
+            Some(raw) => Some(
+                check_support_url(&raw.text).map_err(|why| ConfigError::at(&raw.origin, why))?,
+            ),
+            None => None,
+        };
+
         let shutdown_grace = s.parse("shutdown_grace", defaults::SHUTDOWN_GRACE, parse_duration)?;
         let log_format = s.parse("log_format", "text", |t| match t {
             "text" => Ok(LogFormat::Text),
@@ -354,6 +398,10 @@ impl Config {
             hash_params,
             hash_admission_wait,
             policy,
+            trust_all_callers,
+            health_listen_addr,
+            product_name,
+            support_url,
             unknown_env: layers.unknown_env,
         })
     }
@@ -365,9 +413,52 @@ pub fn listen_addr(file: Option<&Path>) -> Result<SocketAddr, ConfigError> {
     Settings { layers: &layers }.parse("listen_addr", defaults::LISTEN_ADDR, parse_listen_addr)
 }
 
+fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err("expected `true` or `false`".to_owned()),
+    }
+}
+
+/// Text shown to people in mail: printable, one line, at most `max` characters.
+fn check_display_text(text: &str, max: usize) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > max || text.chars().any(char::is_control) {
+        return Err(format!(
+            "expected one line of 1 to {max} printable characters"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// An `https://`, `http://` or `mailto:` URL for the "contact support" lines.
+fn check_support_url(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    match url::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "https" | "http" | "mailto") && text.len() <= 200 => {
+            Ok(text.to_owned())
+        }
+        _ => Err(
+            "expected an https:// or mailto: URL, e.g. https://help.example.com/recovery"
+                .to_owned(),
+        ),
+    }
+}
+
+/// `IP:PORT`, or `localhost:PORT` for the IPv4 loopback address.
 fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
-    SocketAddr::from_str(text)
-        .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:50051 or [::]:50051".to_owned())
+    let text = text.trim();
+    let localhost = text
+        .rsplit_once(':')
+        .filter(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+    localhost
+        .map_or_else(|| SocketAddr::from_str(text), Ok)
+        .map_err(|_| {
+            "expected IP:PORT or localhost:PORT, e.g. 127.0.0.1:50051 or [::]:50051".to_owned()
+        })
 }
 
 /// Typed access to the merged raw settings.

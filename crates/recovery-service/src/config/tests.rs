@@ -43,6 +43,29 @@ fn a_bad_value_names_its_variable_and_what_is_wrong() {
             "RECOVERY_LISTEN_ADDR: expected IP:PORT",
         ),
         (
+            &[("RECOVERY_LISTEN_ADDR", "0.0.0.0:50051")],
+            "RECOVERY_TRUST_ALL_CALLERS: without RECOVERY_TLS_CLIENT_CA every caller on 0.0.0.0:50051 would be trusted",
+        ),
+        (
+            &[
+                ("RECOVERY_LISTEN_ADDR", "0.0.0.0:50051"),
+                ("RECOVERY_TRUST_ALL_CALLERS", "maybe"),
+            ],
+            "RECOVERY_TRUST_ALL_CALLERS: expected `true` or `false`",
+        ),
+        (
+            &[("RECOVERY_SUPPORT_URL", "javascript:alert(1)")],
+            "RECOVERY_SUPPORT_URL: expected an https:// or mailto: URL",
+        ),
+        (
+            &[("RECOVERY_PRODUCT_NAME", "Acme\r\nBcc: x")],
+            "RECOVERY_PRODUCT_NAME: expected one line",
+        ),
+        (
+            &[("RECOVERY_HEALTH_LISTEN_ADDR", "127.0.0.1:50051")],
+            "RECOVERY_HEALTH_LISTEN_ADDR: must differ from RECOVERY_LISTEN_ADDR",
+        ),
+        (
             &[("RECOVERY_DATABASE_URL", "mysql://x/y")],
             "RECOVERY_DATABASE_URL: unsupported scheme `mysql`",
         ),
@@ -99,6 +122,27 @@ fn a_bad_value_names_its_variable_and_what_is_wrong() {
         assert!(got.starts_with(want), "{env:?}: got {got:?}, want {want:?}");
         assert_eq!(got.lines().count(), 1, "one line: {got:?}");
     }
+}
+
+#[test]
+fn listen_addresses_people_type_are_understood() {
+    let config = load(&[("RECOVERY_LISTEN_ADDR", "localhost:50052")]).unwrap();
+    assert_eq!(config.listen_addr, "127.0.0.1:50052".parse().unwrap());
+    let config = load(&[("RECOVERY_LISTEN_ADDR", "[::1]:50052")]).unwrap();
+    assert!(config.listen_addr.ip().is_loopback());
+}
+
+#[test]
+fn trusting_every_caller_off_loopback_must_be_said_out_loud() {
+    let config = load(&[
+        ("RECOVERY_LISTEN_ADDR", "0.0.0.0:50051"),
+        ("RECOVERY_TRUST_ALL_CALLERS", "true"),
+    ])
+    .unwrap();
+    assert!(config.trust_all_callers);
+    // Loopback needs no flag (a warning at start), and the default is off.
+    let config = load(&[("RECOVERY_LISTEN_ADDR", "127.0.0.1:50051")]).unwrap();
+    assert!(!config.trust_all_callers);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Email addresses: strict validation of exactly one plain address, and the canonical lookup
-//! form (trimmed, Unicode NFC, domain lower-cased and IDNA-encoded; the local part is not
-//! folded). Mail always goes to the address as stored at enrollment.
+//! form (trimmed, Unicode NFC, the whole address case-folded, the domain IDNA-encoded). Lookup
+//! and uniqueness use that form; mail always goes to the address as stored at enrollment.
+//! See docs/design.md, "Email addresses".
 
 use unicode_normalization::UnicodeNormalization as _;
 
@@ -29,17 +30,24 @@ impl Email {
         if trimmed.len() > MAX_EMAIL_BYTES {
             return Err(invalid("it is longer than 254 bytes"));
         }
-        if trimmed.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(invalid("it contains spaces or control characters"));
-        }
-        if trimmed.chars().any(|c| {
-            matches!(
-                c,
-                ',' | ';' | '<' | '>' | '(' | ')' | '"' | '[' | ']' | '\\' | ':'
-            )
-        }) {
+        // The most specific advice first: a display name or a list usually also has spaces.
+        if trimmed.contains(['<', '>']) {
             return Err(invalid(
-                "give exactly one plain address, without a display name, list, quotes or comments",
+                "give one plain address without a display name, e.g. ann@example.com",
+            ));
+        }
+        if trimmed.contains([',', ';']) {
+            return Err(invalid("give exactly one address, not a list"));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(invalid("it contains control characters"));
+        }
+        if trimmed.chars().any(char::is_whitespace) {
+            return Err(invalid("it contains spaces"));
+        }
+        if trimmed.contains(['(', ')', '"', '[', ']', '\\', ':']) {
+            return Err(invalid(
+                "give one plain address, without quotes, comments or brackets",
             ));
         }
         let address: String = trimmed.nfc().collect();
@@ -52,7 +60,7 @@ impl Email {
             .or_else(|_| idna::domain_to_ascii(domain))
             .map_err(|_| invalid("the domain is not a valid domain name"))?;
         check_domain(&ascii_domain).map_err(&invalid)?;
-        let lookup = format!("{local}@{ascii_domain}");
+        let lookup = format!("{}@{ascii_domain}", fold(local));
         if lookup.len() > MAX_EMAIL_BYTES {
             return Err(invalid("it is longer than 254 bytes"));
         }
@@ -64,10 +72,17 @@ impl Email {
         &self.address
     }
 
-    /// The canonical form that lookups match on.
+    /// The canonical form that lookups and uniqueness match on.
     pub fn lookup(&self) -> &str {
         &self.lookup
     }
+}
+
+/// Unicode default case folding, then NFC again (folding can decompose): `ANN` and `ann`, `ß`
+/// and `ss` are one mailbox for lookup. The storage migration that moved existing rows to this
+/// form applies the same two steps.
+pub fn fold(text: &str) -> String {
+    caseless::default_case_fold_str(text).nfc().collect()
 }
 
 fn check_local(local: &str) -> Result<(), &'static str> {
@@ -144,10 +159,15 @@ mod tests {
         let table = [
             // (input, lookup form)
             ("ann@example.com", "ann@example.com"),
-            ("  Ann@EXAMPLE.com \n", "Ann@example.com"),
-            ("Ann@Example.COM", "Ann@example.com"),
-            // The local part is not case-folded.
-            ("ANN@example.com", "ANN@example.com"),
+            // The whole address is case-folded: one mailbox however it is typed.
+            ("  Ann@EXAMPLE.com \n", "ann@example.com"),
+            ("Ann@Example.COM", "ann@example.com"),
+            (" ANN@Example.COM ", "ann@example.com"),
+            ("ÉLISE@example.com", "\u{e9}lise@example.com"),
+            // Full case folding: ß is ss.
+            ("Straße@example.com", "strasse@example.com"),
+            // The Turkish dotted capital İ folds to i + combining dot, never to ASCII i.
+            ("İpek@example.com", "i\u{307}pek@example.com"),
             // IDNA: Unicode domains become punycode; full-width letters map to ASCII.
             ("ann@bücher.example", "ann@xn--bcher-kva.example"),
             ("ann@ＥＸＡＭＰＬＥ.com", "ann@example.com"),
@@ -158,8 +178,9 @@ mod tests {
             // NFC: a decomposed é in the local part composes.
             ("jose\u{301}@example.com", "jos\u{e9}@example.com"),
             ("jos\u{e9}@example.com", "jos\u{e9}@example.com"),
-            // Full-width letters in the local part are not folded: a distinct mailbox.
+            // Full-width letters in the local part fold in case only, never to ASCII.
             ("ａnn@example.com", "ａnn@example.com"),
+            ("Ａnn@example.com", "ａnn@example.com"),
         ];
         for (input, want) in table {
             assert_eq!(lookup(input), want, "{input:?}");
@@ -171,8 +192,22 @@ mod tests {
         for dotted in ["ann@İstanbul.example", "ann@ıstanbul.example"] {
             assert_ne!(lookup(dotted), "ann@istanbul.example", "{dotted}");
         }
+        for dotted in ["İann@example.com", "ıann@example.com"] {
+            assert_ne!(lookup(dotted), "iann@example.com", "{dotted}");
+        }
         // Surrounding whitespace, a trailing newline included, is trimmed.
         assert_eq!(lookup("ann@example.com\n"), "ann@example.com");
+    }
+
+    #[test]
+    fn the_most_useful_advice_wins() {
+        let message = |input: &str| Email::parse(input).unwrap_err().to_string();
+        assert!(message("Ann <ann@x.com>").contains("without a display name"));
+        assert!(message("<ann@x.com>").contains("without a display name"));
+        assert!(message("ann@x.com, bob@x.com").contains("not a list"));
+        assert!(message("ann @x.com").contains("spaces"));
+        assert!(message("ann@x.com\r\nBcc: eve@x.com").contains("control characters"));
+        assert!(message("\"ann\"@x.com").contains("quotes"));
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub enum Error {
     NotEnrolled,
     #[error("this email address is already used for recovery by another account")]
     EmailInUse,
-    #[error("too many requests; retry later")]
+    #[error("too many recovery requests; retry in {}", crate::time::wait_in_words(*.retry_after_ms))]
     RateLimited {
         retry_after_ms: i64,
         limit: &'static str,

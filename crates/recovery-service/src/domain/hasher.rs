@@ -1,6 +1,12 @@
 //! Argon2id on a bounded pool of dedicated threads. Each thread reuses one block buffer, so
 //! memory stays near `threads × m_cost`; admission is a semaphore with a short wait, so overload
 //! is answered fast with `OVERLOADED` instead of queueing without bound.
+//!
+//! A job carries its request's permit: a caller that gives up (its deadline passed, it hung
+//! up) frees its permit only once its job is done, so abandoned work still counts against
+//! admission. A queued job whose caller is gone is skipped before hashing; a hash already
+//! running when its caller leaves finishes and is counted (`recovery.hash.pool.abandoned`).
+//! Nothing here blocks a runtime thread: jobs are queued with `try_send`.
 
 use std::{
     sync::{
@@ -70,6 +76,10 @@ pub struct PoolStats {
     pub admitted: AtomicU64,
     pub rejected: AtomicU64,
     pub waiting: AtomicU64,
+    /// Queued jobs skipped because their caller had gone.
+    pub skipped: AtomicU64,
+    /// Hashes computed for callers that had gone by the time they finished.
+    pub abandoned: AtomicU64,
 }
 
 /// The hashing pool. Cheap to clone.
@@ -81,17 +91,18 @@ pub struct Hasher {
 #[derive(Debug)]
 struct Inner {
     jobs: mpsc::SyncSender<Job>,
+    stats_shared: Arc<PoolStats>,
     permits: Arc<Semaphore>,
     threads: usize,
     admission_wait: Duration,
     params: HashParams,
-    stats: PoolStats,
 }
 
-/// The right to run one hash on the pool, held across the calls of one request.
+/// The right to run one hash on the pool, held across the calls of one request and by each
+/// job it queues: the permit returns to the pool when the request and its jobs are all done.
 #[derive(Debug)]
 pub struct HashPermit {
-    _permit: OwnedSemaphorePermit,
+    permit: Arc<OwnedSemaphorePermit>,
 }
 
 impl Hasher {
@@ -107,6 +118,7 @@ impl Hasher {
         let threads = threads.max(1);
         let permits = threads * PERMITS_PER_THREAD;
         params.argon2_params()?;
+        // Every queued job holds a permit, so the queue never holds more than `permits`.
         let (jobs, receiver) = mpsc::sync_channel::<Job>(permits);
         let receiver = Arc::new(Mutex::new(receiver));
         for n in 0..threads {
@@ -134,11 +146,11 @@ impl Hasher {
         Ok(Self {
             inner: Arc::new(Inner {
                 jobs,
+                stats_shared: Arc::new(PoolStats::default()),
                 permits: Arc::new(Semaphore::new(permits)),
                 threads,
                 admission_wait,
                 params,
-                stats: PoolStats::default(),
             }),
         })
     }
@@ -160,13 +172,13 @@ impl Hasher {
 
     /// Pool counters.
     pub fn stats(&self) -> &PoolStats {
-        &self.inner.stats
+        &self.inner.stats_shared
     }
 
     /// Waits briefly for a free hashing thread; [`Error::Overloaded`] when none frees up.
     #[tracing::instrument(name = "argon2.admit", skip_all)]
     pub async fn admit(&self) -> Result<HashPermit, Error> {
-        let stats = &self.inner.stats;
+        let stats = self.stats();
         stats.waiting.fetch_add(1, Ordering::Relaxed);
         let acquired = tokio::time::timeout(
             self.inner.admission_wait,
@@ -177,7 +189,9 @@ impl Hasher {
         match acquired {
             Ok(Ok(permit)) => {
                 stats.admitted.fetch_add(1, Ordering::Relaxed);
-                Ok(HashPermit { _permit: permit })
+                Ok(HashPermit {
+                    permit: Arc::new(permit),
+                })
             }
             _ => {
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -190,13 +204,13 @@ impl Hasher {
     #[tracing::instrument(name = "argon2.hash", skip_all, fields(argon2.m_kib = self.inner.params.m_kib))]
     pub async fn hash(
         &self,
-        _permit: &HashPermit,
+        permit: &HashPermit,
         secret: &[u8],
         key: &SecretKey,
     ) -> Result<String, Error> {
         let params = self.inner.params;
         let salt: [u8; 16] = random_bytes()?;
-        let output = self.run(params, secret, salt.to_vec(), key).await?;
+        let output = self.run(permit, params, secret, salt.to_vec(), key).await?;
         Ok(format!(
             "$argon2id$v=19$m={},t={},p={}${}${}",
             params.m_kib,
@@ -212,7 +226,7 @@ impl Hasher {
     #[tracing::instrument(name = "argon2.verify", skip_all)]
     pub async fn verify(
         &self,
-        _permit: &HashPermit,
+        permit: &HashPermit,
         secret: &[u8],
         phc: &str,
         key: &SecretKey,
@@ -221,12 +235,13 @@ impl Hasher {
             tracing::error!("stored recovery-code hash is not an argon2id PHC string");
             Error::Internal
         })?;
-        let output = self.run(params, secret, salt, key).await?;
+        let output = self.run(permit, params, secret, salt, key).await?;
         Ok(output.len() == expected.len() && bool::from(output.ct_eq(&expected)))
     }
 
     async fn run(
         &self,
+        permit: &HashPermit,
         params: HashParams,
         secret: &[u8],
         salt: Vec<u8>,
@@ -236,7 +251,16 @@ impl Hasher {
         let pepper = subkey(key, Purpose::RecoveryCodePepper);
         let secret = Zeroizing::new(secret.to_vec());
         let (done, result) = oneshot::channel();
+        let held = Arc::clone(&permit.permit);
+        let stats = Arc::clone(&self.inner.stats_shared);
         let job: Job = Box::new(move |blocks: &mut Vec<Block>| {
+            // The permit returns to the pool when this job is over, whatever the caller did.
+            let _held = held;
+            if done.is_closed() {
+                // The caller has gone (deadline, hang-up): nobody waits for this hash.
+                stats.skipped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             let needed = argon_params.block_count();
             if blocks.len() < needed {
                 blocks.resize(needed, Block::default());
@@ -257,11 +281,17 @@ impl Hasher {
                 )
             })
             .map(|()| out);
-            let _ = done.send(outcome);
+            if done.send(outcome).is_err() {
+                stats.abandoned.fetch_add(1, Ordering::Relaxed);
+            }
         });
-        self.inner.jobs.send(job).map_err(|_| {
-            tracing::error!("hashing threads are gone");
-            Error::Internal
+        self.inner.jobs.try_send(job).map_err(|e| match e {
+            // Cannot happen while every job holds a permit; never wait on a runtime thread.
+            mpsc::TrySendError::Full(_) => Error::Overloaded,
+            mpsc::TrySendError::Disconnected(_) => {
+                tracing::error!("hashing threads are gone");
+                Error::Internal
+            }
         })?;
         match result.await {
             Ok(Ok(out)) => Ok(out),

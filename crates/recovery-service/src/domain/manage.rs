@@ -1,18 +1,17 @@
 //! Managing an account's code: create or replace, status, revoke, change email, audit trail.
 
-use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use recovery_storage::{
-    StorageError,
-    model::{Effects, NewEnrollment, Opaque, StoredCode},
-};
-use serde_json::json;
-
 use super::{
     AuditPage, CreatedCode, Error, Recovery, Result, Status,
     code::RecoveryCode,
     email::{Email, mask},
-    notify::{AuditKind, Client, MessageKind, audit, context, merge, message},
+    notice::{self, Notice},
+    notify::{AuditKind, Client, audit, context, message},
     secrets, truncate, validate_account_id,
+};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use recovery_storage::{
+    StorageError,
+    model::{Effects, NewEnrollment, Opaque, StoredCode},
 };
 
 const DEFAULT_PAGE_SIZE: i32 = 50;
@@ -52,19 +51,17 @@ impl Recovery {
         let outcome = self
             .storage
             .put_enrollment(new, now, |outcome| -> Result<Effects> {
-                let (message_kind, audit_kind, event) = if outcome.replaced {
+                let (notice, audit_kind) = if outcome.replaced {
                     (
-                        MessageKind::CodeReplaced,
+                        Notice::CodeReplaced(context(now, &client)),
                         AuditKind::CodeReplaced,
-                        "replaced",
                     )
                 } else {
-                    (MessageKind::CodeCreated, AuditKind::CodeCreated, "created")
+                    (
+                        Notice::CodeCreated(context(now, &client)),
+                        AuditKind::CodeCreated,
+                    )
                 };
-                let data = merge(
-                    context(now, &client),
-                    json!({ "code_id": code_id, "event": event }),
-                );
                 // The new address is told; so is the previous one when the address changed.
                 let mut recipients = vec![email.address()];
                 if let Some(previous) = outcome
@@ -76,7 +73,7 @@ impl Recovery {
                 }
                 let messages = recipients
                     .into_iter()
-                    .map(|to| message(keys, message_kind, Some(account_id), to, data.clone()))
+                    .map(|to| message(keys, &notice, Some(account_id), to))
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Effects {
                     messages,
@@ -153,10 +150,9 @@ impl Recovery {
                 Ok(Effects {
                     messages: vec![message(
                         keys,
-                        MessageKind::CodeRevoked,
+                        &Notice::CodeRevoked(context(now, &client)),
                         Some(account_id),
                         &before.email,
-                        merge(context(now, &client), json!({ "code_id": code_id })),
                     )?],
                     audit: vec![audit(
                         account_id,
@@ -197,22 +193,14 @@ impl Recovery {
                 email.lookup(),
                 now,
                 |before| -> Result<Effects> {
-                    let data = merge(context(now, &client), json!({ "new_email_hint": new_hint }));
-                    let mut messages = vec![message(
-                        keys,
-                        MessageKind::EmailChanged,
-                        Some(account_id),
-                        email.address(),
-                        data.clone(),
-                    )?];
+                    let notice = Notice::EmailChanged(notice::EmailChanged {
+                        new_email_hint: new_hint.clone(),
+                        context: context(now, &client),
+                    });
+                    let mut messages =
+                        vec![message(keys, &notice, Some(account_id), email.address())?];
                     if before.email != email.address() {
-                        messages.push(message(
-                            keys,
-                            MessageKind::EmailChanged,
-                            Some(account_id),
-                            &before.email,
-                            data,
-                        )?);
+                        messages.push(message(keys, &notice, Some(account_id), &before.email)?);
                     }
                     Ok(Effects {
                         messages,
@@ -267,7 +255,7 @@ impl Recovery {
         let more = events.len() as u64 > limit;
         events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         let next_page_token = match (more, events.last()) {
-            (true, Some(last)) => URL_SAFE_NO_PAD.encode(format!("a1:{}", last.seq)),
+            (true, Some(last)) => encode_page_token(last.seq),
             _ => String::new(),
         };
         Ok(AuditPage {
@@ -277,7 +265,14 @@ impl Recovery {
     }
 }
 
-fn decode_page_token(token: &str) -> Result<Option<i64>> {
+/// The opaque `next_page_token` that continues after audit position `seq`.
+pub fn encode_page_token(seq: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("a1:{seq}"))
+}
+
+/// The audit position a `page_token` continues after; `None` for the first page. Anything
+/// [`encode_page_token`] did not make is `INVALID_PAGE`.
+pub fn decode_page_token(token: &str) -> Result<Option<i64>> {
     if token.is_empty() {
         return Ok(None);
     }

@@ -7,6 +7,7 @@ pub mod email;
 mod error;
 pub mod hasher;
 mod manage;
+pub mod notice;
 pub mod notify;
 mod recover;
 pub mod secrets;
@@ -18,6 +19,7 @@ pub use error::{Error, Result};
 use recovery_storage::Storage;
 use zeroize::Zeroizing;
 
+pub use self::manage::{decode_page_token, encode_page_token};
 pub use self::notify::Client;
 use crate::config::{KeyRing, ReusePolicy};
 

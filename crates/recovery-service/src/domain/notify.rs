@@ -4,38 +4,13 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use recovery_storage::model::{ClientInfo, NewAuditEvent, NewMessage, Opaque};
-use serde_json::json;
 
-use super::{Error, secrets};
+use super::{
+    Error,
+    notice::{Context, Notice},
+    secrets,
+};
 use crate::config::KeyRing;
-
-/// The kinds of message the outbox carries (templates live with delivery).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageKind {
-    VerificationCode,
-    RecoveryStarted,
-    CodeCreated,
-    CodeReplaced,
-    CodeRevoked,
-    EmailChanged,
-    RecoveryCompleted,
-    RecoveryLocked,
-}
-
-impl MessageKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::VerificationCode => "verification_code",
-            Self::RecoveryStarted => "recovery_started",
-            Self::CodeCreated => "code_created",
-            Self::CodeReplaced => "code_replaced",
-            Self::CodeRevoked => "code_revoked",
-            Self::EmailChanged => "email_changed",
-            Self::RecoveryCompleted => "recovery_completed",
-            Self::RecoveryLocked => "recovery_locked",
-        }
-    }
-}
 
 /// Audit event kinds, named as the proto's `AuditEventKind` without its prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,23 +60,22 @@ impl Client {
     }
 }
 
-/// A sealed outbox message of `kind` to `recipient` with template `data`.
+/// A sealed outbox message carrying `notice` to `recipient`.
 pub fn message(
     keys: &KeyRing,
-    kind: MessageKind,
+    notice: &Notice,
     account_id: Option<&str>,
     recipient: &str,
-    data: serde_json::Value,
 ) -> Result<NewMessage, Error> {
     let message_id = secrets::random_id("msg_")?;
-    let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(&data).map_err(|e| {
-        tracing::error!(error = %e, "cannot encode a message");
+    let plaintext = notice.to_json().map_err(|e| {
+        tracing::error!(error = %e, kind = %notice.kind(), "cannot encode a message");
         Error::Internal
-    })?);
+    })?;
     let payload = secrets::seal(keys.current(), &message_id, &plaintext)?;
     Ok(NewMessage {
         message_id,
-        kind: kind.as_str().to_owned(),
+        kind: notice.kind().as_str().to_owned(),
         account_id: account_id.map(str::to_owned),
         recipient: recipient.to_owned(),
         payload: Opaque(payload),
@@ -109,13 +83,13 @@ pub fn message(
     })
 }
 
-/// Template data common to every message: when, and from where if known.
-pub fn context(now_ms: i64, client: &Client) -> serde_json::Value {
-    json!({
-        "occurred_at_ms": now_ms,
-        "ip_address": client.ip.map(|ip| ip.to_string()),
-        "user_agent": client.user_agent,
-    })
+/// When and from where, for a message.
+pub fn context(now_ms: i64, client: &Client) -> Context {
+    Context {
+        occurred_at_ms: now_ms,
+        ip_address: client.ip.map(|ip| ip.to_string()),
+        user_agent: client.user_agent.clone(),
+    }
 }
 
 /// An audit event with `details`.
@@ -137,12 +111,4 @@ pub fn audit(
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect::<BTreeMap<_, _>>(),
     })
-}
-
-/// Merges two JSON objects (the second wins).
-pub fn merge(mut base: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
-    if let (Some(base), serde_json::Value::Object(extra)) = (base.as_object_mut(), extra) {
-        base.extend(extra);
-    }
-    base
 }

@@ -1,18 +1,17 @@
 //! The recovery flow: BeginRecovery, VerifyEmail, RecoverAccount.
 
-use recovery_storage::model::{
-    AttemptKind, Completion, CompletionUpdate, Effects, Enrollment, Flow, NewFlow, Opaque,
-    RateDecision, StoredCode,
-};
-use serde_json::json;
-
 use super::{
     Error, Recovered, Recovery, Result, StartedFlow, client,
     code::RecoveryCode,
     email::{Email, mask},
     ip_limit_key,
-    notify::{AuditKind, Client, MessageKind, audit, context, merge, message},
+    notice::{self, Notice},
+    notify::{AuditKind, Client, audit, context, message},
     secrets,
+};
+use recovery_storage::model::{
+    AttemptKind, Completion, CompletionUpdate, Effects, Enrollment, Flow, NewFlow, Opaque,
+    RateDecision, StoredCode,
 };
 
 const FLOW_PREFIX: &str = "fl_";
@@ -50,26 +49,18 @@ impl Recovery {
             Some(e) => (e.email.as_str(), e.account_id.as_str(), true),
             None => (email.address(), "", false),
         };
-        let base = context(now, &client);
+        // One message: the code, with who asked and from where.
         let mut verification = message(
             &self.keys,
-            MessageKind::VerificationCode,
+            &Notice::VerificationCode(notice::VerificationCode {
+                code: code.clone(),
+                expires_in_minutes: self.policy.email_code_ttl_ms / MINUTE_MS,
+                context: context(now, &client),
+            }),
             Some(account_id).filter(|a| !a.is_empty()),
             recipient,
-            merge(
-                base.clone(),
-                json!({ "code": code.as_str(), "expires_in_minutes": self.policy.email_code_ttl_ms / MINUTE_MS }),
-            ),
-        )?;
-        let mut started = message(
-            &self.keys,
-            MessageKind::RecoveryStarted,
-            Some(account_id).filter(|a| !a.is_empty()),
-            recipient,
-            base,
         )?;
         verification.deliver = deliver;
-        started.deliver = deliver;
         let event = audit(
             account_id,
             AuditKind::RecoveryStarted,
@@ -96,7 +87,7 @@ impl Recovery {
                     client: client.to_info(),
                 },
                 Effects {
-                    messages: vec![verification, started],
+                    messages: vec![verification],
                     audit: vec![event],
                 },
             )
@@ -175,13 +166,17 @@ impl Recovery {
         let attempts_left = self.policy.email_attempts - used;
         let client = Client::default();
         let account = flow.target.as_ref().map(|(a, _)| a.as_str());
-        if !secrets::verify_email_code(
+        // The MAC is checked for every flow, so that both take the same work; a flow for an
+        // unknown email never verifies, whatever code it is given (API.md: it simply never
+        // verifies), and answers exactly as a wrong code on a known flow.
+        let code_matches = secrets::verify_email_code(
             &self.keys,
             &flow.mac_key_id,
             &flow.flow_id,
-            code,
+            &code,
             &flow.email_code_mac.0,
-        ) {
+        );
+        if !code_matches || account.is_none() {
             // Written for unknown emails too (under no account), so that a wrong code takes
             // the same work whether or not the email is enrolled.
             let event = audit(
@@ -284,8 +279,12 @@ impl Recovery {
         // Right code: rotate it, or upgrade its hash if its parameters or key are outdated.
         let current = self.keys.current();
         let mut new_display = None;
-        let mut update = CompletionUpdate::default();
+        let mut update = CompletionUpdate {
+            verified_code_id: stored.code_id.clone(),
+            ..CompletionUpdate::default()
+        };
         if self.policy.reuse == crate::config::ReusePolicy::RotateOnUse {
+            update.rotated = true;
             let fresh = RecoveryCode::generate()?;
             let hash = self
                 .hasher
@@ -311,10 +310,9 @@ impl Recovery {
         let rotated_code_id = update.new_code.as_ref().map(|c| c.code_id.clone());
         let notice = message(
             &self.keys,
-            MessageKind::RecoveryCompleted,
+            &Notice::RecoveryCompleted(context(now, &client)),
             Some(&account_id),
             &enrollment.email,
-            merge(context(now, &client), json!({ "sessions_revoked": true })),
         )?;
         let mut details = vec![
             ("flow_id", flow.flow_id.clone()),
@@ -383,13 +381,13 @@ impl Recovery {
         // Prepared up front: the lock's notice and audit event, written only if this failure locks.
         let locked_notice = message(
             &self.keys,
-            MessageKind::RecoveryLocked,
+            &Notice::RecoveryLocked(notice::RecoveryLocked {
+                locked_for_hours: p.lockout_ms / HOUR_MS,
+                locked_until_ms: Some(now + p.lockout_ms),
+                context: context(now, client),
+            }),
             Some(account_id),
             &enrollment.email,
-            merge(
-                context(now, client),
-                json!({ "locked_for_hours": p.lockout_ms / HOUR_MS }),
-            ),
         )?;
         let locked_event = audit(
             account_id,

@@ -84,14 +84,21 @@ pub fn email_code() -> Result<Zeroizing<String>, Error> {
     }
 }
 
-/// Whether `code` is exactly 6 ASCII digits once trimmed; answers the trimmed code.
-pub fn parse_email_code(input: &str) -> Result<&str, Error> {
-    let code = input.trim();
-    if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(code)
-    } else {
-        Err(Error::EmailCodeMalformed)
+/// The 6 digits of an email code as a person types it: surrounding spaces trimmed, and one
+/// space or dash between the two halves accepted (`584 895`, `584-895`).
+pub fn parse_email_code(input: &str) -> Result<zeroize::Zeroizing<String>, Error> {
+    let bytes = input.trim().as_bytes();
+    let code: Vec<u8> = match bytes {
+        [a, b, c, b' ' | b'-', d, e, f] => vec![*a, *b, *c, *d, *e, *f],
+        [_, _, _, _, _, _] => bytes.to_vec(),
+        _ => return Err(Error::EmailCodeMalformed),
+    };
+    if !code.iter().all(u8::is_ascii_digit) {
+        return Err(Error::EmailCodeMalformed);
     }
+    // Six ASCII digits: valid UTF-8.
+    let code = String::from_utf8(code).map_err(|_| Error::EmailCodeMalformed)?;
+    Ok(zeroize::Zeroizing::new(code))
 }
 
 /// HMAC-SHA-256 of an email code, bound to its flow, under `key`'s MAC subkey (hex).
@@ -205,8 +212,27 @@ mod tests {
 
     #[test]
     fn email_code_format_is_checked_before_anything_else() {
-        assert_eq!(parse_email_code(" 012345 ").unwrap(), "012345");
-        for bad in ["", "12345", "1234567", "12a456", "１２３４５６", "12 345"] {
+        for good in [" 012345 ", "012 345", "012-345", "\t012345\n", " 012 345 "] {
+            assert_eq!(
+                parse_email_code(good).unwrap().as_str(),
+                "012345",
+                "{good:?}"
+            );
+        }
+        for bad in [
+            "",
+            "12345",
+            "1234567",
+            "12a456",
+            "１２３４５６",
+            "12 345",
+            "0123 45",
+            "012  345",
+            "012_345",
+            "012--345",
+            "01-2345",
+            "0-1-2-3-4-5",
+        ] {
             assert_eq!(
                 parse_email_code(bad),
                 Err(Error::EmailCodeMalformed),

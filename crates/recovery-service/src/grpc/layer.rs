@@ -12,6 +12,43 @@ use opentelemetry::{propagation::Extractor, trace::TraceContextExt as _};
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+/// A random W3C trace id (32 lower-case hex digits), for logs without an exported trace.
+fn fresh_trace_id() -> String {
+    crate::domain::secrets::random_bytes::<16>().map_or_else(|_| "0".repeat(32), hex::encode)
+}
+
+/// Whether `service/method` is one the server serves (the contract, health, reflection).
+fn known_rpc(service: &str, method: &str) -> bool {
+    static KNOWN: std::sync::OnceLock<std::collections::HashSet<String>> =
+        std::sync::OnceLock::new();
+    KNOWN
+        .get_or_init(|| {
+            use prost::Message as _;
+            let mut known: std::collections::HashSet<String> = [
+                "grpc.health.v1.Health/Check",
+                "grpc.health.v1.Health/Watch",
+                "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            ]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+            if let Ok(set) =
+                prost_types::FileDescriptorSet::decode(recovery_proto::FILE_DESCRIPTOR_SET)
+            {
+                for file in &set.file {
+                    for svc in &file.service {
+                        for m in &svc.method {
+                            known.insert(format!("{}.{}/{}", file.package(), svc.name(), m.name()));
+                        }
+                    }
+                }
+            }
+            known
+        })
+        .contains(&format!("{service}/{method}"))
+}
+
 /// The tower layer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RpcTelemetryLayer;
@@ -75,11 +112,18 @@ where
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&Headers(request.headers()))
         });
+        let caller_trace = parent.span().span_context().trace_id();
         let _ = span.set_parent(parent);
-        let trace_id = span.context().span().span_context().trace_id();
-        if trace_id != opentelemetry::trace::TraceId::INVALID {
-            span.record("trace_id", tracing::field::display(trace_id));
-        }
+        // Every request's log lines carry a trace id: the exported span's, else the caller's
+        // `traceparent`, else a fresh one (no collector and no caller trace).
+        let trace_id = [
+            span.context().span().span_context().trace_id(),
+            caller_trace,
+        ]
+        .into_iter()
+        .find(|id| *id != opentelemetry::trace::TraceId::INVALID)
+        .map_or_else(fresh_trace_id, |id| id.to_string());
+        span.record("trace_id", tracing::field::display(trace_id));
         // Take the service that was made ready; leave a clone for the next call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -99,7 +143,14 @@ where
             if code != 0 {
                 span.record("otel.status_code", "ERROR");
             }
-            crate::metrics::get().rpc(&service, &method, code, started.elapsed());
+            // Only the contract's methods become metric labels: any other path is `unknown`,
+            // so a caller cannot grow the label set.
+            let (service, method) = if known_rpc(&service, &method) {
+                (service.as_str(), method.as_str())
+            } else {
+                ("unknown", "unknown")
+            };
+            crate::metrics::get().rpc(service, method, code, started.elapsed());
             result
         })
     }

@@ -75,40 +75,97 @@ pub fn to_status(err: &Error) -> Status {
 mod tests {
     use super::*;
 
+    /// The contract's table (API.md "Errors"), written out independently of `classify`.
     #[test]
-    fn every_error_carries_error_info_with_a_bare_reason() {
-        let all = [
-            Error::InvalidEmail("x".into()),
-            Error::InvalidAccountId("x".into()),
-            Error::InvalidClient("x".into()),
-            Error::InvalidPage("x".into()),
-            Error::RecoveryCodeMalformed("x"),
-            Error::EmailCodeMalformed,
-            Error::FlowNotFound,
-            Error::FlowExpired,
-            Error::FlowCompleted,
-            Error::EmailNotVerified,
-            Error::EmailCodeMismatch { attempts_left: 0 },
-            Error::RecoveryCodeMismatch { attempts_left: 3 },
-            Error::TooManyAttempts,
-            Error::RecoveryLocked { locked_until_ms: 0 },
-            Error::NotEnrolled,
-            Error::EmailInUse,
-            Error::RateLimited {
-                retry_after_ms: 1500,
-                limit: "email_per_hour",
-            },
-            Error::Overloaded,
-            Error::CallerNotAllowed("x".into()),
-            Error::Unavailable,
-            Error::Internal,
+    fn every_error_has_the_contract_status_and_a_bare_reason() {
+        let table = [
+            (
+                Error::InvalidEmail("x".into()),
+                Code::InvalidArgument,
+                "INVALID_EMAIL",
+            ),
+            (
+                Error::InvalidAccountId("x".into()),
+                Code::InvalidArgument,
+                "INVALID_ACCOUNT_ID",
+            ),
+            (
+                Error::InvalidClient("x".into()),
+                Code::InvalidArgument,
+                "INVALID_CLIENT",
+            ),
+            (
+                Error::InvalidPage("x".into()),
+                Code::InvalidArgument,
+                "INVALID_PAGE",
+            ),
+            (
+                Error::RecoveryCodeMalformed("x"),
+                Code::InvalidArgument,
+                "RECOVERY_CODE_MALFORMED",
+            ),
+            (
+                Error::EmailCodeMalformed,
+                Code::InvalidArgument,
+                "EMAIL_CODE_MALFORMED",
+            ),
+            (Error::FlowNotFound, Code::NotFound, "FLOW_NOT_FOUND"),
+            (Error::FlowExpired, Code::FailedPrecondition, "FLOW_EXPIRED"),
+            (
+                Error::FlowCompleted,
+                Code::FailedPrecondition,
+                "FLOW_COMPLETED",
+            ),
+            (
+                Error::EmailNotVerified,
+                Code::FailedPrecondition,
+                "EMAIL_NOT_VERIFIED",
+            ),
+            (
+                Error::EmailCodeMismatch { attempts_left: 1 },
+                Code::PermissionDenied,
+                "EMAIL_CODE_MISMATCH",
+            ),
+            (
+                Error::RecoveryCodeMismatch { attempts_left: 1 },
+                Code::PermissionDenied,
+                "RECOVERY_CODE_MISMATCH",
+            ),
+            (
+                Error::TooManyAttempts,
+                Code::ResourceExhausted,
+                "TOO_MANY_ATTEMPTS",
+            ),
+            (
+                Error::RecoveryLocked { locked_until_ms: 0 },
+                Code::FailedPrecondition,
+                "RECOVERY_LOCKED",
+            ),
+            (Error::NotEnrolled, Code::NotFound, "NOT_ENROLLED"),
+            (Error::EmailInUse, Code::AlreadyExists, "EMAIL_IN_USE"),
+            (
+                Error::RateLimited {
+                    retry_after_ms: 1500,
+                    limit: "email_per_hour",
+                },
+                Code::ResourceExhausted,
+                "RATE_LIMITED",
+            ),
+            (Error::Overloaded, Code::ResourceExhausted, "OVERLOADED"),
+            (
+                Error::CallerNotAllowed("x".into()),
+                Code::PermissionDenied,
+                "CALLER_NOT_ALLOWED",
+            ),
+            (Error::Unavailable, Code::Unavailable, "UNAVAILABLE"),
+            (Error::Internal, Code::Internal, "INTERNAL"),
         ];
-        for err in all {
+        for (err, code, reason) in table {
             let status = to_status(&err);
+            assert_eq!(status.code(), code, "{err:?}");
             let info = status.get_details_error_info().expect("ErrorInfo");
             assert_eq!(info.domain, "recovery.identity");
-            assert!(!info.reason.starts_with("ERROR_REASON_"), "{}", info.reason);
-            assert_eq!(info.reason, classify(&err).1.bare_name());
+            assert_eq!(info.reason, reason, "{err:?}");
         }
     }
 
@@ -131,6 +188,20 @@ mod tests {
         assert_eq!(
             status.get_details_retry_info().unwrap().retry_delay,
             Some(Duration::from_millis(1500))
+        );
+        // The message says when too, for a person reading it.
+        assert_eq!(
+            status.message(),
+            "too many recovery requests; retry in 2 seconds"
+        );
+        let status = to_status(&Error::RateLimited {
+            retry_after_ms: 56 * 60_000 - 500,
+            limit: "email_per_hour",
+        });
+        assert!(
+            status.message().ends_with("retry in 56 minutes"),
+            "{}",
+            status.message()
         );
 
         let status = to_status(&Error::RecoveryLocked {

@@ -1,10 +1,46 @@
-//! Subjects and bodies (plain text plus an HTML alternative) for each outbox message kind.
-//! Values from requests (IP address, user agent) are reduced to printable ASCII for the text
-//! part and HTML-escaped for the HTML part; headers never carry request text.
+//! What each message says: a subject and a few blocks (paragraphs, the code, the facts of a
+//! request), written once and rendered twice: as plain text, the readable original wrapped at
+//! 72 columns, and as HTML with inline styles and no external assets, so that common mail
+//! clients show it as intended. Values from requests (IP address, user agent) are reduced to
+//! printable ASCII in both parts and HTML-escaped in the HTML part; headers never carry request
+//! text. Every notice of a change the owner may not have made says what to do if it was not
+//! them.
 
-use serde_json::Value;
+use crate::{
+    domain::{
+        email::mask,
+        notice::{Context, Notice},
+    },
+    time::human,
+};
 
-use crate::time::rfc3339;
+/// Product name and support contact, from configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Branding {
+    /// `Acme` makes "your Acme account"; `None` makes "your account".
+    pub product_name: Option<String>,
+    /// An `https://` or `mailto:` URL for "contact support".
+    pub support_url: Option<String>,
+}
+
+impl Branding {
+    fn account(&self) -> String {
+        match &self.product_name {
+            Some(name) => format!("your {name} account"),
+            None => "your account".to_owned(),
+        }
+    }
+
+    fn support(&self) -> String {
+        match self.support_url.as_deref() {
+            Some(url) => match url.strip_prefix("mailto:") {
+                Some(address) => format!("contact support at {address}"),
+                None => format!("contact support at {url}"),
+            },
+            None => "contact your support team".to_owned(),
+        }
+    }
+}
 
 /// A rendered message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,152 +50,245 @@ pub struct Rendered {
     pub html: String,
 }
 
-/// Renders message `kind` from its template data. `None` for a kind this build does not know.
-pub fn render(kind: &str, data: &Value) -> Option<Rendered> {
-    let when = data["occurred_at_ms"]
-        .as_i64()
-        .map(rfc3339)
-        .unwrap_or_default();
-    let context = context_lines(data, &when);
-    let (subject, lines): (&str, Vec<String>) = match kind {
-        "verification_code" => {
-            let code = data["code"].as_str()?;
-            let minutes = data["expires_in_minutes"].as_i64().unwrap_or(15);
+enum Block {
+    Para(String),
+    /// The verification code: its own line in text, large in HTML.
+    Code(String),
+    /// Labelled facts about the request.
+    Facts(Vec<(&'static str, String)>),
+}
+
+/// Renders `notice`, sent to `recipient`.
+pub fn render(notice: &Notice, recipient: &str, branding: &Branding) -> Rendered {
+    let account = branding.account();
+    let hint = mask(recipient);
+    let support = branding.support();
+    let when = human(notice.context().occurred_at_ms);
+    let facts = facts(notice.context());
+    let (subject, blocks) = match notice {
+        Notice::VerificationCode(v) => {
+            let until = human(v.context.occurred_at_ms + v.expires_in_minutes * 60_000);
             (
-                "Your account recovery verification code",
-                [
-                    vec![
-                        "Someone asked to recover your account with its recovery code.".to_owned(),
-                        "Your verification code is:".to_owned(),
-                        String::new(),
-                        code.to_owned(),
-                        String::new(),
-                        format!("It is valid for {minutes} minutes and can be used once."),
-                        "If this was not you, ignore this message: without this code".to_owned(),
-                        "nobody can recover your account.".to_owned(),
-                        String::new(),
-                    ],
-                    context,
-                ]
-                .concat(),
-            )
-        }
-        "recovery_started" => (
-            "Account recovery was started",
-            [
+                format!("Your verification code to recover {account}"),
                 vec![
-                    "Someone started recovering your account with your email address.".to_owned(),
-                    "If this was not you, keep your recovery code safe; the request expires"
-                        .to_owned(),
-                    "by itself.".to_owned(),
-                    String::new(),
-                ],
-                context,
-            ]
-            .concat(),
-        ),
-        "code_created" => (
-            "A recovery code was created for your account",
-            vec![
-                "A recovery code was created for your account. Keep it somewhere safe,".to_owned(),
-                "outside the account: with it and this mailbox you can get back in.".to_owned(),
-                String::new(),
-                format!("Time: {when}"),
-            ],
-        ),
-        "code_replaced" => (
-            "Your recovery code was replaced",
-            vec![
-                "A new recovery code replaced the previous one, which no longer works.".to_owned(),
-                "If this was not you, sign in and review your account security now.".to_owned(),
-                String::new(),
-                format!("Time: {when}"),
-            ],
-        ),
-        "code_revoked" => (
-            "Your recovery code was deleted",
-            vec![
-                "Your account's recovery code was deleted and no longer works.".to_owned(),
-                "Create a new one from your account settings to keep a way back in.".to_owned(),
-                String::new(),
-                format!("Time: {when}"),
-            ],
-        ),
-        "email_changed" => {
-            let hint = printable(data["new_email_hint"].as_str().unwrap_or_default());
-            (
-                "Your account recovery email address changed",
-                vec![
-                    format!("Recovery messages for your account now go to {hint}."),
-                    "If this was not you, sign in and review your account security now.".to_owned(),
-                    String::new(),
-                    format!("Time: {when}"),
+                    Block::Para(format!(
+                        "Someone asked to recover {account} ({hint}) with its recovery code. To go on, enter this verification code:"
+                    )),
+                    Block::Code(v.code.to_string()),
+                    Block::Para(format!(
+                        "It is valid for {} minutes, until {until}. Enter it only on the page where you started the recovery: nobody from us will ever ask you for it.",
+                        v.expires_in_minutes
+                    )),
+                    facts,
+                    Block::Para(format!(
+                        "If this wasn't you, ignore this message: without this code and the account's recovery code nobody can recover it. If such messages keep coming, {support}."
+                    )),
                 ],
             )
         }
-        "recovery_completed" => (
-            "Your account was recovered",
-            [
-                vec![
-                    "Your account was recovered with its recovery code. Its password and"
-                        .to_owned(),
-                    "secret key were replaced, and all your devices were signed out.".to_owned(),
-                    "If this was not you, contact support immediately.".to_owned(),
-                    String::new(),
-                ],
-                context,
-            ]
-            .concat(),
+        Notice::RecoveryStarted(_) => (
+            format!("Recovery of {account} was started"),
+            vec![
+                Block::Para(format!(
+                    "Someone started recovering {account} ({hint}) on {when}."
+                )),
+                facts,
+                Block::Para(format!(
+                    "If this wasn't you, keep your recovery code safe: the request expires by itself. If such messages keep coming, {support}."
+                )),
+            ],
         ),
-        "recovery_locked" => {
-            let hours = data["locked_for_hours"].as_i64().unwrap_or(24);
+        Notice::CodeCreated(_) => (
+            format!("A recovery code was created for {account}"),
+            vec![
+                Block::Para(format!(
+                    "A recovery code was created for {account} ({hint}) on {when}. Keep it somewhere safe outside the account, for example printed on paper: with it and this mailbox you can get back in if you lose your password or your devices."
+                )),
+                facts,
+                Block::Para(format!(
+                    "If you didn't create it, someone may be signed in to {account}. Sign in, change your password, delete the recovery code in your account settings, and {support}."
+                )),
+            ],
+        ),
+        Notice::CodeReplaced(_) => (
+            format!("Your recovery code for {account} was replaced"),
+            vec![
+                Block::Para(format!(
+                    "A new recovery code replaced the previous one of {account} ({hint}) on {when}. The previous code no longer works; keep the new one somewhere safe."
+                )),
+                facts,
+                Block::Para(format!(
+                    "If you didn't replace it, someone may be signed in to {account}. Sign in, change your password, create a recovery code of your own, and {support}."
+                )),
+            ],
+        ),
+        Notice::CodeRevoked(_) => (
+            format!("Your recovery code for {account} was deleted"),
+            vec![
+                Block::Para(format!(
+                    "The recovery code of {account} ({hint}) was deleted on {when} and no longer works. Without one you cannot recover the account if you lose your password or devices: create a new one in your account settings."
+                )),
+                facts,
+                Block::Para(format!(
+                    "If you didn't delete it, someone may be signed in to {account}. Sign in, change your password, create a new recovery code, and {support}."
+                )),
+            ],
+        ),
+        Notice::EmailChanged(e) => (
+            format!("The recovery email address of {account} changed"),
+            vec![
+                Block::Para(format!(
+                    "On {when} the recovery email address of {account} was changed to {}. Verification codes for account recovery go there from now on.",
+                    printable(&e.new_email_hint)
+                )),
+                facts,
+                Block::Para(format!(
+                    "If you didn't make this change, someone may be signed in to {account}. Sign in, change your password, set your recovery email address back, and {support}."
+                )),
+            ],
+        ),
+        Notice::RecoveryCompleted(_) => (
+            format!("{} was recovered", capitalise(&account)),
+            vec![
+                Block::Para(format!(
+                    "{} ({hint}) was recovered with its recovery code on {when}.",
+                    capitalise(&account)
+                )),
+                Block::Para(
+                    "What happens next: a new password and a new secret key are set for the account, and every session and device that was signed in is signed out and has to sign in again.".to_owned(),
+                ),
+                facts,
+                Block::Para(format!(
+                    "If this wasn't you, someone has the account's recovery code and access to this mailbox: {support} right away, and secure this mailbox by changing its password."
+                )),
+            ],
+        ),
+        Notice::RecoveryLocked(l) => {
+            let until = l
+                .locked_until_ms
+                .map_or_else(|| format!("for {} hours", l.locked_for_hours), |u| format!("until {}", human(u)));
             (
-                "Account recovery was locked",
-                [
-                    vec![
-                        "Too many wrong recovery codes were entered for your account, so"
-                            .to_owned(),
-                        format!("recovery is locked for {hours} hours."),
-                        "If this was not you, someone may be trying to get into your account."
-                            .to_owned(),
-                        String::new(),
-                    ],
-                    context,
-                ]
-                .concat(),
+                format!("Account recovery was locked for {account}"),
+                vec![
+                    Block::Para(format!(
+                        "Too many wrong recovery codes were entered for {account} ({hint}), so recovery is locked {until}."
+                    )),
+                    facts,
+                    Block::Para(
+                        "If it was you, wait until then and enter the recovery code exactly as you saved it.".to_owned(),
+                    ),
+                    Block::Para(format!(
+                        "If it wasn't you, someone may be trying to get into {account}; they would also need this mailbox. Change this mailbox's password if you think someone else can read it, and {support}."
+                    )),
+                ],
             )
         }
-        _ => return None,
     };
-    let text = lines.join("\n") + "\n";
-    let html = format!(
-        "<!doctype html>\n<html><body style=\"font-family: sans-serif\">\n{}\n</body></html>\n",
-        lines
-            .iter()
-            .map(|line| if line.is_empty() {
-                "<br>".to_owned()
-            } else {
-                format!("<p>{}</p>", escape(line))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    Some(Rendered {
-        subject: subject.to_owned(),
-        text,
-        html,
+    let footer =
+        format!("You receive this because {hint} is the recovery email address of {account}.");
+    Rendered {
+        text: text(&blocks, &footer),
+        html: html(&subject, &blocks, &footer),
+        subject,
+    }
+}
+
+fn facts(context: &Context) -> Block {
+    let mut facts = vec![("Time", human(context.occurred_at_ms))];
+    if let Some(ip) = &context.ip_address {
+        facts.push(("IP address", printable(ip)));
+    }
+    if let Some(agent) = &context.user_agent {
+        facts.push(("Browser", printable(agent)));
+    }
+    Block::Facts(facts)
+}
+
+fn capitalise(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
     })
 }
 
-fn context_lines(data: &Value, when: &str) -> Vec<String> {
-    let mut lines = vec![format!("Time: {when}")];
-    if let Some(ip) = data["ip_address"].as_str() {
-        lines.push(format!("IP address: {}", printable(ip)));
+/// The plain-text part: paragraphs wrapped at 72 columns, the code alone on its line.
+fn text(blocks: &[Block], footer: &str) -> String {
+    let mut out = Vec::new();
+    for block in blocks {
+        match block {
+            Block::Para(p) => out.push(wrap(p, 72)),
+            Block::Code(code) => out.push(code.clone()),
+            Block::Facts(facts) => out.push(
+                facts
+                    .iter()
+                    .map(|(label, value)| format!("{label}: {value}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+        }
     }
-    if let Some(agent) = data["user_agent"].as_str() {
-        lines.push(format!("Browser: {}", printable(agent)));
+    out.push(format!("--\n{}", wrap(footer, 72)));
+    out.join("\n\n") + "\n"
+}
+
+/// Greedy word wrap; a word longer than the width (a URL) keeps its own line whole.
+fn wrap(paragraph: &str, width: usize) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for word in paragraph.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
     }
-    lines
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines.join("\n")
+}
+
+const FONT: &str = "font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;";
+
+/// The HTML part: one `<p>` per paragraph, inline styles, no images or external assets.
+fn html(subject: &str, blocks: &[Block], footer: &str) -> String {
+    let mut body = String::new();
+    for block in blocks {
+        match block {
+            Block::Para(p) => body.push_str(&format!(
+                "<p style=\"margin:0 0 16px;\">{}</p>\n",
+                escape(p)
+            )),
+            Block::Code(code) => body.push_str(&format!(
+                "<p style=\"margin:8px 0 24px;font-family:Menlo,Consolas,'Courier New',monospace;font-size:32px;font-weight:700;letter-spacing:6px;color:#111827;\">{}</p>\n",
+                escape(code)
+            )),
+            Block::Facts(facts) => {
+                body.push_str("<table role=\"presentation\" cellpadding=\"0\" cellspacing=\"0\" style=\"margin:0 0 16px;font-size:14px;color:#4b5563;\">\n");
+                for (label, value) in facts {
+                    body.push_str(&format!(
+                        "<tr><td style=\"padding:2px 16px 2px 0;\">{}</td><td style=\"padding:2px 0;\">{}</td></tr>\n",
+                        escape(label),
+                        escape(value)
+                    ));
+                }
+                body.push_str("</table>\n");
+            }
+        }
+    }
+    format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title></head>\n\
+<body style=\"margin:0;padding:0;background:#f3f4f6;\">\n\
+<table role=\"presentation\" width=\"100%\" cellpadding=\"0\" cellspacing=\"0\" style=\"background:#f3f4f6;\"><tr><td align=\"center\" style=\"padding:24px 12px;\">\n\
+<table role=\"presentation\" width=\"100%\" cellpadding=\"0\" cellspacing=\"0\" style=\"max-width:560px;background:#ffffff;border-radius:8px;{FONT}font-size:16px;line-height:1.5;color:#111827;\"><tr><td style=\"padding:32px;\">\n\
+{body}</td></tr></table>\n\
+<p style=\"max-width:560px;margin:16px auto 0;{FONT}font-size:12px;line-height:1.5;color:#6b7280;\">{footer}</p>\n\
+</td></tr></table>\n</body>\n</html>\n",
+        title = escape(subject),
+        footer = escape(footer),
+    )
 }
 
 /// Printable ASCII only, at most 120 characters: request text never shapes the message.
@@ -193,50 +322,212 @@ fn escape(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use zeroize::Zeroizing;
 
     use super::*;
+    use crate::domain::notice::{EmailChanged, MessageKind, RecoveryLocked, VerificationCode};
+
+    /// 30 Nov 2026, 21:02 UTC.
+    const T: i64 = 1_796_072_520_000;
+
+    fn context() -> Context {
+        Context {
+            occurred_at_ms: T,
+            ip_address: Some("203.0.113.7".into()),
+            user_agent: Some("Firefox".into()),
+        }
+    }
+
+    fn every_notice() -> Vec<Notice> {
+        let notices = vec![
+            Notice::VerificationCode(VerificationCode {
+                code: Zeroizing::new("012345".into()),
+                expires_in_minutes: 15,
+                context: context(),
+            }),
+            Notice::RecoveryStarted(context()),
+            Notice::CodeCreated(context()),
+            Notice::CodeReplaced(context()),
+            Notice::CodeRevoked(context()),
+            Notice::EmailChanged(EmailChanged {
+                new_email_hint: "n***@new.example".into(),
+                context: context(),
+            }),
+            Notice::RecoveryCompleted(context()),
+            Notice::RecoveryLocked(RecoveryLocked {
+                locked_for_hours: 24,
+                locked_until_ms: Some(T + 24 * 3_600_000),
+                context: context(),
+            }),
+        ];
+        let kinds: Vec<MessageKind> = notices.iter().map(Notice::kind).collect();
+        assert_eq!(kinds, MessageKind::ALL, "one sample per kind");
+        notices
+    }
+
+    fn acme() -> Branding {
+        Branding {
+            product_name: Some("Acme".into()),
+            support_url: Some("https://help.acme.example/recovery".into()),
+        }
+    }
 
     #[test]
-    fn the_verification_message_shows_the_code_on_its_own_line_and_its_lifetime() {
-        let data = json!({ "code": "012345", "expires_in_minutes": 15, "occurred_at_ms": 0,
-                           "ip_address": "203.0.113.7", "user_agent": "Firefox" });
-        let r = render("verification_code", &data).unwrap();
-        assert!(r.text.lines().any(|l| l == "012345"));
-        assert!(r.text.contains("valid for 15 minutes"));
-        assert!(r.text.contains("203.0.113.7") && r.text.contains("Firefox"));
-        assert!(r.html.contains("012345"));
+    fn the_verification_message_shows_the_code_alone_with_who_asked_and_until_when() {
+        let r = render(&every_notice()[0], "ann@example.com", &acme());
+        assert!(r.text.lines().any(|l| l == "012345"), "{}", r.text);
+        assert!(
+            r.text
+                .contains("valid for 15 minutes, until 30 Nov 2026, 21:17 UTC")
+        );
+        assert!(r.text.contains("Time: 30 Nov 2026, 21:02 UTC"));
+        assert!(r.text.contains("IP address: 203.0.113.7"));
+        assert!(r.text.contains("Browser: Firefox"));
+        assert!(r.text.contains("your Acme account (a***@example.com)"));
         assert!(!r.subject.contains("012345"), "no code in the subject");
+        assert_eq!(
+            r.subject,
+            "Your verification code to recover your Acme account"
+        );
+        // Large and easy to copy: the digits together in one element, in a big font.
+        assert!(r.html.contains(
+            "font-size:32px;font-weight:700;letter-spacing:6px;color:#111827;\">012345</p>"
+        ));
     }
 
     #[test]
     fn request_text_is_neutralised() {
-        let data = json!({ "occurred_at_ms": 0, "ip_address": "198.51.100.1",
-                           "user_agent": "<script>alert(1)</script>\r\nBcc: eve@evil.example é" });
-        let r = render("recovery_started", &data).unwrap();
+        let notice = Notice::RecoveryStarted(Context {
+            occurred_at_ms: 0,
+            ip_address: Some("198.51.100.1".into()),
+            user_agent: Some("<script>alert(1)</script>\r\nBcc: eve@evil.example é".into()),
+        });
+        let r = render(&notice, "ann@example.com", &Branding::default());
         assert!(!r.html.contains("<script>"));
         assert!(r.html.contains("&lt;script&gt;"));
         assert!(!r.text.contains('\r') && !r.text.contains('é'));
         assert!(r.text.is_ascii());
+        assert!(!r.subject.contains("script"));
     }
 
     #[test]
-    fn every_kind_renders_and_the_completion_says_devices_were_signed_out() {
-        for kind in [
-            "verification_code",
-            "recovery_started",
-            "code_created",
-            "code_replaced",
-            "code_revoked",
-            "email_changed",
-            "recovery_completed",
-            "recovery_locked",
-        ] {
-            let data = json!({ "code": "123456", "occurred_at_ms": 0 });
-            assert!(render(kind, &data).is_some(), "{kind}");
+    fn paragraphs_are_paragraphs_in_html_and_wrapped_in_text() {
+        let long = "word ".repeat(40).trim().to_owned();
+        let blocks = [
+            Block::Para(long.clone()),
+            Block::Code("012345".into()),
+            Block::Facts(vec![("Time", "now".into())]),
+            Block::Para("Short.".into()),
+        ];
+        let html = html("Subject", &blocks, "Footer.");
+        // One <p> per paragraph, holding the whole paragraph, never one per wrapped line.
+        assert_eq!(html.matches("<p style=\"margin:0 0 16px;\">").count(), 2);
+        assert!(html.contains(&format!(">{long}</p>")));
+        let text = text(&blocks, "Footer.");
+        assert!(text.starts_with("word word"));
+        assert!(
+            text.lines().take_while(|l| l.starts_with("word")).count() >= 3,
+            "{text}"
+        );
+        assert!(
+            text.contains("\n\n012345\n\nTime: now\n\nShort.\n\n--\nFooter.\n"),
+            "{text}"
+        );
+
+        for notice in every_notice() {
+            let r = render(&notice, "ann@example.com", &acme());
+            assert!(
+                r.text
+                    .lines()
+                    .all(|l| l.chars().count() <= 72 || !l.contains(' ')),
+                "{}",
+                r.text
+            );
+            assert!(!r.html.contains("<br>"));
+            // Inline styles only, no external assets.
+            assert!(
+                !r.html.contains("<img") && !r.html.contains("<link") && !r.html.contains("<style")
+            );
+            assert!(!r.html.contains("src="));
         }
-        let r = render("recovery_completed", &json!({ "occurred_at_ms": 0 })).unwrap();
-        assert!(r.text.contains("all your devices were signed out"));
-        assert!(render("unknown_kind", &json!({})).is_none());
+    }
+
+    #[test]
+    fn every_notice_of_a_change_says_what_to_do_if_it_was_not_them() {
+        for notice in every_notice() {
+            let r = render(&notice, "ann@example.com", &acme());
+            let lower = r.text.to_lowercase().replace('\n', " ");
+            assert!(
+                lower.contains("if this wasn't you")
+                    || lower.contains("if you didn't")
+                    || lower.contains("if it wasn't you"),
+                "{:?}: {}",
+                notice.kind(),
+                r.text
+            );
+            if !matches!(notice.kind(), MessageKind::RecoveryStarted) {
+                assert!(
+                    lower.contains("https://help.acme.example/recovery"),
+                    "{:?} gives the support contact",
+                    notice.kind()
+                );
+            }
+            assert!(
+                lower.contains("your acme account"),
+                "{:?} names the product",
+                notice.kind()
+            );
+            assert!(
+                r.subject.to_lowercase().contains("acme"),
+                "{:?}: {}",
+                notice.kind(),
+                r.subject
+            );
+        }
+    }
+
+    #[test]
+    fn the_recovered_notice_says_what_happens_next() {
+        let notice = every_notice().remove(6);
+        let r = render(&notice, "ann@example.com", &Branding::default());
+        assert_eq!(r.subject, "Your account was recovered");
+        let text = r.text.replace('\n', " ");
+        assert!(text.contains("What happens next: a new password and a new secret key are set"));
+        assert!(text.contains("is signed out and has to sign in again"));
+        assert!(
+            !text.contains("were signed out"),
+            "not told as already done"
+        );
+    }
+
+    #[test]
+    fn without_branding_the_defaults_read_well() {
+        let r = render(&every_notice()[2], "ann@example.com", &Branding::default());
+        assert_eq!(r.subject, "A recovery code was created for your account");
+        assert!(
+            r.text
+                .replace('\n', " ")
+                .contains("and contact your support team.")
+        );
+        let mailto = Branding {
+            product_name: None,
+            support_url: Some("mailto:help@example.com".into()),
+        };
+        let r = render(&every_notice()[2], "ann@example.com", &mailto);
+        assert!(
+            r.text
+                .replace('\n', " ")
+                .contains("contact support at help@example.com.")
+        );
+    }
+
+    #[test]
+    fn the_lock_notice_says_until_when() {
+        let r = render(&every_notice()[7], "ann@example.com", &Branding::default());
+        assert!(
+            r.text
+                .replace('\n', " ")
+                .contains("recovery is locked until 1 Dec 2026, 21:02 UTC")
+        );
     }
 }

@@ -12,15 +12,23 @@ use crate::config::MailTransport;
 /// A configured transport.
 #[derive(Clone)]
 pub enum Transport {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// With the server's URL as logs may show it (password removed).
+    Smtp(AsyncSmtpTransport<Tokio1Executor>, String),
     Files(AsyncFileTransport<Tokio1Executor>, PathBuf),
 }
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Transport({self})")
+    }
+}
+
+/// As a person reads it in a log line: `SMTP smtp://127.0.0.1:2525`, `.eml files in ./mail`.
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Smtp(_) => f.write_str("Transport::Smtp"),
-            Self::Files(_, dir) => write!(f, "Transport::Files({})", dir.display()),
+            Self::Smtp(_, url) => write!(f, "SMTP {url}"),
+            Self::Files(_, dir) => write!(f, ".eml files in {}", dir.display()),
         }
     }
 }
@@ -55,7 +63,7 @@ impl Transport {
                     builder =
                         builder.credentials(Credentials::new(user, password.trim().to_owned()));
                 }
-                Ok(Self::Smtp(builder.build()))
+                Ok(Self::Smtp(builder.build(), url.to_string()))
             }
             MailTransport::Files { dir } => {
                 std::fs::create_dir_all(dir).map_err(|e| {
@@ -72,7 +80,7 @@ impl Transport {
     /// Sends one message. Returns once the server accepted it (or the file is written).
     pub async fn send(&self, message: Message) -> Result<(), SendError> {
         match self {
-            Self::Smtp(smtp) => smtp.send(message).await.map(drop).map_err(|e| SendError {
+            Self::Smtp(smtp, _) => smtp.send(message).await.map(drop).map_err(|e| SendError {
                 permanent: e.is_permanent(),
                 message: e.to_string(),
             }),

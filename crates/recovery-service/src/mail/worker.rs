@@ -9,10 +9,18 @@ use lettre::{
 use recovery_storage::{Storage, model::OutboxMessage};
 use tokio::sync::{Notify, watch};
 
-use super::{Transport, templates};
+use super::{
+    Transport,
+    templates::{self, Branding},
+};
 use crate::{
     config::KeyRing,
-    domain::{Clock, email::mask, secrets},
+    domain::{
+        Clock,
+        email::mask,
+        notice::{MessageKind, Notice},
+        secrets,
+    },
 };
 
 /// How long a woken worker waits before claiming, so that one claim takes several messages.
@@ -42,6 +50,8 @@ pub struct DeliveryOptions {
     pub poll_interval: Duration,
     /// Rows claimed at once.
     pub batch: u32,
+    /// Product name and support contact the messages use.
+    pub branding: Branding,
 }
 
 impl DeliveryOptions {
@@ -54,6 +64,7 @@ impl DeliveryOptions {
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_millis(200),
             batch: 16,
+            branding: Branding::default(),
         }
     }
 }
@@ -101,7 +112,7 @@ impl Worker {
 
     /// Runs until `stop` turns true: delivers due rows, sleeping `poll_interval` when idle.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        tracing::info!(owner = %self.inner.owner, transport = ?self.inner.transport, "mail delivery worker started");
+        tracing::info!(owner = %self.inner.owner, transport = %self.inner.transport, "mail delivery worker started");
         let mut next_cleanup = tokio::time::Instant::now();
         let mut next_stats = tokio::time::Instant::now();
         loop {
@@ -165,7 +176,13 @@ impl Worker {
                     let total =
                         report.flows + report.rate_limits + report.failures + report.sent_messages;
                     if total > 0 {
-                        tracing::debug!(?report, "cleaned up expired rows");
+                        tracing::debug!(
+                            flows = report.flows,
+                            rate_limits = report.rate_limits,
+                            failures = report.failures,
+                            sent_messages = report.sent_messages,
+                            "cleaned up expired rows"
+                        );
                     }
                     if total < 1000 {
                         return;
@@ -277,9 +294,10 @@ impl Worker {
         let inner = &self.inner;
         let plaintext = secrets::unseal(&inner.keys, &row.message_id, &row.payload.0)
             .map_err(|_| "the payload cannot be opened with the configured keys")?;
-        let data: serde_json::Value =
-            serde_json::from_slice(&plaintext).map_err(|_| "the payload is not JSON")?;
-        let rendered = templates::render(&row.kind, &data).ok_or("unknown message kind")?;
+        let kind = MessageKind::parse(&row.kind).ok_or("unknown message kind")?;
+        let notice = Notice::from_json(kind, &plaintext)
+            .map_err(|_| "the payload does not match its message kind")?;
+        let rendered = templates::render(&notice, &row.recipient, &inner.options.branding);
         let to: Mailbox = row
             .recipient
             .parse()

@@ -8,6 +8,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m20261126_000001_initial_schema;
+mod m20261201_000001_casefold_email_lookup;
 
 /// Every migration this build knows, oldest first.
 #[derive(Debug)]
@@ -16,6 +17,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261126_000001_initial_schema::Migration)]
+        vec![
+            Box::new(m20261126_000001_initial_schema::Migration),
+            Box::new(m20261201_000001_casefold_email_lookup::Migration),
+        ]
     }
 }

@@ -119,7 +119,8 @@ impl Storage {
 
     /// Completes a verified flow, once, and records the use on the enrollment it was started
     /// against, in one transaction. If the enrollment's generation moved on (new code, revoke,
-    /// email change) nothing changes and the answer is [`Completion::Cancelled`].
+    /// email change, a rotation by another flow) or its code is no longer the one that was
+    /// checked, nothing changes and the answer is [`Completion::Cancelled`].
     #[tracing::instrument(name = "db.complete_flow", skip_all)]
     pub async fn complete_flow<R: IntoEffects>(
         &self,
@@ -156,9 +157,15 @@ impl Storage {
                 .col_expr(E::HashKeyId, Expr::value(Some(code.key_id)))
                 .col_expr(E::HashParams, Expr::value(Some(code.params)));
         }
+        if update.rotated {
+            used = used.col_expr(E::Generation, Expr::col(E::Generation).add(1));
+        }
+        // Conditional on the code that was checked: two flows racing on one code complete
+        // once when the first rotates it (its generation and code id both move on).
         let used = used
             .filter(E::AccountId.eq(account_id.as_str()))
             .filter(E::Generation.eq(generation))
+            .filter(E::CodeId.eq(update.verified_code_id.as_str()))
             .filter(E::CodeHash.is_not_null())
             .exec_with_returning(&txn)
             .await?;

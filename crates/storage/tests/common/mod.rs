@@ -30,16 +30,10 @@ pub async fn sqlite() -> TestDb {
     }
 }
 
-/// `None` when `RECOVERY_TEST_DATABASE_URL` is unset (never under CI, which sets it).
-pub async fn postgres() -> Option<TestDb> {
-    let Ok(url) = std::env::var("RECOVERY_TEST_DATABASE_URL") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "RECOVERY_TEST_DATABASE_URL must be set under CI"
-        );
-        eprintln!("SKIPPED: RECOVERY_TEST_DATABASE_URL is unset, PostgreSQL not tested");
-        return None;
-    };
+/// A fresh schema on the PostgreSQL server of `RECOVERY_TEST_DATABASE_URL` (the test fails,
+/// saying how to set it, when it is unset).
+pub async fn postgres() -> TestDb {
+    let url = recovery_test_support::database_url();
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -63,12 +57,12 @@ pub async fn postgres() -> Option<TestDb> {
     options.max_connections = 16;
     let storage = Storage::connect(&options).await.unwrap();
     storage.migrate().await.unwrap();
-    Some(TestDb {
+    TestDb {
         storage,
         postgres: Some((admin, schema)),
         sqlite_url: None,
         _dir: None,
-    })
+    }
 }
 
 impl TestDb {
@@ -130,8 +124,9 @@ macro_rules! on_every_backend {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                #[ignore = "needs PostgreSQL: set RECOVERY_TEST_DATABASE_URL, run with -- --include-ignored"]
                 async fn $name() {
-                    let Some(db) = $crate::common::postgres().await else { return };
+                    let db = $crate::common::postgres().await;
                     super::$name(&db).await;
                     db.teardown().await;
                 }

@@ -1,0 +1,236 @@
+//! What each notification says, as data: one struct per message kind. The domain builds a
+//! [`Notice`] in the same transaction as the change it reports; the outbox keeps it sealed as
+//! JSON beside its [`MessageKind`]; the mail templates turn it into words at delivery.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// The kinds of message the outbox carries: one stored name each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// The 6-digit code of a recovery flow, with who asked and from where.
+    VerificationCode,
+    /// Written by releases before the verification message said who asked; still delivered.
+    RecoveryStarted,
+    CodeCreated,
+    CodeReplaced,
+    CodeRevoked,
+    EmailChanged,
+    RecoveryCompleted,
+    RecoveryLocked,
+}
+
+impl MessageKind {
+    /// Every kind, for tests and documentation.
+    pub const ALL: [Self; 8] = [
+        Self::VerificationCode,
+        Self::RecoveryStarted,
+        Self::CodeCreated,
+        Self::CodeReplaced,
+        Self::CodeRevoked,
+        Self::EmailChanged,
+        Self::RecoveryCompleted,
+        Self::RecoveryLocked,
+    ];
+
+    /// The name stored in the outbox's `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::VerificationCode => "verification_code",
+            Self::RecoveryStarted => "recovery_started",
+            Self::CodeCreated => "code_created",
+            Self::CodeReplaced => "code_replaced",
+            Self::CodeRevoked => "code_revoked",
+            Self::EmailChanged => "email_changed",
+            Self::RecoveryCompleted => "recovery_completed",
+            Self::RecoveryLocked => "recovery_locked",
+        }
+    }
+
+    /// The kind a stored name stands for; `None` for a name this build does not know.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// When a change happened and, when the auth service said, from where.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Context {
+    /// Unix epoch milliseconds.
+    pub occurred_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+/// A recovery flow's verification message.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationCode {
+    /// The 6-digit code (secret: never in `Debug`).
+    pub code: Zeroizing<String>,
+    pub expires_in_minutes: i64,
+    #[serde(flatten)]
+    pub context: Context,
+}
+
+impl fmt::Debug for VerificationCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerificationCode")
+            .field("code", &"[redacted]")
+            .field("expires_in_minutes", &self.expires_in_minutes)
+            .field("context", &self.context)
+            .finish()
+    }
+}
+
+/// The recovery address changed: told to the new and the old address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailChanged {
+    /// The new address, masked (`n***@example.com`).
+    pub new_email_hint: String,
+    #[serde(flatten)]
+    pub context: Context,
+}
+
+/// Too many wrong recovery codes locked the account's recovery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryLocked {
+    pub locked_for_hours: i64,
+    /// When the lock ends (absent in messages written by older releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_until_ms: Option<i64>,
+    #[serde(flatten)]
+    pub context: Context,
+}
+
+/// One notification's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    VerificationCode(VerificationCode),
+    RecoveryStarted(Context),
+    CodeCreated(Context),
+    CodeReplaced(Context),
+    CodeRevoked(Context),
+    EmailChanged(EmailChanged),
+    RecoveryCompleted(Context),
+    RecoveryLocked(RecoveryLocked),
+}
+
+impl Notice {
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Self::VerificationCode(_) => MessageKind::VerificationCode,
+            Self::RecoveryStarted(_) => MessageKind::RecoveryStarted,
+            Self::CodeCreated(_) => MessageKind::CodeCreated,
+            Self::CodeReplaced(_) => MessageKind::CodeReplaced,
+            Self::CodeRevoked(_) => MessageKind::CodeRevoked,
+            Self::EmailChanged(_) => MessageKind::EmailChanged,
+            Self::RecoveryCompleted(_) => MessageKind::RecoveryCompleted,
+            Self::RecoveryLocked(_) => MessageKind::RecoveryLocked,
+        }
+    }
+
+    /// When and from where.
+    pub fn context(&self) -> &Context {
+        match self {
+            Self::VerificationCode(v) => &v.context,
+            Self::EmailChanged(e) => &e.context,
+            Self::RecoveryLocked(l) => &l.context,
+            Self::RecoveryStarted(c)
+            | Self::CodeCreated(c)
+            | Self::CodeReplaced(c)
+            | Self::CodeRevoked(c)
+            | Self::RecoveryCompleted(c) => c,
+        }
+    }
+
+    /// The JSON the outbox seals (the kind is stored beside it).
+    pub fn to_json(&self) -> Result<Zeroizing<Vec<u8>>, serde_json::Error> {
+        let json = match self {
+            Self::VerificationCode(v) => serde_json::to_vec(v),
+            Self::EmailChanged(e) => serde_json::to_vec(e),
+            Self::RecoveryLocked(l) => serde_json::to_vec(l),
+            Self::RecoveryStarted(c)
+            | Self::CodeCreated(c)
+            | Self::CodeReplaced(c)
+            | Self::CodeRevoked(c)
+            | Self::RecoveryCompleted(c) => serde_json::to_vec(c),
+        }?;
+        Ok(Zeroizing::new(json))
+    }
+
+    /// Reads back what [`Notice::to_json`] wrote for `kind` (and what older releases wrote).
+    pub fn from_json(kind: MessageKind, json: &[u8]) -> Result<Self, serde_json::Error> {
+        Ok(match kind {
+            MessageKind::VerificationCode => Self::VerificationCode(serde_json::from_slice(json)?),
+            MessageKind::EmailChanged => Self::EmailChanged(serde_json::from_slice(json)?),
+            MessageKind::RecoveryLocked => Self::RecoveryLocked(serde_json::from_slice(json)?),
+            MessageKind::RecoveryStarted => Self::RecoveryStarted(serde_json::from_slice(json)?),
+            MessageKind::CodeCreated => Self::CodeCreated(serde_json::from_slice(json)?),
+            MessageKind::CodeReplaced => Self::CodeReplaced(serde_json::from_slice(json)?),
+            MessageKind::CodeRevoked => Self::CodeRevoked(serde_json::from_slice(json)?),
+            MessageKind::RecoveryCompleted => {
+                Self::RecoveryCompleted(serde_json::from_slice(json)?)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_one_stored_name() {
+        for kind in MessageKind::ALL {
+            assert_eq!(MessageKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(MessageKind::parse("VERIFICATION_CODE"), None);
+        assert_eq!(MessageKind::parse("unknown"), None);
+    }
+
+    #[test]
+    fn notices_round_trip_and_read_what_older_releases_wrote() {
+        let notice = Notice::VerificationCode(VerificationCode {
+            code: Zeroizing::new("012345".into()),
+            expires_in_minutes: 15,
+            context: Context {
+                occurred_at_ms: 7,
+                ip_address: Some("203.0.113.7".into()),
+                user_agent: None,
+            },
+        });
+        let json = notice.to_json().unwrap();
+        assert_eq!(
+            Notice::from_json(MessageKind::VerificationCode, &json).unwrap(),
+            notice
+        );
+        // Written by the release before typed notices (extra fields, flat context).
+        let old = br#"{"occurred_at_ms":5,"ip_address":null,"user_agent":"Firefox","sessions_revoked":true}"#;
+        let read = Notice::from_json(MessageKind::RecoveryCompleted, old).unwrap();
+        assert_eq!(read.context().user_agent.as_deref(), Some("Firefox"));
+        let old = br#"{"occurred_at_ms":5,"locked_for_hours":24}"#;
+        assert!(Notice::from_json(MessageKind::RecoveryLocked, old).is_ok());
+        // A verification message without its code is refused, not rendered empty.
+        assert!(Notice::from_json(MessageKind::VerificationCode, old).is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_code() {
+        let v = VerificationCode {
+            code: Zeroizing::new("987654".into()),
+            expires_in_minutes: 15,
+            context: Context::default(),
+        };
+        assert!(!format!("{:?}", Notice::VerificationCode(v)).contains("987654"));
+    }
+}

@@ -306,9 +306,9 @@ impl Mailbox {
         out
     }
 
-    /// Waits up to 10 s for a new message to `to` whose subject contains `subject`.
+    /// Waits up to 30 s (generous for a loaded machine) for a new message to `to` whose subject contains `subject`.
     pub async fn wait_for(&self, to: &str, subject: &str) -> anyhow::Result<Mail> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut pending: Vec<Mail> = Vec::new();
         loop {
             pending.extend(self.fresh());

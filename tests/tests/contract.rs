@@ -103,7 +103,7 @@ const MESSAGES: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// The reasons of API.md, bare (the enum carries buf's `ERROR_REASON_` prefix).
+/// The reasons of the contract (the proto, docs/design.md), bare (the enum carries buf's `ERROR_REASON_` prefix).
 const REASONS: &[&str] = &[
     "INVALID_EMAIL",
     "INVALID_ACCOUNT_ID",

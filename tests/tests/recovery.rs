@@ -502,3 +502,224 @@ async fn thirty_two_concurrent_recoveries_of_one_flow_have_one_winner_on_postgre
     drop(env);
     drop(db);
 }
+
+/// `rotate_on_use`: 32 concurrent RecoverAccount over 4 verified flows of one account with
+/// the same code complete exactly one recovery, and the code handed out then works.
+async fn rotation_has_one_winner(env: &mut Env) {
+    let code = enroll(&mut env.client, "acct-rot", "rot@example.com").await;
+    let mut flows = Vec::new();
+    for _ in 0..4 {
+        flows.push(verified_flow(env, "rot@example.com").await);
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let mut c = env.client.clone();
+        let (flow, code) = (flows[i % flows.len()].clone(), code.clone());
+        calls.spawn(async move { recover(&mut c, &flow, &code).await });
+    }
+    let mut new_codes = Vec::new();
+    while let Some(result) = calls.join_next().await {
+        match result.unwrap() {
+            Ok(answer) => new_codes.push(answer.new_recovery_code),
+            Err(status) => assert!(
+                matches!(
+                    reason(&status).as_str(),
+                    // Submissions in flight count against the lockout until they prove
+                    // right, so a burst of 32 may briefly find the account locked.
+                    "FLOW_COMPLETED"
+                        | "RECOVERY_CODE_MISMATCH"
+                        | "TOO_MANY_ATTEMPTS"
+                        | "RECOVERY_LOCKED"
+                ),
+                "{status:?}"
+            ),
+        }
+    }
+    assert_eq!(new_codes.len(), 1, "one code completes one recovery");
+    let fresh = new_codes.pop().unwrap();
+    assert!(fresh.starts_with("RC1-"));
+    // The replacement works; the old code does not.
+    let flow = verified_flow(env, "rot@example.com").await;
+    let old = recover(&mut env.client, &flow, &code).await.unwrap_err();
+    assert_eq!(reason(&old), "RECOVERY_CODE_MISMATCH");
+    recover(&mut env.client, &flow, &fresh).await.unwrap();
+}
+
+#[tokio::test]
+async fn rotate_on_use_completes_one_of_many_racing_flows_on_sqlite() {
+    let mut env = start(
+        Options::default()
+            .env("RECOVERY_REUSE_POLICY", "rotate_on_use")
+            .env("RECOVERY_HASH_ADMISSION_WAIT", "10s"),
+    )
+    .await;
+    rotation_has_one_winner(&mut env).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set RECOVERY_TEST_DATABASE_URL, run with -- --include-ignored"]
+async fn rotate_on_use_completes_one_of_many_racing_flows_on_postgres() {
+    let db = PgDatabase::create().await;
+    let mut env = start(
+        Options::default()
+            .env("RECOVERY_DATABASE_URL", db.url.clone())
+            .env("RECOVERY_REUSE_POLICY", "rotate_on_use")
+            .env("RECOVERY_HASH_ADMISSION_WAIT", "10s"),
+    )
+    .await;
+    rotation_has_one_winner(&mut env).await;
+    drop(env);
+    drop(db);
+}
+
+/// A flow for an unknown email never verifies, even with the code it was made with: it
+/// answers exactly as a wrong code on a known flow, field for field.
+#[tokio::test]
+async fn a_flow_for_an_unknown_email_never_verifies() {
+    let mut env = start(Options::default()).await;
+    enroll(&mut env.client, "acct-k", "known@example.com").await;
+    let known = begin(&mut env.client, "known@example.com").await.unwrap();
+    let unknown = begin(&mut env.client, "nobody@example.com").await.unwrap();
+    // Every possible code on the unknown flow would be the same answer; try many.
+    let mut answers = Vec::new();
+    for (flow, code) in [(&known, "000000"), (&unknown, "000000")] {
+        let status = verify(&mut env.client, flow, code).await.unwrap_err();
+        let info = status.get_details_error_info().unwrap();
+        answers.push((
+            status.code(),
+            status.message().to_owned(),
+            info.reason,
+            info.metadata,
+        ));
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "known and unknown flows answer alike"
+    );
+    for _ in 0..4 {
+        let status = verify(&mut env.client, &unknown, "123456")
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            reason(&status).as_str(),
+            "EMAIL_CODE_MISMATCH" | "TOO_MANY_ATTEMPTS"
+        ));
+    }
+    // Never verified, so RecoverAccount never gets past EMAIL_NOT_VERIFIED (and never INTERNAL).
+    let some_code = wrong(&enroll(&mut env.client, "acct-z", "z@example.com").await);
+    let status = recover(&mut env.client, &unknown, &some_code)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "EMAIL_NOT_VERIFIED");
+}
+
+/// The audit trail is hash-chained: an edited row is reported with its event id.
+#[tokio::test]
+async fn an_edited_audit_row_breaks_the_chain_at_that_row() {
+    use sea_orm::{ConnectionTrait as _, Database, Statement};
+    let mut env = start(Options::default()).await;
+    enroll(&mut env.client, "acct-audit", "audit@example.com").await;
+    verified_flow(&mut env, "audit@example.com").await;
+    let list = |mut c: Client| async move {
+        c.list_audit_events(api::ListAuditEventsRequest {
+            account_id: "acct-audit".into(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    };
+    let before = list(env.client.clone()).await;
+    assert!(before.chain_valid, "an untouched trail verifies");
+    assert!(before.first_broken_event_id.is_empty());
+    assert_eq!(before.events.len(), 3, "created, started, verified");
+    // Someone with database access rewrites history: the middle event's details.
+    let target = before.events[1].event_id.clone();
+    let db_url = format!(
+        "sqlite://{}?mode=rw",
+        env.server.dir.path().join("recovery.db").display()
+    );
+    let db = Database::connect(&db_url).await.unwrap();
+    db.execute_raw(Statement::from_string(
+        db.get_database_backend(),
+        format!("UPDATE audit_events SET details = '{{\"flow_id\":\"fl_forged\"}}' WHERE event_id = '{target}'"),
+    ))
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    let after = list(env.client.clone()).await;
+    assert!(!after.chain_valid);
+    assert_eq!(after.first_broken_event_id, target);
+}
+
+/// 40 concurrent wrong codes across 8 verified flows of one account: exactly 10 are counted
+/// (RECOVERY_CODE_MISMATCH), every other one is RECOVERY_LOCKED, and then even the right code
+/// is refused.
+async fn lockout_counts_exactly_the_threshold(env: &mut Env) {
+    let code = enroll(&mut env.client, "acct-lock", "lock@example.com").await;
+    let mut flows = Vec::new();
+    for _ in 0..8 {
+        flows.push(verified_flow(env, "lock@example.com").await);
+    }
+    let bad = wrong(&code);
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let mut c = env.client.clone();
+        let (flow, bad) = (flows[i % flows.len()].clone(), bad.clone());
+        calls.spawn(async move { recover(&mut c, &flow, &bad).await });
+    }
+    let (mut mismatches, mut locked) = (0, 0);
+    while let Some(result) = calls.join_next().await {
+        let status = result.unwrap().unwrap_err();
+        match reason(&status).as_str() {
+            "RECOVERY_CODE_MISMATCH" => mismatches += 1,
+            "RECOVERY_LOCKED" => {
+                assert!(metadata(&status, "locked_until").is_some());
+                locked += 1;
+            }
+            other => panic!("unexpected {other}: {status:?}"),
+        }
+    }
+    assert_eq!(
+        mismatches, 10,
+        "exactly the threshold is counted before the lock"
+    );
+    assert_eq!(locked, 30);
+    // The right code on a locked account is refused too.
+    let flow = verified_flow(env, "lock@example.com").await;
+    let status = recover(&mut env.client, &flow, &code).await.unwrap_err();
+    assert_eq!(reason(&status), "RECOVERY_LOCKED");
+    let lock_notices = env
+        .mail
+        .wait_for("lock@example.com", "recovery was locked")
+        .await;
+    assert!(lock_notices.is_ok(), "the owner is told once");
+}
+
+#[tokio::test]
+async fn concurrent_wrong_codes_lock_after_exactly_ten_on_sqlite() {
+    let mut env = start(
+        Options::default()
+            .env("RECOVERY_STARTS_PER_EMAIL_PER_HOUR", "50")
+            .env("RECOVERY_HASH_ADMISSION_WAIT", "10s"),
+    )
+    .await;
+    lockout_counts_exactly_the_threshold(&mut env).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set RECOVERY_TEST_DATABASE_URL, run with -- --include-ignored"]
+async fn concurrent_wrong_codes_lock_after_exactly_ten_on_postgres() {
+    let db = PgDatabase::create().await;
+    let mut env = start(
+        Options::default()
+            .env("RECOVERY_DATABASE_URL", db.url.clone())
+            .env("RECOVERY_STARTS_PER_EMAIL_PER_HOUR", "50")
+            .env("RECOVERY_HASH_ADMISSION_WAIT", "10s"),
+    )
+    .await;
+    lockout_counts_exactly_the_threshold(&mut env).await;
+    drop(env);
+    drop(db);
+}

@@ -66,6 +66,7 @@ pub enum SchemaStatus {
 pub struct Storage {
     db: DatabaseConnection,
     backend: Backend,
+    chain: Option<std::sync::Arc<dyn crate::AuditChainKeys>>,
 }
 
 impl Storage {
@@ -108,7 +109,24 @@ impl Storage {
                 other => other,
             }
         })?;
-        Ok(Self { db, backend })
+        Ok(Self {
+            db,
+            backend,
+            chain: None,
+        })
+    }
+
+    /// This handle with the keys that link each account's audit events into a hash chain.
+    /// Without them, events are written unlinked (and a trail with unlinked rows after
+    /// linked ones does not verify).
+    #[must_use]
+    pub fn with_audit_chain(mut self, keys: std::sync::Arc<dyn crate::AuditChainKeys>) -> Self {
+        self.chain = Some(keys);
+        self
+    }
+
+    pub(crate) fn audit_chain(&self) -> Option<&dyn crate::AuditChainKeys> {
+        self.chain.as_deref()
     }
 
     /// The sea-orm connection, for the operations of this crate.

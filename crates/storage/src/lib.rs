@@ -5,6 +5,7 @@
 //! The same code serves SQLite (the embedded default) and PostgreSQL (production). This crate
 //! knows nothing of gRPC.
 
+mod chain;
 mod connect;
 mod entity;
 mod error;
@@ -12,6 +13,7 @@ pub mod migration;
 pub mod model;
 mod ops;
 
+pub use chain::{AuditChainKeys, ChainStatus};
 pub use connect::{Backend, ConnectOptions, SchemaStatus, Storage, sqlite_file_path};
 pub use error::StorageError;
 pub use ops::{CleanupReport, IntoEffects};

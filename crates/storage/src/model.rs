@@ -119,6 +119,9 @@ pub enum AttemptKind {
 /// What changes on the enrollment when a flow completes.
 #[derive(Debug, Clone, Default)]
 pub struct CompletionUpdate {
+    /// The failure row the submission held (see [`AttemptReservation::Admitted`]): a right
+    /// code is not a failure, and the lock it alone caused is lifted.
+    pub reservation: Option<(i64, Option<i64>)>,
     /// The id of the code the submission was checked against: the completion happens only if
     /// it is still the enrollment's code (a code rotated meanwhile completes nothing).
     pub verified_code_id: String,
@@ -138,6 +141,39 @@ pub enum Completion {
     NotCompletable,
     /// The enrollment changed (new code, revoke, email change) since the flow started.
     Cancelled,
+    /// The account's recovery was locked (by another submission) while this one was checked.
+    Locked { until: i64 },
+}
+
+/// The lockout rule a recovery-code submission is counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lockout {
+    /// Failures inside this window...
+    pub window_ms: i64,
+    /// ...reaching this many lock the account's recovery...
+    pub threshold: i64,
+    /// ...for this long.
+    pub lock_ms: i64,
+}
+
+/// What [`crate::Storage::reserve_recovery_attempt`] decided, before any hashing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptReservation {
+    /// Counted: the submission may be checked. It is counted as a failure until it proves
+    /// right (then [`crate::Storage::complete_flow`] takes the failure back).
+    Admitted {
+        /// Submissions of this flow used, this one included.
+        used: i32,
+        /// The failure row this submission holds.
+        failure_id: i64,
+        /// Set when this submission's failure reached the threshold and locked the account
+        /// (exactly one submission sees it); a right code lifts its own lock.
+        locked_until: Option<i64>,
+    },
+    /// The account's recovery is locked until then: nothing was counted.
+    Locked { until: i64 },
+    /// The flow's submissions are used up, or it ended: nothing was counted.
+    NoAttempt,
 }
 
 /// Result of a failed recovery-code submission against the account's lockout window.

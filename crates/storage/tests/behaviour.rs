@@ -43,6 +43,7 @@ on_every_backend!(
     effects_are_written_with_their_change_or_not_at_all,
     effects_that_cannot_be_built_roll_the_change_back,
     the_audit_trail_pages_newest_first,
+    concurrent_submissions_reserve_exactly_the_threshold_then_lock,
     cleanup_deletes_what_expired_in_batches,
 );
 
@@ -396,6 +397,7 @@ async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
                 verified_code_id: "c1".into(),
                 new_code: Some(code("c2")),
                 rotated: true,
+                reservation: None,
             },
             |n| Effects {
                 messages: vec![message("acct", "recovered")],
@@ -594,6 +596,7 @@ async fn concurrent_completions_have_exactly_one_winner(db: &TestDb) {
             }
             Completion::NotCompletable => {}
             Completion::Cancelled => panic!("nothing changed the enrollment"),
+            Completion::Locked { .. } => panic!("nothing locked the account"),
         }
     }
     assert_eq!(completed, 1);
@@ -991,4 +994,49 @@ async fn effects_that_cannot_be_built_roll_the_change_back(db: &TestDb) {
             .code
             .is_some()
     );
+}
+
+async fn concurrent_submissions_reserve_exactly_the_threshold_then_lock(db: &TestDb) {
+    let s = Arc::new(db.storage.clone());
+    verified_flow(&s, "acct", "f0").await;
+    let generation = s.find_enrollment("acct").await.unwrap().unwrap().generation;
+    for i in 1..8 {
+        s.create_flow(
+            flow(&format!("f{i}"), Some(("acct", generation)), T0),
+            Effects::none(),
+        )
+        .await
+        .unwrap();
+    }
+    let lockout = recovery_storage::model::Lockout {
+        window_ms: 24 * HOUR,
+        threshold: 10,
+        lock_ms: 24 * HOUR,
+    };
+    let mut tasks = JoinSet::new();
+    for i in 0..40 {
+        let s = Arc::clone(&s);
+        tasks.spawn(async move {
+            s.reserve_recovery_attempt(&format!("f{}", i % 8), "acct", 5, T0 + MIN, lockout)
+                .await
+                .unwrap()
+        });
+    }
+    let (mut admitted, mut locked, mut lockers) = (0, 0, 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            recovery_storage::model::AttemptReservation::Admitted { locked_until, .. } => {
+                admitted += 1;
+                lockers += usize::from(locked_until.is_some());
+            }
+            recovery_storage::model::AttemptReservation::Locked { until } => {
+                assert_eq!(until, T0 + MIN + 24 * HOUR);
+                locked += 1;
+            }
+            recovery_storage::model::AttemptReservation::NoAttempt => {}
+        }
+    }
+    assert_eq!(admitted, 10, "exactly the threshold is counted");
+    assert_eq!(lockers, 1, "one submission locks");
+    assert_eq!(locked, 30);
 }

@@ -21,7 +21,7 @@ pub use layers::{KEYS, Origin, env_name};
 use layers::{Layers, Raw};
 pub use secret::{KeyRing, KeySource, SecretKey, SecretUrl, getrandom_fill};
 
-/// Defaults, as documented in README.md and API.md.
+/// Defaults, as documented in README.md and docs/design.md.
 pub mod defaults {
     pub const LISTEN_ADDR: &str = "127.0.0.1:50051";
     pub const DATABASE_URL: &str = "sqlite://recovery.db?mode=rwc";

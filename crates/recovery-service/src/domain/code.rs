@@ -2,7 +2,7 @@
 //! the OS CSPRNG) and one Luhn mod 32 check character, in seven groups of four:
 //! `RC1-XXXX-XXXX-XXXX-XXXX-XXXX-XXXX-XXXC`.
 //!
-//! Parsing is forgiving as API.md says (any case, with or without the prefix, separators and
+//! Parsing is forgiving as docs/design.md says (any case, with or without the prefix, separators and
 //! surrounding spaces; `I`/`L` read as `1`, `O` as `0`), and the check character catches every
 //! single-character typo before any hashing.
 

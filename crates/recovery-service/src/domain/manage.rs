@@ -1,7 +1,7 @@
 //! Managing an account's code: create or replace, status, revoke, change email, audit trail.
 
 use super::{
-    AuditPage, CreatedCode, Error, Recovery, Result, Status,
+    AuditEvent, AuditPage, CreatedCode, Error, Recovery, Result, Status,
     code::RecoveryCode,
     email::{Email, mask},
     notice::{self, Notice},
@@ -248,19 +248,43 @@ impl Recovery {
         let before = decode_page_token(page_token)?;
         let limit = u64::try_from(size).unwrap_or(50);
         // One extra row tells whether another page follows.
-        let mut events = self
+        let mut records = self
             .storage
             .list_audit_events(account_id, before, limit + 1)
             .await?;
-        let more = events.len() as u64 > limit;
-        events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        let next_page_token = match (more, events.last()) {
+        let more = records.len() as u64 > limit;
+        records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let next_page_token = match (more, records.last()) {
             (true, Some(last)) => encode_page_token(last.seq),
             _ => String::new(),
         };
+        let chain = self.storage.audit_chain_status(account_id).await?;
+        let events = records
+            .into_iter()
+            .map(|r| {
+                let kind = AuditKind::parse(&r.kind).ok_or_else(|| {
+                    tracing::error!(event_id = %r.event_id, kind = %r.kind, "an audit event of a kind this build does not know");
+                    Error::Internal
+                })?;
+                Ok(AuditEvent {
+                    event_id: r.event_id,
+                    account_id: r.account_id,
+                    kind,
+                    occurred_at_ms: r.occurred_at,
+                    client_ip: r.client.ip,
+                    client_user_agent: r.client.user_agent,
+                    details: r.details,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !chain.valid {
+            tracing::warn!(account_id, first_broken_event_id = ?chain.first_broken_event_id, "audit trail does not verify");
+        }
         Ok(AuditPage {
             events,
             next_page_token,
+            chain_valid: chain.valid,
+            first_broken_event_id: chain.first_broken_event_id,
         })
     }
 }

@@ -1,4 +1,4 @@
-//! What recovery means, free of transport and storage types: the rules of PRODUCT.md over a
+//! What recovery means, free of transport and storage types: the rules of docs/design.md over a
 //! [`Storage`] handle, a hashing pool, the server key ring and an injected clock.
 
 mod clock;
@@ -26,7 +26,7 @@ use crate::config::{KeyRing, ReusePolicy};
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
 
-/// The rules and numbers of PRODUCT.md, each configurable.
+/// The rules and numbers of docs/design.md, each configurable.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub reuse: ReusePolicy,
@@ -114,11 +114,28 @@ pub struct Status {
     pub email_hint: Option<String>,
 }
 
-/// One page of an audit trail.
+/// One event of an account's audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub event_id: String,
+    pub account_id: String,
+    pub kind: notify::AuditKind,
+    pub occurred_at_ms: i64,
+    /// The end user's IP address and user agent, as the auth service reported them.
+    pub client_ip: Option<String>,
+    pub client_user_agent: Option<String>,
+    pub details: std::collections::BTreeMap<String, String>,
+}
+
+/// One page of an audit trail, and whether the account's whole trail verifies.
 #[derive(Debug, Clone)]
 pub struct AuditPage {
-    pub events: Vec<recovery_storage::model::AuditRecord>,
+    pub events: Vec<AuditEvent>,
     pub next_page_token: String,
+    /// Every event of the account's hash-chained trail verifies.
+    pub chain_valid: bool,
+    /// The first event that does not, when one does not.
+    pub first_broken_event_id: Option<String>,
 }
 
 impl Recovery {
@@ -129,6 +146,8 @@ impl Recovery {
         clock: Arc<dyn Clock>,
         policy: Policy,
     ) -> Self {
+        // Every audit event this service writes is linked into its account's hash chain.
+        let storage = storage.with_audit_chain(Arc::new(secrets::AuditChain(Arc::clone(&keys))));
         Self {
             storage,
             hasher,

@@ -28,6 +28,26 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
+    /// Every kind.
+    pub const ALL: [Self; 10] = [
+        Self::CodeCreated,
+        Self::CodeReplaced,
+        Self::CodeRevoked,
+        Self::EmailUpdated,
+        Self::RecoveryStarted,
+        Self::EmailVerified,
+        Self::EmailCodeFailed,
+        Self::RecoveryCodeFailed,
+        Self::RecoveryCompleted,
+        Self::RecoveryLocked,
+    ];
+
+    /// The kind a stored name stands for; `None` for a name this build does not know.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The name stored in the audit trail.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CodeCreated => "CODE_CREATED",

@@ -4,15 +4,26 @@ use super::{
     Error, Recovered, Recovery, Result, StartedFlow, client,
     code::RecoveryCode,
     email::{Email, mask},
+    hasher::HashPermit,
     ip_limit_key,
     notice::{self, Notice},
     notify::{AuditKind, Client, audit, context, message},
     secrets,
 };
 use recovery_storage::model::{
-    AttemptKind, Completion, CompletionUpdate, Effects, Enrollment, Flow, NewFlow, Opaque,
-    RateDecision, StoredCode,
+    AttemptKind, AttemptReservation, Completion, CompletionUpdate, Effects, Enrollment, Flow,
+    Lockout, NewFlow, Opaque, RateDecision, StoredCode,
 };
+
+/// A recovery-code submission counted before its check.
+#[derive(Debug, Clone, Copy)]
+struct Submission {
+    attempts_left: i32,
+    /// The failure row it holds until it proves right.
+    failure_id: i64,
+    /// The lock its failure caused, if it reached the threshold.
+    own_lock: Option<i64>,
+}
 
 const FLOW_PREFIX: &str = "fl_";
 const MINUTE_MS: i64 = 60_000;
@@ -167,7 +178,7 @@ impl Recovery {
         let client = Client::default();
         let account = flow.target.as_ref().map(|(a, _)| a.as_str());
         // The MAC is checked for every flow, so that both take the same work; a flow for an
-        // unknown email never verifies, whatever code it is given (API.md: it simply never
+        // unknown email never verifies, whatever code it is given (docs/design.md: it simply never
         // verifies), and answers exactly as a wrong code on a known flow.
         let code_matches = secrets::verify_email_code(
             &self.keys,
@@ -237,25 +248,78 @@ impl Recovery {
             tracing::error!(flow_id = %flow.flow_id, "verified flow without an enrollment");
             return Err(Error::Internal);
         };
-        let stored = enrollment.code.clone().ok_or(Error::FlowCompleted)?;
+        if enrollment.code.is_none() {
+            return Err(Error::FlowCompleted);
+        }
+        // Before any hashing (the reservation below decides it again, atomically).
         if let Some(until) = enrollment.locked_until.filter(|until| *until > now) {
             return Err(Error::RecoveryLocked {
                 locked_until_ms: until,
             });
         }
         let permit = self.hasher.admit().await?;
-        let Some(used) = self
+        let p = &self.policy;
+        let reservation = self
             .storage
-            .register_attempt(
+            .reserve_recovery_attempt(
                 &flow.flow_id,
-                AttemptKind::RecoveryCode,
-                self.policy.recovery_attempts,
+                &enrollment.account_id,
+                p.recovery_attempts,
+                now,
+                Lockout {
+                    window_ms: p.lockout_window_ms,
+                    threshold: p.lockout_threshold,
+                    lock_ms: p.lockout_ms,
+                },
             )
-            .await?
-        else {
-            return Err(self.why_no_attempt(&flow.flow_id, now).await);
+            .await?;
+        let submission = match reservation {
+            AttemptReservation::Admitted {
+                used,
+                failure_id,
+                locked_until,
+            } => Submission {
+                attempts_left: p.recovery_attempts - used,
+                failure_id,
+                own_lock: locked_until,
+            },
+            AttemptReservation::Locked { until } => {
+                return Err(Error::RecoveryLocked {
+                    locked_until_ms: until,
+                });
+            }
+            AttemptReservation::NoAttempt => {
+                return Err(self.why_no_attempt(&flow.flow_id, now).await);
+            }
         };
-        let attempts_left = self.policy.recovery_attempts - used;
+        // Counted: from here the outcome is recorded even if the caller goes away (a call
+        // cancelled after hashing still leaves its failure, its lock and their notices).
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.check_and_finish(flow, enrollment, code, permit, submission, now)
+                .await
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "the recovery task failed");
+            Error::Internal
+        })?
+    }
+
+    /// Checks the code of a counted submission and completes the recovery, or records the
+    /// failure (and the lock it caused).
+    async fn check_and_finish(
+        &self,
+        flow: Flow,
+        enrollment: Enrollment,
+        code: RecoveryCode,
+        permit: HashPermit,
+        submission: Submission,
+        now: i64,
+    ) -> Result<Recovered> {
+        let Some(stored) = enrollment.code.clone() else {
+            return Err(Error::FlowCompleted);
+        };
         let Some(key) = self.keys.get(&stored.key_id) else {
             tracing::error!(key_id = %stored.key_id, account_id = %enrollment.account_id, "the key of a stored recovery-code hash is not configured");
             return Err(Error::Internal);
@@ -271,9 +335,11 @@ impl Recovery {
         let account_id = enrollment.account_id.clone();
         if !matches {
             drop(permit);
-            self.record_failure(&flow, &enrollment, attempts_left, &client, now)
+            self.record_failure(&flow, &enrollment, &submission, &client, now)
                 .await?;
-            return Err(Error::RecoveryCodeMismatch { attempts_left });
+            return Err(Error::RecoveryCodeMismatch {
+                attempts_left: submission.attempts_left,
+            });
         }
 
         // Right code: rotate it, or upgrade its hash if its parameters or key are outdated.
@@ -281,6 +347,7 @@ impl Recovery {
         let mut new_display = None;
         let mut update = CompletionUpdate {
             verified_code_id: stored.code_id.clone(),
+            reservation: Some((submission.failure_id, submission.own_lock)),
             ..CompletionUpdate::default()
         };
         if self.policy.reuse == crate::config::ReusePolicy::RotateOnUse {
@@ -307,7 +374,11 @@ impl Recovery {
             });
         }
         drop(permit);
-        let rotated_code_id = update.new_code.as_ref().map(|c| c.code_id.clone());
+        let rotated_code_id = update
+            .new_code
+            .as_ref()
+            .filter(|_| update.rotated)
+            .map(|c| c.code_id.clone());
         let notice = message(
             &self.keys,
             &Notice::RecoveryCompleted(context(now, &client)),
@@ -341,6 +412,12 @@ impl Recovery {
                 }
             })
             .await?;
+        if !matches!(completion, Completion::Completed { .. }) {
+            // A right code is never a failure, even one that completed nothing.
+            self.storage
+                .release_recovery_attempt(&account_id, submission.failure_id, submission.own_lock)
+                .await?;
+        }
         match completion {
             Completion::Completed { use_count } => {
                 self.mail_enqueued();
@@ -351,6 +428,9 @@ impl Recovery {
                 })
             }
             Completion::Cancelled => Err(Error::FlowCompleted),
+            Completion::Locked { until } => Err(Error::RecoveryLocked {
+                locked_until_ms: until,
+            }),
             Completion::NotCompletable => match self.storage.find_flow(&flow.flow_id).await? {
                 Some(f) if f.completed_at.is_some() => Err(Error::FlowCompleted),
                 _ => Err(Error::FlowExpired),
@@ -358,76 +438,60 @@ impl Recovery {
         }
     }
 
+    /// Writes a wrong code's audit event and, when its failure locked the account, the lock's
+    /// notice and audit event (the failure itself was counted before hashing).
     async fn record_failure(
         &self,
         flow: &Flow,
         enrollment: &Enrollment,
-        attempts_left: i32,
+        submission: &Submission,
         client: &Client,
         now: i64,
     ) -> Result<()> {
         let p = &self.policy;
         let account_id = enrollment.account_id.as_str();
-        let failed = audit(
-            account_id,
-            AuditKind::RecoveryCodeFailed,
-            now,
-            client,
-            &[
-                ("flow_id", flow.flow_id.clone()),
-                ("attempts_left", attempts_left.to_string()),
-            ],
-        )?;
-        // Prepared up front: the lock's notice and audit event, written only if this failure locks.
-        let locked_notice = message(
-            &self.keys,
-            &Notice::RecoveryLocked(notice::RecoveryLocked {
-                locked_for_hours: p.lockout_ms / HOUR_MS,
-                locked_until_ms: Some(now + p.lockout_ms),
-                context: context(now, client),
-            }),
-            Some(account_id),
-            &enrollment.email,
-        )?;
-        let locked_event = audit(
-            account_id,
-            AuditKind::RecoveryLocked,
-            now,
-            client,
-            &[("flow_id", flow.flow_id.clone())],
-        )?;
-        let outcome = self
-            .storage
-            .record_recovery_failure(
+        let mut effects = Effects {
+            messages: vec![],
+            audit: vec![audit(
                 account_id,
-                &flow.flow_id,
+                AuditKind::RecoveryCodeFailed,
                 now,
-                p.lockout_window_ms,
-                p.lockout_threshold,
-                p.lockout_ms,
-                Effects {
-                    messages: vec![],
-                    audit: vec![failed],
-                },
-                move |until| {
-                    let mut event = locked_event;
-                    event
-                        .details
-                        .insert("locked_until_ms".into(), until.to_string());
-                    Effects {
-                        messages: vec![locked_notice],
-                        audit: vec![event],
-                    }
-                },
-            )
-            .await?;
-        if let Some(until) = outcome.newly_locked_until {
+                client,
+                &[
+                    ("flow_id", flow.flow_id.clone()),
+                    ("attempts_left", submission.attempts_left.to_string()),
+                ],
+            )?],
+        };
+        if let Some(until) = submission.own_lock {
+            effects.messages.push(message(
+                &self.keys,
+                &Notice::RecoveryLocked(notice::RecoveryLocked {
+                    locked_for_hours: p.lockout_ms / HOUR_MS,
+                    locked_until_ms: Some(until),
+                    context: context(now, client),
+                }),
+                Some(account_id),
+                &enrollment.email,
+            )?);
+            effects.audit.push(audit(
+                account_id,
+                AuditKind::RecoveryLocked,
+                now,
+                client,
+                &[
+                    ("flow_id", flow.flow_id.clone()),
+                    ("locked_until_ms", until.to_string()),
+                ],
+            )?);
+        }
+        self.storage.write_effects(effects, now).await?;
+        if let Some(until) = submission.own_lock {
             self.mail_enqueued();
             crate::metrics::get().lockout();
             tracing::warn!(
                 account_id,
                 locked_until_ms = until,
-                failures = outcome.failures_in_window,
                 "recovery locked after too many wrong codes"
             );
         }

@@ -21,6 +21,7 @@ pub enum Purpose {
     EmailCodeMac,
     RecoveryCodePepper,
     OutboxSeal,
+    AuditChain,
 }
 
 impl Purpose {
@@ -29,6 +30,7 @@ impl Purpose {
             Self::EmailCodeMac => b"recovery-service v1 email-code mac",
             Self::RecoveryCodePepper => b"recovery-service v1 recovery-code pepper",
             Self::OutboxSeal => b"recovery-service v1 outbox seal",
+            Self::AuditChain => b"recovery-service v1 audit chain",
         }
     }
 }
@@ -99,6 +101,27 @@ pub fn parse_email_code(input: &str) -> Result<zeroize::Zeroizing<String>, Error
     // Six ASCII digits: valid UTF-8.
     let code = String::from_utf8(code).map_err(|_| Error::EmailCodeMalformed)?;
     Ok(zeroize::Zeroizing::new(code))
+}
+
+/// Links audit events into a hash chain under the server keys (HMAC-SHA-256 with a subkey per
+/// key); see `recovery_storage::AuditChainKeys`.
+#[derive(Debug, Clone)]
+pub struct AuditChain(pub std::sync::Arc<KeyRing>);
+
+impl recovery_storage::AuditChainKeys for AuditChain {
+    fn current_key_id(&self) -> String {
+        self.0.current().id().to_owned()
+    }
+
+    fn link(&self, key_id: &str, previous: &str, event: &[u8]) -> Option<String> {
+        let key = self.0.get(key_id)?;
+        let subkey = subkey(key, Purpose::AuditChain);
+        let mut mac = <HmacSha256 as hmac::Mac>::new_from_slice(&*subkey).ok()?;
+        hmac::Mac::update(&mut mac, previous.as_bytes());
+        hmac::Mac::update(&mut mac, b"\n");
+        hmac::Mac::update(&mut mac, event);
+        Some(hex::encode(hmac::Mac::finalize(mac).into_bytes()))
+    }
 }
 
 /// HMAC-SHA-256 of an email code, bound to its flow, under `key`'s MAC subkey (hex).

@@ -751,7 +751,12 @@ async fn the_audit_trail_records_each_step_and_pages_newest_first() {
         .audit_page("acct", 2, &first.next_page_token)
         .await
         .unwrap();
-    assert_eq!(second.events[0].kind, "EMAIL_VERIFIED");
+    assert_eq!(second.events[0].kind.as_str(), "EMAIL_VERIFIED");
+    assert!(
+        page.chain_valid && second.chain_valid,
+        "an untouched trail verifies"
+    );
+    assert_eq!(page.first_broken_event_id, None);
     let third = h
         .recovery
         .audit_page("acct", 2, &second.next_page_token)
@@ -840,14 +845,57 @@ async fn a_replacement_under_a_new_address_tells_both_addresses_once() {
             ("code_replaced".to_owned(), "old@example.com".to_owned()),
         ]
     );
-    let kinds: Vec<String> = h
+    let kinds: Vec<&str> = h
         .recovery
         .audit_page("acct", 0, "")
         .await
         .unwrap()
         .events
         .into_iter()
-        .map(|e| e.kind)
+        .map(|e| e.kind.as_str())
         .collect();
     assert_eq!(kinds, ["CODE_REPLACED", "CODE_CREATED"]);
+}
+
+/// A flow for an unknown email never verifies, not even with the one code that was made for
+/// it (written sealed in a `void` outbox row, never sent): it answers as any wrong code does.
+#[tokio::test]
+async fn an_unknown_email_flow_refuses_even_its_own_code() {
+    use sea_orm::{ConnectionTrait as _, Database, Statement};
+    let h = harness(Policy::default()).await;
+    let flow = h
+        .recovery
+        .begin("nobody@example.com", IP, "agent")
+        .await
+        .unwrap();
+    let url = format!("sqlite://{}?mode=rw", h._dir.path().join("r.db").display());
+    let db = Database::connect(&url).await.unwrap();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT message_id, payload FROM notification_outbox WHERE status = 'void'",
+        ))
+        .await
+        .unwrap()
+        .expect("the void verification row");
+    let message_id: String = row.try_get("", "message_id").unwrap();
+    let payload: String = row.try_get("", "payload").unwrap();
+    let plain = secrets::unseal(&h.keys, &message_id, &payload).unwrap();
+    let data: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+    let code = data["code"].as_str().unwrap().to_owned();
+    assert_eq!(
+        h.recovery.verify(&flow.flow_id, &code).await.unwrap_err(),
+        Error::EmailCodeMismatch { attempts_left: 4 }
+    );
+    let any_code = crate::domain::code::RecoveryCode::generate()
+        .unwrap()
+        .display();
+    assert_eq!(
+        h.recovery
+            .recover(&flow.flow_id, &any_code)
+            .await
+            .unwrap_err(),
+        Error::EmailNotVerified,
+        "never verified, never INTERNAL"
+    );
 }

@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 use self::auth::Callers;
 use crate::{
     config::Role,
-    domain::{self, Recovery},
+    domain::{self, Recovery, notify::AuditKind},
 };
 
 /// The `identity.recovery.v1.RecoveryService` implementation.
@@ -65,6 +65,22 @@ pub fn timestamp(ms: i64) -> Timestamp {
     Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// The wire's name for each kind: one mapping, checked by the compiler.
+fn audit_kind(kind: AuditKind) -> AuditEventKind {
+    match kind {
+        AuditKind::CodeCreated => AuditEventKind::CodeCreated,
+        AuditKind::CodeReplaced => AuditEventKind::CodeReplaced,
+        AuditKind::CodeRevoked => AuditEventKind::CodeRevoked,
+        AuditKind::EmailUpdated => AuditEventKind::EmailUpdated,
+        AuditKind::RecoveryStarted => AuditEventKind::RecoveryStarted,
+        AuditKind::EmailVerified => AuditEventKind::EmailVerified,
+        AuditKind::EmailCodeFailed => AuditEventKind::EmailCodeFailed,
+        AuditKind::RecoveryCodeFailed => AuditEventKind::RecoveryCodeFailed,
+        AuditKind::RecoveryCompleted => AuditEventKind::RecoveryCompleted,
+        AuditKind::RecoveryLocked => AuditEventKind::RecoveryLocked,
     }
 }
 
@@ -222,13 +238,11 @@ impl RecoveryService for RecoveryApi {
             .map(|e| AuditEvent {
                 event_id: e.event_id,
                 account_id: e.account_id,
-                kind: AuditEventKind::from_str_name(&format!("AUDIT_EVENT_KIND_{}", e.kind))
-                    .unwrap_or(AuditEventKind::Unspecified)
-                    .into(),
-                occurred_at: Some(timestamp(e.occurred_at)),
+                kind: audit_kind(e.kind).into(),
+                occurred_at: Some(timestamp(e.occurred_at_ms)),
                 client: Some(ClientContext {
-                    ip_address: e.client.ip.unwrap_or_default(),
-                    user_agent: e.client.user_agent.unwrap_or_default(),
+                    ip_address: e.client_ip.unwrap_or_default(),
+                    user_agent: e.client_user_agent.unwrap_or_default(),
                 }),
                 details: e.details.into_iter().collect(),
             })
@@ -236,6 +250,8 @@ impl RecoveryService for RecoveryApi {
         Ok(Response::new(ListAuditEventsResponse {
             events,
             next_page_token: page.next_page_token,
+            chain_valid: page.chain_valid,
+            first_broken_event_id: page.first_broken_event_id.unwrap_or_default(),
         }))
     }
 }

@@ -75,7 +75,8 @@ pub fn to_status(err: &Error) -> Status {
 mod tests {
     use super::*;
 
-    /// The contract's table (API.md "Errors"), written out independently of `classify`.
+    /// The error table of the contract (docs/design.md, the proto comments), written out
+    /// independently of `classify`.
     #[test]
     fn every_error_has_the_contract_status_and_a_bare_reason() {
         let table = [

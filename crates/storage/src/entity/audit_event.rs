@@ -15,6 +15,10 @@ pub struct Model {
     pub client_ip: Option<String>,
     pub client_user_agent: Option<String>,
     pub details: String,
+    /// The server key that made `chain_hash`; `None` on rows from before the chain.
+    pub chain_key_id: Option<String>,
+    /// `HMAC(key, previous chain_hash || canonical event)`, hex.
+    pub chain_hash: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

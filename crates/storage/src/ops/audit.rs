@@ -2,15 +2,25 @@
 
 use sea_orm::{
     ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    TransactionTrait as _,
 };
 
 use crate::{
-    Storage, StorageError,
+    ChainStatus, Storage, StorageError,
     entity::audit_event::{self, Column as A},
     model::{AuditRecord, ClientInfo, Effects, NewAuditEvent},
 };
 
 impl Storage {
+    /// Writes notifications and audit events that go with no other change, in one transaction.
+    #[tracing::instrument(name = "db.write_effects", skip_all)]
+    pub async fn write_effects(&self, effects: Effects, now: i64) -> Result<(), StorageError> {
+        let txn = self.db().begin().await?;
+        self.apply_effects(&txn, effects, now).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
     /// Appends one audit event on its own (for events that change nothing else).
     #[tracing::instrument(name = "db.append_audit", skip_all)]
     pub async fn append_audit(&self, event: NewAuditEvent) -> Result<(), StorageError> {
@@ -19,7 +29,61 @@ impl Storage {
             messages: Vec::new(),
             audit: vec![event],
         };
-        super::apply_effects(self.db(), effects, at).await
+        let txn = self.db().begin().await?;
+        self.apply_effects(&txn, effects, at).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Whether the account's trail verifies: every linked row's link is right and follows the
+    /// row before it; rows without a link (written before the chain existed) may only come
+    /// first. Without chain keys every trail counts as valid.
+    #[tracing::instrument(name = "db.audit_chain_status", skip_all)]
+    pub async fn audit_chain_status(&self, account_id: &str) -> Result<ChainStatus, StorageError> {
+        let Some(keys) = self.audit_chain() else {
+            return Ok(ChainStatus {
+                valid: true,
+                first_broken_event_id: None,
+            });
+        };
+        let rows = audit_event::Entity::find()
+            .filter(A::AccountId.eq(account_id))
+            .order_by_asc(A::Seq)
+            .all(self.db())
+            .await?;
+        let mut previous = String::new();
+        let mut linked = false;
+        for row in rows {
+            let event = crate::chain::canonical(
+                &row.event_id,
+                &row.account_id,
+                &row.kind,
+                row.occurred_at,
+                row.client_ip.as_deref(),
+                row.client_user_agent.as_deref(),
+                &row.details,
+            );
+            let ok = match (&row.chain_key_id, &row.chain_hash) {
+                (Some(key_id), Some(stored)) => {
+                    linked = true;
+                    keys.link(key_id, &previous, &event)
+                        .is_some_and(|expected| expected == *stored)
+                }
+                // Unlinked rows are legacy rows, before the first linked one.
+                _ => !linked,
+            };
+            if !ok {
+                return Ok(ChainStatus {
+                    valid: false,
+                    first_broken_event_id: Some(row.event_id),
+                });
+            }
+            previous = row.chain_hash.unwrap_or_default();
+        }
+        Ok(ChainStatus {
+            valid: true,
+            first_broken_event_id: None,
+        })
     }
 
     /// Up to `limit` of the account's events older than `before_seq` (all when `None`),

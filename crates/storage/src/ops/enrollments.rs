@@ -6,7 +6,7 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait as _},
 };
 
-use super::{IntoEffects, apply_effects};
+use super::IntoEffects;
 use crate::{
     Storage, StorageError,
     entity::enrollment::{self, Column as C},
@@ -92,7 +92,8 @@ impl Storage {
                 }
             }
         };
-        apply_effects(&txn, effects(&outcome).into_effects()?, now).await?;
+        self.apply_effects(&txn, effects(&outcome).into_effects()?, now)
+            .await?;
         txn.commit().await?;
         Ok(outcome)
     }
@@ -126,7 +127,8 @@ impl Storage {
             return Err(StorageError::NotFound);
         }
         let before = to_enrollment(row);
-        apply_effects(&txn, effects(&before).into_effects()?, now).await?;
+        self.apply_effects(&txn, effects(&before).into_effects()?, now)
+            .await?;
         txn.commit().await?;
         Ok(before)
     }
@@ -160,7 +162,8 @@ impl Storage {
             return Err(StorageError::NotFound);
         }
         let before = to_enrollment(row);
-        apply_effects(&txn, effects(&before).into_effects()?, now).await?;
+        self.apply_effects(&txn, effects(&before).into_effects()?, now)
+            .await?;
         txn.commit().await?;
         Ok(before)
     }

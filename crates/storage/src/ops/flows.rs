@@ -7,7 +7,7 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait as _},
 };
 
-use super::{IntoEffects, apply_effects};
+use super::IntoEffects;
 use crate::{
     Storage, StorageError,
     entity::{
@@ -16,8 +16,8 @@ use crate::{
         flow::{self, Column as F},
     },
     model::{
-        AttemptKind, ClientInfo, Completion, CompletionUpdate, Effects, FailureOutcome, Flow,
-        NewFlow, Opaque,
+        AttemptKind, AttemptReservation, ClientInfo, Completion, CompletionUpdate, Effects,
+        FailureOutcome, Flow, Lockout, NewFlow, Opaque,
     },
 };
 
@@ -47,7 +47,7 @@ impl Storage {
         })
         .exec(&txn)
         .await?;
-        apply_effects(&txn, effects, new.created_at).await?;
+        self.apply_effects(&txn, effects, new.created_at).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -112,7 +112,7 @@ impl Storage {
         if result.rows_affected != 1 {
             return Ok(false);
         }
-        apply_effects(&txn, effects, now).await?;
+        self.apply_effects(&txn, effects, now).await?;
         txn.commit().await?;
         Ok(true)
     }
@@ -130,6 +130,18 @@ impl Storage {
         effects: impl FnOnce(i64) -> R,
     ) -> Result<Completion, StorageError> {
         let txn = self.db().begin().await?;
+        // Lock order: the enrollment, then the flow (as every other operation), so that a
+        // completion never deadlocks with a submission being counted.
+        if let Some(account_id) = flow::Entity::find_by_id(flow_id.to_owned())
+            .one(&txn)
+            .await?
+            .and_then(|f| f.account_id)
+        {
+            enrollment::Entity::find_by_id(account_id)
+                .lock_exclusive()
+                .one(&txn)
+                .await?;
+        }
         let completed = flow::Entity::update_many()
             .col_expr(F::CompletedAt, Expr::value(Some(now)))
             .filter(F::FlowId.eq(flow_id))
@@ -146,6 +158,27 @@ impl Storage {
         else {
             return Ok(Completion::NotCompletable);
         };
+        // A right code is not a failure; a lock that this submission's reservation alone
+        // caused is lifted. A lock set by another submission stands: it fails this one.
+        if let Some((failure_id, own_lock)) = update.reservation {
+            failure::Entity::delete_by_id(failure_id).exec(&txn).await?;
+            if let Some(until) = own_lock {
+                enrollment::Entity::update_many()
+                    .col_expr(E::LockedUntil, Expr::value(Option::<i64>::None))
+                    .filter(E::AccountId.eq(account_id.as_str()))
+                    .filter(E::LockedUntil.eq(until))
+                    .exec(&txn)
+                    .await?;
+            }
+        }
+        let locked = enrollment::Entity::find_by_id(account_id.clone())
+            .one(&txn)
+            .await?
+            .and_then(|e| e.locked_until)
+            .filter(|until| *until > now);
+        if let Some(until) = locked {
+            return Ok(Completion::Locked { until });
+        }
         let mut used = enrollment::Entity::update_many()
             .col_expr(E::UseCount, Expr::col(E::UseCount).add(1))
             .col_expr(E::LastUsedAt, Expr::value(Some(now)))
@@ -172,9 +205,104 @@ impl Storage {
         let Some(use_count) = used.first().map(|e| e.use_count) else {
             return Ok(Completion::Cancelled);
         };
-        apply_effects(&txn, effects(use_count).into_effects()?, now).await?;
+        self.apply_effects(&txn, effects(use_count).into_effects()?, now)
+            .await?;
         txn.commit().await?;
         Ok(Completion::Completed { use_count })
+    }
+
+    /// Gives back what a submission reserved when its code proved right but it completed
+    /// nothing (another flow won, the flow ended): its failure row, and the lock it caused.
+    #[tracing::instrument(name = "db.release_recovery_attempt", skip_all)]
+    pub async fn release_recovery_attempt(
+        &self,
+        account_id: &str,
+        failure_id: i64,
+        own_lock: Option<i64>,
+    ) -> Result<(), StorageError> {
+        let txn = self.db().begin().await?;
+        enrollment::Entity::find_by_id(account_id.to_owned())
+            .lock_exclusive()
+            .one(&txn)
+            .await?;
+        failure::Entity::delete_by_id(failure_id).exec(&txn).await?;
+        if let Some(until) = own_lock {
+            enrollment::Entity::update_many()
+                .col_expr(E::LockedUntil, Expr::value(Option::<i64>::None))
+                .filter(E::AccountId.eq(account_id))
+                .filter(E::LockedUntil.eq(until))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Counts a recovery-code submission before it is checked, in one transaction with the
+    /// account's lockout: refused while the account is locked; else one of the flow's `cap`
+    /// submissions and one failure in the lockout window are taken (a right code gives the
+    /// failure back later), and the failure that reaches the threshold locks the account.
+    /// However many submissions race, exactly `threshold` are counted before the lock.
+    #[tracing::instrument(name = "db.reserve_recovery_attempt", skip_all)]
+    pub async fn reserve_recovery_attempt(
+        &self,
+        flow_id: &str,
+        account_id: &str,
+        cap: i32,
+        now: i64,
+        lockout: Lockout,
+    ) -> Result<AttemptReservation, StorageError> {
+        let txn = self.db().begin().await?;
+        // Serialise submissions per account (PostgreSQL row lock; SQLite has one writer).
+        let enrollment = enrollment::Entity::find_by_id(account_id.to_owned())
+            .lock_exclusive()
+            .one(&txn)
+            .await?;
+        if let Some(until) = enrollment
+            .and_then(|e| e.locked_until)
+            .filter(|until| *until > now)
+        {
+            return Ok(AttemptReservation::Locked { until });
+        }
+        let counted = flow::Entity::update_many()
+            .col_expr(F::RecoveryAttempts, Expr::col(F::RecoveryAttempts).add(1))
+            .filter(F::FlowId.eq(flow_id))
+            .filter(F::RecoveryAttempts.lt(cap))
+            .filter(F::CompletedAt.is_null())
+            .exec_with_returning(&txn)
+            .await?;
+        let Some(used) = counted.first().map(|f| f.recovery_attempts) else {
+            return Ok(AttemptReservation::NoAttempt);
+        };
+        let failure = failure::Entity::insert(failure::ActiveModel {
+            account_id: Set(account_id.to_owned()),
+            flow_id: Set(flow_id.to_owned()),
+            failed_at: Set(now),
+            ..Default::default()
+        })
+        .exec(&txn)
+        .await?;
+        let failures_in_window = failure::Entity::find()
+            .filter(failure::Column::AccountId.eq(account_id))
+            .filter(failure::Column::FailedAt.gt(now - lockout.window_ms))
+            .count(&txn)
+            .await?;
+        let mut locked_until = None;
+        if i64::try_from(failures_in_window).unwrap_or(i64::MAX) >= lockout.threshold {
+            let until = now + lockout.lock_ms;
+            enrollment::Entity::update_many()
+                .col_expr(E::LockedUntil, Expr::value(Some(until)))
+                .filter(E::AccountId.eq(account_id))
+                .exec(&txn)
+                .await?;
+            locked_until = Some(until);
+        }
+        txn.commit().await?;
+        Ok(AttemptReservation::Admitted {
+            used,
+            failure_id: failure.last_insert_id,
+            locked_until,
+        })
     }
 
     /// Records a failed recovery-code submission against the account. When the failures
@@ -230,9 +358,10 @@ impl Storage {
                 newly_locked_until = Some(until);
             }
         }
-        apply_effects(&txn, effects, now).await?;
+        self.apply_effects(&txn, effects, now).await?;
         if let Some(until) = newly_locked_until {
-            apply_effects(&txn, on_lock(until).into_effects()?, now).await?;
+            self.apply_effects(&txn, on_lock(until).into_effects()?, now)
+                .await?;
         }
         txn.commit().await?;
         Ok(FailureOutcome {

@@ -9,7 +9,10 @@ mod flows;
 mod limits;
 mod outbox;
 
-use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait as _};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DbBackend, EntityTrait as _,
+    QueryFilter as _, QueryOrder as _, Statement, Value,
+};
 
 use crate::{
     StorageError,
@@ -39,46 +42,91 @@ impl<E: std::fmt::Display> IntoEffects for Result<Effects, E> {
     }
 }
 
-/// Writes a change's notifications and audit events inside its transaction.
-pub(crate) async fn apply_effects<C: ConnectionTrait>(
-    txn: &C,
-    effects: Effects,
-    now: i64,
-) -> Result<(), StorageError> {
-    if !effects.messages.is_empty() {
-        let rows = effects
-            .messages
-            .into_iter()
-            .map(|m| outbox_entity::ActiveModel {
-                message_id: Set(m.message_id),
-                kind: Set(m.kind),
-                account_id: Set(m.account_id),
-                recipient: Set(m.recipient),
-                payload: Set(m.payload.0),
-                status: Set(if m.deliver {
-                    OutboxStatus::Pending
-                } else {
-                    OutboxStatus::Void
-                }
-                .as_str()
-                .to_owned()),
-                attempts: Set(0),
-                next_attempt_at: Set(now),
-                lease_owner: Set(None),
-                lease_until: Set(None),
-                last_error: Set(None),
-                created_at: Set(now),
-                sent_at: Set(None),
-                ..Default::default()
-            });
-        outbox_entity::Entity::insert_many(rows).exec(txn).await?;
-    }
-    if !effects.audit.is_empty() {
-        let mut rows = Vec::with_capacity(effects.audit.len());
+impl crate::Storage {
+    /// Writes a change's notifications and audit events inside its transaction. Each audit
+    /// event is linked to the account's previous one (see [`crate::AuditChainKeys`]); on
+    /// PostgreSQL appends to one account's trail are serialised by a transaction-scoped
+    /// advisory lock, so two transactions never link to the same predecessor.
+    pub(crate) async fn apply_effects<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        effects: Effects,
+        now: i64,
+    ) -> Result<(), StorageError> {
+        if !effects.messages.is_empty() {
+            let rows = effects
+                .messages
+                .into_iter()
+                .map(|m| outbox_entity::ActiveModel {
+                    message_id: Set(m.message_id),
+                    kind: Set(m.kind),
+                    account_id: Set(m.account_id),
+                    recipient: Set(m.recipient),
+                    payload: Set(m.payload.0),
+                    status: Set(if m.deliver {
+                        OutboxStatus::Pending
+                    } else {
+                        OutboxStatus::Void
+                    }
+                    .as_str()
+                    .to_owned()),
+                    attempts: Set(0),
+                    next_attempt_at: Set(now),
+                    lease_owner: Set(None),
+                    lease_until: Set(None),
+                    last_error: Set(None),
+                    created_at: Set(now),
+                    sent_at: Set(None),
+                    ..Default::default()
+                });
+            outbox_entity::Entity::insert_many(rows).exec(txn).await?;
+        }
         for e in effects.audit {
             let details = serde_json::to_string(&e.details)
                 .map_err(|err| StorageError::Other(format!("audit details: {err}")))?;
-            rows.push(audit_event::ActiveModel {
+            let (chain_key_id, chain_hash) = match self.audit_chain() {
+                Some(keys) => {
+                    if self.backend() == crate::Backend::Postgres {
+                        // Events under no account (requests for unknown emails) are never
+                        // listed: they lock a key of their own, so they neither queue behind
+                        // each other nor take different work from a known email's.
+                        let lock_key = if e.account_id.is_empty() {
+                            e.event_id.clone()
+                        } else {
+                            e.account_id.clone()
+                        };
+                        txn.execute_raw(Statement::from_sql_and_values(
+                            DbBackend::Postgres,
+                            "SELECT pg_advisory_xact_lock(hashtextextended($1, 7242))",
+                            [Value::from(lock_key)],
+                        ))
+                        .await?;
+                    }
+                    let previous = audit_event::Entity::find()
+                        .filter(audit_event::Column::AccountId.eq(e.account_id.as_str()))
+                        .order_by_desc(audit_event::Column::Seq)
+                        .one(txn)
+                        .await?
+                        .and_then(|row| row.chain_hash)
+                        .unwrap_or_default();
+                    let key_id = keys.current_key_id();
+                    let event = crate::chain::canonical(
+                        &e.event_id,
+                        &e.account_id,
+                        &e.kind,
+                        e.occurred_at,
+                        e.client.ip.as_deref(),
+                        e.client.user_agent.as_deref(),
+                        &details,
+                    );
+                    let link = keys.link(&key_id, &previous, &event).ok_or_else(|| {
+                        StorageError::Other("the current audit chain key is not configured".into())
+                    })?;
+                    (Some(key_id), Some(link))
+                }
+                None => (None, None),
+            };
+            audit_event::Entity::insert(audit_event::ActiveModel {
                 event_id: Set(e.event_id),
                 account_id: Set(e.account_id),
                 kind: Set(e.kind),
@@ -86,10 +134,13 @@ pub(crate) async fn apply_effects<C: ConnectionTrait>(
                 client_ip: Set(e.client.ip),
                 client_user_agent: Set(e.client.user_agent),
                 details: Set(details),
+                chain_key_id: Set(chain_key_id),
+                chain_hash: Set(chain_hash),
                 ..Default::default()
-            });
+            })
+            .exec(txn)
+            .await?;
         }
-        audit_event::Entity::insert_many(rows).exec(txn).await?;
+        Ok(())
     }
-    Ok(())
 }

@@ -203,6 +203,7 @@ async fn mail_queued_before_a_kill_9_goes_out_after_the_restart() {
     let options = Options::default()
         .env("RECOVERY_SMTP_URL", format!("smtp://{addr}"))
         .env("RECOVERY_MAIL_RETRY_BASE", "100ms")
+        .env("RECOVERY_SMTP_TIMEOUT", "500ms")
         .env("RECOVERY_MAIL_LEASE", "1s");
     let (mut server, mut c) = serve(options.clone()).await;
     enroll(&mut c, "acct", "cy@example.com").await;

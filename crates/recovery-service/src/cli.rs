@@ -57,8 +57,11 @@ Database and keys
   RECOVERY_SECRET_KEY_FILE          read the secret key from this file
 
 Mail
-  RECOVERY_SMTP_URL                 smtp://HOST:PORT or smtps://...
-                                    [default: unset: .eml files in MAIL_DIR]
+  RECOVERY_SMTP_URL                 smtps://HOST (implicit TLS) or smtp://HOST:PORT
+                                    (STARTTLS required to a non-loopback host
+                                    unless ?tls=none) [default: unset: .eml
+                                    files in RECOVERY_MAIL_DIR]
+  RECOVERY_SMTP_TIMEOUT             one SMTP exchange [default: 20s]
   RECOVERY_SMTP_PASSWORD_FILE       SMTP password, read from this file
   RECOVERY_MAIL_DIR                 where .eml files go without SMTP
                                     [default: ./mail]
@@ -88,6 +91,8 @@ Recovery rules
                                     [default: 10 in 24h, for 24h]
   RECOVERY_STARTS_PER_EMAIL_PER_HOUR, RECOVERY_STARTS_PER_IP_PER_HOUR,
   RECOVERY_STARTS_PER_IP_PER_MINUTE BeginRecovery limits [default: 5, 20, 10]
+  RECOVERY_ADDRESS_CLAIMS_PER_DAY   new recovery addresses an account may claim
+                                    a day, refused or not [default: 10]
 
 Hashing
   RECOVERY_HASH_THREADS             argon2id threads [default: number of cores]

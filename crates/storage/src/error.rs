@@ -3,15 +3,27 @@
 
 use sea_orm::DbErr;
 
+/// Why a change conflicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// The address's lookup form belongs to another enrollment (its unique key): final.
+    AddressInUse,
+    /// Another unique key: a row another writer inserted first (retrying sees it).
+    Duplicate,
+    /// A serialization failure or deadlock (40001, 40P01), or a row that changed under a
+    /// conditional update: retrying may succeed.
+    Transient,
+}
+
 /// What went wrong talking to the database.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// The row the operation needs does not exist.
     #[error("not found")]
     NotFound,
-    /// A uniqueness or precondition conflict: another writer got there first.
-    #[error("conflict: {0}")]
-    Conflict(String),
+    /// Another writer got there first; `kind` says whether retrying can help.
+    #[error("conflict ({kind:?}): {detail}")]
+    Conflict { kind: ConflictKind, detail: String },
     /// The database cannot be reached (connection refused or lost, pool exhausted, server
     /// shutting down). Nothing was changed; the call may be retried.
     #[error("database unavailable: {0}")]
@@ -65,7 +77,10 @@ fn classify(err: &DbErr) -> Option<StorageError> {
     };
     sqlx_unavailable(sqlx_err.as_ref())
         .map(StorageError::Unavailable)
-        .or_else(|| sqlx_conflict(sqlx_err.as_ref()).map(StorageError::Conflict))
+        .or_else(|| {
+            sqlx_conflict(sqlx_err.as_ref())
+                .map(|(kind, detail)| StorageError::Conflict { kind, detail })
+        })
 }
 
 fn sqlx_unavailable(err: &sea_orm::sqlx::Error) -> Option<String> {
@@ -92,11 +107,23 @@ fn sqlx_unavailable(err: &sea_orm::sqlx::Error) -> Option<String> {
     }
 }
 
-fn sqlx_conflict(err: &sea_orm::sqlx::Error) -> Option<String> {
+fn sqlx_conflict(err: &sea_orm::sqlx::Error) -> Option<(ConflictKind, String)> {
     let sea_orm::sqlx::Error::Database(db) = err else {
         return None;
     };
-    let conflict =
-        db.is_unique_violation() || matches!(db.code().as_deref(), Some("40001" | "40P01"));
-    conflict.then(|| db.message().to_owned())
+    let kind = if db.is_unique_violation() {
+        // PostgreSQL names the constraint; SQLite names the column in its message.
+        let address = db.constraint() == Some("ux_enrollments_email_lookup")
+            || db.message().contains("recovery_enrollments.email_lookup");
+        if address {
+            ConflictKind::AddressInUse
+        } else {
+            ConflictKind::Duplicate
+        }
+    } else if matches!(db.code().as_deref(), Some("40001" | "40P01")) {
+        ConflictKind::Transient
+    } else {
+        return None;
+    };
+    Some((kind, db.message().to_owned()))
 }

@@ -15,5 +15,5 @@ mod ops;
 
 pub use chain::{AuditChainKeys, ChainStatus};
 pub use connect::{Backend, ConnectOptions, SchemaStatus, Storage, sqlite_file_path};
-pub use error::StorageError;
+pub use error::{ConflictKind, StorageError};
 pub use ops::{CleanupReport, IntoEffects};

@@ -236,7 +236,16 @@ async fn an_email_belongs_to_one_live_enrollment(db: &TestDb) {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, StorageError::Conflict(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StorageError::Conflict {
+                kind: recovery_storage::ConflictKind::AddressInUse,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(s.find_enrollment("b").await.unwrap().is_none());
     assert!(
         s.claim_outbox("w", 10, MIN, T0).await.unwrap().is_empty(),
@@ -886,7 +895,16 @@ async fn effects_are_written_with_their_change_or_not_at_all(db: &TestDb) {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, StorageError::Conflict(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StorageError::Conflict {
+                kind: recovery_storage::ConflictKind::Duplicate,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let e = s.find_enrollment("acct").await.unwrap().unwrap();
     assert_eq!(e.code.unwrap().code_id, "c1");
     assert_eq!(e.generation, 1);

@@ -105,10 +105,12 @@ pub enum LogFormat {
 /// Where mail goes.
 #[derive(Debug, Clone)]
 pub enum MailTransport {
-    /// An SMTP server (`smtp://`, `smtps://`).
+    /// An SMTP server (`smtp://`, `smtps://`), its URL as the transport takes it.
     Smtp {
         url: SecretUrl,
         password_file: Option<PathBuf>,
+        /// How long one SMTP exchange may take.
+        timeout: Duration,
     },
     /// `.eml` files in a directory.
     Files { dir: PathBuf },
@@ -191,10 +193,12 @@ impl Config {
         let smtp_password_file = s.path("smtp_password_file")?;
         let mail = match s.raw("smtp_url") {
             Some(raw) => {
-                check_smtp_url(&raw.text).map_err(|why| ConfigError::at(&raw.origin, why))?;
+                let url = check_smtp_url(&raw.text, smtp_password_file.is_some())
+                    .map_err(|why| ConfigError::at(&raw.origin, why))?;
                 MailTransport::Smtp {
-                    url: SecretUrl::new(raw.text.trim().to_owned()),
+                    url: SecretUrl::new(url),
                     password_file: smtp_password_file,
+                    timeout: s.parse("smtp_timeout", "20s", parse_duration)?,
                 }
             }
             None => {
@@ -226,6 +230,17 @@ impl Config {
 
         let mail_retry_base = s.parse("mail_retry_base", "2s", parse_duration)?;
         let mail_lease = s.parse("mail_lease", "60s", parse_duration)?;
+        if let MailTransport::Smtp { timeout, .. } = &mail
+            && mail_lease <= *timeout
+        {
+            return Err(ConfigError::at(
+                &layers.origin("mail_lease"),
+                format!(
+                    "must be longer than the SMTP timeout ({}; RECOVERY_SMTP_TIMEOUT), or a send still in progress could be taken over and sent twice",
+                    humantime::format_duration(*timeout)
+                ),
+            ));
+        }
 
         let keys = match s.secret("secret_key", "secret_key_file")? {
             Some((text, origin)) => KeySource::Configured(
@@ -370,6 +385,11 @@ impl Config {
             starts_per_ip_per_minute: s.parse(
                 "starts_per_ip_per_minute",
                 &d.starts_per_ip_per_minute.to_string(),
+                |t| count(t, 1, 1_000_000).map(i64::from),
+            )?,
+            address_claims_per_day: s.parse(
+                "address_claims_per_day",
+                &d.address_claims_per_day.to_string(),
                 |t| count(t, 1, 1_000_000).map(i64::from),
             )?,
         };
@@ -528,8 +548,13 @@ fn check_database_url(url: &str) -> Result<(), String> {
     }
 }
 
-fn check_smtp_url(url: &str) -> Result<(), String> {
-    let parsed = url::Url::parse(url.trim())
+/// Checks an SMTP URL and answers the one the transport uses. `smtps://` is implicit TLS.
+/// `smtp://` to a non-loopback host requires STARTTLS (`?tls=required` is added), unless the
+/// URL says `?tls=none` (clear text, deliberately) or `?tls=opportunistic`; a loopback host (a
+/// local relay) stays clear unless it says otherwise. AUTH (`with_auth`) is never sent in
+/// clear text.
+fn check_smtp_url(url: &str, with_auth: bool) -> Result<String, String> {
+    let mut parsed = url::Url::parse(url.trim())
         .map_err(|_| "expected smtp://HOST:PORT or smtps://HOST:PORT".to_owned())?;
     if !matches!(parsed.scheme(), "smtp" | "smtps") {
         return Err(format!(
@@ -537,10 +562,58 @@ fn check_smtp_url(url: &str) -> Result<(), String> {
             parsed.scheme()
         ));
     }
-    if parsed.host_str().is_none_or(str::is_empty) {
+    let Some(host) = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
+    else {
         return Err("an SMTP URL needs a host".to_owned());
+    };
+    if parsed.scheme() == "smtps" {
+        return Ok(parsed.to_string());
     }
-    Ok(())
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let tls = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    let others: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| k != "tls")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let effective = match tls.as_deref() {
+        Some("required") => Some("required"),
+        Some("opportunistic") => Some("opportunistic"),
+        Some("none") => None,
+        Some(_) => return Err("`tls` must be `required`, `opportunistic` or `none`".to_owned()),
+        None if loopback => None,
+        None => Some("required"),
+    };
+    if with_auth && effective != Some("required") {
+        return Err(
+            "SMTP AUTH is never sent in clear text: use smtps:// or smtp://…?tls=required (STARTTLS)"
+                .to_owned(),
+        );
+    }
+    {
+        let mut query = parsed.query_pairs_mut();
+        query.clear();
+        for (k, v) in &others {
+            query.append_pair(k, v);
+        }
+        if let Some(tls) = effective {
+            query.append_pair("tls", tls);
+        }
+    }
+    if parsed.query() == Some("") {
+        parsed.set_query(None);
+    }
+    Ok(parsed.to_string())
 }
 
 fn tls_config(s: &Settings<'_>) -> Result<Option<TlsConfig>, ConfigError> {

@@ -125,6 +125,65 @@ fn a_bad_value_names_its_variable_and_what_is_wrong() {
 }
 
 #[test]
+fn smtp_to_a_remote_host_requires_tls_and_auth_is_never_in_clear() {
+    let url = |pairs: &[(&str, &str)]| match load(pairs).unwrap().mail {
+        MailTransport::Smtp { url, .. } => url.expose().to_owned(),
+        MailTransport::Files { .. } => panic!("SMTP expected"),
+    };
+    // A remote host: STARTTLS required unless the URL says otherwise.
+    assert_eq!(
+        url(&[("RECOVERY_SMTP_URL", "smtp://mail.example.com:587")]),
+        "smtp://mail.example.com:587?tls=required"
+    );
+    assert_eq!(
+        url(&[("RECOVERY_SMTP_URL", "smtp://mail.example.com:25?tls=none")]),
+        "smtp://mail.example.com:25"
+    );
+    // A local relay stays clear; implicit TLS stays as it is.
+    assert_eq!(
+        url(&[("RECOVERY_SMTP_URL", "smtp://127.0.0.1:2525")]),
+        "smtp://127.0.0.1:2525"
+    );
+    assert_eq!(
+        url(&[("RECOVERY_SMTP_URL", "smtps://mail.example.com")]),
+        "smtps://mail.example.com"
+    );
+    // AUTH only over TLS.
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("smtp-password");
+    std::fs::write(&password, "hunter2").unwrap();
+    let password = password.to_str().unwrap();
+    for clear in [
+        "smtp://user@127.0.0.1:2525",
+        "smtp://user@mail.example.com?tls=none",
+    ] {
+        assert!(
+            error(&[
+                ("RECOVERY_SMTP_URL", clear),
+                ("RECOVERY_SMTP_PASSWORD_FILE", password)
+            ])
+            .contains("never sent in clear text"),
+            "{clear}"
+        );
+    }
+    assert!(
+        load(&[
+            ("RECOVERY_SMTP_URL", "smtp://user@mail.example.com"),
+            ("RECOVERY_SMTP_PASSWORD_FILE", password)
+        ])
+        .is_ok()
+    );
+    // The lease outlives the SMTP timeout.
+    assert!(
+        error(&[
+            ("RECOVERY_SMTP_URL", "smtp://127.0.0.1:2525"),
+            ("RECOVERY_MAIL_LEASE", "10s")
+        ])
+        .starts_with("RECOVERY_MAIL_LEASE: must be longer than the SMTP timeout")
+    );
+}
+
+#[test]
 fn listen_addresses_people_type_are_understood() {
     let config = load(&[("RECOVERY_LISTEN_ADDR", "localhost:50052")]).unwrap();
     assert_eq!(config.listen_addr, "127.0.0.1:50052".parse().unwrap());

@@ -133,6 +133,22 @@ fn check_domain(domain: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// `text` with every address-like word masked (`a***@example.com`): for text that comes from
+/// elsewhere (an SMTP server's reply) before it is logged or stored.
+pub fn redact_addresses(text: &str) -> String {
+    text.split_inclusive(char::is_whitespace)
+        .map(|word| {
+            let trimmed = word.trim_end();
+            let core = trimmed.trim_matches(|c: char| "<>()[]\"',;:".contains(c));
+            if core.contains('@') && !core.starts_with('@') && !core.ends_with('@') {
+                word.replacen(core, &mask(core), 1)
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect()
+}
+
 /// A masked form safe to show and log: `a***@example.com`.
 pub fn mask(address: &str) -> String {
     match address.rsplit_once('@') {
@@ -270,6 +286,19 @@ mod tests {
         assert_eq!(exactly_254.len(), 254);
         assert!(Email::parse(&exactly_254).is_ok());
         assert!(Email::parse(&format!("a{exactly_254}")).is_err());
+    }
+
+    #[test]
+    fn addresses_in_foreign_text_are_masked() {
+        assert_eq!(
+            redact_addresses("550 5.1.1 <ann@example.com>: Recipient address rejected"),
+            "550 5.1.1 <a***@example.com>: Recipient address rejected"
+        );
+        assert_eq!(
+            redact_addresses("to bob.smith@corp.example, ok"),
+            "to b***@corp.example, ok"
+        );
+        assert_eq!(redact_addresses("421 try later"), "421 try later");
     }
 
     #[test]

@@ -62,6 +62,15 @@ impl From<StorageError> for Error {
                 tracing::warn!(error = %cause, "database unavailable");
                 Self::Unavailable
             }
+            StorageError::Conflict {
+                kind: recovery_storage::ConflictKind::AddressInUse,
+                ..
+            } => Self::EmailInUse,
+            // Another writer kept winning: nothing was changed, a retry may succeed.
+            StorageError::Conflict { kind, detail } => {
+                tracing::warn!(?kind, error = %detail, "conflicting writers; retries exhausted");
+                Self::Unavailable
+            }
             other => {
                 tracing::error!(error = %other, "storage failure");
                 Self::Internal

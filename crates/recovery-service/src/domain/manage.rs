@@ -10,11 +10,21 @@ use super::{
 };
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use recovery_storage::{
-    StorageError,
-    model::{Effects, NewEnrollment, Opaque, StoredCode},
+    ConflictKind, StorageError,
+    model::{Effects, NewEnrollment, Opaque, RateDecision, StoredCode},
 };
 
 const DEFAULT_PAGE_SIZE: i32 = 50;
+/// Tries of a change that conflicted with another writer.
+const MAX_TRIES: u32 = 3;
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// The lookup form of a stored address (it parsed when it was stored).
+fn fold_lookup_of(address: &str) -> String {
+    Email::parse(address)
+        .map(|e| e.lookup().to_owned())
+        .unwrap_or_default()
+}
 const MAX_PAGE_SIZE: i32 = 500;
 const MAX_REASON_BYTES: usize = 256;
 
@@ -25,6 +35,8 @@ impl Recovery {
     pub async fn create_code(&self, account_id: &str, email: &str) -> Result<CreatedCode> {
         let account_id = validate_account_id(account_id)?;
         let email = Email::parse(email)?;
+        self.check_address_claim(account_id, &email, self.now())
+            .await?;
         let permit = self.hasher.admit().await?;
         let code = RecoveryCode::generate()?;
         let key = self.keys.current();
@@ -48,52 +60,65 @@ impl Recovery {
         // transaction; if building fails, the change rolls back.
         let client = Client::default();
         let keys = &self.keys;
-        let outcome = self
-            .storage
-            .put_enrollment(new, now, |outcome| -> Result<Effects> {
-                let (notice, audit_kind) = if outcome.replaced {
-                    (
-                        Notice::CodeReplaced(context(now, &client)),
-                        AuditKind::CodeReplaced,
-                    )
-                } else {
-                    (
-                        Notice::CodeCreated(context(now, &client)),
-                        AuditKind::CodeCreated,
-                    )
-                };
-                // The new address is told; so is the previous one when the address changed.
-                let mut recipients = vec![email.address()];
-                if let Some(previous) = outcome
-                    .previous_email
-                    .as_deref()
-                    .filter(|p| *p != email.address())
-                {
-                    recipients.push(previous);
-                }
-                let messages = recipients
-                    .into_iter()
-                    .map(|to| message(keys, &notice, Some(account_id), to))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Effects {
-                    messages,
-                    audit: vec![audit(
-                        account_id,
-                        audit_kind,
-                        now,
-                        &client,
-                        &[
-                            ("code_id", code_id.clone()),
-                            ("email_hint", mask(email.address())),
-                        ],
-                    )?],
+        // A conflict another writer caused is retried (bounded); an address in use is final.
+        let mut tries = 0;
+        let outcome = loop {
+            tries += 1;
+            let result = self
+                .storage
+                .put_enrollment(new.clone(), now, |outcome| -> Result<Effects> {
+                    let (notice, audit_kind) = if outcome.replaced {
+                        (
+                            Notice::CodeReplaced(context(now, &client)),
+                            AuditKind::CodeReplaced,
+                        )
+                    } else {
+                        (
+                            Notice::CodeCreated(context(now, &client)),
+                            AuditKind::CodeCreated,
+                        )
+                    };
+                    // The new address is told; so is the previous one when the address changed.
+                    let mut recipients = vec![email.address()];
+                    if let Some(previous) = outcome
+                        .previous_email
+                        .as_deref()
+                        .filter(|p| *p != email.address())
+                    {
+                        recipients.push(previous);
+                    }
+                    let messages = recipients
+                        .into_iter()
+                        .map(|to| message(keys, &notice, Some(account_id), to))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok(Effects {
+                        messages,
+                        audit: vec![audit(
+                            account_id,
+                            audit_kind,
+                            now,
+                            &client,
+                            &[
+                                ("code_id", code_id.clone()),
+                                ("email_hint", mask(email.address())),
+                            ],
+                        )?],
+                    })
                 })
-            })
-            .await
-            .map_err(|err| match err {
-                StorageError::Conflict(_) => Error::EmailInUse,
-                other => other.into(),
-            })?;
+                .await;
+            match result {
+                Err(StorageError::Conflict { kind, .. })
+                    if kind != ConflictKind::AddressInUse && tries < MAX_TRIES => {}
+                Err(StorageError::Conflict {
+                    kind: ConflictKind::AddressInUse,
+                    ..
+                }) => {
+                    self.refuse_claim(account_id, &email, now).await?;
+                    return Err(Error::EmailInUse);
+                }
+                other => break other?,
+            }
+        };
         self.mail_enqueued();
         tracing::info!(
             account_id,
@@ -182,6 +207,7 @@ impl Recovery {
         let account_id = validate_account_id(account_id)?;
         let email = Email::parse(email)?;
         let now = self.now();
+        self.check_address_claim(account_id, &email, now).await?;
         let client = Client::default();
         let keys = &self.keys;
         let new_hint = mask(email.address());
@@ -224,9 +250,57 @@ impl Recovery {
                 Ok(now)
             }
             Err(StorageError::NotFound) => Err(Error::NotEnrolled),
-            Err(StorageError::Conflict(_)) => Err(Error::EmailInUse),
+            Err(StorageError::Conflict {
+                kind: ConflictKind::AddressInUse,
+                ..
+            }) => {
+                self.refuse_claim(account_id, &email, now).await?;
+                Err(Error::EmailInUse)
+            }
             Err(other) => Err(other.into()),
         }
+    }
+
+    /// Counts a claim of a new address for the account: at most
+    /// `address_claims_per_day` a day, so `EMAIL_IN_USE` cannot be used to test which
+    /// addresses are enrolled. Keeping the current address is no claim.
+    async fn check_address_claim(&self, account_id: &str, email: &Email, now: i64) -> Result<()> {
+        let current = self.storage.find_enrollment(account_id).await?;
+        if current.is_some_and(|e| e.code.is_some() && fold_lookup_of(&e.email) == email.lookup()) {
+            return Ok(());
+        }
+        let key = format!("claims:day:account:{account_id}");
+        if let RateDecision::Limited { retry_after_ms } = self
+            .storage
+            .hit_rate_limit(&key, DAY_MS, self.policy.address_claims_per_day, now)
+            .await?
+        {
+            tracing::info!(account_id, retry_after_ms, "address claims rate-limited");
+            crate::metrics::get().rate_limited("address_claims_per_account");
+            return Err(Error::RateLimited {
+                retry_after_ms,
+                limit: "address_claims_per_account",
+            });
+        }
+        Ok(())
+    }
+
+    /// Audits a claim refused because the address belongs to another account (nothing is
+    /// sent to that address).
+    async fn refuse_claim(&self, account_id: &str, email: &Email, now: i64) -> Result<()> {
+        let event = audit(
+            account_id,
+            AuditKind::EmailClaimRefused,
+            now,
+            &Client::default(),
+            &[("email_hint", mask(email.address()))],
+        )?;
+        self.storage.append_audit(event).await?;
+        tracing::info!(
+            account_id,
+            "address claim refused: in use by another account"
+        );
+        Ok(())
     }
 
     /// One page of the account's audit trail, newest first.

@@ -1,6 +1,7 @@
 //! What recovery means, free of transport and storage types: the rules of docs/design.md over a
 //! [`Storage`] handle, a hashing pool, the server key ring and an injected clock.
 
+pub mod caller;
 mod clock;
 pub mod code;
 pub mod email;
@@ -48,6 +49,9 @@ pub struct Policy {
     pub starts_per_ip_per_hour: i64,
     /// BeginRecovery calls per client IP (IPv6: per /64) per minute.
     pub starts_per_ip_per_minute: i64,
+    /// New recovery addresses an account may claim per day (CreateRecoveryCode with another
+    /// address, UpdateRecoveryEmail), successful or not.
+    pub address_claims_per_day: i64,
 }
 
 impl Default for Policy {
@@ -64,6 +68,7 @@ impl Default for Policy {
             starts_per_email_per_hour: 5,
             starts_per_ip_per_hour: 20,
             starts_per_ip_per_minute: 10,
+            address_claims_per_day: 10,
         }
     }
 }

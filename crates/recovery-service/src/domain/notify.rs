@@ -25,11 +25,16 @@ pub enum AuditKind {
     RecoveryCodeFailed,
     RecoveryCompleted,
     RecoveryLocked,
+    /// A new address was refused: another account recovers with it.
+    EmailClaimRefused,
+    /// A recovery-code submission refused before any check (`RECOVERY_LOCKED`,
+    /// `TOO_MANY_ATTEMPTS`).
+    SubmissionRefused,
 }
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::CodeCreated,
         Self::CodeReplaced,
         Self::CodeRevoked,
@@ -40,6 +45,8 @@ impl AuditKind {
         Self::RecoveryCodeFailed,
         Self::RecoveryCompleted,
         Self::RecoveryLocked,
+        Self::EmailClaimRefused,
+        Self::SubmissionRefused,
     ];
 
     /// The kind a stored name stands for; `None` for a name this build does not know.
@@ -60,6 +67,8 @@ impl AuditKind {
             Self::RecoveryCodeFailed => "RECOVERY_CODE_FAILED",
             Self::RecoveryCompleted => "RECOVERY_COMPLETED",
             Self::RecoveryLocked => "RECOVERY_LOCKED",
+            Self::EmailClaimRefused => "EMAIL_CLAIM_REFUSED",
+            Self::SubmissionRefused => "SUBMISSION_REFUSED",
         }
     }
 }
@@ -129,6 +138,7 @@ pub fn audit(
         details: details
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .chain([("caller".to_owned(), super::caller::current())])
             .collect::<BTreeMap<_, _>>(),
     })
 }

@@ -43,7 +43,9 @@ impl Recovery {
         let email = Email::parse(email)?;
         let client = client(ip_address, user_agent)?;
         let now = self.now();
-        self.check_start_limits(&email, &client, now).await?;
+        // What the flow, the limits and a never-sent row keep of the typed address.
+        let address_key = secrets::address_key(&self.keys, email.lookup());
+        self.check_start_limits(&address_key, &client, now).await?;
 
         let enrollment = self
             .storage
@@ -56,9 +58,10 @@ impl Recovery {
         let expires_at = now + self.policy.flow_ttl_ms;
         let code_expires_at = now + self.policy.email_code_ttl_ms;
 
+        let void_recipient = format!("void:{address_key}");
         let (recipient, account_id, deliver) = match &enrollment {
             Some(e) => (e.email.as_str(), e.account_id.as_str(), true),
-            None => (email.address(), "", false),
+            None => (void_recipient.as_str(), "", false),
         };
         // One message: the code, with who asked and from where.
         let mut verification = message(
@@ -86,7 +89,7 @@ impl Recovery {
             .create_flow(
                 NewFlow {
                     flow_id: flow_id.clone(),
-                    email_lookup: email.lookup().to_owned(),
+                    email_lookup: address_key.clone(),
                     target: enrollment
                         .as_ref()
                         .map(|e| (e.account_id.clone(), e.generation)),
@@ -112,7 +115,7 @@ impl Recovery {
         })
     }
 
-    async fn check_start_limits(&self, email: &Email, client: &Client, now: i64) -> Result<()> {
+    async fn check_start_limits(&self, address_key: &str, client: &Client, now: i64) -> Result<()> {
         let p = &self.policy;
         let mut checks = Vec::with_capacity(3);
         if let Some(ip) = client.ip {
@@ -131,7 +134,7 @@ impl Recovery {
             ));
         }
         checks.push((
-            format!("begin:hour:email:{}", email.lookup()),
+            format!("begin:hour:email:{address_key}"),
             HOUR_MS,
             p.starts_per_email_per_hour,
             "email_per_hour",
@@ -163,44 +166,55 @@ impl Recovery {
         if now >= flow.email_code_expires_at && flow.verified_at.is_none() {
             return Err(Error::FlowExpired);
         }
-        let Some(used) = self
-            .storage
-            .register_attempt(
-                &flow.flow_id,
-                AttemptKind::EmailCode,
-                self.policy.email_attempts,
-            )
-            .await?
-        else {
-            return Err(self.why_no_attempt(&flow.flow_id, now).await);
-        };
-        let attempts_left = self.policy.email_attempts - used;
-        let client = Client::default();
+        let client = flow_client(&flow);
         let account = flow.target.as_ref().map(|(a, _)| a.as_str());
         // The MAC is checked for every flow, so that both take the same work; a flow for an
-        // unknown email never verifies, whatever code it is given (docs/design.md: it simply never
-        // verifies), and answers exactly as a wrong code on a known flow.
+        // unknown email never verifies, whatever code it is given, and answers exactly as a
+        // wrong code on a known flow (docs/design.md).
         let code_matches = secrets::verify_email_code(
             &self.keys,
             &flow.mac_key_id,
             &flow.flow_id,
             &code,
             &flow.email_code_mac.0,
-        );
-        if !code_matches || account.is_none() {
-            // Written for unknown emails too (under no account), so that a wrong code takes
-            // the same work whether or not the email is enrolled.
-            let event = audit(
-                account.unwrap_or_default(),
-                AuditKind::EmailCodeFailed,
-                now,
-                &client,
-                &[
-                    ("flow_id", flow.flow_id.clone()),
-                    ("attempts_left", attempts_left.to_string()),
-                ],
-            )?;
-            self.storage.append_audit(event).await?;
+        ) && account.is_some();
+        let cap = self.policy.email_attempts;
+        // The submission is counted, and a wrong one audited, in one transaction. Written for
+        // unknown emails too (under no account), so that a wrong code takes the same work
+        // whether or not the email is enrolled.
+        let failure = (!code_matches)
+            .then(|| {
+                audit(
+                    account.unwrap_or_default(),
+                    AuditKind::EmailCodeFailed,
+                    now,
+                    &client,
+                    &[("flow_id", flow.flow_id.clone())],
+                )
+            })
+            .transpose()?;
+        let Some(used) = self
+            .storage
+            .register_attempt_with(&flow.flow_id, AttemptKind::EmailCode, cap, now, |used| {
+                let audit = failure
+                    .map(|mut event| {
+                        event
+                            .details
+                            .insert("attempts_left".into(), (cap - used).to_string());
+                        vec![event]
+                    })
+                    .unwrap_or_default();
+                Effects {
+                    messages: vec![],
+                    audit,
+                }
+            })
+            .await?
+        else {
+            return Err(self.why_no_attempt(&flow.flow_id, now).await);
+        };
+        let attempts_left = cap - used;
+        if !code_matches {
             return Err(Error::EmailCodeMismatch { attempts_left });
         }
         if flow.verified_at.is_some() {
@@ -253,6 +267,8 @@ impl Recovery {
         }
         // Before any hashing (the reservation below decides it again, atomically).
         if let Some(until) = enrollment.locked_until.filter(|until| *until > now) {
+            self.audit_refusal(&flow, &enrollment.account_id, "RECOVERY_LOCKED", now)
+                .await?;
             return Err(Error::RecoveryLocked {
                 locked_until_ms: until,
             });
@@ -284,21 +300,30 @@ impl Recovery {
                 own_lock: locked_until,
             },
             AttemptReservation::Locked { until } => {
-                return Err(Error::RecoveryLocked {
+                let refused = Error::RecoveryLocked {
                     locked_until_ms: until,
-                });
+                };
+                self.audit_refusal(&flow, &enrollment.account_id, "RECOVERY_LOCKED", now)
+                    .await?;
+                return Err(refused);
             }
             AttemptReservation::NoAttempt => {
-                return Err(self.why_no_attempt(&flow.flow_id, now).await);
+                let why = self.why_no_attempt(&flow.flow_id, now).await;
+                if why == Error::TooManyAttempts {
+                    self.audit_refusal(&flow, &enrollment.account_id, "TOO_MANY_ATTEMPTS", now)
+                        .await?;
+                }
+                return Err(why);
             }
         };
         // Counted: from here the outcome is recorded even if the caller goes away (a call
         // cancelled after hashing still leaves its failure, its lock and their notices).
         let this = self.clone();
-        tokio::spawn(async move {
+        let caller = super::caller::current();
+        tokio::spawn(super::caller::scope(caller, async move {
             this.check_and_finish(flow, enrollment, code, permit, submission, now)
                 .await
-        })
+        }))
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "the recovery task failed");
@@ -328,10 +353,7 @@ impl Recovery {
             .hasher
             .verify(&permit, code.canonical(), &stored.hash.0, key)
             .await?;
-        let client = Client {
-            ip: flow.client.ip.as_deref().and_then(|ip| ip.parse().ok()),
-            user_agent: flow.client.user_agent.clone(),
-        };
+        let client = flow_client(&flow);
         let account_id = enrollment.account_id.clone();
         if !matches {
             drop(permit);
@@ -438,6 +460,28 @@ impl Recovery {
         }
     }
 
+    /// Audits a submission refused before any check.
+    async fn audit_refusal(
+        &self,
+        flow: &Flow,
+        account_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<()> {
+        let event = audit(
+            account_id,
+            AuditKind::SubmissionRefused,
+            now,
+            &flow_client(flow),
+            &[
+                ("flow_id", flow.flow_id.clone()),
+                ("reason", reason.to_owned()),
+            ],
+        )?;
+        self.storage.append_audit(event).await?;
+        Ok(())
+    }
+
     /// Writes a wrong code's audit event and, when its failure locked the account, the lock's
     /// notice and audit event (the failure itself was counted before hashing).
     async fn record_failure(
@@ -539,6 +583,14 @@ impl Recovery {
             Ok(None) => Error::FlowNotFound,
             Err(err) => err.into(),
         }
+    }
+}
+
+/// The end user's context the flow was started with.
+fn flow_client(flow: &Flow) -> Client {
+    Client {
+        ip: flow.client.ip.as_deref().and_then(|ip| ip.parse().ok()),
+        user_agent: flow.client.user_agent.clone(),
     }
 }
 

@@ -22,6 +22,7 @@ pub enum Purpose {
     RecoveryCodePepper,
     OutboxSeal,
     AuditChain,
+    AddressKey,
 }
 
 impl Purpose {
@@ -31,6 +32,7 @@ impl Purpose {
             Self::RecoveryCodePepper => b"recovery-service v1 recovery-code pepper",
             Self::OutboxSeal => b"recovery-service v1 outbox seal",
             Self::AuditChain => b"recovery-service v1 audit chain",
+            Self::AddressKey => b"recovery-service v1 address key",
         }
     }
 }
@@ -101,6 +103,17 @@ pub fn parse_email_code(input: &str) -> Result<zeroize::Zeroizing<String>, Error
     // Six ASCII digits: valid UTF-8.
     let code = String::from_utf8(code).map_err(|_| Error::EmailCodeMalformed)?;
     Ok(zeroize::Zeroizing::new(code))
+}
+
+/// A keyed hash of an address's lookup form (HMAC-SHA-256 under the current key, 128 bits in
+/// hex): what rate-limit keys, flows and never-sent rows keep instead of a typed address.
+pub fn address_key(keys: &KeyRing, lookup: &str) -> String {
+    let subkey = subkey(keys.current(), Purpose::AddressKey);
+    let Ok(mut mac) = <HmacSha256 as hmac::Mac>::new_from_slice(&*subkey) else {
+        return String::new();
+    };
+    mac.update(lookup.as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..16])
 }
 
 /// Links audit events into a hash chain under the server keys (HMAC-SHA-256 with a subkey per

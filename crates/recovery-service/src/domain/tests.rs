@@ -4,6 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use recovery_storage::{ConnectOptions, Storage};
 
+use super::notify::AuditKind;
 use super::{
     hasher::{HashParams, Hasher},
     *,
@@ -898,4 +899,197 @@ async fn an_unknown_email_flow_refuses_even_its_own_code() {
         Error::EmailNotVerified,
         "never verified, never INTERNAL"
     );
+}
+
+/// The typed address of a recovery request is kept nowhere in full: the flow, the rate-limit
+/// keys and a never-sent row hold a keyed hash of it.
+#[tokio::test]
+async fn a_typed_address_is_stored_only_as_a_keyed_hash() {
+    use sea_orm::{ConnectionTrait as _, Database, Statement};
+    let h = harness(Policy::default()).await;
+    h.enroll("acct", "Known.Person@example.com").await;
+    h.recovery
+        .begin("Nobody.Here@example.com", IP, "agent")
+        .await
+        .unwrap();
+    h.recovery
+        .begin("known.person@EXAMPLE.com", IP, "agent")
+        .await
+        .unwrap();
+    let url = format!("sqlite://{}?mode=rw", h._dir.path().join("r.db").display());
+    let db = Database::connect(&url).await.unwrap();
+    for (table, columns) in [
+        ("recovery_flows", "flow_id, email_lookup"),
+        ("rate_limit_buckets", "*"),
+        ("notification_outbox", "message_id, recipient, status"),
+    ] {
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT {columns} FROM {table}"),
+            ))
+            .await
+            .unwrap();
+        assert!(!rows.is_empty(), "{table} has rows");
+        let dump = format!("{rows:?}").to_lowercase();
+        assert!(!dump.contains("nobody.here"), "{table}: {dump}");
+        if table != "notification_outbox" {
+            // Mail to the enrolled address goes to it as stored; elsewhere only a hash.
+            assert!(!dump.contains("known.person"), "{table}: {dump}");
+        }
+    }
+}
+
+/// `EMAIL_IN_USE` is not an enrolment oracle: an account claims at most 10 new addresses a
+/// day (refused claims count), a refused claim is audited on the claiming account, and
+/// nothing is sent to the address it tried.
+#[tokio::test]
+async fn address_claims_are_limited_per_account_and_refusals_audited() {
+    let h = harness(Policy::default()).await;
+    h.enroll("victim", "victim@example.com").await;
+    h.enroll("prober", "prober0@example.com").await;
+    let _ = h.mail().await;
+    // The one refused claim: the victim's address.
+    assert_eq!(
+        h.recovery
+            .update_email("prober", "VICTIM@example.com")
+            .await
+            .unwrap_err(),
+        Error::EmailInUse
+    );
+    let page = h.recovery.audit_page("prober", 0, "").await.unwrap();
+    let refused = page
+        .events
+        .iter()
+        .find(|e| e.kind == AuditKind::EmailClaimRefused)
+        .expect("the refused claim is audited");
+    assert_eq!(refused.details["email_hint"], "V***@example.com");
+    assert!(
+        h.mail()
+            .await
+            .iter()
+            .all(|m| !m.recipient.contains("victim")),
+        "nothing goes to the address a refused claim tried"
+    );
+    // Keeping the current address is no claim; new addresses are, up to 10 a day.
+    h.recovery
+        .update_email("prober", "prober0@example.com")
+        .await
+        .unwrap();
+    for i in 1..=8 {
+        h.recovery
+            .update_email("prober", &format!("prober{i}@example.com"))
+            .await
+            .unwrap();
+    }
+    // The enrolment itself was claim 1 of the day; the refused one claim 2.
+    let err = h
+        .recovery
+        .update_email("prober", "prober9@example.com")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::RateLimited {
+                limit: "address_claims_per_account",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Another day, another 10.
+    h.clock.advance(24 * HOUR);
+    h.recovery
+        .update_email("prober", "prober9@example.com")
+        .await
+        .unwrap();
+}
+
+/// Every audit event records who called (the certificate identity, or `trusted`) and, for
+/// the flow's steps, the end user's client the flow was started with.
+#[tokio::test]
+async fn audit_events_record_the_caller_and_the_flows_client() {
+    let h = harness(Policy::default()).await;
+    super::caller::scope(
+        "spiffe://platform/ns/auth/sa/auth-service".to_owned(),
+        h.enroll("acct", "ann@example.com"),
+    )
+    .await;
+    let flow = h
+        .recovery
+        .begin("ann@example.com", IP, "Firefox")
+        .await
+        .unwrap();
+    let code = h.email_code().await;
+    h.recovery.verify(&flow.flow_id, "000000").await.ok();
+    h.recovery.verify(&flow.flow_id, &code).await.unwrap();
+    let page = h.recovery.audit_page("acct", 0, "").await.unwrap();
+    let created = page
+        .events
+        .iter()
+        .find(|e| e.kind == AuditKind::CodeCreated)
+        .unwrap();
+    assert_eq!(
+        created.details["caller"],
+        "spiffe://platform/ns/auth/sa/auth-service"
+    );
+    for kind in [AuditKind::EmailCodeFailed, AuditKind::EmailVerified] {
+        let event = page.events.iter().find(|e| e.kind == kind).unwrap();
+        assert_eq!(event.details["caller"], "trusted", "{kind:?}");
+        assert_eq!(
+            event.client_ip.as_deref(),
+            Some(IP),
+            "{kind:?} keeps the flow's client"
+        );
+        assert_eq!(
+            event.client_user_agent.as_deref(),
+            Some("Firefox"),
+            "{kind:?}"
+        );
+    }
+    assert_eq!(
+        page.events
+            .iter()
+            .find(|e| e.kind == AuditKind::EmailCodeFailed)
+            .unwrap()
+            .details["attempts_left"],
+        "4"
+    );
+}
+
+/// Refusals before any check are audited: a locked account, a flow out of submissions.
+#[tokio::test]
+async fn refused_recovery_submissions_are_audited() {
+    let h = harness(Policy {
+        lockout_threshold: 2,
+        ..Policy::default()
+    })
+    .await;
+    let code = h.enroll("acct", "ann@example.com").await;
+    let flow = h.verified_flow("ann@example.com").await;
+    for _ in 0..2 {
+        h.recovery
+            .recover(&flow, &wrong_code(&code))
+            .await
+            .unwrap_err();
+    }
+    assert!(matches!(
+        h.recovery.recover(&flow, &code).await.unwrap_err(),
+        Error::RecoveryLocked { .. }
+    ));
+    let page = h.recovery.audit_page("acct", 0, "").await.unwrap();
+    let refused = page
+        .events
+        .iter()
+        .find(|e| e.kind == AuditKind::SubmissionRefused)
+        .expect("the refusal is audited");
+    assert_eq!(refused.details["reason"], "RECOVERY_LOCKED");
+    assert_eq!(refused.details["flow_id"], flow);
+    assert!(
+        page.events
+            .iter()
+            .any(|e| e.kind == AuditKind::RecoveryLocked)
+    );
+    assert!(page.chain_valid);
 }

@@ -30,8 +30,9 @@ impl Callers {
         Self { roles }
     }
 
-    /// Checks that the request's client certificate maps to one of `allowed`.
-    pub fn authorize<T>(&self, request: &Request<T>, allowed: &[Role]) -> Result<(), Error> {
+    /// Checks that the request's client certificate maps to one of `allowed`; answers the
+    /// identity that did.
+    pub fn authorize<T>(&self, request: &Request<T>, allowed: &[Role]) -> Result<String, Error> {
         let Some(certs) = request.peer_certs() else {
             return Err(Error::CallerNotAllowed(
                 "no client certificate: this server requires mutual TLS".into(),
@@ -41,13 +42,13 @@ impl Callers {
             return Err(Error::CallerNotAllowed("no client certificate".into()));
         };
         let identities = identities(leaf.as_ref());
-        let granted = identities
-            .iter()
-            .filter_map(|id| self.roles.get(id))
-            .flatten()
-            .any(|role| allowed.contains(role));
-        if granted {
-            Ok(())
+        let granted = identities.iter().find(|id| {
+            self.roles
+                .get(*id)
+                .is_some_and(|roles| roles.iter().any(|role| allowed.contains(role)))
+        });
+        if let Some(identity) = granted {
+            Ok(identity.clone())
         } else {
             let allowed: Vec<&str> = allowed.iter().map(|r| role_name(*r)).collect();
             tracing::info!(?identities, "caller not allowed");

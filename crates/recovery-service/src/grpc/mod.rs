@@ -50,12 +50,12 @@ impl RecoveryApi {
         method: &'static str,
         request: &Request<T>,
         allowed: &[Role],
-    ) -> Result<(), Status> {
+    ) -> Result<String, Status> {
         match &self.callers {
             Some(callers) => callers
                 .authorize(request, allowed)
                 .map_err(|e| fail(method, &e)),
-            None => Ok(()),
+            None => Ok(domain::caller::TRUSTED.to_owned()),
         }
     }
 }
@@ -81,6 +81,8 @@ fn audit_kind(kind: AuditKind) -> AuditEventKind {
         AuditKind::RecoveryCodeFailed => AuditEventKind::RecoveryCodeFailed,
         AuditKind::RecoveryCompleted => AuditEventKind::RecoveryCompleted,
         AuditKind::RecoveryLocked => AuditEventKind::RecoveryLocked,
+        AuditKind::EmailClaimRefused => AuditEventKind::EmailClaimRefused,
+        AuditKind::SubmissionRefused => AuditEventKind::SubmissionRefused,
     }
 }
 
@@ -98,13 +100,14 @@ impl RecoveryService for RecoveryApi {
         &self,
         request: Request<CreateRecoveryCodeRequest>,
     ) -> Result<Response<CreateRecoveryCodeResponse>, Status> {
-        self.authorize("CreateRecoveryCode", &request, AUTH)?;
+        let caller = self.authorize("CreateRecoveryCode", &request, AUTH)?;
         let req = request.into_inner();
-        let created = self
-            .recovery
-            .create_code(&req.account_id, &req.email)
-            .await
-            .map_err(|e| fail("CreateRecoveryCode", &e))?;
+        let created = domain::caller::scope(
+            caller,
+            self.recovery.create_code(&req.account_id, &req.email),
+        )
+        .await
+        .map_err(|e| fail("CreateRecoveryCode", &e))?;
         Ok(Response::new(CreateRecoveryCodeResponse {
             recovery_code: created.recovery_code.to_string(),
             code_id: created.code_id,
@@ -116,14 +119,16 @@ impl RecoveryService for RecoveryApi {
         &self,
         request: Request<BeginRecoveryRequest>,
     ) -> Result<Response<BeginRecoveryResponse>, Status> {
-        self.authorize("BeginRecovery", &request, AUTH)?;
+        let caller = self.authorize("BeginRecovery", &request, AUTH)?;
         let req = request.into_inner();
         let client = req.client.unwrap_or_default();
-        let flow = self
-            .recovery
-            .begin(&req.email, &client.ip_address, &client.user_agent)
-            .await
-            .map_err(|e| fail("BeginRecovery", &e))?;
+        let flow = domain::caller::scope(
+            caller,
+            self.recovery
+                .begin(&req.email, &client.ip_address, &client.user_agent),
+        )
+        .await
+        .map_err(|e| fail("BeginRecovery", &e))?;
         Ok(Response::new(BeginRecoveryResponse {
             flow_id: flow.flow_id,
             expires_at: Some(timestamp(flow.expires_at_ms)),
@@ -134,13 +139,12 @@ impl RecoveryService for RecoveryApi {
         &self,
         request: Request<VerifyEmailRequest>,
     ) -> Result<Response<VerifyEmailResponse>, Status> {
-        self.authorize("VerifyEmail", &request, AUTH)?;
+        let caller = self.authorize("VerifyEmail", &request, AUTH)?;
         let req = request.into_inner();
-        let until = self
-            .recovery
-            .verify(&req.flow_id, &req.email_code)
-            .await
-            .map_err(|e| fail("VerifyEmail", &e))?;
+        let until =
+            domain::caller::scope(caller, self.recovery.verify(&req.flow_id, &req.email_code))
+                .await
+                .map_err(|e| fail("VerifyEmail", &e))?;
         Ok(Response::new(VerifyEmailResponse {
             verified_until: Some(timestamp(until)),
         }))
@@ -150,13 +154,14 @@ impl RecoveryService for RecoveryApi {
         &self,
         request: Request<RecoverAccountRequest>,
     ) -> Result<Response<RecoverAccountResponse>, Status> {
-        self.authorize("RecoverAccount", &request, AUTH)?;
+        let caller = self.authorize("RecoverAccount", &request, AUTH)?;
         let req = request.into_inner();
-        let recovered = self
-            .recovery
-            .recover(&req.flow_id, &req.recovery_code)
-            .await
-            .map_err(|e| fail("RecoverAccount", &e))?;
+        let recovered = domain::caller::scope(
+            caller,
+            self.recovery.recover(&req.flow_id, &req.recovery_code),
+        )
+        .await
+        .map_err(|e| fail("RecoverAccount", &e))?;
         Ok(Response::new(RecoverAccountResponse {
             account_id: recovered.account_id,
             revoke_all_sessions: true,
@@ -171,11 +176,9 @@ impl RecoveryService for RecoveryApi {
         &self,
         request: Request<GetRecoveryStatusRequest>,
     ) -> Result<Response<GetRecoveryStatusResponse>, Status> {
-        self.authorize("GetRecoveryStatus", &request, AUTH_OR_OPERATOR)?;
+        let caller = self.authorize("GetRecoveryStatus", &request, AUTH_OR_OPERATOR)?;
         let req = request.into_inner();
-        let status = self
-            .recovery
-            .status(&req.account_id)
+        let status = domain::caller::scope(caller, self.recovery.status(&req.account_id))
             .await
             .map_err(|e| fail("GetRecoveryStatus", &e))?;
         Ok(Response::new(GetRecoveryStatusResponse {
@@ -193,11 +196,9 @@ impl RecoveryService for RecoveryApi {
         &self,
         request: Request<RevokeRecoveryCodeRequest>,
     ) -> Result<Response<RevokeRecoveryCodeResponse>, Status> {
-        self.authorize("RevokeRecoveryCode", &request, AUTH_OR_OPERATOR)?;
+        let caller = self.authorize("RevokeRecoveryCode", &request, AUTH_OR_OPERATOR)?;
         let req = request.into_inner();
-        let at = self
-            .recovery
-            .revoke(&req.account_id, &req.reason)
+        let at = domain::caller::scope(caller, self.recovery.revoke(&req.account_id, &req.reason))
             .await
             .map_err(|e| fail("RevokeRecoveryCode", &e))?;
         Ok(Response::new(RevokeRecoveryCodeResponse {
@@ -209,13 +210,14 @@ impl RecoveryService for RecoveryApi {
         &self,
         request: Request<UpdateRecoveryEmailRequest>,
     ) -> Result<Response<UpdateRecoveryEmailResponse>, Status> {
-        self.authorize("UpdateRecoveryEmail", &request, AUTH)?;
+        let caller = self.authorize("UpdateRecoveryEmail", &request, AUTH)?;
         let req = request.into_inner();
-        let at = self
-            .recovery
-            .update_email(&req.account_id, &req.email)
-            .await
-            .map_err(|e| fail("UpdateRecoveryEmail", &e))?;
+        let at = domain::caller::scope(
+            caller,
+            self.recovery.update_email(&req.account_id, &req.email),
+        )
+        .await
+        .map_err(|e| fail("UpdateRecoveryEmail", &e))?;
         Ok(Response::new(UpdateRecoveryEmailResponse {
             updated_at: Some(timestamp(at)),
         }))
@@ -225,13 +227,15 @@ impl RecoveryService for RecoveryApi {
         &self,
         request: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
-        self.authorize("ListAuditEvents", &request, OPERATOR)?;
+        let caller = self.authorize("ListAuditEvents", &request, OPERATOR)?;
         let req = request.into_inner();
-        let page = self
-            .recovery
-            .audit_page(&req.account_id, req.page_size, &req.page_token)
-            .await
-            .map_err(|e| fail("ListAuditEvents", &e))?;
+        let page = domain::caller::scope(
+            caller,
+            self.recovery
+                .audit_page(&req.account_id, req.page_size, &req.page_token),
+        )
+        .await
+        .map_err(|e| fail("ListAuditEvents", &e))?;
         let events = page
             .events
             .into_iter()

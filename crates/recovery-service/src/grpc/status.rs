@@ -232,6 +232,33 @@ mod tests {
             !status.message().contains("connection refused"),
             "no internal cause"
         );
+        // Conflicts are typed: only the address's unique key is EMAIL_IN_USE; a serialization
+        // failure or deadlock that outlasted the retries is UNAVAILABLE (nothing was changed).
+        let conflict = |kind| {
+            to_status(&Error::from(recovery_storage::StorageError::Conflict {
+                kind,
+                detail: "could not serialize access due to concurrent update".into(),
+            }))
+        };
+        let in_use = conflict(recovery_storage::ConflictKind::AddressInUse);
+        assert_eq!(in_use.code(), Code::AlreadyExists);
+        assert_eq!(
+            in_use.get_details_error_info().unwrap().reason,
+            "EMAIL_IN_USE"
+        );
+        for kind in [
+            recovery_storage::ConflictKind::Transient,
+            recovery_storage::ConflictKind::Duplicate,
+        ] {
+            let status = conflict(kind);
+            assert_eq!(status.code(), Code::Unavailable, "{kind:?}");
+            assert_eq!(
+                status.get_details_error_info().unwrap().reason,
+                "UNAVAILABLE"
+            );
+            assert!(status.get_details_retry_info().is_some());
+            assert!(!status.message().contains("serialize"), "no internal cause");
+        }
         let other = Error::from(recovery_storage::StorageError::Other(
             "syntax error near SELECT".into(),
         ));

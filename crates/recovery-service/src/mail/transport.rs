@@ -1,6 +1,6 @@
 //! Where messages go: an SMTP server through lettre's pooled async transport, or `.eml` files.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use lettre::{
     AsyncFileTransport, AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor,
@@ -45,10 +45,14 @@ impl Transport {
     /// Builds the transport of the configuration. SMTP connects lazily, on first send.
     pub fn from_config(mail: &MailTransport) -> anyhow::Result<Self> {
         match mail {
-            MailTransport::Smtp { url, password_file } => {
+            MailTransport::Smtp {
+                url,
+                password_file,
+                timeout,
+            } => {
                 let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose())
                     .map_err(|e| anyhow::anyhow!("RECOVERY_SMTP_URL: {e}"))?
-                    .timeout(Some(Duration::from_secs(20)));
+                    .timeout(Some(*timeout));
                 if let Some(path) = password_file {
                     let password =
                         zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {

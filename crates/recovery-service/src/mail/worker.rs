@@ -17,7 +17,7 @@ use crate::{
     config::KeyRing,
     domain::{
         Clock,
-        email::mask,
+        email::{mask, redact_addresses},
         notice::{MessageKind, Notice},
         secrets,
     },
@@ -239,7 +239,11 @@ impl Worker {
                 return Ok(());
             }
         };
-        match inner.transport.send(message).await {
+        // An SMTP server's reply may quote the address: never logged or stored in full.
+        match inner.transport.send(message).await.map_err(|mut err| {
+            err.message = redact_addresses(&err.message);
+            err
+        }) {
             Ok(()) => {
                 // The server accepted it: mark at once. A crash between the two is the only
                 // window in which a message may go out twice (after the lease runs out).
@@ -266,6 +270,7 @@ impl Worker {
                     error = %err.message,
                     "dead letter: mail could not be delivered"
                 );
+                crate::metrics::get().dead_letter(&row.kind);
                 inner
                     .storage
                     .dead_letter_outbox(row.id, owner, &err.message)

@@ -59,9 +59,10 @@ impl Storage {
                     .exec(&txn)
                     .await?;
                 if result.rows_affected != 1 {
-                    return Err(StorageError::Conflict(
-                        "the enrollment changed concurrently".into(),
-                    ));
+                    return Err(StorageError::Conflict {
+                        kind: crate::ConflictKind::Transient,
+                        detail: "the enrollment changed concurrently".into(),
+                    });
                 }
                 outcome
             }

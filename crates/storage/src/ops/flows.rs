@@ -90,6 +90,41 @@ impl Storage {
         }))
     }
 
+    /// [`Storage::register_attempt`] and, in the same transaction, the effects of the counted
+    /// submission (`effects` gets the number used; an empty [`Effects`] writes nothing).
+    #[tracing::instrument(name = "db.register_attempt_with", skip_all)]
+    pub async fn register_attempt_with<R: IntoEffects>(
+        &self,
+        flow_id: &str,
+        kind: AttemptKind,
+        cap: i32,
+        now: i64,
+        effects: impl FnOnce(i32) -> R,
+    ) -> Result<Option<i32>, StorageError> {
+        let column = match kind {
+            AttemptKind::EmailCode => F::EmailAttempts,
+            AttemptKind::RecoveryCode => F::RecoveryAttempts,
+        };
+        let txn = self.db().begin().await?;
+        let rows = flow::Entity::update_many()
+            .col_expr(column, Expr::col(column).add(1))
+            .filter(F::FlowId.eq(flow_id))
+            .filter(column.lt(cap))
+            .filter(F::CompletedAt.is_null())
+            .exec_with_returning(&txn)
+            .await?;
+        let Some(used) = rows.first().map(|row| match kind {
+            AttemptKind::EmailCode => row.email_attempts,
+            AttemptKind::RecoveryCode => row.recovery_attempts,
+        }) else {
+            return Ok(None);
+        };
+        self.apply_effects(&txn, effects(used).into_effects()?, now)
+            .await?;
+        txn.commit().await?;
+        Ok(Some(used))
+    }
+
     /// Marks the flow's email verified, once: `true` for exactly one caller, and only while
     /// the flow is unverified, not completed and not past `now`'s expiry.
     #[tracing::instrument(name = "db.mark_flow_verified", skip_all)]

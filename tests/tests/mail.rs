@@ -149,8 +149,15 @@ async fn with_smtp_down_calls_answer_and_mail_follows_when_it_returns() {
 #[tokio::test]
 async fn refused_mail_becomes_a_dead_letter() {
     let sink = SmtpSink::start().await.unwrap();
+    let collector = recovery_e2e::otlp::Collector::default();
+    let otlp = collector.start().await;
     let (server, mut c) = serve(
         Options::default()
+            .env(
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                format!("http://{otlp}"),
+            )
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
             .env("RECOVERY_SMTP_URL", sink.url())
             .env("RECOVERY_MAIL_RETRY_BASE", "100ms")
             .env("RECOVERY_MAIL_MAX_ATTEMPTS", "3"),
@@ -165,6 +172,15 @@ async fn refused_mail_becomes_a_dead_letter() {
         assert!(Instant::now() < deadline, "no dead letter logged");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A permanent refusal is not retried: dead after its first attempt.
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("dead letter") && l.contains("attempts=1")),
+        "{:?}",
+        server.log()
+    );
     sink.set_behaviour(Behaviour::TempFail);
     begin(&mut c, "gone@example.com").await;
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -191,6 +207,16 @@ async fn refused_mail_becomes_a_dead_letter() {
             .any(|l| l.contains("attempts=3") && l.contains("dead letter"))
     );
     assert!(sink.received().is_empty());
+    // Both dead letters are counted in the metric operators alert on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while collector.counter("recovery.mail.dead_letters").unwrap_or(0) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "dead letters not counted: {:?}",
+            collector.counter("recovery.mail.dead_letters")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

@@ -242,10 +242,11 @@ fn hex(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn an_unreachable_collector_slows_nothing_and_shutdown_stays_bounded() {
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A collector that accepts connections and never answers (the kernel completes the
+    // handshake into the listen backlog; nothing ever reads): the worst case, worse than a
+    // refused port.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = blackhole.local_addr().unwrap();
     let mut server = Server::start_with(
         Options::default()
             .env("RECOVERY_SECRET_KEY", KEY)
@@ -263,8 +264,9 @@ async fn an_unreachable_collector_slows_nothing_and_shutdown_stays_bounded() {
         .await
         .unwrap();
     }
+    // Had each call waited for one export (3 s timeout), 20 calls would take a minute.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(10),
         "RPCs waited on the collector: {:?}",
         started.elapsed()
     );
@@ -277,6 +279,7 @@ async fn an_unreachable_collector_slows_nothing_and_shutdown_stays_bounded() {
         "shutdown took {:?}",
         signalled.elapsed()
     );
+    drop(blackhole);
 }
 
 /// Without any collector, every request's log lines still carry a trace id (the caller's

@@ -2,6 +2,7 @@
 //! account's email address, served over gRPC.
 //!
 //! - [`config`]: layered configuration, validated once.
+//! - [`crypto`]: the keyed primitives everything else builds on.
 //! - [`server`]: the tonic server with health and reflection, and graceful shutdown.
 //! - [`domain`]: what recovery means: codes, flows, limits, notifications.
 //! - [`grpc`]: the thin adapter from the wire to the domain.
@@ -9,6 +10,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod domain;
 pub mod grpc;
 pub mod healthcheck;

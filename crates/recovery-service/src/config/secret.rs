@@ -7,8 +7,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use hmac::{Hmac, Mac as _};
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 /// One 32-byte server key and its id (stored beside every hash and MAC made with it).
@@ -38,17 +36,8 @@ impl SecretKey {
 }
 
 fn fingerprint(key: &[u8; 32]) -> String {
-    let mut mac = <Hmac<Sha256>>::new_from_slice(key).unwrap_or_else(|_| unreachable_mac());
-    mac.update(b"recovery-service key id v1");
-    let digest = mac.finalize().into_bytes();
+    let digest = crate::crypto::hmac_sha256(key, &[b"recovery-service key id v1"]);
     format!("k{}", hex::encode(&digest[..4]))
-}
-
-// HMAC accepts keys of any length, so construction never fails; keep the request path free
-// of `unwrap` all the same.
-fn unreachable_mac() -> Hmac<Sha256> {
-    #[allow(clippy::expect_used)]
-    <Hmac<Sha256>>::new_from_slice(&[0u8; 32]).expect("hmac takes any key length")
 }
 
 impl fmt::Debug for SecretKey {

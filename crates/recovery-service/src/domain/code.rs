@@ -210,6 +210,23 @@ mod tests {
         }
     }
 
+    /// Check characters computed independently (Python, from the published Luhn mod N
+    /// algorithm over this alphabet), not from this implementation.
+    #[test]
+    fn luhn_mod_32_known_answers() {
+        for (random, check) in [
+            ("000000000000000000000000000", b'0'),
+            ("0123456789ABCDEFGHJKMNPQRST", b'5'),
+            ("ZZZZZZZZZZZZZZZZZZZZZZZZZZZ", b'V'),
+            ("7QJ2M8XK4TPR9D3WV6HBN1CYG5F", b'W'),
+            ("VWXYZVWXYZVWXYZVWXYZVWXYZVW", b'H'),
+        ] {
+            assert_eq!(check_char(random.as_bytes()), check, "{random}");
+            let code = format!("RC1-{random}{}", char::from(check));
+            assert!(RecoveryCode::parse(&code).is_ok(), "{code}");
+        }
+    }
+
     #[test]
     fn debug_never_shows_the_code() {
         let code = RecoveryCode::generate().unwrap();

@@ -351,6 +351,81 @@ mod tests {
     use super::*;
     use crate::config::KeyRing;
 
+    /// RFC 9106, section 5.3: the Argon2id test vector (secret and associated data included),
+    /// through the same calls the pool makes (`new_with_secret`, a reused block buffer).
+    #[test]
+    fn rfc_9106_argon2id_known_answer() {
+        let params = argon2::ParamsBuilder::new()
+            .m_cost(32)
+            .t_cost(3)
+            .p_cost(4)
+            .data(argon2::AssociatedData::new(&[0x04; 12]).unwrap())
+            .output_len(32)
+            .build()
+            .unwrap();
+        let argon = Argon2::new_with_secret(
+            &[0x03; 8],
+            Algorithm::Argon2id,
+            Version::V0x13,
+            params.clone(),
+        )
+        .unwrap();
+        let mut blocks = vec![Block::default(); params.block_count()];
+        let mut out = [0u8; 32];
+        argon
+            .hash_password_into_with_memory(&[0x01; 32], &[0x02; 16], &mut out, &mut blocks)
+            .unwrap();
+        assert_eq!(
+            hex::encode(out),
+            "0d640df58d78766c08c037a34a8b53c9d01ef0452d75b65eb52520e96b01e659"
+        );
+    }
+
+    /// OWASP's baseline is the default cost.
+    #[test]
+    fn the_owasp_baseline_is_the_default() {
+        let d = HashParams::default();
+        assert_eq!((d.m_kib, d.t, d.p), (19_456, 2, 1));
+        assert_eq!(d.label(), "argon2id,m=19456,t=2,p=1");
+    }
+
+    /// Under overload at most two permits per thread are held at once (memory stays
+    /// threads × m_cost: buffers belong to threads), the rest are refused, and the admitted
+    /// calls all finish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn overload_admits_at_most_the_permits_and_refuses_the_rest() {
+        let pool = Hasher::new(1, small(), Duration::from_millis(1)).unwrap();
+        let ring = Arc::new(KeyRing::parse(A).unwrap());
+        let mut calls = tokio::task::JoinSet::new();
+        let peak = Arc::new(AtomicU64::new(0));
+        for _ in 0..64 {
+            let (pool, ring, peak) = (pool.clone(), Arc::clone(&ring), Arc::clone(&peak));
+            calls.spawn(async move {
+                let permit = pool.admit().await?;
+                peak.fetch_max(pool.in_use() as u64, Ordering::Relaxed);
+                pool.hash(&permit, b"secret", ring.current())
+                    .await
+                    .map(drop)
+            });
+        }
+        let (mut ok, mut overloaded) = (0, 0);
+        while let Some(result) = calls.join_next().await {
+            match result.unwrap() {
+                Ok(()) => ok += 1,
+                Err(Error::Overloaded) => overloaded += 1,
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert!(peak.load(Ordering::Relaxed) <= PERMITS_PER_THREAD as u64);
+        assert!(
+            ok >= 1 && overloaded >= 1,
+            "ok {ok}, overloaded {overloaded}"
+        );
+        assert_eq!(ok + overloaded, 64);
+        assert_eq!(pool.in_use(), 0, "every permit came back");
+        assert_eq!(pool.stats().rejected.load(Ordering::Relaxed), overloaded);
+    }
+
     const A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
     const B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
 

@@ -6,14 +6,11 @@ use chacha20poly1305::{
     ChaCha20Poly1305, KeyInit as _, Nonce,
     aead::{Aead as _, Payload},
 };
-use hmac::{Hmac, Mac as _};
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::Error;
 use crate::config::{KeyRing, SecretKey, getrandom_fill};
-
-type HmacSha256 = Hmac<Sha256>;
+use crate::crypto::hmac_sha256;
 
 /// What a subkey is for; each purpose gets an independent key from the same server secret.
 #[derive(Debug, Clone, Copy)]
@@ -37,14 +34,9 @@ impl Purpose {
     }
 }
 
-/// HMAC-SHA-256(server key, purpose label): a 32-byte subkey.
+/// HMAC-SHA-256(server key, purpose label): a 32-byte subkey. The only derivation.
 pub fn subkey(key: &SecretKey, purpose: Purpose) -> Zeroizing<[u8; 32]> {
-    let mut out = Zeroizing::new([0u8; 32]);
-    if let Ok(mut mac) = <HmacSha256 as hmac::Mac>::new_from_slice(key.expose()) {
-        mac.update(purpose.label());
-        out.copy_from_slice(&mac.finalize().into_bytes());
-    }
-    out
+    Zeroizing::new(hmac_sha256(key.expose(), &[purpose.label()]))
 }
 
 fn internal(what: &str) -> Error {
@@ -109,11 +101,7 @@ pub fn parse_email_code(input: &str) -> Result<zeroize::Zeroizing<String>, Error
 /// hex): what rate-limit keys, flows and never-sent rows keep instead of a typed address.
 pub fn address_key(keys: &KeyRing, lookup: &str) -> String {
     let subkey = subkey(keys.current(), Purpose::AddressKey);
-    let Ok(mut mac) = <HmacSha256 as hmac::Mac>::new_from_slice(&*subkey) else {
-        return String::new();
-    };
-    mac.update(lookup.as_bytes());
-    hex::encode(&mac.finalize().into_bytes()[..16])
+    hex::encode(&hmac_sha256(&*subkey, &[lookup.as_bytes()])[..16])
 }
 
 /// Links audit events into a hash chain under the server keys (HMAC-SHA-256 with a subkey per
@@ -129,11 +117,10 @@ impl recovery_storage::AuditChainKeys for AuditChain {
     fn link(&self, key_id: &str, previous: &str, event: &[u8]) -> Option<String> {
         let key = self.0.get(key_id)?;
         let subkey = subkey(key, Purpose::AuditChain);
-        let mut mac = <HmacSha256 as hmac::Mac>::new_from_slice(&*subkey).ok()?;
-        hmac::Mac::update(&mut mac, previous.as_bytes());
-        hmac::Mac::update(&mut mac, b"\n");
-        hmac::Mac::update(&mut mac, event);
-        Some(hex::encode(hmac::Mac::finalize(mac).into_bytes()))
+        Some(hex::encode(hmac_sha256(
+            &*subkey,
+            &[previous.as_bytes(), b"\n", event],
+        )))
     }
 }
 
@@ -142,15 +129,9 @@ pub fn email_code_mac(key: &SecretKey, flow_id: &str, code: &str) -> String {
     hex::encode(email_code_mac_bytes(key, flow_id, code))
 }
 
-fn email_code_mac_bytes(key: &SecretKey, flow_id: &str, code: &str) -> Vec<u8> {
+fn email_code_mac_bytes(key: &SecretKey, flow_id: &str, code: &str) -> [u8; 32] {
     let subkey = subkey(key, Purpose::EmailCodeMac);
-    let Ok(mut mac) = <HmacSha256 as hmac::Mac>::new_from_slice(&*subkey) else {
-        return Vec::new();
-    };
-    mac.update(flow_id.as_bytes());
-    mac.update(b"\0");
-    mac.update(code.as_bytes());
-    mac.finalize().into_bytes().to_vec()
+    hmac_sha256(&*subkey, &[flow_id.as_bytes(), b"\0", code.as_bytes()])
 }
 
 /// Compares `code` with a stored MAC in constant time.

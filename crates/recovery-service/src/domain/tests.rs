@@ -1093,3 +1093,94 @@ async fn refused_recovery_submissions_are_audited() {
     );
     assert!(page.chain_valid);
 }
+
+/// 20 starts per client IP per hour (10 a minute), IPv6 by its /64; a call without an IP
+/// address is limited per email address only (the auth service always has the end user's
+/// address; one without it cannot share a bucket with everyone else).
+#[tokio::test]
+async fn starts_are_limited_per_ip_per_hour_and_per_email_without_an_ip() {
+    let h = harness(Policy::default()).await;
+    for i in 0..20 {
+        if i == 10 {
+            h.clock.advance(MIN + 1);
+        }
+        h.recovery
+            .begin(&format!("user{i}@example.com"), "2001:db8:1:2::7", "agent")
+            .await
+            .unwrap();
+    }
+    h.clock.advance(MIN + 1);
+    let err = h
+        .recovery
+        .begin("another@example.com", "2001:db8:1:2:ffff::1", "agent")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::RateLimited { limit: "ip_per_hour", retry_after_ms } if retry_after_ms > 50 * MIN),
+        "{err:?}"
+    );
+    // Another /64 is another bucket.
+    h.recovery
+        .begin("another@example.com", "2001:db8:1:3::7", "agent")
+        .await
+        .unwrap();
+    // Without an IP address: per email address only.
+    for i in 0..30 {
+        h.recovery
+            .begin(&format!("noip{i}@example.com"), "", "")
+            .await
+            .unwrap();
+    }
+    for _ in 0..5 {
+        h.recovery.begin("same@example.com", "", "").await.unwrap();
+    }
+    let err = h
+        .recovery
+        .begin("SAME@example.com", "", "")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::RateLimited {
+                limit: "email_per_hour",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// A sent message's sealed payload is wiped: a code lives in the database only until its
+/// message is out.
+#[tokio::test]
+async fn sent_messages_keep_no_payload() {
+    use sea_orm::{ConnectionTrait as _, Database, Statement};
+    let h = harness(Policy::default()).await;
+    h.enroll("acct", "ann@example.com").await;
+    h.recovery
+        .begin("ann@example.com", IP, "agent")
+        .await
+        .unwrap();
+    assert_eq!(
+        h.mail().await.len(),
+        2,
+        "created notice and verification code sent"
+    );
+    let url = format!("sqlite://{}?mode=rw", h._dir.path().join("r.db").display());
+    let db = Database::connect(&url).await.unwrap();
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT status, payload FROM notification_outbox",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        let status: String = row.try_get("", "status").unwrap();
+        let payload: String = row.try_get("", "payload").unwrap();
+        assert_eq!(status, "sent");
+        assert!(payload.is_empty(), "payload kept after sending");
+    }
+}

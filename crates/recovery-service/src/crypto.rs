@@ -1,0 +1,64 @@
+//! Cryptographic primitives at the bottom of the crate: the one HMAC-SHA-256 everything keyed
+//! goes through (subkeys, email-code MACs, address keys, the audit chain, key fingerprints).
+//! It cannot fail and never falls back to a zero key: a key of at most one block (64 bytes)
+//! is zero-padded to the block as RFC 2104 specifies, a longer one hashed first.
+
+use hmac::{Hmac, Mac as _, digest::KeyInit};
+use sha2::{Digest as _, Sha256};
+use zeroize::Zeroizing;
+
+/// SHA-256's block size: HMAC keys are padded (or hashed) to it.
+const BLOCK: usize = 64;
+
+/// HMAC-SHA-256 of the concatenation of `parts` under `key`.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut block = Zeroizing::new([0u8; BLOCK]);
+    if key.len() > BLOCK {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut mac = <Hmac<Sha256> as KeyInit>::new(&(*block).into());
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 4231, test cases 1, 2, 3 and 6 (a key longer than the block).
+    #[test]
+    fn rfc_4231_known_answers() {
+        let cases: [(Vec<u8>, Vec<u8>, &str); 4] = [
+            (
+                vec![0x0b; 20],
+                b"Hi There".to_vec(),
+                "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+            ),
+            (
+                b"Jefe".to_vec(),
+                b"what do ya want for nothing?".to_vec(),
+                "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+            ),
+            (
+                vec![0xaa; 20],
+                vec![0xdd; 50],
+                "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe",
+            ),
+            (
+                vec![0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First".to_vec(),
+                "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+            ),
+        ];
+        for (key, data, want) in cases {
+            assert_eq!(hex::encode(hmac_sha256(&key, &[&data])), want);
+            // Split input gives the same MAC as whole input.
+            let (a, b) = data.split_at(data.len() / 2);
+            assert_eq!(hex::encode(hmac_sha256(&key, &[a, b])), want);
+        }
+    }
+}

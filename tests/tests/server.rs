@@ -320,6 +320,21 @@ fn a_bad_setting_stops_the_process_with_one_line_naming_it() {
     );
 }
 
+/// Without a client CA on a non-loopback address the service trusts every caller only when
+/// told to: otherwise it refuses to start, with one line naming the variable.
+#[test]
+fn trusting_every_caller_off_loopback_needs_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("RECOVERY_LISTEN_ADDR".to_owned(), "0.0.0.0:0".to_owned())];
+    let (status, _, stderr) = run(dir.path(), &env, &[]).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("recovery-service: RECOVERY_TRUST_ALL_CALLERS: "),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn help_explains_every_subcommand_and_variable() {
     let dir = tempfile::tempdir().unwrap();

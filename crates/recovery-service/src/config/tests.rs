@@ -199,6 +199,20 @@ fn trusting_every_caller_off_loopback_must_be_said_out_loud() {
     ])
     .unwrap();
     assert!(config.trust_all_callers);
+    // TLS without a client CA authenticates the server, not the callers: the same rule.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, "cert").unwrap();
+    std::fs::write(&key, "key").unwrap();
+    let tls = [
+        ("RECOVERY_LISTEN_ADDR", "10.1.2.3:50051"),
+        ("RECOVERY_TLS_CERT", cert.to_str().unwrap()),
+        ("RECOVERY_TLS_KEY", key.to_str().unwrap()),
+    ];
+    assert!(error(&tls).starts_with("RECOVERY_TRUST_ALL_CALLERS: without RECOVERY_TLS_CLIENT_CA"));
+    let mut trusted = tls.to_vec();
+    trusted.push(("RECOVERY_TRUST_ALL_CALLERS", "true"));
+    assert!(load(&trusted).unwrap().tls.is_some());
     // Loopback needs no flag (a warning at start), and the default is off.
     let config = load(&[("RECOVERY_LISTEN_ADDR", "127.0.0.1:50051")]).unwrap();
     assert!(!config.trust_all_callers);

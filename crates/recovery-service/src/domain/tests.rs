@@ -1184,3 +1184,72 @@ async fn sent_messages_keep_no_payload() {
         assert!(payload.is_empty(), "payload kept after sending");
     }
 }
+
+/// A submission whose caller goes away once it is counted still counts as a failure: the
+/// failure is recorded before hashing, and what follows the hash runs to its end. Three
+/// abandoned wrong codes lock an account whose threshold is three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_submissions_still_count_toward_the_lock() {
+    let mut h = harness(Policy {
+        lockout_threshold: 3,
+        ..Policy::default()
+    })
+    .await;
+    // A slow hash, so that callers give up while it runs.
+    h.rebuild(
+        Policy {
+            lockout_threshold: 3,
+            ..Policy::default()
+        },
+        HashParams {
+            m_kib: 16 * 1024,
+            t: 3,
+            p: 1,
+        },
+        KEY_A,
+    );
+    let code = h.enroll("acct", "ann@example.com").await;
+    let flow = h.verified_flow("ann@example.com").await;
+    for n in 1..=3 {
+        let recovery = h.recovery.clone();
+        let (flow_id, bad) = (flow.clone(), wrong_code(&code));
+        let call = tokio::spawn(async move { recovery.recover(&flow_id, &bad).await });
+        // Wait until the submission is counted, then hang up.
+        loop {
+            let f = h.storage.find_flow(&flow).await.unwrap().unwrap();
+            if f.recovery_attempts >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        call.abort();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // The lock, its notice and its audit event, although every caller left.
+    loop {
+        let locked = h
+            .recovery
+            .status("acct")
+            .await
+            .unwrap()
+            .locked_until_ms
+            .is_some();
+        let page = h.recovery.audit_page("acct", 0, "").await.unwrap();
+        let audited = page
+            .events
+            .iter()
+            .any(|e| e.kind == AuditKind::RecoveryLocked);
+        if locked && audited {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "abandoned failures: locked {locked}, lock audited {audited}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        h.mail().await.iter().any(|m| m.kind == "recovery_locked"),
+        "the owner is told"
+    );
+}

@@ -9,8 +9,10 @@ use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::{
-    config::{self, Config, ConfigError, KeyRing, KeySource, TlsConfig},
-    domain::{Recovery, SystemClock, hasher::Hasher},
+    config::{self, Config, ConfigError, KeySource, TlsConfig},
+    crypto::KeyRing,
+    crypto::hasher::Hasher,
+    domain::{Recovery, SystemClock},
     grpc::auth::Callers,
     healthcheck,
     mail::{DeliveryOptions, Transport, Worker},

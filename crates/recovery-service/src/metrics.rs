@@ -14,7 +14,7 @@ use opentelemetry::{
     metrics::{Counter, Histogram, Meter},
 };
 
-use crate::domain::hasher::Hasher;
+use crate::crypto::hasher::Hasher;
 
 /// The instruments.
 #[derive(Debug)]

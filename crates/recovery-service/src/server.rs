@@ -150,17 +150,14 @@ pub async fn run(
     // Health follows the database: SERVING while it answers.
     let probe = {
         let reporter = reporter.clone();
-        let storage = options.recovery.storage().clone();
+        let recovery = options.recovery.clone();
         tokio::spawn(async move {
             let mut serving = None;
             loop {
-                let now_serving = match storage.ping().await {
-                    Ok(()) => true,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "database unreachable: health NOT_SERVING");
-                        false
-                    }
-                };
+                let now_serving = recovery.ready().await;
+                if !now_serving && serving != Some(false) {
+                    tracing::warn!("database unreachable: health NOT_SERVING");
+                }
                 if serving != Some(now_serving) {
                     let status = if now_serving {
                         ServingStatus::Serving

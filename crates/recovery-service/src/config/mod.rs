@@ -6,7 +6,6 @@ mod layers;
 mod secret;
 
 use std::{
-    fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
     str::FromStr,
@@ -15,11 +14,15 @@ use std::{
 
 use lettre::message::Mailbox;
 
-use crate::domain::{Policy, hasher::HashParams};
+use crate::{
+    crypto::KeyRing,
+    crypto::hasher::HashParams,
+    domain::{Policy, ReusePolicy},
+};
 
 pub use layers::{KEYS, Origin, env_name};
 use layers::{Layers, Raw};
-pub use secret::{KeyRing, KeySource, SecretKey, SecretUrl, getrandom_fill};
+pub use secret::{KeySource, SecretUrl};
 
 /// Defaults, as documented in README.md and docs/design.md.
 pub mod defaults {
@@ -32,7 +35,8 @@ pub mod defaults {
 }
 
 /// A setting that could not be used: where it came from and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}: {why}")]
 pub struct ConfigError {
     origin: String,
     why: String,
@@ -49,23 +53,6 @@ impl ConfigError {
     fn at(origin: &Origin, why: impl Into<String>) -> Self {
         Self::new(origin.to_string(), why)
     }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.origin, self.why)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// What happens to a recovery code when it completes a recovery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReusePolicy {
-    /// The code stays valid (as 1Password's); `use_count` and `last_used_at` advance.
-    Reusable,
-    /// The used code dies and RecoverAccount returns a fresh one, once.
-    RotateOnUse,
 }
 
 /// The role a caller's client certificate maps to.

@@ -32,7 +32,7 @@ impl RecoveryCode {
     pub fn generate() -> Result<Self, Error> {
         let mut chars = Zeroizing::new(String::with_capacity(TOTAL_CHARS));
         let mut bytes = Zeroizing::new([0u8; RANDOM_CHARS]);
-        crate::config::getrandom_fill(&mut *bytes).map_err(|err| {
+        crate::crypto::getrandom_fill(&mut *bytes).map_err(|err| {
             tracing::error!(error = %err, "random source failed");
             Error::Internal
         })?;

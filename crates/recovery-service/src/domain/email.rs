@@ -51,6 +51,10 @@ impl Email {
             ));
         }
         let address: String = trimmed.nfc().collect();
+        // NFC can grow text (composition exclusions decompose): check the stored form too.
+        if address.len() > MAX_EMAIL_BYTES {
+            return Err(invalid("it is longer than 254 bytes"));
+        }
         let mut parts = address.split('@');
         let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
             return Err(invalid("it must contain exactly one @"));

@@ -79,5 +79,14 @@ impl From<StorageError> for Error {
     }
 }
 
+impl From<crate::crypto::hasher::Error> for Error {
+    fn from(err: crate::crypto::hasher::Error) -> Self {
+        match err {
+            crate::crypto::hasher::Error::Overloaded => Self::Overloaded,
+            crate::crypto::hasher::Error::Failed => Self::Internal,
+        }
+    }
+}
+
 /// Shorthand for domain results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

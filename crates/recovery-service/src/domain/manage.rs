@@ -1,7 +1,7 @@
 //! Managing an account's code: create or replace, status, revoke, change email, audit trail.
 
 use super::{
-    AuditEvent, AuditPage, CreatedCode, Error, Recovery, Result, Status,
+    AuditEvent, AuditPage, CreatedCode, DAY_MS, Error, Recovery, Result, Status,
     code::RecoveryCode,
     email::{Email, mask},
     notice::{self, Notice},
@@ -17,7 +17,6 @@ use recovery_storage::{
 const DEFAULT_PAGE_SIZE: i32 = 50;
 /// Tries of a change that conflicted with another writer.
 const MAX_TRIES: u32 = 3;
-const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// The lookup form of a stored address (it parsed when it was stored).
 fn fold_lookup_of(address: &str) -> String {
@@ -32,7 +31,7 @@ impl Recovery {
     /// Creates the account's recovery code, replacing any live one (which stops working at
     /// once, with every flow in progress). The plaintext is returned here only.
     #[tracing::instrument(name = "domain.create_recovery_code", skip_all)]
-    pub async fn create_code(&self, account_id: &str, email: &str) -> Result<CreatedCode> {
+    pub async fn create_recovery_code(&self, account_id: &str, email: &str) -> Result<CreatedCode> {
         let account_id = validate_account_id(account_id)?;
         let email = Email::parse(email)?;
         self.check_address_claim(account_id, &email, self.now())
@@ -42,7 +41,7 @@ impl Recovery {
         let key = self.keys.current();
         let hash = self.hasher.hash(&permit, code.canonical(), key).await?;
         drop(permit);
-        let code_id = secrets::random_id("rc_")?;
+        let code_id = secrets::random_id(super::CODE_ID_PREFIX)?;
         let now = self.now();
         let stored = StoredCode {
             code_id: code_id.clone(),
@@ -136,7 +135,7 @@ impl Recovery {
 
     /// Whether the account has a live code, and its usage. Never the code.
     #[tracing::instrument(name = "domain.get_recovery_status", skip_all)]
-    pub async fn status(&self, account_id: &str) -> Result<Status> {
+    pub async fn get_recovery_status(&self, account_id: &str) -> Result<Status> {
         let account_id = validate_account_id(account_id)?;
         let now = self.now();
         let Some(enrollment) = self.storage.find_enrollment(account_id).await? else {
@@ -158,7 +157,7 @@ impl Recovery {
 
     /// Deletes the account's code; flows in progress are cancelled and the owner notified.
     #[tracing::instrument(name = "domain.revoke_recovery_code", skip_all)]
-    pub async fn revoke(&self, account_id: &str, reason: &str) -> Result<i64> {
+    pub async fn revoke_recovery_code(&self, account_id: &str, reason: &str) -> Result<i64> {
         let account_id = validate_account_id(account_id)?;
         let reason = truncate(reason.trim(), MAX_REASON_BYTES);
         let now = self.now();
@@ -203,7 +202,7 @@ impl Recovery {
     /// Changes where recovery mail goes. The code stays valid; flows in progress are cancelled;
     /// both the old and the new address are told.
     #[tracing::instrument(name = "domain.update_recovery_email", skip_all)]
-    pub async fn update_email(&self, account_id: &str, email: &str) -> Result<i64> {
+    pub async fn update_recovery_email(&self, account_id: &str, email: &str) -> Result<i64> {
         let account_id = validate_account_id(account_id)?;
         let email = Email::parse(email)?;
         let now = self.now();
@@ -305,7 +304,7 @@ impl Recovery {
 
     /// One page of the account's audit trail, newest first.
     #[tracing::instrument(name = "domain.list_audit_events", skip_all)]
-    pub async fn audit_page(
+    pub async fn list_audit_events(
         &self,
         account_id: &str,
         page_size: i32,
@@ -380,6 +379,8 @@ pub fn decode_page_token(token: &str) -> Result<Option<i64>> {
     text.strip_prefix("a1:")
         .and_then(|seq| seq.parse::<i64>().ok())
         .filter(|seq| *seq > 0)
+        // Only the exact form this service issues (no leading zeros, signs or spaces).
+        .filter(|seq| encode_page_token(*seq) == token)
         .map(Some)
         .ok_or_else(invalid)
 }

@@ -6,7 +6,6 @@ mod clock;
 pub mod code;
 pub mod email;
 mod error;
-pub mod hasher;
 mod manage;
 pub mod notice;
 pub mod notify;
@@ -22,10 +21,24 @@ use zeroize::Zeroizing;
 
 pub use self::manage::{decode_page_token, encode_page_token};
 pub use self::notify::Client;
-use crate::config::{KeyRing, ReusePolicy};
+use crate::crypto::{KeyRing, hasher};
 
+/// Durations in the milliseconds every instant here is counted in.
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// The prefix of recovery-code ids (`rc_…`).
+const CODE_ID_PREFIX: &str = "rc_";
+
+/// What happens to a recovery code when it completes a recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReusePolicy {
+    /// The code stays valid (as 1Password's); `use_count` and `last_used_at` advance.
+    Reusable,
+    /// The used code dies and RecoverAccount returns a fresh one, once.
+    RotateOnUse,
+}
 
 /// The rules and numbers of docs/design.md, each configurable.
 #[derive(Debug, Clone)]
@@ -172,9 +185,15 @@ impl Recovery {
         self.mail_ready.notify_one();
     }
 
-    /// The storage handle (for health probes and the outbox worker).
-    pub fn storage(&self) -> &Storage {
-        &self.storage
+    /// Whether recovery can be served now: the database answers.
+    pub async fn ready(&self) -> bool {
+        match self.storage.ping().await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::debug!(error = %err, "readiness probe failed");
+                false
+            }
+        }
     }
 
     /// The hashing pool (for metrics).

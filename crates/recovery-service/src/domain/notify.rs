@@ -10,7 +10,7 @@ use super::{
     notice::{Context, Notice},
     secrets,
 };
-use crate::config::KeyRing;
+use crate::crypto::KeyRing;
 
 /// Audit event kinds, named as the proto's `AuditEventKind` without its prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

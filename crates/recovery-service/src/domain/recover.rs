@@ -1,15 +1,15 @@
 //! The recovery flow: BeginRecovery, VerifyEmail, RecoverAccount.
 
 use super::{
-    Error, Recovered, Recovery, Result, StartedFlow, client,
+    Error, HOUR_MS, MINUTE_MS, Recovered, Recovery, Result, StartedFlow, client,
     code::RecoveryCode,
     email::{Email, mask},
-    hasher::HashPermit,
     ip_limit_key,
     notice::{self, Notice},
     notify::{AuditKind, Client, audit, context, message},
     secrets,
 };
+use crate::crypto::hasher::HashPermit;
 use recovery_storage::model::{
     AttemptKind, AttemptReservation, Completion, CompletionUpdate, Effects, Enrollment, Flow,
     Lockout, NewFlow, Opaque, RateDecision, StoredCode,
@@ -26,15 +26,13 @@ struct Submission {
 }
 
 const FLOW_PREFIX: &str = "fl_";
-const MINUTE_MS: i64 = 60_000;
-const HOUR_MS: i64 = 60 * MINUTE_MS;
 
 impl Recovery {
     /// Starts a flow for whoever claims `email`. Known and unknown emails get the same answer
     /// after the same work: the same queries and writes (the messages of an unknown email are
     /// written `void`, never sent).
     #[tracing::instrument(name = "domain.begin_recovery", skip_all)]
-    pub async fn begin(
+    pub async fn begin_recovery(
         &self,
         email: &str,
         ip_address: &str,
@@ -159,7 +157,7 @@ impl Recovery {
     /// Proves control of the mailbox. Counts the submission before comparing; a verified flow
     /// accepts its right code again (a retried call succeeds) and nothing else.
     #[tracing::instrument(name = "domain.verify_email", skip_all)]
-    pub async fn verify(&self, flow_id: &str, email_code: &str) -> Result<i64> {
+    pub async fn verify_email(&self, flow_id: &str, email_code: &str) -> Result<i64> {
         let code = secrets::parse_email_code(email_code)?;
         let now = self.now();
         let (flow, _) = self.find_open_flow(flow_id, now).await?;
@@ -250,7 +248,7 @@ impl Recovery {
 
     /// Proves possession of the recovery code on a verified flow and completes it, once.
     #[tracing::instrument(name = "domain.recover_account", skip_all)]
-    pub async fn recover(&self, flow_id: &str, recovery_code: &str) -> Result<Recovered> {
+    pub async fn recover_account(&self, flow_id: &str, recovery_code: &str) -> Result<Recovered> {
         let code = RecoveryCode::parse(recovery_code)?;
         let now = self.now();
         let (flow, enrollment) = self.find_open_flow(flow_id, now).await?;
@@ -372,7 +370,7 @@ impl Recovery {
             reservation: Some((submission.failure_id, submission.own_lock)),
             ..CompletionUpdate::default()
         };
-        if self.policy.reuse == crate::config::ReusePolicy::RotateOnUse {
+        if self.policy.reuse == super::ReusePolicy::RotateOnUse {
             update.rotated = true;
             let fresh = RecoveryCode::generate()?;
             let hash = self
@@ -380,7 +378,7 @@ impl Recovery {
                 .hash(&permit, fresh.canonical(), current)
                 .await?;
             update.new_code = Some(StoredCode {
-                code_id: secrets::random_id("rc_")?,
+                code_id: secrets::random_id(super::CODE_ID_PREFIX)?,
                 hash: Opaque(hash),
                 key_id: current.id().to_owned(),
                 params: self.hasher.params().label(),

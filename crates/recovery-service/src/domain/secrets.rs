@@ -9,35 +9,10 @@ use chacha20poly1305::{
 use zeroize::Zeroizing;
 
 use super::Error;
-use crate::config::{KeyRing, SecretKey, getrandom_fill};
 use crate::crypto::hmac_sha256;
+use crate::crypto::{KeyRing, SecretKey};
 
-/// What a subkey is for; each purpose gets an independent key from the same server secret.
-#[derive(Debug, Clone, Copy)]
-pub enum Purpose {
-    EmailCodeMac,
-    RecoveryCodePepper,
-    OutboxSeal,
-    AuditChain,
-    AddressKey,
-}
-
-impl Purpose {
-    fn label(self) -> &'static [u8] {
-        match self {
-            Self::EmailCodeMac => b"recovery-service v1 email-code mac",
-            Self::RecoveryCodePepper => b"recovery-service v1 recovery-code pepper",
-            Self::OutboxSeal => b"recovery-service v1 outbox seal",
-            Self::AuditChain => b"recovery-service v1 audit chain",
-            Self::AddressKey => b"recovery-service v1 address key",
-        }
-    }
-}
-
-/// HMAC-SHA-256(server key, purpose label): a 32-byte subkey. The only derivation.
-pub fn subkey(key: &SecretKey, purpose: Purpose) -> Zeroizing<[u8; 32]> {
-    Zeroizing::new(hmac_sha256(key.expose(), &[purpose.label()]))
-}
+pub use crate::crypto::{Purpose, subkey};
 
 fn internal(what: &str) -> Error {
     tracing::error!(what, "cryptographic operation failed");
@@ -46,12 +21,10 @@ fn internal(what: &str) -> Error {
 
 /// Random bytes from the operating system.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], Error> {
-    let mut out = [0u8; N];
-    getrandom_fill(&mut out).map_err(|e| {
+    crate::crypto::random_bytes().map_err(|e| {
         tracing::error!(error = %e, "random source failed");
         Error::Internal
-    })?;
-    Ok(out)
+    })
 }
 
 /// A random identifier: `prefix` then 26 Crockford base32 characters (130 bits).

@@ -5,11 +5,11 @@ use std::{sync::Arc, time::Duration};
 use recovery_storage::{ConnectOptions, Storage};
 
 use super::notify::AuditKind;
-use super::{
+use super::*;
+use crate::crypto::{
+    KeyRing,
     hasher::{HashParams, Hasher},
-    *,
 };
-use crate::config::{KeyRing, ReusePolicy};
 
 const KEY_A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const KEY_B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
@@ -79,7 +79,7 @@ impl Harness {
 
     async fn enroll(&self, account: &str, email: &str) -> String {
         self.recovery
-            .create_code(account, email)
+            .create_recovery_code(account, email)
             .await
             .unwrap()
             .recovery_code
@@ -122,9 +122,16 @@ impl Harness {
     }
 
     async fn verified_flow(&self, email: &str) -> String {
-        let flow = self.recovery.begin(email, IP, "test-agent").await.unwrap();
+        let flow = self
+            .recovery
+            .begin_recovery(email, IP, "test-agent")
+            .await
+            .unwrap();
         let code = self.email_code().await;
-        self.recovery.verify(&flow.flow_id, &code).await.unwrap();
+        self.recovery
+            .verify_email(&flow.flow_id, &code)
+            .await
+            .unwrap();
         flow.flow_id
     }
 }
@@ -155,7 +162,7 @@ async fn the_full_recovery_works_twice_with_the_same_reusable_code() {
         // Any case, any surrounding spaces: the same address.
         let flow = h
             .recovery
-            .begin("  ann@EXAMPLE.com ", IP, "Firefox")
+            .begin_recovery("  ann@EXAMPLE.com ", IP, "Firefox")
             .await
             .unwrap();
         assert_eq!(flow.expires_at_ms, h.clock.now_ms() + 30 * MIN);
@@ -174,16 +181,20 @@ async fn the_full_recovery_works_twice_with_the_same_reusable_code() {
         assert_eq!(verification.data["ip_address"], IP);
         assert_eq!(verification.data["user_agent"], "Firefox");
         let email_code = verification.data["code"].as_str().unwrap().to_owned();
-        let until = h.recovery.verify(&flow.flow_id, &email_code).await.unwrap();
+        let until = h
+            .recovery
+            .verify_email(&flow.flow_id, &email_code)
+            .await
+            .unwrap();
         assert_eq!(until, flow.expires_at_ms);
         let recovered = h
             .recovery
-            .recover(&flow.flow_id, &code.to_lowercase())
+            .recover_account(&flow.flow_id, &code.to_lowercase())
             .await
             .unwrap();
         assert_eq!(recovered.account_id, "acct-1");
         assert!(recovered.new_recovery_code.is_none());
-        let status = h.recovery.status("acct-1").await.unwrap();
+        let status = h.recovery.get_recovery_status("acct-1").await.unwrap();
         assert_eq!(status.use_count, round);
         assert_eq!(status.last_used_at_ms, Some(h.clock.now_ms()));
         assert!(
@@ -193,7 +204,10 @@ async fn the_full_recovery_works_twice_with_the_same_reusable_code() {
                 .any(|m| m.kind == "recovery_completed")
         );
         assert_eq!(
-            h.recovery.recover(&flow.flow_id, &code).await.unwrap_err(),
+            h.recovery
+                .recover_account(&flow.flow_id, &code)
+                .await
+                .unwrap_err(),
             Error::FlowCompleted,
             "a flow succeeds once"
         );
@@ -209,7 +223,7 @@ async fn rotate_on_use_returns_a_fresh_code_once_and_kills_the_old_one() {
     let h = harness(policy).await;
     let old = h.enroll("acct", "ann@example.com").await;
     let flow = h.verified_flow("ann@example.com").await;
-    let recovered = h.recovery.recover(&flow, &old).await.unwrap();
+    let recovered = h.recovery.recover_account(&flow, &old).await.unwrap();
     let new = recovered
         .new_recovery_code
         .expect("a replacement code")
@@ -218,28 +232,39 @@ async fn rotate_on_use_returns_a_fresh_code_once_and_kills_the_old_one() {
 
     let flow = h.verified_flow("ann@example.com").await;
     assert!(matches!(
-        h.recovery.recover(&flow, &old).await.unwrap_err(),
+        h.recovery.recover_account(&flow, &old).await.unwrap_err(),
         Error::RecoveryCodeMismatch { .. }
     ));
-    assert!(h.recovery.recover(&flow, &new).await.is_ok());
+    assert!(h.recovery.recover_account(&flow, &new).await.is_ok());
 }
 
 #[tokio::test]
 async fn the_email_code_expires_at_exactly_fifteen_minutes() {
     let h = harness(Policy::default()).await;
     h.enroll("acct", "ann@example.com").await;
-    let flow = h.recovery.begin("ann@example.com", IP, "").await.unwrap();
+    let flow = h
+        .recovery
+        .begin_recovery("ann@example.com", IP, "")
+        .await
+        .unwrap();
     let code = h.email_code().await;
     h.clock.advance(15 * MIN);
     assert_eq!(
-        h.recovery.verify(&flow.flow_id, &code).await.unwrap_err(),
+        h.recovery
+            .verify_email(&flow.flow_id, &code)
+            .await
+            .unwrap_err(),
         Error::FlowExpired
     );
 
-    let flow = h.recovery.begin("ann@example.com", IP, "").await.unwrap();
+    let flow = h
+        .recovery
+        .begin_recovery("ann@example.com", IP, "")
+        .await
+        .unwrap();
     let code = h.email_code().await;
     h.clock.advance(15 * MIN - 1);
-    assert!(h.recovery.verify(&flow.flow_id, &code).await.is_ok());
+    assert!(h.recovery.verify_email(&flow.flow_id, &code).await.is_ok());
 }
 
 #[tokio::test]
@@ -249,20 +274,24 @@ async fn a_flow_expires_at_exactly_thirty_minutes() {
     let flow = h.verified_flow("ann@example.com").await;
     h.clock.advance(30 * MIN);
     assert_eq!(
-        h.recovery.recover(&flow, &code).await.unwrap_err(),
+        h.recovery.recover_account(&flow, &code).await.unwrap_err(),
         Error::FlowExpired
     );
 
     let flow = h.verified_flow("ann@example.com").await;
     h.clock.advance(30 * MIN - 1);
-    assert!(h.recovery.recover(&flow, &code).await.is_ok());
+    assert!(h.recovery.recover_account(&flow, &code).await.is_ok());
 }
 
 #[tokio::test]
 async fn five_wrong_email_codes_use_up_the_flow_even_for_the_right_one() {
     let h = harness(Policy::default()).await;
     h.enroll("acct", "ann@example.com").await;
-    let flow = h.recovery.begin("ann@example.com", IP, "").await.unwrap();
+    let flow = h
+        .recovery
+        .begin_recovery("ann@example.com", IP, "")
+        .await
+        .unwrap();
     let right = h.email_code().await;
     let wrong = if right == "000000" {
         "000001"
@@ -271,30 +300,46 @@ async fn five_wrong_email_codes_use_up_the_flow_even_for_the_right_one() {
     };
     for left in (0..5).rev() {
         assert_eq!(
-            h.recovery.verify(&flow.flow_id, wrong).await.unwrap_err(),
+            h.recovery
+                .verify_email(&flow.flow_id, wrong)
+                .await
+                .unwrap_err(),
             Error::EmailCodeMismatch {
                 attempts_left: left
             }
         );
     }
     assert_eq!(
-        h.recovery.verify(&flow.flow_id, &right).await.unwrap_err(),
+        h.recovery
+            .verify_email(&flow.flow_id, &right)
+            .await
+            .unwrap_err(),
         Error::TooManyAttempts
     );
     // Malformed codes never count.
-    let flow = h.recovery.begin("ann@example.com", IP, "").await.unwrap();
+    let flow = h
+        .recovery
+        .begin_recovery("ann@example.com", IP, "")
+        .await
+        .unwrap();
     let right = h.email_code().await;
     for _ in 0..10 {
         assert_eq!(
-            h.recovery.verify(&flow.flow_id, "12345").await.unwrap_err(),
+            h.recovery
+                .verify_email(&flow.flow_id, "12345")
+                .await
+                .unwrap_err(),
             Error::EmailCodeMalformed
         );
     }
-    assert!(h.recovery.verify(&flow.flow_id, &right).await.is_ok());
+    assert!(h.recovery.verify_email(&flow.flow_id, &right).await.is_ok());
     // A retried VerifyEmail with the right code succeeds again; a wrong one does not.
-    assert!(h.recovery.verify(&flow.flow_id, &right).await.is_ok());
+    assert!(h.recovery.verify_email(&flow.flow_id, &right).await.is_ok());
     assert!(matches!(
-        h.recovery.verify(&flow.flow_id, wrong).await.unwrap_err(),
+        h.recovery
+            .verify_email(&flow.flow_id, wrong)
+            .await
+            .unwrap_err(),
         Error::EmailCodeMismatch { .. }
     ));
 }
@@ -309,14 +354,14 @@ async fn five_wrong_recovery_codes_use_up_the_flow_and_malformed_ones_count_noth
     typo.push(if code.ends_with('0') { '1' } else { '0' });
     for _ in 0..10 {
         assert!(matches!(
-            h.recovery.recover(&flow, &typo).await.unwrap_err(),
+            h.recovery.recover_account(&flow, &typo).await.unwrap_err(),
             Error::RecoveryCodeMalformed(_)
         ));
     }
     for left in (0..5).rev() {
         assert_eq!(
             h.recovery
-                .recover(&flow, &wrong_code(&code))
+                .recover_account(&flow, &wrong_code(&code))
                 .await
                 .unwrap_err(),
             Error::RecoveryCodeMismatch {
@@ -325,7 +370,7 @@ async fn five_wrong_recovery_codes_use_up_the_flow_and_malformed_ones_count_noth
         );
     }
     assert_eq!(
-        h.recovery.recover(&flow, &code).await.unwrap_err(),
+        h.recovery.recover_account(&flow, &code).await.unwrap_err(),
         Error::TooManyAttempts
     );
 }
@@ -334,18 +379,28 @@ async fn five_wrong_recovery_codes_use_up_the_flow_and_malformed_ones_count_noth
 async fn recovery_needs_a_verified_email_first() {
     let h = harness(Policy::default()).await;
     let code = h.enroll("acct", "ann@example.com").await;
-    let flow = h.recovery.begin("ann@example.com", IP, "").await.unwrap();
+    let flow = h
+        .recovery
+        .begin_recovery("ann@example.com", IP, "")
+        .await
+        .unwrap();
     assert_eq!(
-        h.recovery.recover(&flow.flow_id, &code).await.unwrap_err(),
+        h.recovery
+            .recover_account(&flow.flow_id, &code)
+            .await
+            .unwrap_err(),
         Error::EmailNotVerified
     );
     assert_eq!(
-        h.recovery.recover("fl_nope", &code).await.unwrap_err(),
+        h.recovery
+            .recover_account("fl_nope", &code)
+            .await
+            .unwrap_err(),
         Error::FlowNotFound
     );
     assert_eq!(
         h.recovery
-            .recover("fl_0000000000000000000000000a", &code)
+            .recover_account("fl_0000000000000000000000000a", &code)
             .await
             .unwrap_err(),
         Error::FlowNotFound
@@ -357,17 +412,24 @@ async fn a_new_code_or_a_revocation_cancels_flows_in_progress() {
     let h = harness(Policy::default()).await;
     let old = h.enroll("acct", "ann@example.com").await;
     let verified = h.verified_flow("ann@example.com").await;
-    let pending = h.recovery.begin("ann@example.com", IP, "").await.unwrap();
+    let pending = h
+        .recovery
+        .begin_recovery("ann@example.com", IP, "")
+        .await
+        .unwrap();
     let pending_code = h.email_code().await;
     let new = h.enroll("acct", "ann@example.com").await;
     assert!(h.mail().await.iter().any(|m| m.kind == "code_replaced"));
     assert_eq!(
-        h.recovery.recover(&verified, &new).await.unwrap_err(),
+        h.recovery
+            .recover_account(&verified, &new)
+            .await
+            .unwrap_err(),
         Error::FlowCompleted
     );
     assert_eq!(
         h.recovery
-            .verify(&pending.flow_id, &pending_code)
+            .verify_email(&pending.flow_id, &pending_code)
             .await
             .unwrap_err(),
         Error::FlowCompleted
@@ -375,19 +437,31 @@ async fn a_new_code_or_a_revocation_cancels_flows_in_progress() {
 
     let flow = h.verified_flow("ann@example.com").await;
     assert!(matches!(
-        h.recovery.recover(&flow, &old).await.unwrap_err(),
+        h.recovery.recover_account(&flow, &old).await.unwrap_err(),
         Error::RecoveryCodeMismatch { .. }
     ));
-    h.recovery.revoke("acct", "lost paper").await.unwrap();
+    h.recovery
+        .revoke_recovery_code("acct", "lost paper")
+        .await
+        .unwrap();
     assert_eq!(
-        h.recovery.recover(&flow, &new).await.unwrap_err(),
+        h.recovery.recover_account(&flow, &new).await.unwrap_err(),
         Error::FlowCompleted
     );
     assert_eq!(
-        h.recovery.revoke("acct", "again").await.unwrap_err(),
+        h.recovery
+            .revoke_recovery_code("acct", "again")
+            .await
+            .unwrap_err(),
         Error::NotEnrolled
     );
-    assert!(!h.recovery.status("acct").await.unwrap().enrolled);
+    assert!(
+        !h.recovery
+            .get_recovery_status("acct")
+            .await
+            .unwrap()
+            .enrolled
+    );
     assert!(h.mail().await.iter().any(|m| m.kind == "code_revoked"));
 }
 
@@ -400,7 +474,7 @@ async fn ten_wrong_codes_in_a_day_lock_recovery_for_a_day_and_tell_the_owner() {
         for _ in 0..5 {
             assert!(matches!(
                 h.recovery
-                    .recover(&flow, &wrong_code(&code))
+                    .recover_account(&flow, &wrong_code(&code))
                     .await
                     .unwrap_err(),
                 Error::RecoveryCodeMismatch { .. }
@@ -424,7 +498,7 @@ async fn ten_wrong_codes_in_a_day_lock_recovery_for_a_day_and_tell_the_owner() {
         .admitted
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(
-        h.recovery.recover(&flow, &code).await.unwrap_err(),
+        h.recovery.recover_account(&flow, &code).await.unwrap_err(),
         Error::RecoveryLocked {
             locked_until_ms: locked_at + 24 * HOUR
         }
@@ -439,18 +513,26 @@ async fn ten_wrong_codes_in_a_day_lock_recovery_for_a_day_and_tell_the_owner() {
         "no hashing while locked"
     );
     assert_eq!(
-        h.recovery.status("acct").await.unwrap().locked_until_ms,
+        h.recovery
+            .get_recovery_status("acct")
+            .await
+            .unwrap()
+            .locked_until_ms,
         Some(locked_at + 24 * HOUR)
     );
 
     h.clock.set(locked_at + 24 * HOUR);
     let flow = h.verified_flow("ann@example.com").await;
     assert!(
-        h.recovery.recover(&flow, &code).await.is_ok(),
+        h.recovery.recover_account(&flow, &code).await.is_ok(),
         "unlocked after a day"
     );
     assert_eq!(
-        h.recovery.status("acct").await.unwrap().locked_until_ms,
+        h.recovery
+            .get_recovery_status("acct")
+            .await
+            .unwrap()
+            .locked_until_ms,
         None
     );
 }
@@ -466,18 +548,18 @@ async fn failures_older_than_the_window_do_not_count_toward_a_lock() {
     let flow = h.verified_flow("ann@example.com").await;
     for _ in 0..2 {
         h.recovery
-            .recover(&flow, &wrong_code(&code))
+            .recover_account(&flow, &wrong_code(&code))
             .await
             .unwrap_err();
     }
     h.clock.advance(24 * HOUR);
     let flow = h.verified_flow("ann@example.com").await;
     h.recovery
-        .recover(&flow, &wrong_code(&code))
+        .recover_account(&flow, &wrong_code(&code))
         .await
         .unwrap_err();
     assert!(
-        h.recovery.recover(&flow, &code).await.is_ok(),
+        h.recovery.recover_account(&flow, &code).await.is_ok(),
         "2 old + 1 new failures: no lock"
     );
 }
@@ -487,20 +569,23 @@ async fn an_unknown_email_gets_a_flow_that_never_verifies_and_no_mail() {
     let h = harness(Policy::default()).await;
     let flow = h
         .recovery
-        .begin("nobody@example.com", IP, "")
+        .begin_recovery("nobody@example.com", IP, "")
         .await
         .unwrap();
     assert!(flow.flow_id.starts_with("fl_"));
     assert!(h.mail().await.is_empty(), "nothing is sent");
     for code in ["000000", "123456", "999999"] {
         assert!(matches!(
-            h.recovery.verify(&flow.flow_id, code).await.unwrap_err(),
+            h.recovery
+                .verify_email(&flow.flow_id, code)
+                .await
+                .unwrap_err(),
             Error::EmailCodeMismatch { .. }
         ));
     }
     assert_eq!(
         h.recovery
-            .recover(&flow.flow_id, &wrong_code(""))
+            .recover_account(&flow.flow_id, &wrong_code(""))
             .await
             .unwrap_err(),
         Error::EmailNotVerified
@@ -511,11 +596,14 @@ async fn an_unknown_email_gets_a_flow_that_never_verifies_and_no_mail() {
 async fn starts_are_limited_per_email_and_per_ip_with_a_retry_time() {
     let h = harness(Policy::default()).await;
     for _ in 0..5 {
-        h.recovery.begin("ann@example.com", "", "").await.unwrap();
+        h.recovery
+            .begin_recovery("ann@example.com", "", "")
+            .await
+            .unwrap();
     }
     match h
         .recovery
-        .begin(" ann@EXAMPLE.com ", "", "")
+        .begin_recovery(" ann@EXAMPLE.com ", "", "")
         .await
         .unwrap_err()
     {
@@ -530,10 +618,13 @@ async fn starts_are_limited_per_email_and_per_ip_with_a_retry_time() {
     }
     // The per-email limit holds for unknown emails too (no enumeration through limits).
     for _ in 0..5 {
-        h.recovery.begin("ghost@example.com", "", "").await.unwrap();
+        h.recovery
+            .begin_recovery("ghost@example.com", "", "")
+            .await
+            .unwrap();
     }
     assert!(matches!(
-        h.recovery.begin("ghost@example.com", "", "").await,
+        h.recovery.begin_recovery("ghost@example.com", "", "").await,
         Err(Error::RateLimited { .. })
     ));
 
@@ -542,13 +633,13 @@ async fn starts_are_limited_per_email_and_per_ip_with_a_retry_time() {
     for i in 0..10 {
         let ip = format!("2001:db8:1:2::{i:x}");
         h.recovery
-            .begin(&format!("user{i}@example.com"), &ip, "")
+            .begin_recovery(&format!("user{i}@example.com"), &ip, "")
             .await
             .unwrap();
     }
     match h
         .recovery
-        .begin("other@example.com", "2001:db8:1:2:ffff::1", "")
+        .begin_recovery("other@example.com", "2001:db8:1:2:ffff::1", "")
         .await
         .unwrap_err()
     {
@@ -557,14 +648,14 @@ async fn starts_are_limited_per_email_and_per_ip_with_a_retry_time() {
     }
     assert!(
         h.recovery
-            .begin("other@example.com", "2001:db8:1:3::1", "")
+            .begin_recovery("other@example.com", "2001:db8:1:3::1", "")
             .await
             .is_ok(),
         "another /64"
     );
     assert!(matches!(
         h.recovery
-            .begin("x@example.com", "not-an-ip", "")
+            .begin_recovery("x@example.com", "not-an-ip", "")
             .await
             .unwrap_err(),
         Error::InvalidClient(_)
@@ -596,7 +687,7 @@ async fn a_successful_use_upgrades_outdated_hash_parameters_and_keys() {
         &format!("new:{KEY_B},{KEY_A}"),
     );
     let flow = h.verified_flow("ann@example.com").await;
-    h.recovery.recover(&flow, &code).await.unwrap();
+    h.recovery.recover_account(&flow, &code).await.unwrap();
     let after = h
         .storage
         .find_enrollment("acct")
@@ -621,22 +712,22 @@ async fn a_successful_use_upgrades_outdated_hash_parameters_and_keys() {
         &format!("new:{KEY_B}"),
     );
     let flow = h.verified_flow("ann@example.com").await;
-    assert!(h.recovery.recover(&flow, &code).await.is_ok());
+    assert!(h.recovery.recover_account(&flow, &code).await.is_ok());
 }
 
 #[tokio::test]
 async fn status_never_shows_the_code_or_the_full_address() {
     let h = harness(Policy::default()).await;
     assert_eq!(
-        h.recovery.status("nobody").await.unwrap(),
+        h.recovery.get_recovery_status("nobody").await.unwrap(),
         Status::default()
     );
     let created = h
         .recovery
-        .create_code("acct", "ann@example.com")
+        .create_recovery_code("acct", "ann@example.com")
         .await
         .unwrap();
-    let status = h.recovery.status("acct").await.unwrap();
+    let status = h.recovery.get_recovery_status("acct").await.unwrap();
     assert!(status.enrolled);
     assert_eq!(status.code_id.as_deref(), Some(created.code_id.as_str()));
     assert_eq!(status.created_at_ms, Some(T0));
@@ -651,7 +742,7 @@ async fn status_never_shows_the_code_or_the_full_address() {
     );
     for bad in ["", &"x".repeat(129), "a\nb"] {
         assert!(matches!(
-            h.recovery.status(bad).await.unwrap_err(),
+            h.recovery.get_recovery_status(bad).await.unwrap_err(),
             Error::InvalidAccountId(_)
         ));
     }
@@ -663,7 +754,7 @@ async fn changing_the_email_moves_recovery_mail_and_tells_both_addresses() {
     let code = h.enroll("acct", "old@example.com").await;
     h.mail().await;
     h.recovery
-        .update_email("acct", "new@example.org")
+        .update_recovery_email("acct", "new@example.org")
         .await
         .unwrap();
     let mail = h.mail().await;
@@ -675,19 +766,22 @@ async fn changing_the_email_moves_recovery_mail_and_tells_both_addresses() {
     told.sort_unstable();
     assert_eq!(told, ["new@example.org", "old@example.com"]);
 
-    h.recovery.begin("old@example.com", IP, "").await.unwrap();
+    h.recovery
+        .begin_recovery("old@example.com", IP, "")
+        .await
+        .unwrap();
     assert!(
         h.mail().await.is_empty(),
         "the old address no longer recovers"
     );
     let flow = h.verified_flow("new@example.org").await;
     assert!(
-        h.recovery.recover(&flow, &code).await.is_ok(),
+        h.recovery.recover_account(&flow, &code).await.is_ok(),
         "the code stays valid"
     );
     assert_eq!(
         h.recovery
-            .update_email("nobody", "x@example.com")
+            .update_recovery_email("nobody", "x@example.com")
             .await
             .unwrap_err(),
         Error::NotEnrolled
@@ -700,7 +794,7 @@ async fn an_address_recovers_one_account() {
     h.enroll("a", "shared@example.com").await;
     assert_eq!(
         h.recovery
-            .create_code("b", "shared@EXAMPLE.com")
+            .create_recovery_code("b", "shared@EXAMPLE.com")
             .await
             .unwrap_err(),
         Error::EmailInUse
@@ -708,7 +802,7 @@ async fn an_address_recovers_one_account() {
     // The whole address is case-folded: the same address, whatever the case.
     assert_eq!(
         h.recovery
-            .create_code("b", " SHARED@Example.COM ")
+            .create_recovery_code("b", " SHARED@Example.COM ")
             .await
             .unwrap_err(),
         Error::EmailInUse
@@ -716,7 +810,7 @@ async fn an_address_recovers_one_account() {
     // Another mailbox is another account.
     assert!(
         h.recovery
-            .create_code("b", "shared2@example.com")
+            .create_recovery_code("b", "shared2@example.com")
             .await
             .is_ok()
     );
@@ -728,11 +822,11 @@ async fn the_audit_trail_records_each_step_and_pages_newest_first() {
     let code = h.enroll("acct", "ann@example.com").await;
     let flow = h.verified_flow("ann@example.com").await;
     h.recovery
-        .recover(&flow, &wrong_code(&code))
+        .recover_account(&flow, &wrong_code(&code))
         .await
         .unwrap_err();
-    h.recovery.recover(&flow, &code).await.unwrap();
-    let page = h.recovery.audit_page("acct", 0, "").await.unwrap();
+    h.recovery.recover_account(&flow, &code).await.unwrap();
+    let page = h.recovery.list_audit_events("acct", 0, "").await.unwrap();
     let kinds: Vec<&str> = page.events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(
         kinds,
@@ -745,11 +839,11 @@ async fn the_audit_trail_records_each_step_and_pages_newest_first() {
         ]
     );
     assert!(page.next_page_token.is_empty());
-    let first = h.recovery.audit_page("acct", 2, "").await.unwrap();
+    let first = h.recovery.list_audit_events("acct", 2, "").await.unwrap();
     assert_eq!(first.events.len(), 2);
     let second = h
         .recovery
-        .audit_page("acct", 2, &first.next_page_token)
+        .list_audit_events("acct", 2, &first.next_page_token)
         .await
         .unwrap();
     assert_eq!(second.events[0].kind.as_str(), "EMAIL_VERIFIED");
@@ -760,19 +854,25 @@ async fn the_audit_trail_records_each_step_and_pages_newest_first() {
     assert_eq!(page.first_broken_event_id, None);
     let third = h
         .recovery
-        .audit_page("acct", 2, &second.next_page_token)
+        .list_audit_events("acct", 2, &second.next_page_token)
         .await
         .unwrap();
     assert_eq!(third.events.len(), 1);
     assert!(third.next_page_token.is_empty());
     for bad in ["x", "YTE6LTE", "!!"] {
         assert!(matches!(
-            h.recovery.audit_page("acct", 2, bad).await.unwrap_err(),
+            h.recovery
+                .list_audit_events("acct", 2, bad)
+                .await
+                .unwrap_err(),
             Error::InvalidPage(_)
         ));
     }
     assert!(matches!(
-        h.recovery.audit_page("acct", -1, "").await.unwrap_err(),
+        h.recovery
+            .list_audit_events("acct", -1, "")
+            .await
+            .unwrap_err(),
         Error::InvalidPage(_)
     ));
     let audit_text = format!("{:?}", page.events);
@@ -803,7 +903,7 @@ async fn a_full_hashing_pool_answers_overloaded() {
     let held = (hasher.admit().await.unwrap(), hasher.admit().await.unwrap());
     assert_eq!(
         recovery
-            .create_code("acct", "ann@example.com")
+            .create_recovery_code("acct", "ann@example.com")
             .await
             .unwrap_err(),
         Error::Overloaded
@@ -811,7 +911,7 @@ async fn a_full_hashing_pool_answers_overloaded() {
     drop(held);
     assert!(
         recovery
-            .create_code("acct", "ann@example.com")
+            .create_recovery_code("acct", "ann@example.com")
             .await
             .is_ok()
     );
@@ -848,7 +948,7 @@ async fn a_replacement_under_a_new_address_tells_both_addresses_once() {
     );
     let kinds: Vec<&str> = h
         .recovery
-        .audit_page("acct", 0, "")
+        .list_audit_events("acct", 0, "")
         .await
         .unwrap()
         .events
@@ -866,7 +966,7 @@ async fn an_unknown_email_flow_refuses_even_its_own_code() {
     let h = harness(Policy::default()).await;
     let flow = h
         .recovery
-        .begin("nobody@example.com", IP, "agent")
+        .begin_recovery("nobody@example.com", IP, "agent")
         .await
         .unwrap();
     let url = format!("sqlite://{}?mode=rw", h._dir.path().join("r.db").display());
@@ -885,7 +985,10 @@ async fn an_unknown_email_flow_refuses_even_its_own_code() {
     let data: serde_json::Value = serde_json::from_slice(&plain).unwrap();
     let code = data["code"].as_str().unwrap().to_owned();
     assert_eq!(
-        h.recovery.verify(&flow.flow_id, &code).await.unwrap_err(),
+        h.recovery
+            .verify_email(&flow.flow_id, &code)
+            .await
+            .unwrap_err(),
         Error::EmailCodeMismatch { attempts_left: 4 }
     );
     let any_code = crate::domain::code::RecoveryCode::generate()
@@ -893,7 +996,7 @@ async fn an_unknown_email_flow_refuses_even_its_own_code() {
         .display();
     assert_eq!(
         h.recovery
-            .recover(&flow.flow_id, &any_code)
+            .recover_account(&flow.flow_id, &any_code)
             .await
             .unwrap_err(),
         Error::EmailNotVerified,
@@ -909,11 +1012,11 @@ async fn a_typed_address_is_stored_only_as_a_keyed_hash() {
     let h = harness(Policy::default()).await;
     h.enroll("acct", "Known.Person@example.com").await;
     h.recovery
-        .begin("Nobody.Here@example.com", IP, "agent")
+        .begin_recovery("Nobody.Here@example.com", IP, "agent")
         .await
         .unwrap();
     h.recovery
-        .begin("known.person@EXAMPLE.com", IP, "agent")
+        .begin_recovery("known.person@EXAMPLE.com", IP, "agent")
         .await
         .unwrap();
     let url = format!("sqlite://{}?mode=rw", h._dir.path().join("r.db").display());
@@ -952,12 +1055,12 @@ async fn address_claims_are_limited_per_account_and_refusals_audited() {
     // The one refused claim: the victim's address.
     assert_eq!(
         h.recovery
-            .update_email("prober", "VICTIM@example.com")
+            .update_recovery_email("prober", "VICTIM@example.com")
             .await
             .unwrap_err(),
         Error::EmailInUse
     );
-    let page = h.recovery.audit_page("prober", 0, "").await.unwrap();
+    let page = h.recovery.list_audit_events("prober", 0, "").await.unwrap();
     let refused = page
         .events
         .iter()
@@ -973,19 +1076,19 @@ async fn address_claims_are_limited_per_account_and_refusals_audited() {
     );
     // Keeping the current address is no claim; new addresses are, up to 10 a day.
     h.recovery
-        .update_email("prober", "prober0@example.com")
+        .update_recovery_email("prober", "prober0@example.com")
         .await
         .unwrap();
     for i in 1..=8 {
         h.recovery
-            .update_email("prober", &format!("prober{i}@example.com"))
+            .update_recovery_email("prober", &format!("prober{i}@example.com"))
             .await
             .unwrap();
     }
     // The enrolment itself was claim 1 of the day; the refused one claim 2.
     let err = h
         .recovery
-        .update_email("prober", "prober9@example.com")
+        .update_recovery_email("prober", "prober9@example.com")
         .await
         .unwrap_err();
     assert!(
@@ -1001,7 +1104,7 @@ async fn address_claims_are_limited_per_account_and_refusals_audited() {
     // Another day, another 10.
     h.clock.advance(24 * HOUR);
     h.recovery
-        .update_email("prober", "prober9@example.com")
+        .update_recovery_email("prober", "prober9@example.com")
         .await
         .unwrap();
 }
@@ -1018,13 +1121,13 @@ async fn audit_events_record_the_caller_and_the_flows_client() {
     .await;
     let flow = h
         .recovery
-        .begin("ann@example.com", IP, "Firefox")
+        .begin_recovery("ann@example.com", IP, "Firefox")
         .await
         .unwrap();
     let code = h.email_code().await;
-    h.recovery.verify(&flow.flow_id, "000000").await.ok();
-    h.recovery.verify(&flow.flow_id, &code).await.unwrap();
-    let page = h.recovery.audit_page("acct", 0, "").await.unwrap();
+    h.recovery.verify_email(&flow.flow_id, "000000").await.ok();
+    h.recovery.verify_email(&flow.flow_id, &code).await.unwrap();
+    let page = h.recovery.list_audit_events("acct", 0, "").await.unwrap();
     let created = page
         .events
         .iter()
@@ -1070,15 +1173,15 @@ async fn refused_recovery_submissions_are_audited() {
     let flow = h.verified_flow("ann@example.com").await;
     for _ in 0..2 {
         h.recovery
-            .recover(&flow, &wrong_code(&code))
+            .recover_account(&flow, &wrong_code(&code))
             .await
             .unwrap_err();
     }
     assert!(matches!(
-        h.recovery.recover(&flow, &code).await.unwrap_err(),
+        h.recovery.recover_account(&flow, &code).await.unwrap_err(),
         Error::RecoveryLocked { .. }
     ));
-    let page = h.recovery.audit_page("acct", 0, "").await.unwrap();
+    let page = h.recovery.list_audit_events("acct", 0, "").await.unwrap();
     let refused = page
         .events
         .iter()
@@ -1105,14 +1208,14 @@ async fn starts_are_limited_per_ip_per_hour_and_per_email_without_an_ip() {
             h.clock.advance(MIN + 1);
         }
         h.recovery
-            .begin(&format!("user{i}@example.com"), "2001:db8:1:2::7", "agent")
+            .begin_recovery(&format!("user{i}@example.com"), "2001:db8:1:2::7", "agent")
             .await
             .unwrap();
     }
     h.clock.advance(MIN + 1);
     let err = h
         .recovery
-        .begin("another@example.com", "2001:db8:1:2:ffff::1", "agent")
+        .begin_recovery("another@example.com", "2001:db8:1:2:ffff::1", "agent")
         .await
         .unwrap_err();
     assert!(
@@ -1121,22 +1224,25 @@ async fn starts_are_limited_per_ip_per_hour_and_per_email_without_an_ip() {
     );
     // Another /64 is another bucket.
     h.recovery
-        .begin("another@example.com", "2001:db8:1:3::7", "agent")
+        .begin_recovery("another@example.com", "2001:db8:1:3::7", "agent")
         .await
         .unwrap();
     // Without an IP address: per email address only.
     for i in 0..30 {
         h.recovery
-            .begin(&format!("noip{i}@example.com"), "", "")
+            .begin_recovery(&format!("noip{i}@example.com"), "", "")
             .await
             .unwrap();
     }
     for _ in 0..5 {
-        h.recovery.begin("same@example.com", "", "").await.unwrap();
+        h.recovery
+            .begin_recovery("same@example.com", "", "")
+            .await
+            .unwrap();
     }
     let err = h
         .recovery
-        .begin("SAME@example.com", "", "")
+        .begin_recovery("SAME@example.com", "", "")
         .await
         .unwrap_err();
     assert!(
@@ -1159,7 +1265,7 @@ async fn sent_messages_keep_no_payload() {
     let h = harness(Policy::default()).await;
     h.enroll("acct", "ann@example.com").await;
     h.recovery
-        .begin("ann@example.com", IP, "agent")
+        .begin_recovery("ann@example.com", IP, "agent")
         .await
         .unwrap();
     assert_eq!(
@@ -1213,7 +1319,7 @@ async fn abandoned_submissions_still_count_toward_the_lock() {
     for n in 1..=3 {
         let recovery = h.recovery.clone();
         let (flow_id, bad) = (flow.clone(), wrong_code(&code));
-        let call = tokio::spawn(async move { recovery.recover(&flow_id, &bad).await });
+        let call = tokio::spawn(async move { recovery.recover_account(&flow_id, &bad).await });
         // Wait until the submission is counted, then hang up.
         loop {
             let f = h.storage.find_flow(&flow).await.unwrap().unwrap();
@@ -1229,12 +1335,12 @@ async fn abandoned_submissions_still_count_toward_the_lock() {
     loop {
         let locked = h
             .recovery
-            .status("acct")
+            .get_recovery_status("acct")
             .await
             .unwrap()
             .locked_until_ms
             .is_some();
-        let page = h.recovery.audit_page("acct", 0, "").await.unwrap();
+        let page = h.recovery.list_audit_events("acct", 0, "").await.unwrap();
         let audited = page
             .events
             .iter()

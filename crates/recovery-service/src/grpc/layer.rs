@@ -14,7 +14,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// A random W3C trace id (32 lower-case hex digits), for logs without an exported trace.
 fn fresh_trace_id() -> String {
-    crate::domain::secrets::random_bytes::<16>().map_or_else(|_| "0".repeat(32), hex::encode)
+    crate::crypto::random_bytes::<16>().map_or_else(|_| "0".repeat(32), hex::encode)
 }
 
 /// Whether `service/method` is one the server serves (the contract, health, reflection).

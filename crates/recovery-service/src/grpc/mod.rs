@@ -104,7 +104,8 @@ impl RecoveryService for RecoveryApi {
         let req = request.into_inner();
         let created = domain::caller::scope(
             caller,
-            self.recovery.create_code(&req.account_id, &req.email),
+            self.recovery
+                .create_recovery_code(&req.account_id, &req.email),
         )
         .await
         .map_err(|e| fail("CreateRecoveryCode", &e))?;
@@ -125,7 +126,7 @@ impl RecoveryService for RecoveryApi {
         let flow = domain::caller::scope(
             caller,
             self.recovery
-                .begin(&req.email, &client.ip_address, &client.user_agent),
+                .begin_recovery(&req.email, &client.ip_address, &client.user_agent),
         )
         .await
         .map_err(|e| fail("BeginRecovery", &e))?;
@@ -141,10 +142,12 @@ impl RecoveryService for RecoveryApi {
     ) -> Result<Response<VerifyEmailResponse>, Status> {
         let caller = self.authorize("VerifyEmail", &request, AUTH)?;
         let req = request.into_inner();
-        let until =
-            domain::caller::scope(caller, self.recovery.verify(&req.flow_id, &req.email_code))
-                .await
-                .map_err(|e| fail("VerifyEmail", &e))?;
+        let until = domain::caller::scope(
+            caller,
+            self.recovery.verify_email(&req.flow_id, &req.email_code),
+        )
+        .await
+        .map_err(|e| fail("VerifyEmail", &e))?;
         Ok(Response::new(VerifyEmailResponse {
             verified_until: Some(timestamp(until)),
         }))
@@ -158,7 +161,8 @@ impl RecoveryService for RecoveryApi {
         let req = request.into_inner();
         let recovered = domain::caller::scope(
             caller,
-            self.recovery.recover(&req.flow_id, &req.recovery_code),
+            self.recovery
+                .recover_account(&req.flow_id, &req.recovery_code),
         )
         .await
         .map_err(|e| fail("RecoverAccount", &e))?;
@@ -178,9 +182,10 @@ impl RecoveryService for RecoveryApi {
     ) -> Result<Response<GetRecoveryStatusResponse>, Status> {
         let caller = self.authorize("GetRecoveryStatus", &request, AUTH_OR_OPERATOR)?;
         let req = request.into_inner();
-        let status = domain::caller::scope(caller, self.recovery.status(&req.account_id))
-            .await
-            .map_err(|e| fail("GetRecoveryStatus", &e))?;
+        let status =
+            domain::caller::scope(caller, self.recovery.get_recovery_status(&req.account_id))
+                .await
+                .map_err(|e| fail("GetRecoveryStatus", &e))?;
         Ok(Response::new(GetRecoveryStatusResponse {
             enrolled: status.enrolled,
             code_id: status.code_id.unwrap_or_default(),
@@ -198,9 +203,13 @@ impl RecoveryService for RecoveryApi {
     ) -> Result<Response<RevokeRecoveryCodeResponse>, Status> {
         let caller = self.authorize("RevokeRecoveryCode", &request, AUTH_OR_OPERATOR)?;
         let req = request.into_inner();
-        let at = domain::caller::scope(caller, self.recovery.revoke(&req.account_id, &req.reason))
-            .await
-            .map_err(|e| fail("RevokeRecoveryCode", &e))?;
+        let at = domain::caller::scope(
+            caller,
+            self.recovery
+                .revoke_recovery_code(&req.account_id, &req.reason),
+        )
+        .await
+        .map_err(|e| fail("RevokeRecoveryCode", &e))?;
         Ok(Response::new(RevokeRecoveryCodeResponse {
             revoked_at: Some(timestamp(at)),
         }))
@@ -214,7 +223,8 @@ impl RecoveryService for RecoveryApi {
         let req = request.into_inner();
         let at = domain::caller::scope(
             caller,
-            self.recovery.update_email(&req.account_id, &req.email),
+            self.recovery
+                .update_recovery_email(&req.account_id, &req.email),
         )
         .await
         .map_err(|e| fail("UpdateRecoveryEmail", &e))?;
@@ -232,7 +242,7 @@ impl RecoveryService for RecoveryApi {
         let page = domain::caller::scope(
             caller,
             self.recovery
-                .audit_page(&req.account_id, req.page_size, &req.page_token),
+                .list_audit_events(&req.account_id, req.page_size, &req.page_token),
         )
         .await
         .map_err(|e| fail("ListAuditEvents", &e))?;

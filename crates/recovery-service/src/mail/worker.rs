@@ -14,7 +14,7 @@ use super::{
     templates::{self, Branding},
 };
 use crate::{
-    config::KeyRing,
+    crypto::KeyRing,
     domain::{
         Clock,
         email::{mask, redact_addresses},

@@ -1,11 +1,51 @@
-//! Cryptographic primitives at the bottom of the crate: the one HMAC-SHA-256 everything keyed
+//! Cryptographic primitives at the bottom of the crate: the server key ring ([`KeyRing`]) and
+//! the one HMAC-SHA-256 everything keyed
 //! goes through (subkeys, email-code MACs, address keys, the audit chain, key fingerprints).
 //! It cannot fail and never falls back to a zero key: a key of at most one block (64 bytes)
 //! is zero-padded to the block as RFC 2104 specifies, a longer one hashed first.
 
+pub mod hasher;
+mod keys;
+
+pub use keys::{KeyRing, SecretKey, getrandom_fill};
+
 use hmac::{Hmac, Mac as _, digest::KeyInit};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
+
+/// What a subkey is for; each purpose gets an independent key from the same server secret.
+#[derive(Debug, Clone, Copy)]
+pub enum Purpose {
+    EmailCodeMac,
+    RecoveryCodePepper,
+    OutboxSeal,
+    AuditChain,
+    AddressKey,
+}
+
+impl Purpose {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Self::EmailCodeMac => b"recovery-service v1 email-code mac",
+            Self::RecoveryCodePepper => b"recovery-service v1 recovery-code pepper",
+            Self::OutboxSeal => b"recovery-service v1 outbox seal",
+            Self::AuditChain => b"recovery-service v1 audit chain",
+            Self::AddressKey => b"recovery-service v1 address key",
+        }
+    }
+}
+
+/// HMAC-SHA-256(server key, purpose label): a 32-byte subkey. The only derivation.
+pub fn subkey(key: &SecretKey, purpose: Purpose) -> Zeroizing<[u8; 32]> {
+    Zeroizing::new(hmac_sha256(key.expose(), &[purpose.label()]))
+}
+
+/// Random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
+    let mut out = [0u8; N];
+    getrandom_fill(&mut out)?;
+    Ok(out)
+}
 
 /// SHA-256's block size: HMAC keys are padded (or hashed) to it.
 const BLOCK: usize = 64;

@@ -23,11 +23,18 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use zeroize::Zeroizing;
 
-use super::{
-    Error,
-    secrets::{Purpose, random_bytes, subkey},
-};
-use crate::config::SecretKey;
+use super::{Purpose, SecretKey, random_bytes, subkey};
+
+/// Why a hash was not computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// No hashing thread freed up within the admission wait: answer `OVERLOADED`.
+    #[error("the hashing pool is full")]
+    Overloaded,
+    /// A bug or a broken environment (logged where it happens).
+    #[error("hashing failed")]
+    Failed,
+}
 
 /// Argon2id cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +67,7 @@ impl HashParams {
     fn argon2_params(&self) -> Result<Params, Error> {
         Params::new(self.m_kib, self.t, self.p, Some(32)).map_err(|e| {
             tracing::error!(error = %e, "invalid argon2 parameters");
-            Error::Internal
+            Error::Failed
         })
     }
 }
@@ -140,7 +147,7 @@ impl Hasher {
                 })
                 .map_err(|e| {
                     tracing::error!(error = %e, "cannot start a hashing thread");
-                    Error::Internal
+                    Error::Failed
                 })?;
         }
         Ok(Self {
@@ -209,7 +216,10 @@ impl Hasher {
         key: &SecretKey,
     ) -> Result<String, Error> {
         let params = self.inner.params;
-        let salt: [u8; 16] = random_bytes()?;
+        let salt: [u8; 16] = random_bytes().map_err(|e| {
+            tracing::error!(error = %e, "random source failed");
+            Error::Failed
+        })?;
         let output = self.run(permit, params, secret, salt.to_vec(), key).await?;
         Ok(format!(
             "$argon2id$v=19$m={},t={},p={}${}${}",
@@ -233,7 +243,7 @@ impl Hasher {
     ) -> Result<bool, Error> {
         let (params, salt, expected) = parse_phc(phc).ok_or_else(|| {
             tracing::error!("stored recovery-code hash is not an argon2id PHC string");
-            Error::Internal
+            Error::Failed
         })?;
         let output = self.run(permit, params, secret, salt, key).await?;
         Ok(output.len() == expected.len() && bool::from(output.ct_eq(&expected)))
@@ -290,18 +300,18 @@ impl Hasher {
             mpsc::TrySendError::Full(_) => Error::Overloaded,
             mpsc::TrySendError::Disconnected(_) => {
                 tracing::error!("hashing threads are gone");
-                Error::Internal
+                Error::Failed
             }
         })?;
         match result.await {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "argon2 failed");
-                Err(Error::Internal)
+                Err(Error::Failed)
             }
             Err(_) => {
                 tracing::error!("a hashing thread died");
-                Err(Error::Internal)
+                Err(Error::Failed)
             }
         }
     }
@@ -349,7 +359,7 @@ fn parse_phc(phc: &str) -> Option<(HashParams, Vec<u8>, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::KeyRing;
+    use crate::crypto::KeyRing;
 
     /// RFC 9106, section 5.3: the Argon2id test vector (secret and associated data included),
     /// through the same calls the pool makes (`new_with_secret`, a reused block buffer).
@@ -505,7 +515,7 @@ mod tests {
         ] {
             assert_eq!(
                 hasher.verify(&permit, b"code", bad, keys.current()).await,
-                Err(Error::Internal)
+                Err(Error::Failed)
             );
         }
     }

@@ -16,4 +16,4 @@ mod ops;
 pub use chain::{AuditChainKeys, ChainStatus};
 pub use connect::{Backend, ConnectOptions, SchemaStatus, Storage, sqlite_file_path};
 pub use error::{ConflictKind, StorageError};
-pub use ops::{CleanupReport, IntoEffects};
+pub use ops::{ChangeError, CleanupReport, IntoEffects};

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use common::TestDb;
 use recovery_storage::{
-    SchemaStatus, Storage, StorageError,
+    ChangeError, SchemaStatus, Storage, StorageError,
     model::{
         AttemptKind, ClientInfo, Completion, CompletionUpdate, Effects, NewAuditEvent,
         NewEnrollment, NewFlow, NewMessage, Opaque, RateDecision, StoredCode,
@@ -239,10 +239,10 @@ async fn an_email_belongs_to_one_live_enrollment(db: &TestDb) {
     assert!(
         matches!(
             err,
-            StorageError::Conflict {
+            ChangeError::Storage(StorageError::Conflict {
                 kind: recovery_storage::ConflictKind::AddressInUse,
                 ..
-            }
+            })
         ),
         "{err:?}"
     );
@@ -293,12 +293,12 @@ async fn revoking_clears_the_code_and_cancels_flows(db: &TestDb) {
         .revoke_enrollment("acct", T0, |_| Effects::none())
         .await
         .unwrap_err();
-    assert!(matches!(err, StorageError::NotFound));
+    assert!(matches!(err, ChangeError::Storage(StorageError::NotFound)));
     let err = s
         .revoke_enrollment("nobody", T0, |_| Effects::none())
         .await
         .unwrap_err();
-    assert!(matches!(err, StorageError::NotFound));
+    assert!(matches!(err, ChangeError::Storage(StorageError::NotFound)));
 
     let again = s
         .put_enrollment(
@@ -351,7 +351,7 @@ async fn changing_the_email_moves_lookup_and_generation(db: &TestDb) {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, StorageError::NotFound));
+    assert!(matches!(err, ChangeError::Storage(StorageError::NotFound)));
 }
 
 async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
@@ -898,10 +898,10 @@ async fn effects_are_written_with_their_change_or_not_at_all(db: &TestDb) {
     assert!(
         matches!(
             err,
-            StorageError::Conflict {
+            ChangeError::Storage(StorageError::Conflict {
                 kind: recovery_storage::ConflictKind::Duplicate,
                 ..
-            }
+            })
         ),
         "{err:?}"
     );
@@ -988,7 +988,11 @@ async fn effects_that_cannot_be_built_roll_the_change_back(db: &TestDb) {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, StorageError::Other(_)), "{err:?}");
+    // The callback's own error comes back as it was, not as a string.
+    assert!(
+        matches!(err, ChangeError::Effects("the random source failed")),
+        "{err:?}"
+    );
     assert!(
         s.find_enrollment("acct").await.unwrap().is_none(),
         "nothing stored"

@@ -156,157 +156,14 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let layers = Layers::load(file, env)?;
         let s = Settings { layers: &layers };
-
         let listen_addr = s.parse("listen_addr", defaults::LISTEN_ADDR, parse_listen_addr)?;
-
-        let database_url = match s.secret("database_url", "database_url_file")? {
-            Some((url, origin)) => {
-                check_database_url(&url).map_err(|why| ConfigError::at(&origin, why))?;
-                SecretUrl::new(url)
-            }
-            None => SecretUrl::new(defaults::DATABASE_URL.to_owned()),
-        };
-        let is_postgres = database_url.expose().starts_with("postgres");
-
-        let database_max_connections = s.parse(
-            "database_max_connections",
-            &defaults::DATABASE_MAX_CONNECTIONS.to_string(),
-            |t| match t.parse::<u32>() {
-                Ok(n) if (1..=1000).contains(&n) => Ok(n),
-                _ => Err("expected a whole number from 1 to 1000".to_owned()),
-            },
-        )?;
-
-        let smtp_password_file = s.path("smtp_password_file")?;
-        let mail = match s.raw("smtp_url") {
-            Some(raw) => {
-                let url = check_smtp_url(&raw.text, smtp_password_file.is_some())
-                    .map_err(|why| ConfigError::at(&raw.origin, why))?;
-                MailTransport::Smtp {
-                    url: SecretUrl::new(url),
-                    password_file: smtp_password_file,
-                    timeout: s.parse("smtp_timeout", "20s", parse_duration)?,
-                }
-            }
-            None => {
-                if smtp_password_file.is_some() {
-                    return Err(ConfigError::at(
-                        &layers.origin("smtp_password_file"),
-                        "set only together with RECOVERY_SMTP_URL",
-                    ));
-                }
-                MailTransport::Files {
-                    dir: s
-                        .path("mail_dir")?
-                        .unwrap_or_else(|| PathBuf::from(defaults::MAIL_DIR)),
-                }
-            }
-        };
-
-        let mail_from = s.parse("mail_from", defaults::MAIL_FROM, |t| {
-            t.parse::<Mailbox>().map_err(|e| {
-                format!(
-                    "not a mailbox ({e}); expected e.g. `Account Recovery <no-reply@example.com>`"
-                )
-            })
-        })?;
-
-        let mail_max_attempts = s.parse("mail_max_attempts", "10", |t| {
-            count(t, 1, 1000).map(|n| n as i32)
-        })?;
-
-        let mail_retry_base = s.parse("mail_retry_base", "2s", parse_duration)?;
-        let mail_lease = s.parse("mail_lease", "60s", parse_duration)?;
-        if let MailTransport::Smtp { timeout, .. } = &mail
-            && mail_lease <= *timeout
-        {
-            return Err(ConfigError::at(
-                &layers.origin("mail_lease"),
-                format!(
-                    "must be longer than the SMTP timeout ({}; RECOVERY_SMTP_TIMEOUT), or a send still in progress could be taken over and sent twice",
-                    humantime::format_duration(*timeout)
-                ),
-            ));
-        }
-
-        let keys = match s.secret("secret_key", "secret_key_file")? {
-            Some((text, origin)) => KeySource::Configured(
-                KeyRing::parse(text.trim()).map_err(|why| ConfigError::at(&origin, why))?,
-            ),
-            None if is_postgres => {
-                return Err(ConfigError::new(
-                    "RECOVERY_SECRET_KEY",
-                    "required with PostgreSQL (64 hex characters, e.g. `openssl rand -hex 32`; or RECOVERY_SECRET_KEY_FILE)",
-                ));
-            }
-            None => match recovery_storage::sqlite_file_path(database_url.expose()) {
-                Some(db) => KeySource::DevFile(dev_key_path(&db)),
-                None => KeySource::Ephemeral,
-            },
-        };
-
-        let reuse_policy = s.parse("reuse_policy", "reusable", |t| match t {
-            "reusable" => Ok(ReusePolicy::Reusable),
-            "rotate_on_use" => Ok(ReusePolicy::RotateOnUse),
-            _ => Err("expected `reusable` or `rotate_on_use`".to_owned()),
-        })?;
-
-        let tls = tls_config(&s)?;
-        let callers = match s.raw("callers") {
-            Some(raw) => {
-                parse_callers(&raw.text).map_err(|why| ConfigError::at(&raw.origin, why))?
-            }
-            None => Vec::new(),
-        };
-        let mutual_tls = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-        if !callers.is_empty() && !mutual_tls {
-            return Err(ConfigError::at(
-                &layers.origin("callers"),
-                "needs RECOVERY_TLS_CLIENT_CA: caller identities come from client certificates",
-            ));
-        }
-        if mutual_tls && callers.is_empty() {
-            return Err(ConfigError::at(
-                &layers.origin("callers"),
-                "required with RECOVERY_TLS_CLIENT_CA: map client certificate identities to roles, e.g. `spiffe://platform/ns/auth/sa/auth-service=auth`",
-            ));
-        }
-
-        let trust_all_callers = s.parse("trust_all_callers", "false", parse_bool)?;
-        if !mutual_tls && !listen_addr.ip().is_loopback() && !trust_all_callers {
-            return Err(ConfigError::at(
-                &layers.origin("trust_all_callers"),
-                format!(
-                    "without RECOVERY_TLS_CLIENT_CA every caller on {listen_addr} would be trusted; set RECOVERY_TLS_CLIENT_CA and RECOVERY_CALLERS (mutual TLS), or RECOVERY_TRUST_ALL_CALLERS=true if something in front authenticates callers (e.g. a service mesh)"
-                ),
-            ));
-        }
-        let health_listen_addr = match s.raw("health_listen_addr") {
-            Some(raw) => Some(
-                parse_listen_addr(&raw.text).map_err(|why| ConfigError::at(&raw.origin, why))?,
-            ),
-            None => None,
-        };
-        if health_listen_addr.is_some_and(|h| h == listen_addr) {
-            return Err(ConfigError::at(
-                &layers.origin("health_listen_addr"),
-                "must differ from RECOVERY_LISTEN_ADDR",
-            ));
-        }
-        let product_name = match s.raw("product_name") {
-            Some(raw) => Some(
-                check_display_text(&raw.text, 60)
-                    .map_err(|why| ConfigError::at(&raw.origin, why))?,
-            ),
-            None => None,
-        };
-        let support_url = match s.raw("support_url") {
-            Some(raw) => Some(
-                check_support_url(&raw.text).map_err(|why| ConfigError::at(&raw.origin, why))?,
-            ),
-            None => None,
-        };
-
+        let (database_url, database_max_connections) = database_settings(&s)?;
+        let (mail, mail_from, mail_max_attempts, mail_retry_base, mail_lease) =
+            mail_settings(&s, &layers)?;
+        let (product_name, support_url) = branding_settings(&s)?;
+        let keys = key_source(&s, &database_url)?;
+        let (tls, callers, trust_all_callers, health_listen_addr) =
+            caller_settings(&s, &layers, listen_addr)?;
         let shutdown_grace = s.parse("shutdown_grace", defaults::SHUTDOWN_GRACE, parse_duration)?;
         let log_format = s.parse("log_format", "text", |t| match t {
             "text" => Ok(LogFormat::Text),
@@ -314,79 +171,8 @@ impl Config {
             _ => Err("expected `text` or `json`".to_owned()),
         })?;
 
-        let hash_threads = s.parse("hash_threads", &default_threads().to_string(), |t| match t
-            .parse::<usize>()
-        {
-            Ok(n) if (1..=256).contains(&n) => Ok(n),
-            _ => Err("expected a whole number from 1 to 256".to_owned()),
-        })?;
-        let defaults = HashParams::default();
-        let hash_params = HashParams {
-            m_kib: s.parse("hash_memory_kib", &defaults.m_kib.to_string(), |t| {
-                count(t, 8, 4 * 1024 * 1024)
-            })?,
-            t: s.parse("hash_iterations", &defaults.t.to_string(), |t| {
-                count(t, 1, 100)
-            })?,
-            p: s.parse("hash_parallelism", &defaults.p.to_string(), |t| {
-                count(t, 1, 64)
-            })?,
-        };
-        if hash_params.m_kib < 8 * hash_params.p {
-            return Err(ConfigError::at(
-                &layers.origin("hash_memory_kib"),
-                "must be at least 8 KiB per lane (RECOVERY_HASH_PARALLELISM)",
-            ));
-        }
-        let hash_admission_wait = s.parse("hash_admission_wait", "100ms", parse_duration)?;
-        let d = Policy::default();
-        let policy = Policy {
-            reuse: reuse_policy,
-            flow_ttl_ms: s.parse("flow_ttl", "30m", parse_millis)?,
-            email_code_ttl_ms: s.parse("email_code_ttl", "15m", parse_millis)?,
-            email_attempts: s.parse("email_code_attempts", &d.email_attempts.to_string(), |t| {
-                count(t, 1, 100).map(|n| n as i32)
-            })?,
-            recovery_attempts: s.parse(
-                "recovery_code_attempts",
-                &d.recovery_attempts.to_string(),
-                |t| count(t, 1, 100).map(|n| n as i32),
-            )?,
-            lockout_threshold: s.parse(
-                "lockout_threshold",
-                &d.lockout_threshold.to_string(),
-                |t| count(t, 1, 10_000).map(i64::from),
-            )?,
-            lockout_window_ms: s.parse("lockout_window", "24h", parse_millis)?,
-            lockout_ms: s.parse("lockout_duration", "24h", parse_millis)?,
-            starts_per_email_per_hour: s.parse(
-                "starts_per_email_per_hour",
-                &d.starts_per_email_per_hour.to_string(),
-                |t| count(t, 1, 1_000_000).map(i64::from),
-            )?,
-            starts_per_ip_per_hour: s.parse(
-                "starts_per_ip_per_hour",
-                &d.starts_per_ip_per_hour.to_string(),
-                |t| count(t, 1, 1_000_000).map(i64::from),
-            )?,
-            starts_per_ip_per_minute: s.parse(
-                "starts_per_ip_per_minute",
-                &d.starts_per_ip_per_minute.to_string(),
-                |t| count(t, 1, 1_000_000).map(i64::from),
-            )?,
-            address_claims_per_day: s.parse(
-                "address_claims_per_day",
-                &d.address_claims_per_day.to_string(),
-                |t| count(t, 1, 1_000_000).map(i64::from),
-            )?,
-        };
-        if policy.email_code_ttl_ms > policy.flow_ttl_ms {
-            return Err(ConfigError::at(
-                &layers.origin("email_code_ttl"),
-                "must not be longer than RECOVERY_FLOW_TTL",
-            ));
-        }
-
+        let (hash_threads, hash_params, hash_admission_wait) = hash_settings(&s, &layers)?;
+        let policy = policy_settings(&s, &layers)?;
         Ok(Self {
             listen_addr,
             database_url,
@@ -412,6 +198,269 @@ impl Config {
             unknown_env: layers.unknown_env,
         })
     }
+}
+
+/// The database URL (a secret: it may carry a password) and the pool size.
+fn database_settings(s: &Settings<'_>) -> Result<(SecretUrl, u32), ConfigError> {
+    let database_url = match s.secret("database_url", "database_url_file")? {
+        Some((url, origin)) => {
+            check_database_url(&url).map_err(|why| ConfigError::at(&origin, why))?;
+            SecretUrl::new(url)
+        }
+        None => SecretUrl::new(defaults::DATABASE_URL.to_owned()),
+    };
+    let database_max_connections = s.parse(
+        "database_max_connections",
+        &defaults::DATABASE_MAX_CONNECTIONS.to_string(),
+        |t| match t.parse::<u32>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok(n),
+            _ => Err("expected a whole number from 1 to 1000".to_owned()),
+        },
+    )?;
+    Ok((database_url, database_max_connections))
+}
+
+/// Where mail goes, from whom, and how delivery retries.
+fn mail_settings(
+    s: &Settings<'_>,
+    layers: &Layers,
+) -> Result<(MailTransport, Mailbox, i32, Duration, Duration), ConfigError> {
+    let smtp_password_file = s.path("smtp_password_file")?;
+    let mail = match s.raw("smtp_url") {
+        Some(raw) => {
+            let url = check_smtp_url(&raw.text, smtp_password_file.is_some())
+                .map_err(|why| ConfigError::at(&raw.origin, why))?;
+            MailTransport::Smtp {
+                url: SecretUrl::new(url),
+                password_file: smtp_password_file,
+                timeout: s.parse("smtp_timeout", "20s", parse_duration)?,
+            }
+        }
+        None => {
+            if smtp_password_file.is_some() {
+                return Err(ConfigError::at(
+                    &layers.origin("smtp_password_file"),
+                    "set only together with RECOVERY_SMTP_URL",
+                ));
+            }
+            MailTransport::Files {
+                dir: s
+                    .path("mail_dir")?
+                    .unwrap_or_else(|| PathBuf::from(defaults::MAIL_DIR)),
+            }
+        }
+    };
+
+    let mail_from = s.parse("mail_from", defaults::MAIL_FROM, |t| {
+        t.parse::<Mailbox>().map_err(|e| {
+            format!("not a mailbox ({e}); expected e.g. `Account Recovery <no-reply@example.com>`")
+        })
+    })?;
+
+    let mail_max_attempts = s.parse("mail_max_attempts", "10", |t| {
+        count(t, 1, 1000).map(|n| n as i32)
+    })?;
+
+    let mail_retry_base = s.parse("mail_retry_base", "2s", parse_duration)?;
+    let mail_lease = s.parse("mail_lease", "60s", parse_duration)?;
+    if let MailTransport::Smtp { timeout, .. } = &mail
+        && mail_lease <= *timeout
+    {
+        return Err(ConfigError::at(
+            &layers.origin("mail_lease"),
+            format!(
+                "must be longer than the SMTP timeout ({}; RECOVERY_SMTP_TIMEOUT), or a send still in progress could be taken over and sent twice",
+                humantime::format_duration(*timeout)
+            ),
+        ));
+    }
+    Ok((
+        mail,
+        mail_from,
+        mail_max_attempts,
+        mail_retry_base,
+        mail_lease,
+    ))
+}
+
+/// The product name and support contact the messages use.
+fn branding_settings(s: &Settings<'_>) -> Result<(Option<String>, Option<String>), ConfigError> {
+    let product_name = match s.raw("product_name") {
+        Some(raw) => Some(
+            check_display_text(&raw.text, 60).map_err(|why| ConfigError::at(&raw.origin, why))?,
+        ),
+        None => None,
+    };
+    let support_url = match s.raw("support_url") {
+        Some(raw) => {
+            Some(check_support_url(&raw.text).map_err(|why| ConfigError::at(&raw.origin, why))?)
+        }
+        None => None,
+    };
+
+    Ok((product_name, support_url))
+}
+
+/// Where the server key ring comes from (required with PostgreSQL).
+fn key_source(s: &Settings<'_>, database_url: &SecretUrl) -> Result<KeySource, ConfigError> {
+    let is_postgres = database_url.expose().starts_with("postgres");
+    let keys = match s.secret("secret_key", "secret_key_file")? {
+        Some((text, origin)) => KeySource::Configured(
+            KeyRing::parse(text.trim()).map_err(|why| ConfigError::at(&origin, why))?,
+        ),
+        None if is_postgres => {
+            return Err(ConfigError::new(
+                "RECOVERY_SECRET_KEY",
+                "required with PostgreSQL (64 hex characters, e.g. `openssl rand -hex 32`; or RECOVERY_SECRET_KEY_FILE)",
+            ));
+        }
+        None => match recovery_storage::sqlite_file_path(database_url.expose()) {
+            Some(db) => KeySource::DevFile(dev_key_path(&db)),
+            None => KeySource::Ephemeral,
+        },
+    };
+
+    Ok(keys)
+}
+
+/// TLS, caller roles and the trust rule, and the health-only listener.
+#[allow(clippy::type_complexity)]
+fn caller_settings(
+    s: &Settings<'_>,
+    layers: &Layers,
+    listen_addr: SocketAddr,
+) -> Result<(Option<TlsConfig>, Vec<Caller>, bool, Option<SocketAddr>), ConfigError> {
+    let tls = tls_config(s)?;
+    let callers = match s.raw("callers") {
+        Some(raw) => parse_callers(&raw.text).map_err(|why| ConfigError::at(&raw.origin, why))?,
+        None => Vec::new(),
+    };
+    let mutual_tls = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if !callers.is_empty() && !mutual_tls {
+        return Err(ConfigError::at(
+            &layers.origin("callers"),
+            "needs RECOVERY_TLS_CLIENT_CA: caller identities come from client certificates",
+        ));
+    }
+    if mutual_tls && callers.is_empty() {
+        return Err(ConfigError::at(
+            &layers.origin("callers"),
+            "required with RECOVERY_TLS_CLIENT_CA: map client certificate identities to roles, e.g. `spiffe://platform/ns/auth/sa/auth-service=auth`",
+        ));
+    }
+
+    let trust_all_callers = s.parse("trust_all_callers", "false", parse_bool)?;
+    if !mutual_tls && !listen_addr.ip().is_loopback() && !trust_all_callers {
+        return Err(ConfigError::at(
+            &layers.origin("trust_all_callers"),
+            format!(
+                "without RECOVERY_TLS_CLIENT_CA every caller on {listen_addr} would be trusted; set RECOVERY_TLS_CLIENT_CA and RECOVERY_CALLERS (mutual TLS), or RECOVERY_TRUST_ALL_CALLERS=true if something in front authenticates callers (e.g. a service mesh)"
+            ),
+        ));
+    }
+    let health_listen_addr = match s.raw("health_listen_addr") {
+        Some(raw) => {
+            Some(parse_listen_addr(&raw.text).map_err(|why| ConfigError::at(&raw.origin, why))?)
+        }
+        None => None,
+    };
+    if health_listen_addr.is_some_and(|h| h == listen_addr) {
+        return Err(ConfigError::at(
+            &layers.origin("health_listen_addr"),
+            "must differ from RECOVERY_LISTEN_ADDR",
+        ));
+    }
+    Ok((tls, callers, trust_all_callers, health_listen_addr))
+}
+
+/// The argon2id pool: threads, cost, admission wait.
+fn hash_settings(
+    s: &Settings<'_>,
+    layers: &Layers,
+) -> Result<(usize, HashParams, Duration), ConfigError> {
+    let hash_threads = s.parse("hash_threads", &default_threads().to_string(), |t| match t
+        .parse::<usize>()
+    {
+        Ok(n) if (1..=256).contains(&n) => Ok(n),
+        _ => Err("expected a whole number from 1 to 256".to_owned()),
+    })?;
+    let defaults = HashParams::default();
+    let hash_params = HashParams {
+        m_kib: s.parse("hash_memory_kib", &defaults.m_kib.to_string(), |t| {
+            count(t, 8, 4 * 1024 * 1024)
+        })?,
+        t: s.parse("hash_iterations", &defaults.t.to_string(), |t| {
+            count(t, 1, 100)
+        })?,
+        p: s.parse("hash_parallelism", &defaults.p.to_string(), |t| {
+            count(t, 1, 64)
+        })?,
+    };
+    if hash_params.m_kib < 8 * hash_params.p {
+        return Err(ConfigError::at(
+            &layers.origin("hash_memory_kib"),
+            "must be at least 8 KiB per lane (RECOVERY_HASH_PARALLELISM)",
+        ));
+    }
+    let hash_admission_wait = s.parse("hash_admission_wait", "100ms", parse_duration)?;
+    Ok((hash_threads, hash_params, hash_admission_wait))
+}
+
+/// The rules and limits of recovery.
+fn policy_settings(s: &Settings<'_>, layers: &Layers) -> Result<Policy, ConfigError> {
+    let reuse_policy = s.parse("reuse_policy", "reusable", |t| match t {
+        "reusable" => Ok(ReusePolicy::Reusable),
+        "rotate_on_use" => Ok(ReusePolicy::RotateOnUse),
+        _ => Err("expected `reusable` or `rotate_on_use`".to_owned()),
+    })?;
+
+    let d = Policy::default();
+    let policy = Policy {
+        reuse: reuse_policy,
+        flow_ttl_ms: s.parse("flow_ttl", "30m", parse_millis)?,
+        email_code_ttl_ms: s.parse("email_code_ttl", "15m", parse_millis)?,
+        email_attempts: s.parse("email_code_attempts", &d.email_attempts.to_string(), |t| {
+            count(t, 1, 100).map(|n| n as i32)
+        })?,
+        recovery_attempts: s.parse(
+            "recovery_code_attempts",
+            &d.recovery_attempts.to_string(),
+            |t| count(t, 1, 100).map(|n| n as i32),
+        )?,
+        lockout_threshold: s.parse("lockout_threshold", &d.lockout_threshold.to_string(), |t| {
+            count(t, 1, 10_000).map(i64::from)
+        })?,
+        lockout_window_ms: s.parse("lockout_window", "24h", parse_millis)?,
+        lockout_ms: s.parse("lockout_duration", "24h", parse_millis)?,
+        starts_per_email_per_hour: s.parse(
+            "starts_per_email_per_hour",
+            &d.starts_per_email_per_hour.to_string(),
+            |t| count(t, 1, 1_000_000).map(i64::from),
+        )?,
+        starts_per_ip_per_hour: s.parse(
+            "starts_per_ip_per_hour",
+            &d.starts_per_ip_per_hour.to_string(),
+            |t| count(t, 1, 1_000_000).map(i64::from),
+        )?,
+        starts_per_ip_per_minute: s.parse(
+            "starts_per_ip_per_minute",
+            &d.starts_per_ip_per_minute.to_string(),
+            |t| count(t, 1, 1_000_000).map(i64::from),
+        )?,
+        address_claims_per_day: s.parse(
+            "address_claims_per_day",
+            &d.address_claims_per_day.to_string(),
+            |t| count(t, 1, 1_000_000).map(i64::from),
+        )?,
+    };
+    if policy.email_code_ttl_ms > policy.flow_ttl_ms {
+        return Err(ConfigError::at(
+            &layers.origin("email_code_ttl"),
+            "must not be longer than RECOVERY_FLOW_TTL",
+        ));
+    }
+
+    Ok(policy)
 }
 
 /// Only the listen address (for `healthcheck`, which must not fail on unrelated settings).

@@ -79,6 +79,23 @@ impl From<StorageError> for Error {
     }
 }
 
+/// A change's failure: the database's (mapped as above), or the effects callback's own error,
+/// handed back unchanged.
+impl<E: Into<Error>> From<recovery_storage::ChangeError<E>> for Error {
+    fn from(err: recovery_storage::ChangeError<E>) -> Self {
+        match err {
+            recovery_storage::ChangeError::Storage(err) => err.into(),
+            recovery_storage::ChangeError::Effects(err) => err.into(),
+        }
+    }
+}
+
+impl From<std::convert::Infallible> for Error {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
 impl From<crate::crypto::hasher::Error> for Error {
     fn from(err: crate::crypto::hasher::Error) -> Self {
         match err {

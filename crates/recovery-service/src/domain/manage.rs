@@ -10,7 +10,7 @@ use super::{
 };
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use recovery_storage::{
-    ConflictKind, StorageError,
+    ChangeError, ConflictKind, StorageError,
     model::{Effects, NewEnrollment, Opaque, RateDecision, StoredCode},
 };
 
@@ -106,12 +106,12 @@ impl Recovery {
                 })
                 .await;
             match result {
-                Err(StorageError::Conflict { kind, .. })
+                Err(ChangeError::Storage(StorageError::Conflict { kind, .. }))
                     if kind != ConflictKind::AddressInUse && tries < MAX_TRIES => {}
-                Err(StorageError::Conflict {
+                Err(ChangeError::Storage(StorageError::Conflict {
                     kind: ConflictKind::AddressInUse,
                     ..
-                }) => {
+                })) => {
                     self.refuse_claim(account_id, &email, now).await?;
                     return Err(Error::EmailInUse);
                 }
@@ -194,7 +194,7 @@ impl Recovery {
                 tracing::info!(account_id, "recovery code revoked");
                 Ok(now)
             }
-            Err(StorageError::NotFound) => Err(Error::NotEnrolled),
+            Err(ChangeError::Storage(StorageError::NotFound)) => Err(Error::NotEnrolled),
             Err(other) => Err(other.into()),
         }
     }
@@ -248,11 +248,11 @@ impl Recovery {
                 self.mail_enqueued();
                 Ok(now)
             }
-            Err(StorageError::NotFound) => Err(Error::NotEnrolled),
-            Err(StorageError::Conflict {
+            Err(ChangeError::Storage(StorageError::NotFound)) => Err(Error::NotEnrolled),
+            Err(ChangeError::Storage(StorageError::Conflict {
                 kind: ConflictKind::AddressInUse,
                 ..
-            }) => {
+            })) => {
                 self.refuse_claim(account_id, &email, now).await?;
                 Err(Error::EmailInUse)
             }

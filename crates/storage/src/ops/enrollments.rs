@@ -6,7 +6,7 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait as _},
 };
 
-use super::IntoEffects;
+use super::{ChangeError, IntoEffects};
 use crate::{
     Storage, StorageError,
     entity::enrollment::{self, Column as C},
@@ -26,7 +26,7 @@ impl Storage {
         new: NewEnrollment,
         now: i64,
         effects: impl FnOnce(&PutOutcome) -> R,
-    ) -> Result<PutOutcome, StorageError> {
+    ) -> Result<PutOutcome, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
         let existing = enrollment::Entity::find_by_id(new.account_id.clone())
             .lock_exclusive()
@@ -62,7 +62,8 @@ impl Storage {
                     return Err(StorageError::Conflict {
                         kind: crate::ConflictKind::Transient,
                         detail: "the enrollment changed concurrently".into(),
-                    });
+                    }
+                    .into());
                 }
                 outcome
             }
@@ -93,8 +94,14 @@ impl Storage {
                 }
             }
         };
-        self.apply_effects(&txn, effects(&outcome).into_effects()?, now)
-            .await?;
+        self.apply_effects(
+            &txn,
+            effects(&outcome)
+                .into_effects()
+                .map_err(ChangeError::Effects)?,
+            now,
+        )
+        .await?;
         txn.commit().await?;
         Ok(outcome)
     }
@@ -107,7 +114,7 @@ impl Storage {
         account_id: &str,
         now: i64,
         effects: impl FnOnce(&Enrollment) -> R,
-    ) -> Result<Enrollment, StorageError> {
+    ) -> Result<Enrollment, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
         let row = lock_live(&txn, account_id).await?;
         let result = enrollment::Entity::update_many()
@@ -125,11 +132,17 @@ impl Storage {
             .exec(&txn)
             .await?;
         if result.rows_affected != 1 {
-            return Err(StorageError::NotFound);
+            return Err(StorageError::NotFound.into());
         }
         let before = to_enrollment(row);
-        self.apply_effects(&txn, effects(&before).into_effects()?, now)
-            .await?;
+        self.apply_effects(
+            &txn,
+            effects(&before)
+                .into_effects()
+                .map_err(ChangeError::Effects)?,
+            now,
+        )
+        .await?;
         txn.commit().await?;
         Ok(before)
     }
@@ -146,7 +159,7 @@ impl Storage {
         email_lookup: &str,
         now: i64,
         effects: impl FnOnce(&Enrollment) -> R,
-    ) -> Result<Enrollment, StorageError> {
+    ) -> Result<Enrollment, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
         let row = lock_live(&txn, account_id).await?;
         let result = enrollment::Entity::update_many()
@@ -160,11 +173,17 @@ impl Storage {
             .exec(&txn)
             .await?;
         if result.rows_affected != 1 {
-            return Err(StorageError::NotFound);
+            return Err(StorageError::NotFound.into());
         }
         let before = to_enrollment(row);
-        self.apply_effects(&txn, effects(&before).into_effects()?, now)
-            .await?;
+        self.apply_effects(
+            &txn,
+            effects(&before)
+                .into_effects()
+                .map_err(ChangeError::Effects)?,
+            now,
+        )
+        .await?;
         txn.commit().await?;
         Ok(before)
     }

@@ -7,7 +7,7 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait as _},
 };
 
-use super::IntoEffects;
+use super::{ChangeError, IntoEffects};
 use crate::{
     Storage, StorageError,
     entity::{
@@ -100,7 +100,7 @@ impl Storage {
         cap: i32,
         now: i64,
         effects: impl FnOnce(i32) -> R,
-    ) -> Result<Option<i32>, StorageError> {
+    ) -> Result<Option<i32>, ChangeError<R::Error>> {
         let column = match kind {
             AttemptKind::EmailCode => F::EmailAttempts,
             AttemptKind::RecoveryCode => F::RecoveryAttempts,
@@ -119,8 +119,12 @@ impl Storage {
         }) else {
             return Ok(None);
         };
-        self.apply_effects(&txn, effects(used).into_effects()?, now)
-            .await?;
+        self.apply_effects(
+            &txn,
+            effects(used).into_effects().map_err(ChangeError::Effects)?,
+            now,
+        )
+        .await?;
         txn.commit().await?;
         Ok(Some(used))
     }
@@ -163,7 +167,7 @@ impl Storage {
         now: i64,
         update: CompletionUpdate,
         effects: impl FnOnce(i64) -> R,
-    ) -> Result<Completion, StorageError> {
+    ) -> Result<Completion, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
         // Lock order: the enrollment, then the flow (as every other operation), so that a
         // completion never deadlocks with a submission being counted.
@@ -240,8 +244,14 @@ impl Storage {
         let Some(use_count) = used.first().map(|e| e.use_count) else {
             return Ok(Completion::Cancelled);
         };
-        self.apply_effects(&txn, effects(use_count).into_effects()?, now)
-            .await?;
+        self.apply_effects(
+            &txn,
+            effects(use_count)
+                .into_effects()
+                .map_err(ChangeError::Effects)?,
+            now,
+        )
+        .await?;
         txn.commit().await?;
         Ok(Completion::Completed { use_count })
     }
@@ -356,7 +366,7 @@ impl Storage {
         lock_ms: i64,
         effects: Effects,
         on_lock: impl FnOnce(i64) -> R,
-    ) -> Result<FailureOutcome, StorageError> {
+    ) -> Result<FailureOutcome, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
         // Serialise failures per account: concurrent failures must not each count one short
         // of the threshold and all miss the lock.
@@ -395,8 +405,14 @@ impl Storage {
         }
         self.apply_effects(&txn, effects, now).await?;
         if let Some(until) = newly_locked_until {
-            self.apply_effects(&txn, on_lock(until).into_effects()?, now)
-                .await?;
+            self.apply_effects(
+                &txn,
+                on_lock(until)
+                    .into_effects()
+                    .map_err(ChangeError::Effects)?,
+                now,
+            )
+            .await?;
         }
         txn.commit().await?;
         Ok(FailureOutcome {

@@ -22,23 +22,51 @@ use crate::{
 
 pub use cleanup::CleanupReport;
 
-/// What a change's effects callback may return: the effects, or why they could not be built
-/// (then the whole change rolls back, so no change is stored without its notice and audit).
+/// What a change's effects callback may return: the effects, or its own error (then the whole
+/// change rolls back, so no change is stored without its notice and audit).
 pub trait IntoEffects {
-    fn into_effects(self) -> Result<Effects, StorageError>;
+    /// The callback's error, handed back unchanged in [`ChangeError::Effects`].
+    type Error;
+    fn into_effects(self) -> Result<Effects, Self::Error>;
 }
 
 impl IntoEffects for Effects {
-    fn into_effects(self) -> Result<Effects, StorageError> {
+    type Error = std::convert::Infallible;
+    fn into_effects(self) -> Result<Effects, Self::Error> {
         Ok(self)
     }
 }
 
-impl<E: std::fmt::Display> IntoEffects for Result<Effects, E> {
-    fn into_effects(self) -> Result<Effects, StorageError> {
-        self.map_err(|e| {
-            StorageError::Other(format!("the change's effects could not be built: {e}"))
-        })
+impl<E> IntoEffects for Result<Effects, E> {
+    type Error = E;
+    fn into_effects(self) -> Result<Effects, E> {
+        self
+    }
+}
+
+/// Why a change with an effects callback failed: the database, or the callback (its error
+/// kept as it was, not turned into a string).
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError<E> {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the change's effects could not be built")]
+    Effects(E),
+}
+
+impl<E> From<sea_orm::DbErr> for ChangeError<E> {
+    fn from(err: sea_orm::DbErr) -> Self {
+        Self::Storage(err.into())
+    }
+}
+
+impl<E> ChangeError<E> {
+    /// The storage error, if it was one.
+    pub fn storage(&self) -> Option<&StorageError> {
+        match self {
+            Self::Storage(err) => Some(err),
+            Self::Effects(_) => None,
+        }
     }
 }
 

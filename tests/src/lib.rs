@@ -337,3 +337,26 @@ impl Mailbox {
         }
     }
 }
+
+/// A loopback port held for the whole test without a listener: connections to it are
+/// refused (a server that is down), and no other process can take it in between, as it
+/// could after binding and releasing a port.
+#[derive(Debug)]
+pub struct ReservedPort {
+    socket: tokio::net::TcpSocket,
+    pub addr: SocketAddr,
+}
+
+impl ReservedPort {
+    pub fn new() -> anyhow::Result<Self> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind("127.0.0.1:0".parse()?)?;
+        let addr = socket.local_addr()?;
+        Ok(Self { socket, addr })
+    }
+
+    /// Starts listening on the held port (the server comes up).
+    pub fn listen(self) -> std::io::Result<tokio::net::TcpListener> {
+        self.socket.listen(128)
+    }
+}

@@ -68,9 +68,18 @@ impl SmtpSink {
         Self::start_on("127.0.0.1:0".parse()?).await
     }
 
-    /// Listens on `addr` (to come back on the port a server already points at).
+    /// Listens on `addr`.
     pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        Self::start_with(TcpListener::bind(addr).await?)
+    }
+
+    /// Listens on a port reserved earlier (see [`crate::ReservedPort`]): the sink comes back
+    /// on the port a server already points at, and no other process can have taken it.
+    pub async fn start_on_reserved(port: crate::ReservedPort) -> anyhow::Result<Self> {
+        Self::start_with(port.listen()?)
+    }
+
+    fn start_with(listener: TcpListener) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let received = Arc::new(Mutex::new(Vec::new()));
         let behaviour = Arc::new(Mutex::new(Behaviour::Accept));

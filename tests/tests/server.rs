@@ -286,10 +286,8 @@ async fn the_healthcheck_subcommand_exits_zero_only_when_serving() {
     assert!(status.success());
 
     // Nothing listening: exit 1 with the reason.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    let port = recovery_e2e::ReservedPort::new().unwrap();
+    let closed = port.addr.to_string();
     let (status, stdout, _) = run(
         server.dir.path(),
         &[],

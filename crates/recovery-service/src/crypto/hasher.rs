@@ -527,7 +527,8 @@ mod tests {
         let _second = hasher.admit().await.unwrap();
         let started = std::time::Instant::now();
         assert_eq!(hasher.admit().await.unwrap_err(), Error::Overloaded);
-        assert!(started.elapsed() < Duration::from_millis(500));
+        // Refused after the short wait, never left waiting (a generous bound: no timing test).
+        assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(hasher.stats().rejected.load(Ordering::Relaxed), 1);
         drop(first);
         assert!(

@@ -1,4 +1,30 @@
-//! Time formatting shared by errors and mail.
+//! Instants and their forms: [`Timestamp`] is every instant the domain hands out (Unix epoch
+//! milliseconds, UTC, as storage keeps them), shown as RFC 3339 to machines and as
+//! `30 Nov 2026, 21:02 UTC` to people.
+
+/// An instant: Unix epoch milliseconds, UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub const fn from_ms(ms: i64) -> Self {
+        Self(ms)
+    }
+
+    pub const fn as_ms(self) -> i64 {
+        self.0
+    }
+
+    /// `2026-11-30T21:02:00.000Z`.
+    pub fn rfc3339(self) -> String {
+        rfc3339(self.0)
+    }
+
+    /// `30 Nov 2026, 21:02 UTC`.
+    pub fn human(self) -> String {
+        human(self.0)
+    }
+}
 
 /// An RFC 3339 UTC time with millisecond precision, from Unix epoch milliseconds.
 pub fn rfc3339(ms: i64) -> String {

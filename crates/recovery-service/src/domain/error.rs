@@ -4,6 +4,8 @@
 
 use recovery_storage::StorageError;
 
+use crate::time::Timestamp;
+
 /// A domain failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -34,7 +36,7 @@ pub enum Error {
     #[error("this flow used up its attempts; start a new one with BeginRecovery")]
     TooManyAttempts,
     #[error("recovery is locked for this account after too many wrong recovery codes")]
-    RecoveryLocked { locked_until_ms: i64 },
+    RecoveryLocked { locked_until: Timestamp },
     #[error("the account has no recovery code")]
     NotEnrolled,
     #[error("this email address is already used for recovery by another account")]

@@ -1,5 +1,7 @@
 //! Managing an account's code: create or replace, status, revoke, change email, audit trail.
 
+use crate::time::Timestamp;
+
 use super::{
     AuditEvent, AuditPage, CreatedCode, DAY_MS, Error, Recovery, Result, Status,
     code::RecoveryCode,
@@ -129,7 +131,7 @@ impl Recovery {
         Ok(CreatedCode {
             recovery_code: code.display(),
             code_id,
-            created_at_ms: now,
+            created_at: Timestamp::from_ms(now),
         })
     }
 
@@ -147,17 +149,20 @@ impl Recovery {
         Ok(Status {
             enrolled: true,
             code_id: Some(code.code_id),
-            created_at_ms: enrollment.code_created_at,
-            last_used_at_ms: enrollment.last_used_at,
+            created_at: enrollment.code_created_at.map(Timestamp::from_ms),
+            last_used_at: enrollment.last_used_at.map(Timestamp::from_ms),
             use_count: u32::try_from(enrollment.use_count).unwrap_or(u32::MAX),
-            locked_until_ms: enrollment.locked_until.filter(|until| *until > now),
+            locked_until: enrollment
+                .locked_until
+                .filter(|until| *until > now)
+                .map(Timestamp::from_ms),
             email_hint: Some(mask(&enrollment.email)),
         })
     }
 
     /// Deletes the account's code; flows in progress are cancelled and the owner notified.
     #[tracing::instrument(name = "domain.revoke_recovery_code", skip_all)]
-    pub async fn revoke_recovery_code(&self, account_id: &str, reason: &str) -> Result<i64> {
+    pub async fn revoke_recovery_code(&self, account_id: &str, reason: &str) -> Result<Timestamp> {
         let account_id = validate_account_id(account_id)?;
         let reason = truncate(reason.trim(), MAX_REASON_BYTES);
         let now = self.now();
@@ -192,7 +197,7 @@ impl Recovery {
             Ok(_) => {
                 self.mail_enqueued();
                 tracing::info!(account_id, "recovery code revoked");
-                Ok(now)
+                Ok(Timestamp::from_ms(now))
             }
             Err(ChangeError::Storage(StorageError::NotFound)) => Err(Error::NotEnrolled),
             Err(other) => Err(other.into()),
@@ -202,7 +207,7 @@ impl Recovery {
     /// Changes where recovery mail goes. The code stays valid; flows in progress are cancelled;
     /// both the old and the new address are told.
     #[tracing::instrument(name = "domain.update_recovery_email", skip_all)]
-    pub async fn update_recovery_email(&self, account_id: &str, email: &str) -> Result<i64> {
+    pub async fn update_recovery_email(&self, account_id: &str, email: &str) -> Result<Timestamp> {
         let account_id = validate_account_id(account_id)?;
         let email = Email::parse(email)?;
         let now = self.now();
@@ -246,7 +251,7 @@ impl Recovery {
         match result {
             Ok(_) => {
                 self.mail_enqueued();
-                Ok(now)
+                Ok(Timestamp::from_ms(now))
             }
             Err(ChangeError::Storage(StorageError::NotFound)) => Err(Error::NotEnrolled),
             Err(ChangeError::Storage(StorageError::Conflict {
@@ -343,7 +348,7 @@ impl Recovery {
                     event_id: r.event_id,
                     account_id: r.account_id,
                     kind,
-                    occurred_at_ms: r.occurred_at,
+                    occurred_at: Timestamp::from_ms(r.occurred_at),
                     client_ip: r.client.ip,
                     client_user_agent: r.client.user_agent,
                     details: r.details,

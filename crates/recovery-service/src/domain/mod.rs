@@ -21,7 +21,10 @@ use zeroize::Zeroizing;
 
 pub use self::manage::{decode_page_token, encode_page_token};
 pub use self::notify::Client;
-use crate::crypto::{KeyRing, hasher};
+use crate::{
+    crypto::{KeyRing, hasher},
+    time::Timestamp,
+};
 
 /// Durations in the milliseconds every instant here is counted in.
 const MINUTE_MS: i64 = 60_000;
@@ -102,14 +105,14 @@ pub struct Recovery {
 pub struct CreatedCode {
     pub recovery_code: Zeroizing<String>,
     pub code_id: String,
-    pub created_at_ms: i64,
+    pub created_at: Timestamp,
 }
 
 /// A flow just started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartedFlow {
     pub flow_id: String,
-    pub expires_at_ms: i64,
+    pub expires_at: Timestamp,
 }
 
 /// A completed recovery.
@@ -125,10 +128,10 @@ pub struct Recovered {
 pub struct Status {
     pub enrolled: bool,
     pub code_id: Option<String>,
-    pub created_at_ms: Option<i64>,
-    pub last_used_at_ms: Option<i64>,
+    pub created_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
     pub use_count: u32,
-    pub locked_until_ms: Option<i64>,
+    pub locked_until: Option<Timestamp>,
     pub email_hint: Option<String>,
 }
 
@@ -138,7 +141,7 @@ pub struct AuditEvent {
     pub event_id: String,
     pub account_id: String,
     pub kind: notify::AuditKind,
-    pub occurred_at_ms: i64,
+    pub occurred_at: Timestamp,
     /// The end user's IP address and user agent, as the auth service reported them.
     pub client_ip: Option<String>,
     pub client_user_agent: Option<String>,

@@ -9,7 +9,7 @@ use super::{
     notify::{AuditKind, Client, audit, context, message},
     secrets,
 };
-use crate::crypto::hasher::HashPermit;
+use crate::{crypto::hasher::HashPermit, time::Timestamp};
 use recovery_storage::model::{
     AttemptKind, AttemptReservation, Completion, CompletionUpdate, Effects, Enrollment, Flow,
     Lockout, NewFlow, Opaque, RateDecision, StoredCode,
@@ -109,7 +109,7 @@ impl Recovery {
         }
         Ok(StartedFlow {
             flow_id,
-            expires_at_ms: expires_at,
+            expires_at: Timestamp::from_ms(expires_at),
         })
     }
 
@@ -157,7 +157,7 @@ impl Recovery {
     /// Proves control of the mailbox. Counts the submission before comparing; a verified flow
     /// accepts its right code again (a retried call succeeds) and nothing else.
     #[tracing::instrument(name = "domain.verify_email", skip_all)]
-    pub async fn verify_email(&self, flow_id: &str, email_code: &str) -> Result<i64> {
+    pub async fn verify_email(&self, flow_id: &str, email_code: &str) -> Result<Timestamp> {
         let code = secrets::parse_email_code(email_code)?;
         let now = self.now();
         let (flow, _) = self.find_open_flow(flow_id, now).await?;
@@ -216,7 +216,7 @@ impl Recovery {
             return Err(Error::EmailCodeMismatch { attempts_left });
         }
         if flow.verified_at.is_some() {
-            return Ok(flow.expires_at);
+            return Ok(Timestamp::from_ms(flow.expires_at));
         }
         let effects = match account {
             Some(account) => Effects {
@@ -236,12 +236,12 @@ impl Recovery {
             .mark_flow_verified(&flow.flow_id, now, effects)
             .await?
         {
-            return Ok(flow.expires_at);
+            return Ok(Timestamp::from_ms(flow.expires_at));
         }
         // Lost a race: another call verified it, or it expired or completed meanwhile.
         match self.storage.find_flow(&flow.flow_id).await? {
             Some(f) if f.completed_at.is_some() => Err(Error::FlowCompleted),
-            Some(f) if f.verified_at.is_some() => Ok(f.expires_at),
+            Some(f) if f.verified_at.is_some() => Ok(Timestamp::from_ms(f.expires_at)),
             _ => Err(Error::FlowExpired),
         }
     }
@@ -268,7 +268,7 @@ impl Recovery {
             self.audit_refusal(&flow, &enrollment.account_id, "RECOVERY_LOCKED", now)
                 .await?;
             return Err(Error::RecoveryLocked {
-                locked_until_ms: until,
+                locked_until: Timestamp::from_ms(until),
             });
         }
         let permit = self.hasher.admit().await?;
@@ -299,7 +299,7 @@ impl Recovery {
             },
             AttemptReservation::Locked { until } => {
                 let refused = Error::RecoveryLocked {
-                    locked_until_ms: until,
+                    locked_until: Timestamp::from_ms(until),
                 };
                 self.audit_refusal(&flow, &enrollment.account_id, "RECOVERY_LOCKED", now)
                     .await?;
@@ -449,7 +449,7 @@ impl Recovery {
             }
             Completion::Cancelled => Err(Error::FlowCompleted),
             Completion::Locked { until } => Err(Error::RecoveryLocked {
-                locked_until_ms: until,
+                locked_until: Timestamp::from_ms(until),
             }),
             Completion::NotCompletable => match self.storage.find_flow(&flow.flow_id).await? {
                 Some(f) if f.completed_at.is_some() => Err(Error::FlowCompleted),

@@ -10,6 +10,7 @@ use crate::crypto::{
     KeyRing,
     hasher::{HashParams, Hasher},
 };
+use crate::time::Timestamp;
 
 const KEY_A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const KEY_B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
@@ -165,7 +166,10 @@ async fn the_full_recovery_works_twice_with_the_same_reusable_code() {
             .begin_recovery("  ann@EXAMPLE.com ", IP, "Firefox")
             .await
             .unwrap();
-        assert_eq!(flow.expires_at_ms, h.clock.now_ms() + 30 * MIN);
+        assert_eq!(
+            flow.expires_at,
+            Timestamp::from_ms(h.clock.now_ms() + 30 * MIN)
+        );
         let mail = h.mail().await;
         assert_eq!(
             mail.len(),
@@ -186,7 +190,7 @@ async fn the_full_recovery_works_twice_with_the_same_reusable_code() {
             .verify_email(&flow.flow_id, &email_code)
             .await
             .unwrap();
-        assert_eq!(until, flow.expires_at_ms);
+        assert_eq!(until, flow.expires_at);
         let recovered = h
             .recovery
             .recover_account(&flow.flow_id, &code.to_lowercase())
@@ -196,7 +200,10 @@ async fn the_full_recovery_works_twice_with_the_same_reusable_code() {
         assert!(recovered.new_recovery_code.is_none());
         let status = h.recovery.get_recovery_status("acct-1").await.unwrap();
         assert_eq!(status.use_count, round);
-        assert_eq!(status.last_used_at_ms, Some(h.clock.now_ms()));
+        assert_eq!(
+            status.last_used_at,
+            Some(Timestamp::from_ms(h.clock.now_ms()))
+        );
         assert!(
             h.mail()
                 .await
@@ -500,7 +507,7 @@ async fn ten_wrong_codes_in_a_day_lock_recovery_for_a_day_and_tell_the_owner() {
     assert_eq!(
         h.recovery.recover_account(&flow, &code).await.unwrap_err(),
         Error::RecoveryLocked {
-            locked_until_ms: locked_at + 24 * HOUR
+            locked_until: Timestamp::from_ms(locked_at + 24 * HOUR)
         }
     );
     assert_eq!(
@@ -517,8 +524,8 @@ async fn ten_wrong_codes_in_a_day_lock_recovery_for_a_day_and_tell_the_owner() {
             .get_recovery_status("acct")
             .await
             .unwrap()
-            .locked_until_ms,
-        Some(locked_at + 24 * HOUR)
+            .locked_until,
+        Some(Timestamp::from_ms(locked_at + 24 * HOUR))
     );
 
     h.clock.set(locked_at + 24 * HOUR);
@@ -532,7 +539,7 @@ async fn ten_wrong_codes_in_a_day_lock_recovery_for_a_day_and_tell_the_owner() {
             .get_recovery_status("acct")
             .await
             .unwrap()
-            .locked_until_ms,
+            .locked_until,
         None
     );
 }
@@ -730,14 +737,10 @@ async fn status_never_shows_the_code_or_the_full_address() {
     let status = h.recovery.get_recovery_status("acct").await.unwrap();
     assert!(status.enrolled);
     assert_eq!(status.code_id.as_deref(), Some(created.code_id.as_str()));
-    assert_eq!(status.created_at_ms, Some(T0));
+    assert_eq!(status.created_at, Some(Timestamp::from_ms(T0)));
     assert_eq!(status.email_hint.as_deref(), Some("a***@example.com"));
     assert_eq!(
-        (
-            status.use_count,
-            status.last_used_at_ms,
-            status.locked_until_ms
-        ),
+        (status.use_count, status.last_used_at, status.locked_until),
         (0, None, None)
     );
     for bad in ["", &"x".repeat(129), "a\nb"] {
@@ -1338,7 +1341,7 @@ async fn abandoned_submissions_still_count_toward_the_lock() {
             .get_recovery_status("acct")
             .await
             .unwrap()
-            .locked_until_ms
+            .locked_until
             .is_some();
         let page = h.recovery.list_audit_events("acct", 0, "").await.unwrap();
         let audited = page

@@ -60,8 +60,9 @@ impl RecoveryApi {
     }
 }
 
-/// Unix epoch milliseconds as a protobuf timestamp.
-pub fn timestamp(ms: i64) -> Timestamp {
+/// The one conversion of an instant to the wire.
+pub fn timestamp(at: crate::time::Timestamp) -> Timestamp {
+    let ms = at.as_ms();
     Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
@@ -112,7 +113,7 @@ impl RecoveryService for RecoveryApi {
         Ok(Response::new(CreateRecoveryCodeResponse {
             recovery_code: created.recovery_code.to_string(),
             code_id: created.code_id,
-            created_at: Some(timestamp(created.created_at_ms)),
+            created_at: Some(timestamp(created.created_at)),
         }))
     }
 
@@ -132,7 +133,7 @@ impl RecoveryService for RecoveryApi {
         .map_err(|e| fail("BeginRecovery", &e))?;
         Ok(Response::new(BeginRecoveryResponse {
             flow_id: flow.flow_id,
-            expires_at: Some(timestamp(flow.expires_at_ms)),
+            expires_at: Some(timestamp(flow.expires_at)),
         }))
     }
 
@@ -189,10 +190,10 @@ impl RecoveryService for RecoveryApi {
         Ok(Response::new(GetRecoveryStatusResponse {
             enrolled: status.enrolled,
             code_id: status.code_id.unwrap_or_default(),
-            created_at: status.created_at_ms.map(timestamp),
-            last_used_at: status.last_used_at_ms.map(timestamp),
+            created_at: status.created_at.map(timestamp),
+            last_used_at: status.last_used_at.map(timestamp),
             use_count: status.use_count,
-            locked_until: status.locked_until_ms.map(timestamp),
+            locked_until: status.locked_until.map(timestamp),
             email_hint: status.email_hint.unwrap_or_default(),
         }))
     }
@@ -253,7 +254,7 @@ impl RecoveryService for RecoveryApi {
                 event_id: e.event_id,
                 account_id: e.account_id,
                 kind: audit_kind(e.kind).into(),
-                occurred_at: Some(timestamp(e.occurred_at_ms)),
+                occurred_at: Some(timestamp(e.occurred_at)),
                 client: Some(ClientContext {
                     ip_address: e.client_ip.unwrap_or_default(),
                     user_agent: e.client_user_agent.unwrap_or_default(),

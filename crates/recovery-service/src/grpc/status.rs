@@ -8,7 +8,7 @@ use recovery_proto::{ERROR_DOMAIN, v1::ErrorReason};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-use crate::{domain::Error, time::rfc3339};
+use crate::domain::Error;
 
 /// The status code and reason of a domain error.
 pub fn classify(err: &Error) -> (Code, ErrorReason) {
@@ -48,8 +48,8 @@ pub fn to_status(err: &Error) -> Status {
         | Error::RecoveryCodeMismatch { attempts_left } => {
             metadata.insert("attempts_left".to_owned(), attempts_left.to_string());
         }
-        Error::RecoveryLocked { locked_until_ms } => {
-            metadata.insert("locked_until".to_owned(), rfc3339(*locked_until_ms));
+        Error::RecoveryLocked { locked_until } => {
+            metadata.insert("locked_until".to_owned(), locked_until.rfc3339());
         }
         Error::RateLimited {
             retry_after_ms,
@@ -138,7 +138,9 @@ mod tests {
                 "TOO_MANY_ATTEMPTS",
             ),
             (
-                Error::RecoveryLocked { locked_until_ms: 0 },
+                Error::RecoveryLocked {
+                    locked_until: crate::time::Timestamp::from_ms(0),
+                },
                 Code::FailedPrecondition,
                 "RECOVERY_LOCKED",
             ),
@@ -206,7 +208,7 @@ mod tests {
         );
 
         let status = to_status(&Error::RecoveryLocked {
-            locked_until_ms: 1_800_000_000_123,
+            locked_until: crate::time::Timestamp::from_ms(1_800_000_000_123),
         });
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert_eq!(

@@ -176,7 +176,7 @@ async fn spans_reach_the_collector_and_no_secret_is_exported_or_logged() {
         "domain.create_recovery_code",
         "argon2.admit",
         "argon2.hash",
-        "db.put_enrollment",
+        "db.put_recovery_code",
     ] {
         assert!(
             children.iter().any(|n| n == want),

@@ -91,7 +91,7 @@ fn report(
 
 async fn run_suite(backend: &str, storage: Storage) {
     let s = Arc::new(storage);
-    s.put_enrollment(
+    s.put_recovery_code(
         NewEnrollment {
             account_id: "acct".into(),
             email: "ann@example.com".into(),
@@ -114,13 +114,13 @@ async fn run_suite(backend: &str, storage: Storage) {
         let t = tag.clone();
         report(
             backend,
-            "create_flow",
+            "begin_recovery",
             concurrency,
             measure(concurrency, move |i| {
                 let s = Arc::clone(&st);
                 let id = format!("{t}-f{i}");
                 async move {
-                    s.create_flow(new_flow(id, Some(("acct".into(), 1))), Effects::none())
+                    s.begin_recovery(new_flow(id, Some(("acct".into(), 1))), Effects::none())
                         .await
                         .unwrap();
                 }
@@ -151,18 +151,14 @@ async fn run_suite(backend: &str, storage: Storage) {
         let t = tag.clone();
         report(
             backend,
-            "verify + complete_flow",
+            "verify + recover_account",
             concurrency,
             measure(concurrency, move |i| {
                 let s = Arc::clone(&st);
                 let id = format!("{t}-f{i}");
                 async move {
-                    assert!(
-                        s.mark_flow_verified(&id, T0 + 1, Effects::none())
-                            .await
-                            .unwrap()
-                    );
-                    s.complete_flow(
+                    assert!(s.verify_email(&id, T0 + 1, Effects::none()).await.unwrap());
+                    s.recover_account(
                         &id,
                         T0 + 2,
                         CompletionUpdate {

@@ -55,7 +55,7 @@ pub struct NewEnrollment {
     pub code: StoredCode,
 }
 
-/// What `put_enrollment` did.
+/// What `put_recovery_code` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutOutcome {
     /// A live code was replaced (rather than a first code, or one after a revocation).
@@ -132,7 +132,7 @@ pub struct CompletionUpdate {
     pub rotated: bool,
 }
 
-/// How `complete_flow` ended.
+/// How `recover_account` ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completion {
     /// This call completed the flow; the enrollment's use count advanced.
@@ -160,7 +160,7 @@ pub struct Lockout {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptReservation {
     /// Counted: the submission may be checked. It is counted as a failure until it proves
-    /// right (then [`crate::Storage::complete_flow`] takes the failure back).
+    /// right (then [`crate::Storage::recover_account`] takes the failure back).
     Admitted {
         /// Submissions of this flow used, this one included.
         used: i32,

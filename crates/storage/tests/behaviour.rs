@@ -121,21 +121,21 @@ fn checked(code_id: &str) -> CompletionUpdate {
 
 async fn verified_flow(s: &Storage, account: &str, flow_id: &str) {
     let put = s
-        .put_enrollment(
+        .put_recovery_code(
             enrollment(account, &format!("{account}@example.com"), "c1"),
             T0,
             |_| Effects::none(),
         )
         .await
         .unwrap();
-    s.create_flow(
+    s.begin_recovery(
         flow(flow_id, Some((account, put.generation)), T0),
         Effects::none(),
     )
     .await
     .unwrap();
     assert!(
-        s.mark_flow_verified(flow_id, T0 + MIN, Effects::none())
+        s.verify_email(flow_id, T0 + MIN, Effects::none())
             .await
             .unwrap()
     );
@@ -170,7 +170,7 @@ async fn a_schema_newer_than_the_build_is_refused(db: &TestDb) {
 async fn a_code_is_created_then_replaced_with_a_new_generation(db: &TestDb) {
     let s = &db.storage;
     let first = s
-        .put_enrollment(enrollment("acct", "ann@example.com", "c1"), T0, |o| {
+        .put_recovery_code(enrollment("acct", "ann@example.com", "c1"), T0, |o| {
             Effects {
                 messages: vec![message(
                     "acct",
@@ -185,7 +185,7 @@ async fn a_code_is_created_then_replaced_with_a_new_generation(db: &TestDb) {
     assert_eq!(first.generation, 1);
 
     let second = s
-        .put_enrollment(enrollment("acct", "ann@example.com", "c2"), T0 + 1, |o| {
+        .put_recovery_code(enrollment("acct", "ann@example.com", "c2"), T0 + 1, |o| {
             Effects {
                 messages: vec![message(
                     "acct",
@@ -222,13 +222,13 @@ async fn a_code_is_created_then_replaced_with_a_new_generation(db: &TestDb) {
 
 async fn an_email_belongs_to_one_live_enrollment(db: &TestDb) {
     let s = &db.storage;
-    s.put_enrollment(enrollment("a", "shared@example.com", "c1"), T0, |_| {
+    s.put_recovery_code(enrollment("a", "shared@example.com", "c1"), T0, |_| {
         Effects::none()
     })
     .await
     .unwrap();
     let err = s
-        .put_enrollment(enrollment("b", "shared@example.com", "c2"), T0, |_| {
+        .put_recovery_code(enrollment("b", "shared@example.com", "c2"), T0, |_| {
             Effects {
                 messages: vec![message("b", "created")],
                 audit: vec![],
@@ -253,10 +253,10 @@ async fn an_email_belongs_to_one_live_enrollment(db: &TestDb) {
     );
 
     // Once revoked, the address is free again.
-    s.revoke_enrollment("a", T0 + 1, |_| Effects::none())
+    s.revoke_recovery_code("a", T0 + 1, |_| Effects::none())
         .await
         .unwrap();
-    s.put_enrollment(enrollment("b", "shared@example.com", "c2"), T0 + 2, |_| {
+    s.put_recovery_code(enrollment("b", "shared@example.com", "c2"), T0 + 2, |_| {
         Effects::none()
     })
     .await
@@ -267,7 +267,7 @@ async fn revoking_clears_the_code_and_cancels_flows(db: &TestDb) {
     let s = &db.storage;
     verified_flow(s, "acct", "f1").await;
     let before = s
-        .revoke_enrollment("acct", T0 + 2 * MIN, |e| Effects {
+        .revoke_recovery_code("acct", T0 + 2 * MIN, |e| Effects {
             messages: vec![],
             audit: vec![audit(&e.account_id, "revoked", T0)],
         })
@@ -284,24 +284,24 @@ async fn revoking_clears_the_code_and_cancels_flows(db: &TestDb) {
             .is_none()
     );
     assert_eq!(
-        s.complete_flow("f1", T0 + 3 * MIN, checked("c1"), |_| { Effects::none() })
+        s.recover_account("f1", T0 + 3 * MIN, checked("c1"), |_| { Effects::none() })
             .await
             .unwrap(),
         Completion::Cancelled
     );
     let err = s
-        .revoke_enrollment("acct", T0, |_| Effects::none())
+        .revoke_recovery_code("acct", T0, |_| Effects::none())
         .await
         .unwrap_err();
     assert!(matches!(err, ChangeError::Storage(StorageError::NotFound)));
     let err = s
-        .revoke_enrollment("nobody", T0, |_| Effects::none())
+        .revoke_recovery_code("nobody", T0, |_| Effects::none())
         .await
         .unwrap_err();
     assert!(matches!(err, ChangeError::Storage(StorageError::NotFound)));
 
     let again = s
-        .put_enrollment(
+        .put_recovery_code(
             enrollment("acct", "acct@example.com", "c3"),
             T0 + 4 * MIN,
             |_| Effects::none(),
@@ -316,7 +316,7 @@ async fn changing_the_email_moves_lookup_and_generation(db: &TestDb) {
     let s = &db.storage;
     verified_flow(s, "acct", "f1").await;
     let before = s
-        .update_enrollment_email(
+        .update_recovery_email(
             "acct",
             "New@Example.com",
             "new@example.com",
@@ -340,13 +340,13 @@ async fn changing_the_email_moves_lookup_and_generation(db: &TestDb) {
     assert_eq!(moved.email, "New@Example.com");
     assert_eq!(moved.generation, 2);
     assert_eq!(
-        s.complete_flow("f1", T0 + 2 * MIN, checked("c1"), |_| { Effects::none() })
+        s.recover_account("f1", T0 + 2 * MIN, checked("c1"), |_| { Effects::none() })
             .await
             .unwrap(),
         Completion::Cancelled
     );
     let err = s
-        .update_enrollment_email("nobody", "x@example.com", "x@example.com", T0, |_| {
+        .update_recovery_email("nobody", "x@example.com", "x@example.com", T0, |_| {
             Effects::none()
         })
         .await
@@ -357,12 +357,12 @@ async fn changing_the_email_moves_lookup_and_generation(db: &TestDb) {
 async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
     let s = &db.storage;
     let put = s
-        .put_enrollment(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
+        .put_recovery_code(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
             Effects::none()
         })
         .await
         .unwrap();
-    s.create_flow(
+    s.begin_recovery(
         flow("f1", Some(("acct", put.generation)), T0),
         Effects::none(),
     )
@@ -375,31 +375,31 @@ async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
 
     // Not verified yet: cannot complete.
     assert_eq!(
-        s.complete_flow("f1", T0 + MIN, checked("c1"), |_| { Effects::none() })
+        s.recover_account("f1", T0 + MIN, checked("c1"), |_| { Effects::none() })
             .await
             .unwrap(),
         Completion::NotCompletable
     );
     // The email code expires at +15 min: verifying at exactly that instant is too late.
     assert!(
-        !s.mark_flow_verified("f1", T0 + 15 * MIN, Effects::none())
+        !s.verify_email("f1", T0 + 15 * MIN, Effects::none())
             .await
             .unwrap()
     );
     assert!(
-        s.mark_flow_verified("f1", T0 + 15 * MIN - 1, Effects::none())
+        s.verify_email("f1", T0 + 15 * MIN - 1, Effects::none())
             .await
             .unwrap()
     );
     assert!(
-        !s.mark_flow_verified("f1", T0 + MIN, Effects::none())
+        !s.verify_email("f1", T0 + MIN, Effects::none())
             .await
             .unwrap(),
         "once"
     );
 
     let done = s
-        .complete_flow(
+        .recover_account(
             "f1",
             T0 + 20 * MIN,
             CompletionUpdate {
@@ -421,38 +421,38 @@ async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
     assert_eq!(e.last_used_at, Some(T0 + 20 * MIN));
     assert_eq!(e.code.unwrap().code_id, "c2");
     assert_eq!(
-        s.complete_flow("f1", T0 + 21 * MIN, checked("c1"), |_| { Effects::none() })
+        s.recover_account("f1", T0 + 21 * MIN, checked("c1"), |_| { Effects::none() })
             .await
             .unwrap(),
         Completion::NotCompletable
     );
 
     // A verified flow past its 30-minute lifetime cannot complete.
-    s.create_flow(flow("f2", Some(("acct", 1)), T0), Effects::none())
+    s.begin_recovery(flow("f2", Some(("acct", 1)), T0), Effects::none())
         .await
         .unwrap();
     assert!(
-        s.mark_flow_verified("f2", T0 + MIN, Effects::none())
+        s.verify_email("f2", T0 + MIN, Effects::none())
             .await
             .unwrap()
     );
     assert_eq!(
-        s.complete_flow("f2", T0 + 30 * MIN, checked("c1"), |_| { Effects::none() })
+        s.recover_account("f2", T0 + 30 * MIN, checked("c1"), |_| { Effects::none() })
             .await
             .unwrap(),
         Completion::NotCompletable
     );
     // A flow for an unknown email never completes.
-    s.create_flow(flow("f3", None, T0), Effects::none())
+    s.begin_recovery(flow("f3", None, T0), Effects::none())
         .await
         .unwrap();
     assert!(
-        s.mark_flow_verified("f3", T0 + MIN, Effects::none())
+        s.verify_email("f3", T0 + MIN, Effects::none())
             .await
             .unwrap()
     );
     assert_eq!(
-        s.complete_flow("f3", T0 + 2 * MIN, checked("c1"), |_| { Effects::none() })
+        s.recover_account("f3", T0 + 2 * MIN, checked("c1"), |_| { Effects::none() })
             .await
             .unwrap(),
         Completion::NotCompletable
@@ -462,7 +462,7 @@ async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
 async fn a_flow_started_before_a_new_code_cannot_complete(db: &TestDb) {
     let s = &db.storage;
     verified_flow(s, "acct", "f1").await;
-    s.put_enrollment(
+    s.put_recovery_code(
         enrollment("acct", "acct@example.com", "c2"),
         T0 + 2 * MIN,
         |_| Effects::none(),
@@ -470,7 +470,7 @@ async fn a_flow_started_before_a_new_code_cannot_complete(db: &TestDb) {
     .await
     .unwrap();
     assert_eq!(
-        s.complete_flow("f1", T0 + 3 * MIN, checked("c1"), |_| {
+        s.recover_account("f1", T0 + 3 * MIN, checked("c1"), |_| {
             Effects {
                 messages: vec![message("acct", "recovered")],
                 audit: vec![],
@@ -496,7 +496,7 @@ async fn a_flow_started_before_a_new_code_cannot_complete(db: &TestDb) {
 
 async fn attempt_counters_stop_at_the_cap(db: &TestDb) {
     let s = &db.storage;
-    s.create_flow(flow("f1", None, T0), Effects::none())
+    s.begin_recovery(flow("f1", None, T0), Effects::none())
         .await
         .unwrap();
     for expected in 1..=5 {
@@ -532,7 +532,7 @@ async fn attempt_counters_stop_at_the_cap(db: &TestDb) {
 
 async fn concurrent_attempts_get_exactly_cap_successes(db: &TestDb) {
     let s = db.storage.clone();
-    s.create_flow(flow("f1", None, T0), Effects::none())
+    s.begin_recovery(flow("f1", None, T0), Effects::none())
         .await
         .unwrap();
     let mut tasks = JoinSet::new();
@@ -552,14 +552,14 @@ async fn concurrent_attempts_get_exactly_cap_successes(db: &TestDb) {
 
 async fn concurrent_verifications_have_exactly_one_winner(db: &TestDb) {
     let s = db.storage.clone();
-    s.create_flow(flow("f1", None, T0), Effects::none())
+    s.begin_recovery(flow("f1", None, T0), Effects::none())
         .await
         .unwrap();
     let mut tasks = JoinSet::new();
     for i in 0..32 {
         let s = s.clone();
         tasks.spawn(async move {
-            s.mark_flow_verified(
+            s.verify_email(
                 "f1",
                 T0 + MIN,
                 Effects {
@@ -589,7 +589,7 @@ async fn concurrent_completions_have_exactly_one_winner(db: &TestDb) {
     for _ in 0..32 {
         let s = Arc::clone(&s);
         tasks.spawn(async move {
-            s.complete_flow("f1", T0 + 2 * MIN, checked("c1"), |_| Effects {
+            s.recover_account("f1", T0 + 2 * MIN, checked("c1"), |_| Effects {
                 messages: vec![message("acct", "recovered")],
                 audit: vec![],
             })
@@ -675,7 +675,7 @@ async fn concurrent_rate_limit_hits_allow_exactly_the_limit(db: &TestDb) {
 
 async fn failures_lock_the_account_once(db: &TestDb) {
     let s = &db.storage;
-    s.put_enrollment(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
+    s.put_recovery_code(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
         Effects::none()
     })
     .await
@@ -724,7 +724,7 @@ async fn failures_lock_the_account_once(db: &TestDb) {
 
 async fn concurrent_failures_lock_exactly_once(db: &TestDb) {
     let s = db.storage.clone();
-    s.put_enrollment(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
+    s.put_recovery_code(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
         Effects::none()
     })
     .await
@@ -759,7 +759,7 @@ async fn concurrent_failures_lock_exactly_once(db: &TestDb) {
 
 async fn outbox_rows_are_claimed_leased_and_finished(db: &TestDb) {
     let s = &db.storage;
-    s.create_flow(
+    s.begin_recovery(
         flow("f1", None, T0),
         Effects {
             messages: vec![
@@ -836,7 +836,7 @@ async fn outbox_rows_are_claimed_leased_and_finished(db: &TestDb) {
 async fn concurrent_claimers_never_share_a_row(db: &TestDb) {
     let s = db.storage.clone();
     let messages: Vec<NewMessage> = (0..64).map(|i| message("a", &format!("m{i}"))).collect();
-    s.create_flow(
+    s.begin_recovery(
         flow("f1", None, T0),
         Effects {
             messages,
@@ -877,7 +877,7 @@ async fn concurrent_claimers_never_share_a_row(db: &TestDb) {
 async fn effects_are_written_with_their_change_or_not_at_all(db: &TestDb) {
     let s = &db.storage;
     let duplicate = audit("acct", "dup", T0);
-    s.put_enrollment(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
+    s.put_recovery_code(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
         Effects {
             messages: vec![],
             audit: vec![duplicate.clone()],
@@ -887,7 +887,7 @@ async fn effects_are_written_with_their_change_or_not_at_all(db: &TestDb) {
     .unwrap();
     // The same audit event id again: the audit insert fails, so the replacement must not land.
     let err = s
-        .put_enrollment(enrollment("acct", "ann@example.com", "c2"), T0 + 1, |_| {
+        .put_recovery_code(enrollment("acct", "ann@example.com", "c2"), T0 + 1, |_| {
             Effects {
                 messages: vec![message("acct", "replaced")],
                 audit: vec![duplicate],
@@ -919,7 +919,7 @@ async fn effects_are_written_with_their_change_or_not_at_all(db: &TestDb) {
 async fn the_audit_trail_pages_newest_first(db: &TestDb) {
     let s = &db.storage;
     for i in 0..5 {
-        s.create_flow(
+        s.begin_recovery(
             flow(&format!("f{i}"), None, T0 + i),
             Effects {
                 messages: vec![],
@@ -929,7 +929,7 @@ async fn the_audit_trail_pages_newest_first(db: &TestDb) {
         .await
         .unwrap();
     }
-    s.create_flow(
+    s.begin_recovery(
         flow("other", None, T0),
         Effects {
             messages: vec![],
@@ -958,11 +958,11 @@ async fn the_audit_trail_pages_newest_first(db: &TestDb) {
 async fn cleanup_deletes_what_expired_in_batches(db: &TestDb) {
     let s = &db.storage;
     for i in 0..5 {
-        s.create_flow(flow(&format!("old{i}"), None, T0), Effects::none())
+        s.begin_recovery(flow(&format!("old{i}"), None, T0), Effects::none())
             .await
             .unwrap();
     }
-    s.create_flow(flow("fresh", None, T0 + HOUR), Effects::none())
+    s.begin_recovery(flow("fresh", None, T0 + HOUR), Effects::none())
         .await
         .unwrap();
     s.hit_rate_limit("ip:a", MIN, 5, T0).await.unwrap();
@@ -983,7 +983,7 @@ async fn cleanup_deletes_what_expired_in_batches(db: &TestDb) {
 async fn effects_that_cannot_be_built_roll_the_change_back(db: &TestDb) {
     let s = &db.storage;
     let err = s
-        .put_enrollment(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
+        .put_recovery_code(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
             Err::<Effects, _>("the random source failed")
         })
         .await
@@ -998,12 +998,12 @@ async fn effects_that_cannot_be_built_roll_the_change_back(db: &TestDb) {
         "nothing stored"
     );
 
-    s.put_enrollment(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
+    s.put_recovery_code(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
         Effects::none()
     })
     .await
     .unwrap();
-    s.revoke_enrollment("acct", T0 + 1, |_| {
+    s.revoke_recovery_code("acct", T0 + 1, |_| {
         Err::<Effects, _>("no notice, no revocation")
     })
     .await
@@ -1023,7 +1023,7 @@ async fn concurrent_submissions_reserve_exactly_the_threshold_then_lock(db: &Tes
     verified_flow(&s, "acct", "f0").await;
     let generation = s.find_enrollment("acct").await.unwrap().unwrap().generation;
     for i in 1..8 {
-        s.create_flow(
+        s.begin_recovery(
             flow(&format!("f{i}"), Some(("acct", generation)), T0),
             Effects::none(),
         )

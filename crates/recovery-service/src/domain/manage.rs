@@ -67,7 +67,7 @@ impl Recovery {
             tries += 1;
             let result = self
                 .storage
-                .put_enrollment(new.clone(), now, |outcome| -> Result<Effects> {
+                .put_recovery_code(new.clone(), now, |outcome| -> Result<Effects> {
                     let (notice, audit_kind) = if outcome.replaced {
                         (
                             Notice::CodeReplaced(context(now, &client)),
@@ -170,7 +170,7 @@ impl Recovery {
         let keys = &self.keys;
         let result = self
             .storage
-            .revoke_enrollment(account_id, now, |before| -> Result<Effects> {
+            .revoke_recovery_code(account_id, now, |before| -> Result<Effects> {
                 let code_id = before
                     .code
                     .as_ref()
@@ -217,7 +217,7 @@ impl Recovery {
         let new_hint = mask(email.address());
         let result = self
             .storage
-            .update_enrollment_email(
+            .update_recovery_email(
                 account_id,
                 email.address(),
                 email.lookup(),

@@ -84,7 +84,7 @@ impl Recovery {
             ],
         )?;
         self.storage
-            .create_flow(
+            .begin_recovery(
                 NewFlow {
                     flow_id: flow_id.clone(),
                     email_lookup: address_key.clone(),
@@ -233,7 +233,7 @@ impl Recovery {
         };
         if self
             .storage
-            .mark_flow_verified(&flow.flow_id, now, effects)
+            .verify_email(&flow.flow_id, now, effects)
             .await?
         {
             return Ok(Timestamp::from_ms(flow.expires_at));
@@ -421,7 +421,7 @@ impl Recovery {
         )?;
         let completion = self
             .storage
-            .complete_flow(&flow.flow_id, now, update, move |use_count| {
+            .recover_account(&flow.flow_id, now, update, move |use_count| {
                 let mut event = event;
                 event
                     .details

@@ -20,8 +20,8 @@ impl Storage {
     ///
     /// Fails with [`StorageError::Conflict`] when the email's lookup form belongs to another
     /// account's live enrollment.
-    #[tracing::instrument(name = "db.put_enrollment", skip_all)]
-    pub async fn put_enrollment<R: IntoEffects>(
+    #[tracing::instrument(name = "db.put_recovery_code", skip_all)]
+    pub async fn put_recovery_code<R: IntoEffects>(
         &self,
         new: NewEnrollment,
         now: i64,
@@ -108,8 +108,8 @@ impl Storage {
 
     /// Deletes the account's live code (the row stays, with the generation bumped, so flows
     /// started before can no longer complete). [`StorageError::NotFound`] when there is none.
-    #[tracing::instrument(name = "db.revoke_enrollment", skip_all)]
-    pub async fn revoke_enrollment<R: IntoEffects>(
+    #[tracing::instrument(name = "db.revoke_recovery_code", skip_all)]
+    pub async fn revoke_recovery_code<R: IntoEffects>(
         &self,
         account_id: &str,
         now: i64,
@@ -151,8 +151,8 @@ impl Storage {
     /// against the old address can no longer complete). Answers the enrollment as it was.
     /// [`StorageError::NotFound`] without a live code; [`StorageError::Conflict`] when the
     /// address belongs to another account's live enrollment.
-    #[tracing::instrument(name = "db.update_enrollment_email", skip_all)]
-    pub async fn update_enrollment_email<R: IntoEffects>(
+    #[tracing::instrument(name = "db.update_recovery_email", skip_all)]
+    pub async fn update_recovery_email<R: IntoEffects>(
         &self,
         account_id: &str,
         email: &str,

@@ -24,8 +24,8 @@ use crate::{
 impl Storage {
     /// Stores a new flow with its effects (the verification message for a known email, the
     /// audit event) in one transaction.
-    #[tracing::instrument(name = "db.create_flow", skip_all)]
-    pub async fn create_flow(&self, new: NewFlow, effects: Effects) -> Result<(), StorageError> {
+    #[tracing::instrument(name = "db.begin_recovery", skip_all)]
+    pub async fn begin_recovery(&self, new: NewFlow, effects: Effects) -> Result<(), StorageError> {
         let txn = self.db().begin().await?;
         let (account_id, generation) = new.target.map_or((None, None), |(a, g)| (Some(a), Some(g)));
         flow::Entity::insert(flow::ActiveModel {
@@ -131,8 +131,8 @@ impl Storage {
 
     /// Marks the flow's email verified, once: `true` for exactly one caller, and only while
     /// the flow is unverified, not completed and not past `now`'s expiry.
-    #[tracing::instrument(name = "db.mark_flow_verified", skip_all)]
-    pub async fn mark_flow_verified(
+    #[tracing::instrument(name = "db.verify_email", skip_all)]
+    pub async fn verify_email(
         &self,
         flow_id: &str,
         now: i64,
@@ -160,8 +160,8 @@ impl Storage {
     /// against, in one transaction. If the enrollment's generation moved on (new code, revoke,
     /// email change, a rotation by another flow) or its code is no longer the one that was
     /// checked, nothing changes and the answer is [`Completion::Cancelled`].
-    #[tracing::instrument(name = "db.complete_flow", skip_all)]
-    pub async fn complete_flow<R: IntoEffects>(
+    #[tracing::instrument(name = "db.recover_account", skip_all)]
+    pub async fn recover_account<R: IntoEffects>(
         &self,
         flow_id: &str,
         now: i64,

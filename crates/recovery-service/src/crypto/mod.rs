@@ -6,8 +6,10 @@
 
 pub mod hasher;
 mod keys;
+mod seal;
 
 pub use keys::{KeyRing, SecretKey, getrandom_fill};
+pub use seal::{seal, unseal};
 
 use hmac::{Hmac, Mac as _, digest::KeyInit};
 use sha2::{Digest as _, Sha256};

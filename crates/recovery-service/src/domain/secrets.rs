@@ -1,20 +1,14 @@
-//! Everything keyed by the server secret: per-purpose subkeys, the email-code MAC, the
-//! recovery-code pepper, sealing of outbox payloads, and random identifiers.
+//! The domain's keyed secrets, built on [`crate::crypto`]: email codes and their MACs, address
+//! keys, audit-chain links, random identifiers, and outbox sealing with the domain's error.
 
-use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use chacha20poly1305::{
-    ChaCha20Poly1305, KeyInit as _, Nonce,
-    aead::{Aead as _, Payload},
-};
 use zeroize::Zeroizing;
 
 use super::Error;
-use crate::crypto::hmac_sha256;
-use crate::crypto::{KeyRing, SecretKey};
+use crate::crypto::{KeyRing, SecretKey, hmac_sha256};
 
 pub use crate::crypto::{Purpose, subkey};
 
-fn internal(what: &str) -> Error {
+fn internal(what: &'static str) -> Error {
     tracing::error!(what, "cryptographic operation failed");
     Error::Internal
 }
@@ -123,54 +117,14 @@ pub fn verify_email_code(
     computed.len() == stored.len() && bool::from(computed.ct_eq(&stored))
 }
 
-/// Seals `plaintext` for the outbox: ChaCha20-Poly1305 under the key's seal subkey, bound to
-/// `message_id`. Format: `v1.<key id>.<base64url(nonce ‖ ciphertext)>`.
+/// [`crate::crypto::seal`], failures answered as internal errors (the cause logged).
 pub fn seal(key: &SecretKey, message_id: &str, plaintext: &[u8]) -> Result<String, Error> {
-    let subkey = subkey(key, Purpose::OutboxSeal);
-    let cipher = ChaCha20Poly1305::new_from_slice(&*subkey).map_err(|_| internal("seal key"))?;
-    let nonce: [u8; 12] = random_bytes()?;
-    let ciphertext = cipher
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad: message_id.as_bytes(),
-            },
-        )
-        .map_err(|_| internal("seal"))?;
-    let mut blob = nonce.to_vec();
-    blob.extend_from_slice(&ciphertext);
-    Ok(format!("v1.{}.{}", key.id(), URL_SAFE_NO_PAD.encode(blob)))
+    crate::crypto::seal(key, message_id, plaintext).map_err(internal)
 }
 
-/// Opens what [`seal`] sealed with any key of the ring.
+/// [`crate::crypto::unseal`], failures answered as internal errors (the cause logged).
 pub fn unseal(keys: &KeyRing, message_id: &str, sealed: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
-    let mut parts = sealed.splitn(3, '.');
-    let (Some("v1"), Some(key_id), Some(body)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(internal("sealed payload format"));
-    };
-    let key = keys
-        .get(key_id)
-        .ok_or_else(|| internal("sealed payload key id"))?;
-    let blob = URL_SAFE_NO_PAD
-        .decode(body)
-        .map_err(|_| internal("sealed payload encoding"))?;
-    if blob.len() < 12 {
-        return Err(internal("sealed payload length"));
-    }
-    let (nonce, ciphertext) = blob.split_at(12);
-    let subkey = subkey(key, Purpose::OutboxSeal);
-    let cipher = ChaCha20Poly1305::new_from_slice(&*subkey).map_err(|_| internal("seal key"))?;
-    cipher
-        .decrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: ciphertext,
-                aad: message_id.as_bytes(),
-            },
-        )
-        .map(Zeroizing::new)
-        .map_err(|_| internal("unseal"))
+    crate::crypto::unseal(keys, message_id, sealed).map_err(internal)
 }
 
 #[cfg(test)]

@@ -297,7 +297,7 @@ impl Worker {
 
     fn build(&self, row: &OutboxMessage) -> Result<Message, &'static str> {
         let inner = &self.inner;
-        let plaintext = secrets::unseal(&inner.keys, &row.message_id, &row.payload.0)
+        let plaintext = crate::crypto::unseal(&inner.keys, &row.message_id, &row.payload.0)
             .map_err(|_| "the payload cannot be opened with the configured keys")?;
         let kind = MessageKind::parse(&row.kind).ok_or("unknown message kind")?;
         let notice = Notice::from_json(kind, &plaintext)

@@ -1,0 +1,64 @@
+//! Sealing: ChaCha20-Poly1305 under a purpose subkey of a server key, bound to an id (the
+//! outbox seals each message's payload under its message id). Errors say which step failed,
+//! never anything of the key or the plaintext.
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use chacha20poly1305::{
+    ChaCha20Poly1305, KeyInit as _, Nonce,
+    aead::{Aead as _, Payload},
+};
+use zeroize::Zeroizing;
+
+use super::{KeyRing, Purpose, SecretKey, random_bytes, subkey};
+
+/// Seals `plaintext` for the outbox: ChaCha20-Poly1305 under the key's seal subkey, bound to
+/// `message_id`. Format: `v1.<key id>.<base64url(nonce ‖ ciphertext)>`.
+pub fn seal(key: &SecretKey, message_id: &str, plaintext: &[u8]) -> Result<String, &'static str> {
+    let subkey = subkey(key, Purpose::OutboxSeal);
+    let cipher = ChaCha20Poly1305::new_from_slice(&*subkey).map_err(|_| "seal key")?;
+    let nonce: [u8; 12] = random_bytes().map_err(|_| "random source")?;
+    let ciphertext = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad: message_id.as_bytes(),
+            },
+        )
+        .map_err(|_| "seal")?;
+    let mut blob = nonce.to_vec();
+    blob.extend_from_slice(&ciphertext);
+    Ok(format!("v1.{}.{}", key.id(), URL_SAFE_NO_PAD.encode(blob)))
+}
+
+/// Opens what [`seal`] sealed with any key of the ring.
+pub fn unseal(
+    keys: &KeyRing,
+    message_id: &str,
+    sealed: &str,
+) -> Result<Zeroizing<Vec<u8>>, &'static str> {
+    let mut parts = sealed.splitn(3, '.');
+    let (Some("v1"), Some(key_id), Some(body)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("sealed payload format");
+    };
+    let key = keys.get(key_id).ok_or("sealed payload key id")?;
+    let blob = URL_SAFE_NO_PAD
+        .decode(body)
+        .map_err(|_| "sealed payload encoding")?;
+    if blob.len() < 12 {
+        return Err("sealed payload length");
+    }
+    let (nonce, ciphertext) = blob.split_at(12);
+    let subkey = subkey(key, Purpose::OutboxSeal);
+    let cipher = ChaCha20Poly1305::new_from_slice(&*subkey).map_err(|_| "seal key")?;
+    cipher
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: message_id.as_bytes(),
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| "unseal")
+}

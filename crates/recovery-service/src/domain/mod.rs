@@ -6,10 +6,10 @@ mod clock;
 pub mod code;
 pub mod email;
 mod error;
-mod manage;
 pub mod notice;
 pub mod notify;
-mod recover;
+mod recovery_code;
+mod recovery_flow;
 pub mod secrets;
 
 use std::{net::IpAddr, sync::Arc};
@@ -19,8 +19,8 @@ pub use error::{Error, Result};
 use recovery_storage::Storage;
 use zeroize::Zeroizing;
 
-pub use self::manage::{decode_page_token, encode_page_token};
 pub use self::notify::Client;
+pub use self::recovery_code::{decode_page_token, encode_page_token};
 use crate::{
     crypto::{KeyRing, hasher},
     time::Timestamp,

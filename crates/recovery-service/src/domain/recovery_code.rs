@@ -1,4 +1,5 @@
-//! Managing an account's code: create or replace, status, revoke, change email, audit trail.
+//! An account's recovery code: CreateRecoveryCode (create or replace), GetRecoveryStatus,
+//! RevokeRecoveryCode, UpdateRecoveryEmail, and its audit trail (ListAuditEvents).
 
 use crate::time::Timestamp;
 

@@ -19,6 +19,8 @@ EXPORTED = {
     "recovery.hash.pool.in_use": ("gauge", None),
     "recovery.hash.pool.waiting": ("gauge", None),
     "recovery.hash.pool.rejected": ("counter", None),
+    "recovery.hash.pool.skipped": ("counter", None),
+    "recovery.hash.pool.abandoned": ("counter", None),
     "recovery.outbox.backlog": ("gauge", None),
     "recovery.outbox.oldest_age": ("gauge", "ms"),
     "recovery.outbox.dead": ("gauge", None),

@@ -667,6 +667,22 @@ async fn an_edited_audit_row_breaks_the_chain_at_that_row() {
     let after = list(env.client.clone()).await;
     assert!(!after.chain_valid);
     assert_eq!(after.first_broken_event_id, target);
+    // Clearing every link does not pass the rows off as written before the chain existed.
+    let db = Database::connect(&db_url).await.unwrap();
+    db.execute_raw(Statement::from_string(
+        db.get_database_backend(),
+        "UPDATE audit_events SET chain_key_id = NULL, chain_hash = NULL WHERE account_id = 'acct-audit'",
+    ))
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    let cleared = list(env.client.clone()).await;
+    assert!(!cleared.chain_valid);
+    assert_eq!(
+        cleared.first_broken_event_id,
+        before.events.last().unwrap().event_id,
+        "the oldest event, written after the chain began"
+    );
 }
 
 /// 40 concurrent wrong codes across 8 verified flows of one account: exactly 10 are counted

@@ -329,6 +329,13 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     delivery.max_attempts = config.mail_max_attempts;
     delivery.backoff_base = config.mail_retry_base;
     delivery.lease = config.mail_lease;
+    if let config::MailTransport::Smtp { timeout, .. } = &config.mail {
+        delivery.send_timeout = *timeout;
+    }
+    delivery.failure_retention = std::time::Duration::from_millis(
+        u64::try_from(config.policy.lockout_window_ms).unwrap_or(0),
+    )
+    .max(delivery.failure_retention);
     delivery.branding = crate::mail::templates::Branding {
         product_name: config.product_name.clone(),
         support_url: config.support_url.clone(),

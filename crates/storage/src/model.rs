@@ -263,7 +263,11 @@ pub struct OutboxStats {
 #[derive(Debug, Clone)]
 pub struct NewAuditEvent {
     pub event_id: String,
+    /// Empty for events under no account (requests for unknown emails).
     pub account_id: String,
+    /// For events under no account: what concurrent writers serialise on (a keyed hash of the
+    /// typed address), so that they queue as a known account's events do.
+    pub serialize_on: Option<String>,
     pub kind: String,
     pub occurred_at: i64,
     pub client: ClientInfo,

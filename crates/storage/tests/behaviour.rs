@@ -69,6 +69,7 @@ fn audit(account: &str, kind: &str, at: i64) -> NewAuditEvent {
     NewAuditEvent {
         event_id: format!("{account}-{kind}-{at}-{}", rand_suffix()),
         account_id: account.to_owned(),
+        serialize_on: None,
         kind: kind.to_owned(),
         occurred_at: at,
         client: ClientInfo::default(),

@@ -630,6 +630,8 @@ fn check_smtp_url(url: &str, with_auth: bool) -> Result<String, String> {
         None if loopback => None,
         None => Some("required"),
     };
+    // Credentials in the URL are AUTH as much as a password file is.
+    let with_auth = with_auth || parsed.password().is_some();
     if with_auth && effective != Some("required") {
         return Err(
             "SMTP AUTH is never sent in clear text: use smtps:// or smtp://…?tls=required (STARTTLS)"

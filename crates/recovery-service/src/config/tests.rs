@@ -153,6 +153,18 @@ fn smtp_to_a_remote_host_requires_tls_and_auth_is_never_in_clear() {
     let password = dir.path().join("smtp-password");
     std::fs::write(&password, "hunter2").unwrap();
     let password = password.to_str().unwrap();
+    assert!(
+        error(&[(
+            "RECOVERY_SMTP_URL",
+            "smtp://user:pw@relay.example.com:25?tls=none"
+        )])
+        .contains("never sent in clear text"),
+        "a password in the URL is AUTH too"
+    );
+    assert!(
+        error(&[("RECOVERY_SMTP_URL", "smtp://user:pw@127.0.0.1:2525")])
+            .contains("never sent in clear text")
+    );
     for clear in [
         "smtp://user@127.0.0.1:2525",
         "smtp://user@mail.example.com?tls=none",

@@ -265,8 +265,8 @@ impl Hasher {
         let stats = Arc::clone(&self.inner.stats_shared);
         let job: Job = Box::new(move |blocks: &mut Vec<Block>| {
             // The permit returns to the pool when this job is over, whatever the caller did.
-            let _held = held;
             if done.is_closed() {
+                drop(held);
                 // The caller has gone (deadline, hang-up): nobody waits for this hash.
                 stats.skipped.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -291,6 +291,8 @@ impl Hasher {
                 )
             })
             .map(|()| out);
+            // Returned before the caller wakes up, so its next admission can find it.
+            drop(held);
             if done.send(outcome).is_err() {
                 stats.abandoned.fetch_add(1, Ordering::Relaxed);
             }

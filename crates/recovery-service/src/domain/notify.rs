@@ -132,6 +132,7 @@ pub fn audit(
     Ok(NewAuditEvent {
         event_id: secrets::random_id("ev_")?,
         account_id: account_id.to_owned(),
+        serialize_on: None,
         kind: kind.as_str().to_owned(),
         occurred_at: now_ms,
         client: client.to_info(),

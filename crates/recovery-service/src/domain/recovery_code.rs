@@ -274,18 +274,36 @@ impl Recovery {
         if current.is_some_and(|e| e.code.is_some() && fold_lookup_of(&e.email) == email.lookup()) {
             return Ok(());
         }
-        let key = format!("claims:day:account:{account_id}");
-        if let RateDecision::Limited { retry_after_ms } = self
-            .storage
-            .hit_rate_limit(&key, DAY_MS, self.policy.address_claims_per_day, now)
-            .await?
-        {
-            tracing::info!(account_id, retry_after_ms, "address claims rate-limited");
-            crate::metrics::get().rate_limited("address_claims_per_account");
-            return Err(Error::RateLimited {
-                retry_after_ms,
-                limit: "address_claims_per_account",
-            });
+        // Per account, and per address (an attacker with many accounts probes one address no
+        // faster than with one).
+        let address = secrets::address_key(&self.keys, email.lookup());
+        for (key, limit) in [
+            (
+                format!("claims:day:account:{account_id}"),
+                "address_claims_per_account",
+            ),
+            (
+                format!("claims:day:address:{address}"),
+                "address_claims_per_address",
+            ),
+        ] {
+            if let RateDecision::Limited { retry_after_ms } = self
+                .storage
+                .hit_rate_limit(&key, DAY_MS, self.policy.address_claims_per_day, now)
+                .await?
+            {
+                tracing::info!(
+                    account_id,
+                    retry_after_ms,
+                    limit,
+                    "address claims rate-limited"
+                );
+                crate::metrics::get().rate_limited(limit);
+                return Err(Error::RateLimited {
+                    retry_after_ms,
+                    limit,
+                });
+            }
         }
         Ok(())
     }

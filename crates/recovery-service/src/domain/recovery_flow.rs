@@ -73,16 +73,21 @@ impl Recovery {
             recipient,
         )?;
         verification.deliver = deliver;
-        let event = audit(
+        // The masked typed address only for a known account: nothing of an unknown one is kept.
+        let mut details = vec![("flow_id", flow_id.clone())];
+        if enrollment.is_some() {
+            details.push(("email_hint", mask(email.address())));
+        }
+        let mut event = audit(
             account_id,
             AuditKind::RecoveryStarted,
             now,
             &client,
-            &[
-                ("flow_id", flow_id.clone()),
-                ("email_hint", mask(email.address())),
-            ],
+            &details,
         )?;
+        if enrollment.is_none() {
+            event.serialize_on = Some(address_key.clone());
+        }
         self.storage
             .begin_recovery(
                 NewFlow {
@@ -190,7 +195,13 @@ impl Recovery {
                     &[("flow_id", flow.flow_id.clone())],
                 )
             })
-            .transpose()?;
+            .transpose()?
+            .map(|mut event| {
+                if account.is_none() {
+                    event.serialize_on = Some(flow.email_lookup.clone());
+                }
+                event
+            });
         let Some(used) = self
             .storage
             .register_attempt_with(&flow.flow_id, AttemptKind::EmailCode, cap, now, |used| {
@@ -318,8 +329,10 @@ impl Recovery {
         // cancelled after hashing still leaves its failure, its lock and their notices).
         let this = self.clone();
         let caller = super::caller::current();
+        // Dropped with this future: tells the task its caller went away.
+        let (_waiting, caller_gone) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(super::caller::scope(caller, async move {
-            this.check_and_finish(flow, enrollment, code, permit, submission, now)
+            this.check_and_finish(flow, enrollment, code, permit, submission, caller_gone, now)
                 .await
         }))
         .await
@@ -331,6 +344,7 @@ impl Recovery {
 
     /// Checks the code of a counted submission and completes the recovery, or records the
     /// failure (and the lock it caused).
+    #[allow(clippy::too_many_arguments)] // the counted submission's parts, moved into the task
     async fn check_and_finish(
         &self,
         flow: Flow,
@@ -338,6 +352,7 @@ impl Recovery {
         code: RecoveryCode,
         permit: HashPermit,
         submission: Submission,
+        mut caller_gone: tokio::sync::oneshot::Receiver<()>,
         now: i64,
     ) -> Result<Recovered> {
         let Some(stored) = enrollment.code.clone() else {
@@ -362,6 +377,24 @@ impl Recovery {
             });
         }
 
+        // A right code whose caller has gone completes nothing: nobody would learn of the
+        // recovery (or receive a rotated code); the person starts again. Its reservation is
+        // given back, as a right code is no failure.
+        if matches!(
+            caller_gone.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        ) {
+            drop(permit);
+            self.storage
+                .release_recovery_attempt(
+                    &enrollment.account_id,
+                    submission.failure_id,
+                    submission.own_lock,
+                )
+                .await?;
+            tracing::info!(flow_id = %flow.flow_id, "right code, but the caller had gone: nothing completed");
+            return Err(Error::FlowExpired);
+        }
         // Right code: rotate it, or upgrade its hash if its parameters or key are outdated.
         let current = self.keys.current();
         let mut new_display = None;

@@ -50,6 +50,11 @@ pub struct DeliveryOptions {
     pub poll_interval: Duration,
     /// Rows claimed at once.
     pub batch: u32,
+    /// How long one send may take in all (lettre bounds only the connect); shorter than the
+    /// lease, so a stalled relay never leads to a second send by another worker.
+    pub send_timeout: Duration,
+    /// How long lockout failures are kept (at least the lockout window).
+    pub failure_retention: Duration,
     /// Product name and support contact the messages use.
     pub branding: Branding,
 }
@@ -64,6 +69,8 @@ impl DeliveryOptions {
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_millis(200),
             batch: 16,
+            send_timeout: Duration::from_secs(20),
+            failure_retention: Duration::from_secs(2 * 24 * 3600),
             branding: Branding::default(),
         }
     }
@@ -169,7 +176,13 @@ impl Worker {
             match self
                 .inner
                 .storage
-                .cleanup(now, now - 2 * DAY_MS, now - 7 * DAY_MS, 1000)
+                .cleanup(
+                    now,
+                    now - i64::try_from(self.inner.options.failure_retention.as_millis())
+                        .unwrap_or(i64::MAX / 2),
+                    now - 7 * DAY_MS,
+                    1000,
+                )
                 .await
             {
                 Ok(report) => {
@@ -240,7 +253,20 @@ impl Worker {
             }
         };
         // An SMTP server's reply may quote the address: never logged or stored in full.
-        match inner.transport.send(message).await.map_err(|mut err| {
+        let sent =
+            match tokio::time::timeout(inner.options.send_timeout, inner.transport.send(message))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(crate::mail::SendError {
+                    permanent: false,
+                    message: format!(
+                        "the send took longer than {}",
+                        humantime::format_duration(inner.options.send_timeout)
+                    ),
+                }),
+            };
+        match sent.map_err(|mut err| {
             err.message = redact_addresses(&err.message);
             err
         }) {

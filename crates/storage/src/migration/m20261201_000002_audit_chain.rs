@@ -1,6 +1,8 @@
 //! Each account's audit events form a hash chain: every row stores the id of the server key
 //! that made its link and `HMAC(key, previous link || canonical event)`. Rows written before
-//! this migration have no link; the chain starts at the first linked row.
+//! this migration have no link: `audit_chain_meta.legacy_max_seq` records the last of them,
+//! and no later row may be unlinked (clearing a row's link does not turn it into a legacy
+//! row).
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -26,10 +28,29 @@ impl MigrationTrait for Migration {
                     .add_column(string_len_null(AuditEvents::ChainHash, 128))
                     .to_owned(),
             )
-            .await
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(AuditChainMeta::Table)
+                    .col(integer(AuditChainMeta::Id).primary_key())
+                    .col(big_integer(AuditChainMeta::LegacyMaxSeq))
+                    .to_owned(),
+            )
+            .await?;
+        let db = manager.get_connection();
+        db.execute_unprepared(
+            "INSERT INTO audit_chain_meta (id, legacy_max_seq) \
+             SELECT 1, COALESCE(MAX(seq), 0) FROM audit_events",
+        )
+        .await?;
+        Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(AuditChainMeta::Table).to_owned())
+            .await?;
         for column in [AuditEvents::ChainHash, AuditEvents::ChainKeyId] {
             manager
                 .alter_table(
@@ -50,4 +71,12 @@ enum AuditEvents {
     Table,
     ChainKeyId,
     ChainHash,
+}
+
+#[derive(DeriveIden)]
+enum AuditChainMeta {
+    #[sea_orm(iden = "audit_chain_meta")]
+    Table,
+    Id,
+    LegacyMaxSeq,
 }

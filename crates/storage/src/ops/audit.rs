@@ -1,8 +1,8 @@
 //! The audit trail, newest first.
 
 use sea_orm::{
-    ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
-    TransactionTrait as _,
+    ColumnTrait as _, ConnectionTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _,
+    QuerySelect as _, TransactionTrait as _,
 };
 
 use crate::{
@@ -51,6 +51,15 @@ impl Storage {
             .order_by_asc(A::Seq)
             .all(self.db())
             .await?;
+        let legacy_max_seq = self
+            .db()
+            .query_one_raw(sea_orm::Statement::from_string(
+                self.db().get_database_backend(),
+                "SELECT legacy_max_seq FROM audit_chain_meta WHERE id = 1",
+            ))
+            .await?
+            .and_then(|row| row.try_get::<i64>("", "legacy_max_seq").ok())
+            .unwrap_or(0);
         let mut previous = String::new();
         let mut linked = false;
         for row in rows {
@@ -69,8 +78,9 @@ impl Storage {
                     keys.link(key_id, &previous, &event)
                         .is_some_and(|expected| expected == *stored)
                 }
-                // Unlinked rows are legacy rows, before the first linked one.
-                _ => !linked,
+                // Unlinked rows are legacy rows: written before the chain, before every
+                // linked one.
+                _ => !linked && row.seq <= legacy_max_seq,
             };
             if !ok {
                 return Ok(ChainStatus {

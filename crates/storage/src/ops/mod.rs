@@ -116,10 +116,10 @@ impl crate::Storage {
                 Some(keys) => {
                     if self.backend() == crate::Backend::Postgres {
                         // Events under no account (requests for unknown emails) are never
-                        // listed: they lock a key of their own, so they neither queue behind
-                        // each other nor take different work from a known email's.
+                        // listed: they lock the typed address's keyed hash, so concurrent
+                        // requests for one address queue exactly as a known account's do.
                         let lock_key = if e.account_id.is_empty() {
-                            e.event_id.clone()
+                            e.serialize_on.clone().unwrap_or_else(|| e.event_id.clone())
                         } else {
                             e.account_id.clone()
                         };

@@ -47,13 +47,8 @@ impl RecoveryCode {
 
     /// Parses user input. Errors say what is wrong without echoing the input.
     pub fn parse(input: &str) -> Result<Self, Error> {
-        let mut text = Zeroizing::new(input.trim().to_ascii_uppercase());
-        if let Some(rest) = text.strip_prefix(PREFIX)
-            && (rest.starts_with(['-', ' ']) || rest.len() == TOTAL_CHARS)
-        {
-            *text = rest.to_owned();
-        }
-        let mut chars = Zeroizing::new(String::with_capacity(TOTAL_CHARS));
+        let text = Zeroizing::new(input.trim().to_ascii_uppercase());
+        let mut chars = Zeroizing::new(String::with_capacity(TOTAL_CHARS + PREFIX.len()));
         for c in text.chars() {
             let mapped = match c {
                 '-' | ' ' => continue,
@@ -67,6 +62,11 @@ impl RecoveryCode {
                 }
             };
             chars.push(mapped);
+        }
+        // The prefix is recognised by length, whatever separates it: `RC1-…`, `RC1 …`, `RC1…`
+        // (a code may itself begin with `RC1`).
+        if chars.len() == TOTAL_CHARS + PREFIX.len() && chars.starts_with(PREFIX) {
+            chars.drain(..PREFIX.len());
         }
         if chars.len() != TOTAL_CHARS {
             return Err(Error::RecoveryCodeMalformed(

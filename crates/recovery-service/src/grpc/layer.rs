@@ -155,3 +155,30 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::known_rpc;
+
+    /// A caller cannot grow the metric label set: only served methods are labels.
+    #[test]
+    fn only_served_methods_become_metric_labels() {
+        assert!(known_rpc(
+            "identity.recovery.v1.RecoveryService",
+            "RecoverAccount"
+        ));
+        assert!(known_rpc("grpc.health.v1.Health", "Check"));
+        assert!(known_rpc(
+            "grpc.reflection.v1alpha.ServerReflection",
+            "ServerReflectionInfo"
+        ));
+        for (service, method) in [
+            ("identity.recovery.v1.RecoveryService", "DropTables"),
+            ("identity.recovery.v1.RecoveryServic", "RecoverAccount"),
+            ("x".repeat(10_000).as_str(), "y"),
+            ("", ""),
+        ] {
+            assert!(!known_rpc(service, method), "{service}/{method}");
+        }
+    }
+}

@@ -1,0 +1,53 @@
+-- pgbench script: the SQL one BeginRecovery runs on PostgreSQL for an email that is not
+-- enrolled (what recovery-bench's BeginRecovery phase sends: a fresh email and client IP per
+-- call), statement for statement as recovery-service issues them (read from the server log with
+-- log_statement = 'all'; see crates/storage/src/ops/{limits,flows,mod}.rs and
+-- crates/recovery-service/src/domain/recover.rs):
+--   1-3. three rate-limit hits (per IP per minute, per IP per hour, per email per hour), each an
+--        upsert in its own implicit transaction;
+--   4.   the enrollment lookup by canonical email;
+--   5.   one transaction: the flow, its two outbox rows (written `void` for an unknown email),
+--        and the audit event.
+-- Keys are random so that, like the tool's calls, no two transactions share a row; they have the
+-- service's shape and length but `-` for `:` (pgbench would read `:name` as a variable).
+--
+--   pgbench -n -M prepared -c 8 -j 2 -T 10 -f bench/pgbench/begin_recovery.sql DBNAME_OR_URL
+--
+-- against a database the service migrated (recovery-bench --pgbench does exactly this), or one
+-- prepared with setup.sql. It adds rows: use a throwaway database.
+
+\set ip random(1, 2000000000)
+\set mail random(1, 2000000000)
+\set salt random(1, 2000000000)
+
+INSERT INTO "rate_limit_buckets" ("bucket_key", "window_start", "count", "expires_at")
+VALUES ('begin-min-ip-pgb' || :ip::text || '.' || :client_id::text, (extract(epoch from now()) * 1000)::bigint / 60000 * 60000, 1, (extract(epoch from now()) * 1000)::bigint / 60000 * 60000 + 60000)
+ON CONFLICT ("bucket_key", "window_start") DO UPDATE SET "count" = "rate_limit_buckets"."count" + 1
+WHERE "rate_limit_buckets"."count" < 10 RETURNING "count";
+
+INSERT INTO "rate_limit_buckets" ("bucket_key", "window_start", "count", "expires_at")
+VALUES ('begin-hour-ip-pgb' || :ip::text || '.' || :client_id::text, (extract(epoch from now()) * 1000)::bigint / 3600000 * 3600000, 1, (extract(epoch from now()) * 1000)::bigint / 3600000 * 3600000 + 3600000)
+ON CONFLICT ("bucket_key", "window_start") DO UPDATE SET "count" = "rate_limit_buckets"."count" + 1
+WHERE "rate_limit_buckets"."count" < 20 RETURNING "count";
+
+INSERT INTO "rate_limit_buckets" ("bucket_key", "window_start", "count", "expires_at")
+VALUES ('begin-hour-email-pgb' || :mail::text || '.' || :client_id::text || '@bench.example', (extract(epoch from now()) * 1000)::bigint / 3600000 * 3600000, 1, (extract(epoch from now()) * 1000)::bigint / 3600000 * 3600000 + 3600000)
+ON CONFLICT ("bucket_key", "window_start") DO UPDATE SET "count" = "rate_limit_buckets"."count" + 1
+WHERE "rate_limit_buckets"."count" < 5 RETURNING "count";
+
+SELECT "account_id", "email", "email_lookup", "code_id", "code_hash", "hash_key_id", "hash_params", "generation", "created_at", "code_created_at", "updated_at", "last_used_at", "use_count", "locked_until", "revoked_at"
+FROM "recovery_enrollments"
+WHERE "email_lookup" = 'pgb' || :mail::text || '.' || :client_id::text || '@bench.example' AND "code_hash" IS NOT NULL LIMIT 1;
+
+BEGIN;
+INSERT INTO "recovery_flows" ("flow_id", "email_lookup", "account_id", "generation", "email_code_mac", "mac_key_id", "email_code_expires_at", "email_attempts", "recovery_attempts", "verified_at", "completed_at", "created_at", "expires_at", "client_ip", "client_user_agent")
+VALUES ('fl_' || substr(md5(:salt::text || '.' || :client_id::text || clock_timestamp()::text), 1, 26), 'pgb' || :mail::text || '.' || :client_id::text || '@bench.example', NULL, NULL, md5(:salt::text || 'a') || md5(:salt::text || 'b'), 'k0f656f71', (extract(epoch from now()) * 1000)::bigint + 900000, 0, 0, NULL, NULL, (extract(epoch from now()) * 1000)::bigint, (extract(epoch from now()) * 1000)::bigint + 1800000, '10.0.0.1', 'recovery-bench')
+RETURNING "flow_id";
+INSERT INTO "notification_outbox" ("message_id", "kind", "account_id", "recipient", "payload", "status", "attempts", "next_attempt_at", "lease_owner", "lease_until", "last_error", "created_at", "sent_at")
+VALUES ('msg_' || substr(md5(:salt::text || 'v' || :client_id::text || clock_timestamp()::text), 1, 26), 'verification_code', NULL, 'pgb' || :mail::text || '@bench.example', repeat(md5(:salt::text || 'p'), 7), 'void', 0, (extract(epoch from now()) * 1000)::bigint, NULL, NULL, NULL, (extract(epoch from now()) * 1000)::bigint, NULL),
+       ('msg_' || substr(md5(:salt::text || 's' || :client_id::text || clock_timestamp()::text), 1, 26), 'recovery_started', NULL, 'pgb' || :mail::text || '@bench.example', repeat(md5(:salt::text || 'q'), 5), 'void', 0, (extract(epoch from now()) * 1000)::bigint, NULL, NULL, NULL, (extract(epoch from now()) * 1000)::bigint, NULL)
+RETURNING "id";
+INSERT INTO "audit_events" ("event_id", "account_id", "kind", "occurred_at", "client_ip", "client_user_agent", "details")
+VALUES ('ev_' || substr(md5(:salt::text || 'e' || :client_id::text || clock_timestamp()::text), 1, 26), '', 'RECOVERY_STARTED', (extract(epoch from now()) * 1000)::bigint, '10.0.0.1', 'recovery-bench', '{"email_hint":"p***@bench.example","flow_id":"fl_pgbench"}')
+RETURNING "seq";
+COMMIT;

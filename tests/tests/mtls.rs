@@ -261,3 +261,120 @@ fn callers_without_a_client_ca_are_a_configuration_error() {
         "{stderr}"
     );
 }
+
+/// Every RPC × every role, as a table: the roles the contract names get past authorization
+/// (their answer is anything but CALLER_NOT_ALLOWED), others get PERMISSION_DENIED /
+/// CALLER_NOT_ALLOWED, a certificate of the CA whose SAN maps to no role is refused
+/// everywhere, and no certificate gets no answer from the service at all.
+#[tokio::test]
+async fn every_rpc_answers_every_role_as_the_contract_says() {
+    let pki = Pki::new();
+    let (server_cert, server_key) = pki.issue(vec![
+        dns("localhost"),
+        SanType::IpAddress("127.0.0.1".parse().unwrap()),
+    ]);
+    let auth = pki.issue(vec![uri(AUTH_ID)]);
+    let operator = pki.issue(vec![dns("oncall.ops.internal")]);
+    let stranger = pki.issue(vec![dns("someone.else.internal")]);
+    let ca = pki.write("ca.pem", &pki.ca_pem);
+    let server = Server::start_with(
+        Options::default()
+            .env("RECOVERY_SECRET_KEY", KEY)
+            .env("RECOVERY_TLS_CERT", pki.write("server.pem", &server_cert))
+            .env("RECOVERY_TLS_KEY", pki.write("server.key", &server_key))
+            .env("RECOVERY_TLS_CLIENT_CA", ca)
+            .env(
+                "RECOVERY_CALLERS",
+                format!("{AUTH_ID}=auth,dns:oncall.ops.internal=operator"),
+            ),
+    )
+    .unwrap();
+    // (RPC, auth allowed, operator allowed)
+    let table = [
+        ("CreateRecoveryCode", true, false),
+        ("BeginRecovery", true, false),
+        ("VerifyEmail", true, false),
+        ("RecoverAccount", true, false),
+        ("GetRecoveryStatus", true, true),
+        ("RevokeRecoveryCode", true, true),
+        ("UpdateRecoveryEmail", true, false),
+        ("ListAuditEvents", false, true),
+    ];
+    async fn call(c: &mut RecoveryServiceClient<Channel>, rpc: &str) -> Result<(), tonic::Status> {
+        match rpc {
+            "CreateRecoveryCode" => c
+                .create_recovery_code(api::CreateRecoveryCodeRequest::default())
+                .await
+                .map(drop),
+            "BeginRecovery" => c
+                .begin_recovery(api::BeginRecoveryRequest::default())
+                .await
+                .map(drop),
+            "VerifyEmail" => c
+                .verify_email(api::VerifyEmailRequest::default())
+                .await
+                .map(drop),
+            "RecoverAccount" => c
+                .recover_account(api::RecoverAccountRequest::default())
+                .await
+                .map(drop),
+            "GetRecoveryStatus" => c
+                .get_recovery_status(api::GetRecoveryStatusRequest::default())
+                .await
+                .map(drop),
+            "RevokeRecoveryCode" => c
+                .revoke_recovery_code(api::RevokeRecoveryCodeRequest::default())
+                .await
+                .map(drop),
+            "UpdateRecoveryEmail" => c
+                .update_recovery_email(api::UpdateRecoveryEmailRequest::default())
+                .await
+                .map(drop),
+            "ListAuditEvents" => c
+                .list_audit_events(api::ListAuditEventsRequest::default())
+                .await
+                .map(drop),
+            other => panic!("{other}"),
+        }
+    }
+    let mut as_auth =
+        RecoveryServiceClient::new(channel(&server, &pki.ca_pem, Some(&auth)).await.unwrap());
+    let mut as_operator = RecoveryServiceClient::new(
+        channel(&server, &pki.ca_pem, Some(&operator))
+            .await
+            .unwrap(),
+    );
+    let mut as_stranger = RecoveryServiceClient::new(
+        channel(&server, &pki.ca_pem, Some(&stranger))
+            .await
+            .unwrap(),
+    );
+    for (rpc, auth_allowed, operator_allowed) in table {
+        for (who, client, allowed) in [
+            ("auth", &mut as_auth, auth_allowed),
+            ("operator", &mut as_operator, operator_allowed),
+            ("unknown SAN", &mut as_stranger, false),
+        ] {
+            // Empty requests: an allowed caller gets the contract's INVALID_ARGUMENT or
+            // NOT_FOUND reason, never CALLER_NOT_ALLOWED.
+            let err = call(client, rpc).await.unwrap_err();
+            let denied =
+                err.code() == Code::PermissionDenied && reason(&err) == "CALLER_NOT_ALLOWED";
+            assert_eq!(!denied, allowed, "{rpc} as {who}: {err:?}");
+            assert!(
+                err.get_details_error_info().is_some(),
+                "{rpc} as {who}: {err:?}"
+            );
+        }
+        // No certificate: the handshake fails, the service never answers.
+        let anonymous = match channel(&server, &pki.ca_pem, None).await {
+            Ok(channel) => call(&mut RecoveryServiceClient::new(channel), rpc).await,
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        };
+        let err = anonymous.unwrap_err();
+        assert!(
+            err.get_details_error_info().is_none(),
+            "{rpc} without a certificate: {err:?}"
+        );
+    }
+}

@@ -17,6 +17,22 @@ fn fresh_trace_id() -> String {
     crate::crypto::random_bytes::<16>().map_or_else(|_| "0".repeat(32), hex::encode)
 }
 
+/// A request body that is not the RPC's protobuf message is the caller's fault: tonic's codec
+/// answers INTERNAL ("failed to decode Protobuf message"), re-labelled INVALID_ARGUMENT here,
+/// message kept (the transport's own answer, so without ErrorInfo, as the contract says).
+fn undecodable_is_invalid_argument(headers: &mut http::HeaderMap) {
+    let internal = headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let decode = headers.get("grpc-message").is_some_and(|v| {
+        let text = String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase();
+        text.contains("failed%20to%20decode") || text.contains("failed to decode")
+    });
+    if internal && decode {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+}
+
 /// Whether `service/method` is one the server serves (the contract, health, reflection).
 fn known_rpc(service: &str, method: &str) -> bool {
     static KNOWN: std::sync::OnceLock<std::collections::HashSet<String>> =
@@ -129,7 +145,10 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let started = Instant::now();
         Box::pin(async move {
-            let result = inner.call(request).instrument(span.clone()).await;
+            let mut result = inner.call(request).instrument(span.clone()).await;
+            if let Ok(response) = &mut result {
+                undecodable_is_invalid_argument(response.headers_mut());
+            }
             let code = match &result {
                 Ok(response) => response
                     .headers()
@@ -161,6 +180,27 @@ mod tests {
     use super::known_rpc;
 
     /// A caller cannot grow the metric label set: only served methods are labels.
+    #[test]
+    fn undecodable_requests_are_the_callers_fault() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-status", http::HeaderValue::from_static("13"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("failed%20to%20decode%20Protobuf%20message"),
+        );
+        super::undecodable_is_invalid_argument(&mut headers);
+        assert_eq!(headers["grpc-status"], "3");
+        // Any other INTERNAL stays INTERNAL.
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-status", http::HeaderValue::from_static("13"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("internal%20error"),
+        );
+        super::undecodable_is_invalid_argument(&mut headers);
+        assert_eq!(headers["grpc-status"], "13");
+    }
+
     #[test]
     fn only_served_methods_become_metric_labels() {
         assert!(known_rpc(

@@ -1,5 +1,5 @@
 # The same targets locally and in CI (.ci/run).
-.PHONY: all fmt lint buf-lint test bench run
+.PHONY: all fmt lint buf-lint test test-all bench run deploy-check
 
 all: fmt lint buf-lint test
 
@@ -16,9 +16,15 @@ buf-lint:
 test:
 	cargo test --workspace
 
+test-all:
+	cargo test --workspace -- --include-ignored
+
 bench:
 	cargo build --release -p recovery-service
 	cargo bench -p recovery-e2e --bench startup
 
 run:
 	cargo run --release -p recovery-service
+
+deploy-check:
+	bash deploy/check.sh

@@ -2,27 +2,23 @@
 //! milliseconds, UTC, as storage keeps them), shown as RFC 3339 to machines and as
 //! `30 Nov 2026, 21:02 UTC` to people.
 
-/// An instant: Unix epoch milliseconds, UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp(i64);
+pub use recovery_storage::model::Timestamp;
 
-impl Timestamp {
-    pub const fn from_ms(ms: i64) -> Self {
-        Self(ms)
-    }
-
-    pub const fn as_ms(self) -> i64 {
-        self.0
-    }
-
+/// The forms of an instant.
+pub trait Show {
     /// `2026-11-30T21:02:00.000Z`.
-    pub fn rfc3339(self) -> String {
-        rfc3339(self.0)
+    fn rfc3339(self) -> String;
+    /// `30 Nov 2026, 21:02 UTC`.
+    fn human(self) -> String;
+}
+
+impl Show for Timestamp {
+    fn rfc3339(self) -> String {
+        crate::time::rfc3339(self.as_ms())
     }
 
-    /// `30 Nov 2026, 21:02 UTC`.
-    pub fn human(self) -> String {
-        human(self.0)
+    fn human(self) -> String {
+        crate::time::human(self.as_ms())
     }
 }
 

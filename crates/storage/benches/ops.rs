@@ -30,9 +30,9 @@ fn new_flow(id: String, target: Option<(String, i64)>) -> NewFlow {
         target,
         email_code_mac: Opaque("0".repeat(64)),
         mac_key_id: "k1".into(),
-        email_code_expires_at: T0 + 900_000,
-        created_at: T0,
-        expires_at: T0 + 1_800_000,
+        email_code_expires_at: recovery_storage::model::Timestamp::from_ms(T0 + 900_000),
+        created_at: recovery_storage::model::Timestamp::from_ms(T0),
+        expires_at: recovery_storage::model::Timestamp::from_ms(T0 + 1_800_000),
         client: ClientInfo {
             ip: Some("203.0.113.7".into()),
             user_agent: Some("bench".into()),

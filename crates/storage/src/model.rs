@@ -1,7 +1,22 @@
-//! The plain types the storage API speaks. Times are Unix epoch milliseconds (UTC). Hashes and
+//! The plain types the storage API speaks. Instants are [`Timestamp`]s (Unix epoch milliseconds,
+//! UTC, as the columns keep them; operations take `now` in the same unit). Hashes and
 //! MACs are redacted in `Debug`: they are not plaintext secrets, but have no business in logs.
 
 use std::{collections::BTreeMap, fmt};
+
+/// An instant: Unix epoch milliseconds, UTC (the columns' representation, see the migrations).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub const fn from_ms(ms: i64) -> Self {
+        Self(ms)
+    }
+
+    pub const fn as_ms(self) -> i64 {
+        self.0
+    }
+}
 
 /// A hash or MAC string that prints as `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -37,12 +52,12 @@ pub struct Enrollment {
     /// Bumped by every replace, revoke and email change: flows started against an older
     /// generation can no longer complete.
     pub generation: i64,
-    pub created_at: i64,
-    pub code_created_at: Option<i64>,
-    pub updated_at: i64,
-    pub last_used_at: Option<i64>,
+    pub created_at: Timestamp,
+    pub code_created_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
     pub use_count: i64,
-    pub locked_until: Option<i64>,
+    pub locked_until: Option<Timestamp>,
 }
 
 /// What to store for a new or replacing code.
@@ -83,13 +98,13 @@ pub struct Flow {
     pub target: Option<(String, i64)>,
     pub email_code_mac: Opaque,
     pub mac_key_id: String,
-    pub email_code_expires_at: i64,
+    pub email_code_expires_at: Timestamp,
     pub email_attempts: i32,
     pub recovery_attempts: i32,
-    pub verified_at: Option<i64>,
-    pub completed_at: Option<i64>,
-    pub created_at: i64,
-    pub expires_at: i64,
+    pub verified_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
     pub client: ClientInfo,
 }
 
@@ -101,9 +116,9 @@ pub struct NewFlow {
     pub target: Option<(String, i64)>,
     pub email_code_mac: Opaque,
     pub mac_key_id: String,
-    pub email_code_expires_at: i64,
-    pub created_at: i64,
-    pub expires_at: i64,
+    pub email_code_expires_at: Timestamp,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
     pub client: ClientInfo,
 }
 
@@ -121,7 +136,7 @@ pub enum AttemptKind {
 pub struct CompletionUpdate {
     /// The failure row the submission held (see [`AttemptReservation::Admitted`]): a right
     /// code is not a failure, and the lock it alone caused is lifted.
-    pub reservation: Option<(i64, Option<i64>)>,
+    pub reservation: Option<(i64, Option<Timestamp>)>,
     /// The id of the code the submission was checked against: the completion happens only if
     /// it is still the enrollment's code (a code rotated meanwhile completes nothing).
     pub verified_code_id: String,
@@ -142,7 +157,7 @@ pub enum Completion {
     /// The enrollment changed (new code, revoke, email change) since the flow started.
     Cancelled,
     /// The account's recovery was locked (by another submission) while this one was checked.
-    Locked { until: i64 },
+    Locked { until: Timestamp },
 }
 
 /// The lockout rule a recovery-code submission is counted against.
@@ -168,10 +183,10 @@ pub enum AttemptReservation {
         failure_id: i64,
         /// Set when this submission's failure reached the threshold and locked the account
         /// (exactly one submission sees it); a right code lifts its own lock.
-        locked_until: Option<i64>,
+        locked_until: Option<Timestamp>,
     },
     /// The account's recovery is locked until then: nothing was counted.
-    Locked { until: i64 },
+    Locked { until: Timestamp },
     /// The flow's submissions are used up, or it ended: nothing was counted.
     NoAttempt,
 }
@@ -182,7 +197,7 @@ pub struct FailureOutcome {
     /// Failures inside the window, this one included.
     pub failures_in_window: i64,
     /// Set when this failure locked the account's recovery (exactly one caller sees it).
-    pub newly_locked_until: Option<i64>,
+    pub newly_locked_until: Option<Timestamp>,
 }
 
 /// A rate-limit check.
@@ -222,7 +237,7 @@ pub struct OutboxMessage {
     pub payload: Opaque,
     /// Delivery attempts so far, this claim included.
     pub attempts: i32,
-    pub created_at: i64,
+    pub created_at: Timestamp,
 }
 
 /// Delivery state of an outbox row.
@@ -256,7 +271,7 @@ pub struct OutboxStats {
     /// Rows that gave up.
     pub dead: i64,
     /// Creation time of the oldest row in the backlog.
-    pub oldest_backlog_at: Option<i64>,
+    pub oldest_backlog_at: Option<Timestamp>,
 }
 
 /// An audit event to append.
@@ -269,7 +284,7 @@ pub struct NewAuditEvent {
     /// typed address), so that they queue as a known account's events do.
     pub serialize_on: Option<String>,
     pub kind: String,
-    pub occurred_at: i64,
+    pub occurred_at: Timestamp,
     pub client: ClientInfo,
     pub details: BTreeMap<String, String>,
 }
@@ -282,7 +297,7 @@ pub struct AuditRecord {
     pub event_id: String,
     pub account_id: String,
     pub kind: String,
-    pub occurred_at: i64,
+    pub occurred_at: Timestamp,
     pub client: ClientInfo,
     pub details: BTreeMap<String, String>,
 }

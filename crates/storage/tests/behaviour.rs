@@ -12,7 +12,7 @@ use recovery_storage::{
     ChangeError, SchemaStatus, Storage, StorageError,
     model::{
         AttemptKind, ClientInfo, Completion, CompletionUpdate, Effects, NewAuditEvent,
-        NewEnrollment, NewFlow, NewMessage, Opaque, RateDecision, StoredCode,
+        NewEnrollment, NewFlow, NewMessage, Opaque, RateDecision, StoredCode, Timestamp,
     },
 };
 use tokio::task::JoinSet;
@@ -71,7 +71,7 @@ fn audit(account: &str, kind: &str, at: i64) -> NewAuditEvent {
         account_id: account.to_owned(),
         serialize_on: None,
         kind: kind.to_owned(),
-        occurred_at: at,
+        occurred_at: Timestamp::from_ms(at),
         client: ClientInfo::default(),
         details: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
     }
@@ -101,9 +101,9 @@ fn flow(id: &str, target: Option<(&str, i64)>, now: i64) -> NewFlow {
         target: target.map(|(a, g)| (a.to_owned(), g)),
         email_code_mac: Opaque("mac".to_owned()),
         mac_key_id: "k1".to_owned(),
-        email_code_expires_at: now + 15 * MIN,
-        created_at: now,
-        expires_at: now + 30 * MIN,
+        email_code_expires_at: Timestamp::from_ms(now + 15 * MIN),
+        created_at: Timestamp::from_ms(now),
+        expires_at: Timestamp::from_ms(now + 30 * MIN),
         client: ClientInfo {
             ip: Some("203.0.113.7".to_owned()),
             user_agent: Some("test".to_owned()),
@@ -204,7 +204,7 @@ async fn a_code_is_created_then_replaced_with_a_new_generation(db: &TestDb) {
     let stored = s.find_enrollment("acct").await.unwrap().unwrap();
     assert_eq!(stored.code.unwrap().code_id, "c2");
     assert_eq!(stored.use_count, 0);
-    assert_eq!(stored.code_created_at, Some(T0 + 1));
+    assert_eq!(stored.code_created_at, Some(Timestamp::from_ms(T0 + 1)));
     let found = s
         .find_enrollment_by_email("ann@example.com")
         .await
@@ -419,7 +419,7 @@ async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
     assert_eq!(done, Completion::Completed { use_count: 1 });
     let e = s.find_enrollment("acct").await.unwrap().unwrap();
     assert_eq!(e.use_count, 1);
-    assert_eq!(e.last_used_at, Some(T0 + 20 * MIN));
+    assert_eq!(e.last_used_at, Some(Timestamp::from_ms(T0 + 20 * MIN)));
     assert_eq!(e.code.unwrap().code_id, "c2");
     assert_eq!(
         s.recover_account("f1", T0 + 21 * MIN, checked("c1"), |_| { Effects::none() })
@@ -693,7 +693,7 @@ async fn failures_lock_the_account_once(db: &TestDb) {
             Effects::none(),
             move |until| Effects {
                 messages: vec![message("acct", "locked")],
-                audit: vec![audit("acct", &format!("locked-{until}"), at)],
+                audit: vec![audit("acct", &format!("locked-{}", until.as_ms()), at)],
             },
         )
     };
@@ -701,14 +701,17 @@ async fn failures_lock_the_account_once(db: &TestDb) {
     assert_eq!(fail(T0 + 1).await.unwrap().newly_locked_until, None);
     let third = fail(T0 + 2).await.unwrap();
     assert_eq!(third.failures_in_window, 3);
-    assert_eq!(third.newly_locked_until, Some(T0 + 2 + window));
+    assert_eq!(
+        third.newly_locked_until,
+        Some(Timestamp::from_ms(T0 + 2 + window))
+    );
     assert_eq!(
         s.find_enrollment("acct")
             .await
             .unwrap()
             .unwrap()
             .locked_until,
-        Some(T0 + 2 + window)
+        Some(Timestamp::from_ms(T0 + 2 + window))
     );
     assert_eq!(
         fail(T0 + 3).await.unwrap().newly_locked_until,
@@ -825,7 +828,7 @@ async fn outbox_rows_are_claimed_leased_and_finished(db: &TestDb) {
     );
     let stats = s.outbox_stats().await.unwrap();
     assert_eq!((stats.backlog, stats.dead), (1, 1));
-    assert_eq!(stats.oldest_backlog_at, Some(T0));
+    assert_eq!(stats.oldest_backlog_at, Some(Timestamp::from_ms(T0)));
     assert!(s.mark_outbox_sent(two, "w3", T0 + 6 * MIN).await.unwrap());
     let stats = s.outbox_stats().await.unwrap();
     assert_eq!(
@@ -1053,7 +1056,7 @@ async fn concurrent_submissions_reserve_exactly_the_threshold_then_lock(db: &Tes
                 lockers += usize::from(locked_until.is_some());
             }
             recovery_storage::model::AttemptReservation::Locked { until } => {
-                assert_eq!(until, T0 + MIN + 24 * HOUR);
+                assert_eq!(until, Timestamp::from_ms(T0 + MIN + 24 * HOUR));
                 locked += 1;
             }
             recovery_storage::model::AttemptReservation::NoAttempt => {}

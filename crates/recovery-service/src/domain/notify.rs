@@ -134,7 +134,7 @@ pub fn audit(
         account_id: account_id.to_owned(),
         serialize_on: None,
         kind: kind.as_str().to_owned(),
-        occurred_at: now_ms,
+        occurred_at: crate::time::Timestamp::from_ms(now_ms),
         client: client.to_info(),
         details: details
             .iter()

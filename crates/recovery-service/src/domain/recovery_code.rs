@@ -150,13 +150,10 @@ impl Recovery {
         Ok(Status {
             enrolled: true,
             code_id: Some(code.code_id),
-            created_at: enrollment.code_created_at.map(Timestamp::from_ms),
-            last_used_at: enrollment.last_used_at.map(Timestamp::from_ms),
+            created_at: enrollment.code_created_at,
+            last_used_at: enrollment.last_used_at,
             use_count: u32::try_from(enrollment.use_count).unwrap_or(u32::MAX),
-            locked_until: enrollment
-                .locked_until
-                .filter(|until| *until > now)
-                .map(Timestamp::from_ms),
+            locked_until: enrollment.locked_until.filter(|until| until.as_ms() > now),
             email_hint: Some(mask(&enrollment.email)),
         })
     }
@@ -367,7 +364,7 @@ impl Recovery {
                     event_id: r.event_id,
                     account_id: r.account_id,
                     kind,
-                    occurred_at: Timestamp::from_ms(r.occurred_at),
+                    occurred_at: r.occurred_at,
                     client_ip: r.client.ip,
                     client_user_agent: r.client.user_agent,
                     details: r.details,

@@ -22,7 +22,7 @@ struct Submission {
     /// The failure row it holds until it proves right.
     failure_id: i64,
     /// The lock its failure caused, if it reached the threshold.
-    own_lock: Option<i64>,
+    own_lock: Option<Timestamp>,
 }
 
 const FLOW_PREFIX: &str = "fl_";
@@ -98,9 +98,9 @@ impl Recovery {
                         .map(|e| (e.account_id.clone(), e.generation)),
                     email_code_mac: Opaque(mac),
                     mac_key_id: key.id().to_owned(),
-                    email_code_expires_at: code_expires_at,
-                    created_at: now,
-                    expires_at,
+                    email_code_expires_at: Timestamp::from_ms(code_expires_at),
+                    created_at: Timestamp::from_ms(now),
+                    expires_at: Timestamp::from_ms(expires_at),
                     client: client.to_info(),
                 },
                 Effects {
@@ -166,7 +166,7 @@ impl Recovery {
         let code = secrets::parse_email_code(email_code)?;
         let now = self.now();
         let (flow, _) = self.find_open_flow(flow_id, now).await?;
-        if now >= flow.email_code_expires_at && flow.verified_at.is_none() {
+        if now >= flow.email_code_expires_at.as_ms() && flow.verified_at.is_none() {
             return Err(Error::FlowExpired);
         }
         let client = flow_client(&flow);
@@ -227,7 +227,7 @@ impl Recovery {
             return Err(Error::EmailCodeMismatch { attempts_left });
         }
         if flow.verified_at.is_some() {
-            return Ok(Timestamp::from_ms(flow.expires_at));
+            return Ok(flow.expires_at);
         }
         let effects = match account {
             Some(account) => Effects {
@@ -247,12 +247,12 @@ impl Recovery {
             .verify_email(&flow.flow_id, now, effects)
             .await?
         {
-            return Ok(Timestamp::from_ms(flow.expires_at));
+            return Ok(flow.expires_at);
         }
         // Lost a race: another call verified it, or it expired or completed meanwhile.
         match self.storage.find_flow(&flow.flow_id).await? {
             Some(f) if f.completed_at.is_some() => Err(Error::FlowCompleted),
-            Some(f) if f.verified_at.is_some() => Ok(Timestamp::from_ms(f.expires_at)),
+            Some(f) if f.verified_at.is_some() => Ok(f.expires_at),
             _ => Err(Error::FlowExpired),
         }
     }
@@ -275,11 +275,11 @@ impl Recovery {
             return Err(Error::FlowCompleted);
         }
         // Before any hashing (the reservation below decides it again, atomically).
-        if let Some(until) = enrollment.locked_until.filter(|until| *until > now) {
+        if let Some(until) = enrollment.locked_until.filter(|until| until.as_ms() > now) {
             self.audit_refusal(&flow, &enrollment.account_id, "RECOVERY_LOCKED", now)
                 .await?;
             return Err(Error::RecoveryLocked {
-                locked_until: Timestamp::from_ms(until),
+                locked_until: until,
             });
         }
         let permit = self.hasher.admit().await?;
@@ -310,7 +310,7 @@ impl Recovery {
             },
             AttemptReservation::Locked { until } => {
                 let refused = Error::RecoveryLocked {
-                    locked_until: Timestamp::from_ms(until),
+                    locked_until: until,
                 };
                 self.audit_refusal(&flow, &enrollment.account_id, "RECOVERY_LOCKED", now)
                     .await?;
@@ -482,7 +482,7 @@ impl Recovery {
             }
             Completion::Cancelled => Err(Error::FlowCompleted),
             Completion::Locked { until } => Err(Error::RecoveryLocked {
-                locked_until: Timestamp::from_ms(until),
+                locked_until: until,
             }),
             Completion::NotCompletable => match self.storage.find_flow(&flow.flow_id).await? {
                 Some(f) if f.completed_at.is_some() => Err(Error::FlowCompleted),
@@ -543,7 +543,7 @@ impl Recovery {
                 &self.keys,
                 &Notice::RecoveryLocked(notice::RecoveryLocked {
                     locked_for_hours: p.lockout_ms / HOUR_MS,
-                    locked_until_ms: Some(until),
+                    locked_until_ms: Some(until.as_ms()),
                     context: context(now, client),
                 }),
                 Some(account_id),
@@ -556,7 +556,7 @@ impl Recovery {
                 client,
                 &[
                     ("flow_id", flow.flow_id.clone()),
-                    ("locked_until_ms", until.to_string()),
+                    ("locked_until_ms", until.as_ms().to_string()),
                 ],
             )?);
         }
@@ -566,7 +566,7 @@ impl Recovery {
             crate::metrics::get().lockout();
             tracing::warn!(
                 account_id,
-                locked_until_ms = until,
+                locked_until_ms = until.as_ms(),
                 "recovery locked after too many wrong codes"
             );
         }
@@ -599,7 +599,7 @@ impl Recovery {
             ),
             None => None,
         };
-        if now >= flow.expires_at {
+        if now >= flow.expires_at.as_ms() {
             return Err(Error::FlowExpired);
         }
         Ok((flow, target))
@@ -609,7 +609,7 @@ impl Recovery {
     async fn why_no_attempt(&self, flow_id: &str, now: i64) -> Error {
         match self.storage.find_flow(flow_id).await {
             Ok(Some(f)) if f.completed_at.is_some() => Error::FlowCompleted,
-            Ok(Some(f)) if now >= f.expires_at => Error::FlowExpired,
+            Ok(Some(f)) if now >= f.expires_at.as_ms() => Error::FlowExpired,
             Ok(Some(_)) => Error::TooManyAttempts,
             Ok(None) => Error::FlowNotFound,
             Err(err) => err.into(),

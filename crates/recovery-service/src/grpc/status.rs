@@ -8,7 +8,7 @@ use recovery_proto::{ERROR_DOMAIN, v1::ErrorReason};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-use crate::domain::Error;
+use crate::{domain::Error, time::Show as _};
 
 /// The status code and reason of a domain error.
 pub fn classify(err: &Error) -> (Code, ErrorReason) {

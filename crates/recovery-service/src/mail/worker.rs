@@ -158,7 +158,9 @@ impl Worker {
         match self.inner.storage.outbox_stats().await {
             Ok(stats) => {
                 let now = self.inner.clock.now_ms();
-                let age = stats.oldest_backlog_at.map_or(0, |t| (now - t).max(0));
+                let age = stats
+                    .oldest_backlog_at
+                    .map_or(0, |t| (now - t.as_ms()).max(0));
                 crate::metrics::set_outbox(stats.backlog, stats.dead, age);
             }
             Err(err) => tracing::debug!(error = %err, "outbox stats unavailable"),
@@ -283,7 +285,7 @@ impl Worker {
                     kind = %row.kind,
                     to = %mask(&row.recipient),
                     attempts = row.attempts,
-                    queued_ms = now - row.created_at,
+                    queued_ms = now - row.created_at.as_ms(),
                     "mail sent"
                 );
             }

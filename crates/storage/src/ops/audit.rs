@@ -30,7 +30,7 @@ impl Storage {
             audit: vec![event],
         };
         let txn = self.db().begin().await?;
-        self.apply_effects(&txn, effects, at).await?;
+        self.apply_effects(&txn, effects, at.as_ms()).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -124,7 +124,7 @@ impl Storage {
                     event_id: row.event_id,
                     account_id: row.account_id,
                     kind: row.kind,
-                    occurred_at: row.occurred_at,
+                    occurred_at: crate::model::Timestamp::from_ms(row.occurred_at),
                     client: ClientInfo {
                         ip: row.client_ip,
                         user_agent: row.client_user_agent,

@@ -10,7 +10,7 @@ use super::{ChangeError, IntoEffects};
 use crate::{
     Storage, StorageError,
     entity::enrollment::{self, Column as C},
-    model::{Enrollment, NewEnrollment, Opaque, PutOutcome, StoredCode},
+    model::{Enrollment, NewEnrollment, Opaque, PutOutcome, StoredCode, Timestamp},
 };
 
 impl Storage {
@@ -244,11 +244,11 @@ pub(crate) fn to_enrollment(row: enrollment::Model) -> Enrollment {
         email: row.email,
         code,
         generation: row.generation,
-        created_at: row.created_at,
-        code_created_at: row.code_created_at,
-        updated_at: row.updated_at,
-        last_used_at: row.last_used_at,
+        created_at: Timestamp::from_ms(row.created_at),
+        code_created_at: row.code_created_at.map(Timestamp::from_ms),
+        updated_at: Timestamp::from_ms(row.updated_at),
+        last_used_at: row.last_used_at.map(Timestamp::from_ms),
         use_count: row.use_count,
-        locked_until: row.locked_until,
+        locked_until: row.locked_until.map(Timestamp::from_ms),
     }
 }

@@ -17,7 +17,7 @@ use crate::{
     },
     model::{
         AttemptKind, AttemptReservation, ClientInfo, Completion, CompletionUpdate, Effects,
-        FailureOutcome, Flow, Lockout, NewFlow, Opaque,
+        FailureOutcome, Flow, Lockout, NewFlow, Opaque, Timestamp,
     },
 };
 
@@ -35,19 +35,20 @@ impl Storage {
             generation: Set(generation),
             email_code_mac: Set(new.email_code_mac.0),
             mac_key_id: Set(new.mac_key_id),
-            email_code_expires_at: Set(new.email_code_expires_at),
+            email_code_expires_at: Set(new.email_code_expires_at.as_ms()),
             email_attempts: Set(0),
             recovery_attempts: Set(0),
             verified_at: Set(None),
             completed_at: Set(None),
-            created_at: Set(new.created_at),
-            expires_at: Set(new.expires_at),
+            created_at: Set(new.created_at.as_ms()),
+            expires_at: Set(new.expires_at.as_ms()),
             client_ip: Set(new.client.ip),
             client_user_agent: Set(new.client.user_agent),
         })
         .exec(&txn)
         .await?;
-        self.apply_effects(&txn, effects, new.created_at).await?;
+        self.apply_effects(&txn, effects, new.created_at.as_ms())
+            .await?;
         txn.commit().await?;
         Ok(())
     }
@@ -205,7 +206,7 @@ impl Storage {
                 enrollment::Entity::update_many()
                     .col_expr(E::LockedUntil, Expr::value(Option::<i64>::None))
                     .filter(E::AccountId.eq(account_id.as_str()))
-                    .filter(E::LockedUntil.eq(until))
+                    .filter(E::LockedUntil.eq(until.as_ms()))
                     .exec(&txn)
                     .await?;
             }
@@ -216,7 +217,9 @@ impl Storage {
             .and_then(|e| e.locked_until)
             .filter(|until| *until > now);
         if let Some(until) = locked {
-            return Ok(Completion::Locked { until });
+            return Ok(Completion::Locked {
+                until: crate::model::Timestamp::from_ms(until),
+            });
         }
         let mut used = enrollment::Entity::update_many()
             .col_expr(E::UseCount, Expr::col(E::UseCount).add(1))
@@ -263,7 +266,7 @@ impl Storage {
         &self,
         account_id: &str,
         failure_id: i64,
-        own_lock: Option<i64>,
+        own_lock: Option<Timestamp>,
     ) -> Result<(), StorageError> {
         let txn = self.db().begin().await?;
         enrollment::Entity::find_by_id(account_id.to_owned())
@@ -275,7 +278,7 @@ impl Storage {
             enrollment::Entity::update_many()
                 .col_expr(E::LockedUntil, Expr::value(Option::<i64>::None))
                 .filter(E::AccountId.eq(account_id))
-                .filter(E::LockedUntil.eq(until))
+                .filter(E::LockedUntil.eq(until.as_ms()))
                 .exec(&txn)
                 .await?;
         }
@@ -307,7 +310,9 @@ impl Storage {
             .and_then(|e| e.locked_until)
             .filter(|until| *until > now)
         {
-            return Ok(AttemptReservation::Locked { until });
+            return Ok(AttemptReservation::Locked {
+                until: crate::model::Timestamp::from_ms(until),
+            });
         }
         let counted = flow::Entity::update_many()
             .col_expr(F::RecoveryAttempts, Expr::col(F::RecoveryAttempts).add(1))
@@ -340,7 +345,7 @@ impl Storage {
                 .filter(E::AccountId.eq(account_id))
                 .exec(&txn)
                 .await?;
-            locked_until = Some(until);
+            locked_until = Some(crate::model::Timestamp::from_ms(until));
         }
         txn.commit().await?;
         Ok(AttemptReservation::Admitted {
@@ -365,7 +370,7 @@ impl Storage {
         threshold: i64,
         lock_ms: i64,
         effects: Effects,
-        on_lock: impl FnOnce(i64) -> R,
+        on_lock: impl FnOnce(crate::model::Timestamp) -> R,
     ) -> Result<FailureOutcome, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
         // Serialise failures per account: concurrent failures must not each count one short
@@ -400,7 +405,7 @@ impl Storage {
                 .exec(&txn)
                 .await?;
             if locked.rows_affected == 1 {
-                newly_locked_until = Some(until);
+                newly_locked_until = Some(crate::model::Timestamp::from_ms(until));
             }
         }
         self.apply_effects(&txn, effects, now).await?;
@@ -429,13 +434,13 @@ fn to_flow(row: flow::Model) -> Flow {
         email_lookup: row.email_lookup,
         email_code_mac: Opaque(row.email_code_mac),
         mac_key_id: row.mac_key_id,
-        email_code_expires_at: row.email_code_expires_at,
+        email_code_expires_at: Timestamp::from_ms(row.email_code_expires_at),
         email_attempts: row.email_attempts,
         recovery_attempts: row.recovery_attempts,
-        verified_at: row.verified_at,
-        completed_at: row.completed_at,
-        created_at: row.created_at,
-        expires_at: row.expires_at,
+        verified_at: row.verified_at.map(Timestamp::from_ms),
+        completed_at: row.completed_at.map(Timestamp::from_ms),
+        created_at: Timestamp::from_ms(row.created_at),
+        expires_at: Timestamp::from_ms(row.expires_at),
         client: ClientInfo {
             ip: row.client_ip,
             user_agent: row.client_user_agent,

@@ -77,7 +77,7 @@ impl Storage {
                 recipient: row.recipient,
                 payload: Opaque(row.payload),
                 attempts: row.attempts,
-                created_at: row.created_at,
+                created_at: crate::model::Timestamp::from_ms(row.created_at),
             })
             .collect())
     }
@@ -184,7 +184,7 @@ impl Storage {
         Ok(OutboxStats {
             backlog: stats.backlog,
             dead: stats.dead,
-            oldest_backlog_at: stats.oldest,
+            oldest_backlog_at: stats.oldest.map(crate::model::Timestamp::from_ms),
         })
     }
 }

@@ -4,6 +4,11 @@
 
 pub use recovery_storage::model::Timestamp;
 
+/// Durations in the milliseconds every instant is counted in (one copy for the crate).
+pub const MINUTE_MS: i64 = 60_000;
+pub const HOUR_MS: i64 = 60 * MINUTE_MS;
+pub const DAY_MS: i64 = 24 * HOUR_MS;
+
 /// The forms of an instant.
 pub trait Show {
     /// `2026-11-30T21:02:00.000Z`.

@@ -26,10 +26,7 @@ use crate::{
     time::Timestamp,
 };
 
-/// Durations in the milliseconds every instant here is counted in.
-const MINUTE_MS: i64 = 60_000;
-const HOUR_MS: i64 = 60 * MINUTE_MS;
-const DAY_MS: i64 = 24 * HOUR_MS;
+use crate::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 
 /// The prefix of recovery-code ids (`rc_…`).
 const CODE_ID_PREFIX: &str = "rc_";

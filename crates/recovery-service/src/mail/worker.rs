@@ -173,7 +173,7 @@ impl Worker {
         let now = self.inner.clock.now_ms();
         // Lockout failures matter for at most the lockout window (24 h by default); keep two
         // days. Sent rows (payload already wiped) are kept a week for operators.
-        const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+        use crate::time::DAY_MS;
         for _ in 0..10 {
             match self
                 .inner

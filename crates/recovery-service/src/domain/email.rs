@@ -39,7 +39,10 @@ impl Email {
         if trimmed.contains([',', ';']) {
             return Err(invalid("give exactly one address, not a list"));
         }
-        if trimmed.chars().any(char::is_control) {
+        if trimmed
+            .chars()
+            .any(|c| c.is_control() || is_invisible_format(c))
+        {
             return Err(invalid("it contains control characters"));
         }
         if trimmed.chars().any(char::is_whitespace) {
@@ -153,6 +156,19 @@ pub fn redact_addresses(text: &str) -> String {
         .collect()
 }
 
+/// Invisible formatting characters (bidirectional overrides and isolates, zero-width
+/// characters, the byte-order mark): they make an address look like another one.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
 /// A masked form safe to show and log: `a***@example.com`.
 pub fn mask(address: &str) -> String {
     match address.rsplit_once('@') {
@@ -255,6 +271,9 @@ mod tests {
             "ann @example.com",
             "ann@exa mple.com",
             "ann\u{0}@example.com",
+            "ann\u{202e}@example.com",
+            "an\u{200b}n@example.com",
+            "ann@exa\u{2066}mple.com",
             ".ann@example.com",
             "ann.@example.com",
             "an..n@example.com",

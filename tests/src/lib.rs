@@ -287,6 +287,11 @@ impl Mailbox {
             let Ok(raw) = std::fs::read_to_string(&path) else {
                 continue;
             };
+            // The file transport writes in place: a file read mid-write is left for the next
+            // look (a complete multipart message ends with its closing boundary `--…--`).
+            if !raw.contains("Subject: ") || !raw.trim_end().ends_with("--") {
+                continue;
+            }
             let header = |name: &str| {
                 raw.lines()
                     .find_map(|l| l.strip_prefix(name))

@@ -271,6 +271,8 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn serve(mut config: Config) -> anyhow::Result<()> {
+    // Signal handlers first: from here a SIGTERM or SIGINT drains instead of killing.
+    let shutdown = server::shutdown_signal();
     let keys = load_keys(std::mem::replace(&mut config.keys, KeySource::Ephemeral))?;
     tracing::info!(
         key_id = keys.current().id(),
@@ -364,7 +366,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             shutdown_grace: config.shutdown_grace,
             health_listener,
         },
-        server::shutdown_signal(),
+        shutdown,
     )
     .await;
     // Mail enqueued by the last calls is still delivered by the next start if not now.

@@ -201,15 +201,7 @@ impl Storage {
         // A right code is not a failure; a lock that this submission's reservation alone
         // caused is lifted. A lock set by another submission stands: it fails this one.
         if let Some((failure_id, own_lock)) = update.reservation {
-            failure::Entity::delete_by_id(failure_id).exec(&txn).await?;
-            if let Some(until) = own_lock {
-                enrollment::Entity::update_many()
-                    .col_expr(E::LockedUntil, Expr::value(Option::<i64>::None))
-                    .filter(E::AccountId.eq(account_id.as_str()))
-                    .filter(E::LockedUntil.eq(until.as_ms()))
-                    .exec(&txn)
-                    .await?;
-            }
+            give_back(&txn, &account_id, failure_id, own_lock).await?;
         }
         let locked = enrollment::Entity::find_by_id(account_id.clone())
             .one(&txn)
@@ -273,15 +265,7 @@ impl Storage {
             .lock_exclusive()
             .one(&txn)
             .await?;
-        failure::Entity::delete_by_id(failure_id).exec(&txn).await?;
-        if let Some(until) = own_lock {
-            enrollment::Entity::update_many()
-                .col_expr(E::LockedUntil, Expr::value(Option::<i64>::None))
-                .filter(E::AccountId.eq(account_id))
-                .filter(E::LockedUntil.eq(until.as_ms()))
-                .exec(&txn)
-                .await?;
-        }
+        give_back(&txn, account_id, failure_id, own_lock).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -425,6 +409,26 @@ impl Storage {
             newly_locked_until,
         })
     }
+}
+
+/// Inside a transaction holding the enrollment's row: deletes a submission's reserved
+/// failure and lifts the lock it alone caused (a lock set by another submission stands).
+async fn give_back<C: sea_orm::ConnectionTrait>(
+    txn: &C,
+    account_id: &str,
+    failure_id: i64,
+    own_lock: Option<Timestamp>,
+) -> Result<(), StorageError> {
+    failure::Entity::delete_by_id(failure_id).exec(txn).await?;
+    if let Some(until) = own_lock {
+        enrollment::Entity::update_many()
+            .col_expr(E::LockedUntil, Expr::value(Option::<i64>::None))
+            .filter(E::AccountId.eq(account_id))
+            .filter(E::LockedUntil.eq(until.as_ms()))
+            .exec(txn)
+            .await?;
+    }
+    Ok(())
 }
 
 fn to_flow(row: flow::Model) -> Flow {

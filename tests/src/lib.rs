@@ -13,6 +13,7 @@ use std::{
 };
 
 pub mod otlp;
+pub mod pki;
 pub use recovery_test_support::{PgDatabase, need, pgcluster};
 pub mod smtp;
 

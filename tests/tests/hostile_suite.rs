@@ -21,7 +21,8 @@ use std::{
 use bytes::{Buf as _, BufMut as _, Bytes};
 use hyper_util::rt::TokioIo;
 use prost::Message as _;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+use rcgen::SanType;
+use recovery_e2e::pki::{Pki, dns};
 use recovery_e2e::{Mailbox, Options, Server};
 use recovery_proto::v1::{
     self as api, ClientContext, recovery_service_client::RecoveryServiceClient,
@@ -318,44 +319,6 @@ async fn afterwards(server: &Server, channel: Channel, tag: &str) {
 
 // ---------------------------------------------------------------------------------------------
 // 1. Every RPC × role under mutual TLS.
-
-struct Pki {
-    ca_pem: String,
-    dir: tempfile::TempDir,
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Self {
-            ca_pem: issuer.pem(),
-            dir: tempfile::tempdir().unwrap(),
-            issuer,
-        }
-    }
-
-    /// A certificate with these SANs, signed by this CA: (cert PEM, key PEM).
-    fn issue(&self, sans: Vec<SanType>) -> (String, String) {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = sans;
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    }
-}
-
-fn dns(name: &str) -> SanType {
-    SanType::DnsName(name.try_into().unwrap())
-}
 
 async fn tls_channel(
     server: &Server,

@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+use rcgen::SanType;
+use recovery_e2e::pki::{Pki, dns, uri};
 use recovery_e2e::{Options, Server, run};
 use recovery_proto::v1::{self as api, recovery_service_client::RecoveryServiceClient};
 use tonic::{
@@ -16,48 +17,6 @@ use tonic_types::StatusExt as _;
 
 const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const AUTH_ID: &str = "spiffe://platform/ns/auth/sa/auth-service";
-
-struct Pki {
-    ca_pem: String,
-    dir: tempfile::TempDir,
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Self {
-            ca_pem: issuer.pem(),
-            dir: tempfile::tempdir().unwrap(),
-            issuer,
-        }
-    }
-
-    /// A certificate with these SANs, signed by the CA: (cert PEM, key PEM).
-    fn issue(&self, sans: Vec<SanType>) -> (String, String) {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = sans;
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    }
-}
-
-fn dns(name: &str) -> SanType {
-    SanType::DnsName(name.try_into().unwrap())
-}
-
-fn uri(name: &str) -> SanType {
-    SanType::URI(name.try_into().unwrap())
-}
 
 async fn channel(
     server: &Server,

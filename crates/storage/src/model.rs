@@ -315,3 +315,236 @@ impl Effects {
         Self::default()
     }
 }
+
+/// A role in a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FamilyRole {
+    /// May begin, complete and cancel the assisted recovery of the family's other members.
+    Organizer,
+    Member,
+}
+
+impl FamilyRole {
+    /// The name stored in `family_members.role`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Organizer => "organizer",
+            Self::Member => "member",
+        }
+    }
+
+    /// The role a stored name stands for.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "organizer" => Some(Self::Organizer),
+            "member" => Some(Self::Member),
+            _ => None,
+        }
+    }
+}
+
+/// An account's place in a family (an account is in at most one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyMember {
+    pub account_id: String,
+    pub family_id: String,
+    pub role: FamilyRole,
+    /// Where assisted-recovery mail for this account goes, as given.
+    pub email: String,
+    /// Bumped by every put of this account.
+    pub generation: i64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// What to store for [`crate::Storage::put_family_member`].
+#[derive(Debug, Clone)]
+pub struct NewFamilyMember {
+    pub family_id: String,
+    pub account_id: String,
+    pub role: FamilyRole,
+    pub email: String,
+}
+
+/// What a put did: the membership before (`None` for a new one), after, and the assisted
+/// flows it ended.
+#[derive(Debug, Clone)]
+pub struct PutMemberOutcome {
+    pub previous: Option<FamilyMember>,
+    pub member: FamilyMember,
+    pub ended: Vec<AssistedFlow>,
+}
+
+/// What a removal did: the membership removed and the assisted flows it ended.
+#[derive(Debug, Clone)]
+pub struct RemovedMember {
+    pub member: FamilyMember,
+    pub ended: Vec<AssistedFlow>,
+}
+
+/// Why an assisted flow ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssistedEnd {
+    /// An organizer completed it.
+    Completed,
+    /// The member or an organizer cancelled it.
+    Cancelled,
+    /// A newer BeginAssistedRecovery (or a completion) for the same member replaced it.
+    Superseded,
+    /// The member recovered with their own recovery code.
+    MemberRecovered,
+    /// The member or the organizer who began it was put again or removed.
+    MembershipChanged,
+}
+
+impl AssistedEnd {
+    pub const ALL: [Self; 5] = [
+        Self::Completed,
+        Self::Cancelled,
+        Self::Superseded,
+        Self::MemberRecovered,
+        Self::MembershipChanged,
+    ];
+
+    /// The name stored in `assisted_flows.end_reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Cancelled => "cancelled",
+            Self::Superseded => "superseded",
+            Self::MemberRecovered => "member_recovered",
+            Self::MembershipChanged => "membership_changed",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+}
+
+/// An organizer-assisted recovery flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssistedFlow {
+    pub assisted_flow_id: String,
+    pub family_id: String,
+    pub member_account_id: String,
+    /// The organizer who began it.
+    pub organizer_account_id: String,
+    /// The member's membership generation when it began.
+    pub member_generation: i64,
+    pub email_code_mac: Opaque,
+    pub mac_key_id: String,
+    pub email_attempts: i32,
+    pub verified_at: Option<Timestamp>,
+    pub ended_at: Option<Timestamp>,
+    pub end_reason: Option<AssistedEnd>,
+    /// The account that completed or cancelled it.
+    pub ended_by: Option<String>,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub client: ClientInfo,
+}
+
+/// What to store for a new assisted flow.
+#[derive(Debug, Clone)]
+pub struct NewAssistedFlow {
+    pub assisted_flow_id: String,
+    pub family_id: String,
+    pub member_account_id: String,
+    pub organizer_account_id: String,
+    pub email_code_mac: Opaque,
+    pub mac_key_id: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub client: ClientInfo,
+}
+
+/// How many assisted flows may begin within a sliding window, counted in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssistedLimits {
+    pub window_ms: i64,
+    pub per_organizer: i64,
+    pub per_member: i64,
+}
+
+/// Who is involved in an assisted flow, as the family records say at the change.
+#[derive(Debug, Clone)]
+pub struct AssistedParties {
+    /// The member being recovered (`None` once removed from the family).
+    pub member: Option<FamilyMember>,
+    /// Every organizer of the flow's family.
+    pub organizers: Vec<FamilyMember>,
+}
+
+/// What [`crate::Storage::begin_assisted_recovery`] decided.
+#[derive(Debug, Clone)]
+pub enum BeginAssisted {
+    /// Stored, with the flows of the member it superseded.
+    Started {
+        parties: AssistedParties,
+        organizer: FamilyMember,
+        superseded: Vec<AssistedFlow>,
+    },
+    NotOrganizer,
+    NotMember,
+    SelfRecovery,
+    /// Over a limit; `organizer` says whose.
+    Limited {
+        organizer: bool,
+        retry_after_ms: i64,
+    },
+}
+
+/// A completed assisted recovery.
+#[derive(Debug, Clone)]
+pub struct AssistedCompletion {
+    pub flow: AssistedFlow,
+    pub parties: AssistedParties,
+    /// The member's recovery code that the completion revoked, if there was one.
+    pub revoked_code_id: Option<String>,
+    /// The member's other assisted flows it ended.
+    pub superseded: Vec<AssistedFlow>,
+}
+
+/// Why an assisted flow could not be completed or cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssistedRefusal {
+    NotFound,
+    /// The acting account may not do this (not an organizer of the family, nor the member).
+    NotAllowed,
+    /// The organizer is the member.
+    SelfRecovery,
+    NotVerified,
+    Ended,
+    Expired,
+}
+
+/// What [`crate::Storage::cancel_assisted_recovery`] ended.
+#[derive(Debug, Clone)]
+pub struct AssistedCancellation {
+    pub flow: AssistedFlow,
+    pub parties: AssistedParties,
+}
+
+/// One member's line in a family's recovery status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecoveryStatus {
+    pub member: FamilyMember,
+    /// The account has a live recovery code.
+    pub enrolled: bool,
+    /// An assisted flow for the account is open and unexpired.
+    pub assisted_pending: bool,
+}
+
+/// What a recovery with the member's own code ended besides the flow: the assisted flows of
+/// the account, and who to tell.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryCompletion {
+    /// The enrollment's use count after this recovery.
+    pub use_count: i64,
+    /// The account's assisted flows it ended.
+    pub ended_assisted: Vec<AssistedFlow>,
+    /// The account's family membership and its family's organizers, when it ended any.
+    pub member: Option<FamilyMember>,
+    pub organizers: Vec<FamilyMember>,
+}

@@ -411,7 +411,7 @@ async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
             },
             |n| Effects {
                 messages: vec![message("acct", "recovered")],
-                audit: vec![audit("acct", &format!("completed-{n}"), T0)],
+                audit: vec![audit("acct", &format!("completed-{}", n.use_count), T0)],
             },
         )
         .await

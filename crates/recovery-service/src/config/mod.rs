@@ -452,6 +452,8 @@ fn policy_settings(s: &Settings<'_>, layers: &Layers) -> Result<Policy, ConfigEr
             &d.address_claims_per_day.to_string(),
             |t| count(t, 1, 1_000_000).map(i64::from),
         )?,
+        // The family rules of the contract (API.md, "Families"): not settings.
+        ..d
     };
     if policy.email_code_ttl_ms > policy.flow_ttl_ms {
         return Err(ConfigError::at(

@@ -50,6 +50,28 @@ pub enum Error {
     Overloaded,
     #[error("{0}")]
     CallerNotAllowed(String),
+    #[error("{0}")]
+    InvalidFamilyId(String),
+    #[error("role must be FAMILY_ROLE_ORGANIZER or FAMILY_ROLE_MEMBER")]
+    InvalidFamilyRole,
+    #[error("{0}")]
+    NotFamilyOrganizer(&'static str),
+    #[error("the account is not in this family")]
+    NotFamilyMember,
+    #[error(
+        "an organizer cannot recover their own account this way; use your own recovery code, or ask another organizer of the family"
+    )]
+    SelfRecoveryNotAllowed,
+    #[error(
+        "this assisted recovery is over (completed, cancelled, replaced by a newer one, ended by a membership change, or the member recovered on their own)"
+    )]
+    AssistedFlowEnded,
+    #[error("the assisted recovery has expired (24 hours); an organizer can begin a new one")]
+    AssistedFlowExpired,
+    #[error(
+        "the member has not verified this assisted recovery yet; they enter the emailed code first"
+    )]
+    AssistedNotVerified,
     #[error("the database is unavailable; nothing was changed, retry shortly")]
     Unavailable,
     /// A bug or an unexpected answer: the cause is logged where it happens, never returned.

@@ -1,11 +1,13 @@
 //! What recovery means, free of transport and storage types: the rules of docs/design.md over a
 //! [`Storage`] handle, a hashing pool, the server key ring and an injected clock.
 
+mod assisted_recovery;
 pub mod caller;
 mod clock;
 pub mod code;
 pub mod email;
 mod error;
+pub mod family;
 pub mod notice;
 pub mod notify;
 mod recovery_code;
@@ -65,6 +67,15 @@ pub struct Policy {
     /// New recovery addresses an account may claim per day (CreateRecoveryCode with another
     /// address, UpdateRecoveryEmail), successful or not.
     pub address_claims_per_day: i64,
+    /// An assisted flow's lifetime (its code's too), from BeginAssistedRecovery; also the
+    /// sliding window of the two begin limits below.
+    pub assisted_flow_ttl_ms: i64,
+    /// VerifyAssistedRecovery submissions per assisted flow.
+    pub assisted_attempts: i32,
+    /// BeginAssistedRecovery calls per organizer within `assisted_flow_ttl_ms`.
+    pub assisted_begins_per_organizer: i64,
+    /// BeginAssistedRecovery calls per member within `assisted_flow_ttl_ms`.
+    pub assisted_begins_per_member: i64,
 }
 
 impl Default for Policy {
@@ -82,6 +93,10 @@ impl Default for Policy {
             starts_per_ip_per_hour: 20,
             starts_per_ip_per_minute: 10,
             address_claims_per_day: 10,
+            assisted_flow_ttl_ms: 24 * HOUR_MS,
+            assisted_attempts: 5,
+            assisted_begins_per_organizer: 5,
+            assisted_begins_per_member: 3,
         }
     }
 }

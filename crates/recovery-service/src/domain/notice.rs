@@ -20,11 +20,21 @@ pub enum MessageKind {
     EmailChanged,
     RecoveryCompleted,
     RecoveryLocked,
+    /// To a family member: an organizer began recovering the account; the code.
+    AssistedRecoveryCode,
+    /// To each organizer: an assisted recovery began, and by whom.
+    AssistedRecoveryStarted,
+    /// To the member: an organizer completed the recovery.
+    AssistedRecoveryCompleted,
+    /// To each organizer: a member was recovered, by an organizer or on their own.
+    FamilyMemberRecovered,
+    /// To the member and each organizer: an assisted recovery was cancelled.
+    AssistedRecoveryCancelled,
 }
 
 impl MessageKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 13] = [
         Self::VerificationCode,
         Self::RecoveryStarted,
         Self::CodeCreated,
@@ -33,6 +43,11 @@ impl MessageKind {
         Self::EmailChanged,
         Self::RecoveryCompleted,
         Self::RecoveryLocked,
+        Self::AssistedRecoveryCode,
+        Self::AssistedRecoveryStarted,
+        Self::AssistedRecoveryCompleted,
+        Self::FamilyMemberRecovered,
+        Self::AssistedRecoveryCancelled,
     ];
 
     /// The name stored in the outbox's `kind` column.
@@ -46,6 +61,11 @@ impl MessageKind {
             Self::EmailChanged => "email_changed",
             Self::RecoveryCompleted => "recovery_completed",
             Self::RecoveryLocked => "recovery_locked",
+            Self::AssistedRecoveryCode => "assisted_recovery_code",
+            Self::AssistedRecoveryStarted => "assisted_recovery_started",
+            Self::AssistedRecoveryCompleted => "assisted_recovery_completed",
+            Self::FamilyMemberRecovered => "family_member_recovered",
+            Self::AssistedRecoveryCancelled => "assisted_recovery_cancelled",
         }
     }
 
@@ -112,6 +132,80 @@ pub struct RecoveryLocked {
     pub context: Context,
 }
 
+/// To a family member: an organizer of the family began recovering the account. Names the
+/// organizer's role, never their address.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssistedRecoveryCode {
+    /// The 6-digit code (secret: never in `Debug`).
+    pub code: Zeroizing<String>,
+    pub expires_in_hours: i64,
+    #[serde(flatten)]
+    pub context: Context,
+}
+
+impl fmt::Debug for AssistedRecoveryCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AssistedRecoveryCode")
+            .field("code", &"[redacted]")
+            .field("expires_in_hours", &self.expires_in_hours)
+            .field("context", &self.context)
+            .finish()
+    }
+}
+
+/// To each organizer: an assisted recovery of a member began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssistedRecoveryStarted {
+    /// The member's family address, masked.
+    pub member_hint: String,
+    /// The beginning organizer's family address, masked.
+    pub organizer_hint: String,
+    /// The recipient is the organizer who began it.
+    pub by_you: bool,
+    #[serde(flatten)]
+    pub context: Context,
+}
+
+/// To the member: an organizer completed the recovery of the account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssistedRecoveryCompleted {
+    /// The member's own recovery code was revoked.
+    pub code_revoked: bool,
+    #[serde(flatten)]
+    pub context: Context,
+}
+
+/// To each organizer: a member of the family was recovered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FamilyMemberRecovered {
+    pub member_hint: String,
+    /// The organizer who completed it, masked; `None`: the member used their own code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organizer_hint: Option<String>,
+    /// The recipient is the organizer who completed it.
+    #[serde(default)]
+    pub by_you: bool,
+    #[serde(flatten)]
+    pub context: Context,
+}
+
+/// To the member and each organizer: an assisted recovery was cancelled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssistedRecoveryCancelled {
+    pub member_hint: String,
+    /// Cancelled by the member (else by an organizer).
+    pub by_member: bool,
+    /// Who cancelled it, masked.
+    pub cancelled_by_hint: String,
+    /// The recipient is the member.
+    pub to_member: bool,
+    /// The recipient is the one who cancelled it.
+    #[serde(default)]
+    pub by_you: bool,
+    #[serde(flatten)]
+    pub context: Context,
+}
+
 /// One notification's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
@@ -123,6 +217,11 @@ pub enum Notice {
     EmailChanged(EmailChanged),
     RecoveryCompleted(Context),
     RecoveryLocked(RecoveryLocked),
+    AssistedRecoveryCode(AssistedRecoveryCode),
+    AssistedRecoveryStarted(AssistedRecoveryStarted),
+    AssistedRecoveryCompleted(AssistedRecoveryCompleted),
+    FamilyMemberRecovered(FamilyMemberRecovered),
+    AssistedRecoveryCancelled(AssistedRecoveryCancelled),
 }
 
 impl Notice {
@@ -136,6 +235,11 @@ impl Notice {
             Self::EmailChanged(_) => MessageKind::EmailChanged,
             Self::RecoveryCompleted(_) => MessageKind::RecoveryCompleted,
             Self::RecoveryLocked(_) => MessageKind::RecoveryLocked,
+            Self::AssistedRecoveryCode(_) => MessageKind::AssistedRecoveryCode,
+            Self::AssistedRecoveryStarted(_) => MessageKind::AssistedRecoveryStarted,
+            Self::AssistedRecoveryCompleted(_) => MessageKind::AssistedRecoveryCompleted,
+            Self::FamilyMemberRecovered(_) => MessageKind::FamilyMemberRecovered,
+            Self::AssistedRecoveryCancelled(_) => MessageKind::AssistedRecoveryCancelled,
         }
     }
 
@@ -145,6 +249,11 @@ impl Notice {
             Self::VerificationCode(v) => &v.context,
             Self::EmailChanged(e) => &e.context,
             Self::RecoveryLocked(l) => &l.context,
+            Self::AssistedRecoveryCode(n) => &n.context,
+            Self::AssistedRecoveryStarted(n) => &n.context,
+            Self::AssistedRecoveryCompleted(n) => &n.context,
+            Self::FamilyMemberRecovered(n) => &n.context,
+            Self::AssistedRecoveryCancelled(n) => &n.context,
             Self::RecoveryStarted(c)
             | Self::CodeCreated(c)
             | Self::CodeReplaced(c)
@@ -159,6 +268,11 @@ impl Notice {
             Self::VerificationCode(v) => serde_json::to_vec(v),
             Self::EmailChanged(e) => serde_json::to_vec(e),
             Self::RecoveryLocked(l) => serde_json::to_vec(l),
+            Self::AssistedRecoveryCode(n) => serde_json::to_vec(n),
+            Self::AssistedRecoveryStarted(n) => serde_json::to_vec(n),
+            Self::AssistedRecoveryCompleted(n) => serde_json::to_vec(n),
+            Self::FamilyMemberRecovered(n) => serde_json::to_vec(n),
+            Self::AssistedRecoveryCancelled(n) => serde_json::to_vec(n),
             Self::RecoveryStarted(c)
             | Self::CodeCreated(c)
             | Self::CodeReplaced(c)
@@ -180,6 +294,21 @@ impl Notice {
             MessageKind::CodeRevoked => Self::CodeRevoked(serde_json::from_slice(json)?),
             MessageKind::RecoveryCompleted => {
                 Self::RecoveryCompleted(serde_json::from_slice(json)?)
+            }
+            MessageKind::AssistedRecoveryCode => {
+                Self::AssistedRecoveryCode(serde_json::from_slice(json)?)
+            }
+            MessageKind::AssistedRecoveryStarted => {
+                Self::AssistedRecoveryStarted(serde_json::from_slice(json)?)
+            }
+            MessageKind::AssistedRecoveryCompleted => {
+                Self::AssistedRecoveryCompleted(serde_json::from_slice(json)?)
+            }
+            MessageKind::FamilyMemberRecovered => {
+                Self::FamilyMemberRecovered(serde_json::from_slice(json)?)
+            }
+            MessageKind::AssistedRecoveryCancelled => {
+                Self::AssistedRecoveryCancelled(serde_json::from_slice(json)?)
             }
         })
     }
@@ -232,5 +361,11 @@ mod tests {
             context: Context::default(),
         };
         assert!(!format!("{:?}", Notice::VerificationCode(v)).contains("987654"));
+        let a = AssistedRecoveryCode {
+            code: Zeroizing::new("876543".into()),
+            expires_in_hours: 24,
+            context: Context::default(),
+        };
+        assert!(!format!("{:?}", Notice::AssistedRecoveryCode(a)).contains("876543"));
     }
 }

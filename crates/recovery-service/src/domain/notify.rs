@@ -30,11 +30,25 @@ pub enum AuditKind {
     /// A recovery-code submission refused before any check (`RECOVERY_LOCKED`,
     /// `TOO_MANY_ATTEMPTS`).
     SubmissionRefused,
+    /// PutFamilyMember put the account in a family.
+    FamilyMemberPut,
+    /// RemoveFamilyMember took the account out of its family.
+    FamilyMemberRemoved,
+    /// An organizer began assisted recovery of the account.
+    AssistedRecoveryStarted,
+    /// The member verified an assisted flow.
+    AssistedRecoveryVerified,
+    /// A wrong code was submitted to an assisted flow.
+    AssistedCodeFailed,
+    /// An organizer completed assisted recovery of the account.
+    AssistedRecoveryCompleted,
+    /// An assisted flow ended without completing (cancelled, superseded, ...).
+    AssistedRecoveryCancelled,
 }
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 19] = [
         Self::CodeCreated,
         Self::CodeReplaced,
         Self::CodeRevoked,
@@ -47,6 +61,13 @@ impl AuditKind {
         Self::RecoveryLocked,
         Self::EmailClaimRefused,
         Self::SubmissionRefused,
+        Self::FamilyMemberPut,
+        Self::FamilyMemberRemoved,
+        Self::AssistedRecoveryStarted,
+        Self::AssistedRecoveryVerified,
+        Self::AssistedCodeFailed,
+        Self::AssistedRecoveryCompleted,
+        Self::AssistedRecoveryCancelled,
     ];
 
     /// The kind a stored name stands for; `None` for a name this build does not know.
@@ -69,6 +90,13 @@ impl AuditKind {
             Self::RecoveryLocked => "RECOVERY_LOCKED",
             Self::EmailClaimRefused => "EMAIL_CLAIM_REFUSED",
             Self::SubmissionRefused => "SUBMISSION_REFUSED",
+            Self::FamilyMemberPut => "FAMILY_MEMBER_PUT",
+            Self::FamilyMemberRemoved => "FAMILY_MEMBER_REMOVED",
+            Self::AssistedRecoveryStarted => "ASSISTED_RECOVERY_STARTED",
+            Self::AssistedRecoveryVerified => "ASSISTED_RECOVERY_VERIFIED",
+            Self::AssistedCodeFailed => "ASSISTED_CODE_FAILED",
+            Self::AssistedRecoveryCompleted => "ASSISTED_RECOVERY_COMPLETED",
+            Self::AssistedRecoveryCancelled => "ASSISTED_RECOVERY_CANCELLED",
         }
     }
 }

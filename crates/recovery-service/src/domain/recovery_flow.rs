@@ -454,15 +454,19 @@ impl Recovery {
         )?;
         let completion = self
             .storage
-            .recover_account(&flow.flow_id, now, update, move |use_count| {
+            .recover_account(&flow.flow_id, now, update, |done| -> Result<Effects> {
                 let mut event = event;
                 event
                     .details
-                    .insert("use_count".into(), use_count.to_string());
-                Effects {
-                    messages: vec![notice],
-                    audit: vec![event],
-                }
+                    .insert("use_count".into(), done.use_count.to_string());
+                // Organizer-assisted recovery of the account ends here (a no-op outside
+                // families): audited, and the family's organizers are told.
+                let family = self.recovered_on_own(done, now, &client)?;
+                let mut messages = vec![notice];
+                messages.extend(family.messages);
+                let mut audit = vec![event];
+                audit.extend(family.audit);
+                Ok(Effects { messages, audit })
             })
             .await?;
         if !matches!(completion, Completion::Completed { .. }) {

@@ -3,6 +3,7 @@
 //! [`status::to_status`]. No `unwrap` on a request path.
 
 pub mod auth;
+mod family;
 pub mod layer;
 pub mod status;
 
@@ -14,6 +15,14 @@ use recovery_proto::v1::{
     RecoverAccountRequest, RecoverAccountResponse, RevokeRecoveryCodeRequest,
     RevokeRecoveryCodeResponse, UpdateRecoveryEmailRequest, UpdateRecoveryEmailResponse,
     VerifyEmailRequest, VerifyEmailResponse, recovery_service_server::RecoveryService,
+};
+use recovery_proto::v1::{
+    BeginAssistedRecoveryRequest, BeginAssistedRecoveryResponse, CancelAssistedRecoveryRequest,
+    CancelAssistedRecoveryResponse, CompleteAssistedRecoveryRequest,
+    CompleteAssistedRecoveryResponse, GetFamilyRecoveryStatusRequest,
+    GetFamilyRecoveryStatusResponse, PutFamilyMemberRequest, PutFamilyMemberResponse,
+    RemoveFamilyMemberRequest, RemoveFamilyMemberResponse, VerifyAssistedRecoveryRequest,
+    VerifyAssistedRecoveryResponse,
 };
 use std::sync::Arc;
 
@@ -84,6 +93,13 @@ fn audit_kind(kind: AuditKind) -> AuditEventKind {
         AuditKind::RecoveryLocked => AuditEventKind::RecoveryLocked,
         AuditKind::EmailClaimRefused => AuditEventKind::EmailClaimRefused,
         AuditKind::SubmissionRefused => AuditEventKind::SubmissionRefused,
+        AuditKind::FamilyMemberPut => AuditEventKind::FamilyMemberPut,
+        AuditKind::FamilyMemberRemoved => AuditEventKind::FamilyMemberRemoved,
+        AuditKind::AssistedRecoveryStarted => AuditEventKind::AssistedRecoveryStarted,
+        AuditKind::AssistedRecoveryVerified => AuditEventKind::AssistedRecoveryVerified,
+        AuditKind::AssistedCodeFailed => AuditEventKind::AssistedCodeFailed,
+        AuditKind::AssistedRecoveryCompleted => AuditEventKind::AssistedRecoveryCompleted,
+        AuditKind::AssistedRecoveryCancelled => AuditEventKind::AssistedRecoveryCancelled,
     }
 }
 
@@ -267,6 +283,142 @@ impl RecoveryService for RecoveryApi {
             next_page_token: page.next_page_token,
             chain_valid: page.chain_valid,
             first_broken_event_id: page.first_broken_event_id.unwrap_or_default(),
+        }))
+    }
+
+    async fn put_family_member(
+        &self,
+        request: Request<PutFamilyMemberRequest>,
+    ) -> Result<Response<PutFamilyMemberResponse>, Status> {
+        let caller = self.authorize("PutFamilyMember", &request, AUTH)?;
+        let req = request.into_inner();
+        let at = domain::caller::scope(
+            caller,
+            self.recovery.put_family_member(
+                &req.family_id,
+                &req.account_id,
+                family::role_from_wire(req.role),
+                &req.email,
+            ),
+        )
+        .await
+        .map_err(|e| fail("PutFamilyMember", &e))?;
+        Ok(Response::new(PutFamilyMemberResponse {
+            updated_at: Some(timestamp(at)),
+        }))
+    }
+
+    async fn remove_family_member(
+        &self,
+        request: Request<RemoveFamilyMemberRequest>,
+    ) -> Result<Response<RemoveFamilyMemberResponse>, Status> {
+        let caller = self.authorize("RemoveFamilyMember", &request, AUTH)?;
+        let req = request.into_inner();
+        let at = domain::caller::scope(
+            caller,
+            self.recovery
+                .remove_family_member(&req.family_id, &req.account_id),
+        )
+        .await
+        .map_err(|e| fail("RemoveFamilyMember", &e))?;
+        Ok(Response::new(RemoveFamilyMemberResponse {
+            removed_at: Some(timestamp(at)),
+        }))
+    }
+
+    async fn get_family_recovery_status(
+        &self,
+        request: Request<GetFamilyRecoveryStatusRequest>,
+    ) -> Result<Response<GetFamilyRecoveryStatusResponse>, Status> {
+        let caller = self.authorize("GetFamilyRecoveryStatus", &request, AUTH_OR_OPERATOR)?;
+        let req = request.into_inner();
+        let status = domain::caller::scope(
+            caller,
+            self.recovery.get_family_recovery_status(&req.family_id),
+        )
+        .await
+        .map_err(|e| fail("GetFamilyRecoveryStatus", &e))?;
+        Ok(Response::new(family::status_to_wire(status)))
+    }
+
+    async fn begin_assisted_recovery(
+        &self,
+        request: Request<BeginAssistedRecoveryRequest>,
+    ) -> Result<Response<BeginAssistedRecoveryResponse>, Status> {
+        let caller = self.authorize("BeginAssistedRecovery", &request, AUTH)?;
+        let req = request.into_inner();
+        let client = req.client.unwrap_or_default();
+        let started = domain::caller::scope(
+            caller,
+            self.recovery.begin_assisted_recovery(
+                &req.family_id,
+                &req.organizer_account_id,
+                &req.member_account_id,
+                &client.ip_address,
+                &client.user_agent,
+            ),
+        )
+        .await
+        .map_err(|e| fail("BeginAssistedRecovery", &e))?;
+        Ok(Response::new(BeginAssistedRecoveryResponse {
+            assisted_flow_id: started.assisted_flow_id,
+            expires_at: Some(timestamp(started.expires_at)),
+        }))
+    }
+
+    async fn verify_assisted_recovery(
+        &self,
+        request: Request<VerifyAssistedRecoveryRequest>,
+    ) -> Result<Response<VerifyAssistedRecoveryResponse>, Status> {
+        let caller = self.authorize("VerifyAssistedRecovery", &request, AUTH)?;
+        let req = request.into_inner();
+        let until = domain::caller::scope(
+            caller,
+            self.recovery
+                .verify_assisted_recovery(&req.assisted_flow_id, &req.email_code),
+        )
+        .await
+        .map_err(|e| fail("VerifyAssistedRecovery", &e))?;
+        Ok(Response::new(VerifyAssistedRecoveryResponse {
+            verified_until: Some(timestamp(until)),
+        }))
+    }
+
+    async fn complete_assisted_recovery(
+        &self,
+        request: Request<CompleteAssistedRecoveryRequest>,
+    ) -> Result<Response<CompleteAssistedRecoveryResponse>, Status> {
+        let caller = self.authorize("CompleteAssistedRecovery", &request, AUTH)?;
+        let req = request.into_inner();
+        let recovered = domain::caller::scope(
+            caller,
+            self.recovery
+                .complete_assisted_recovery(&req.assisted_flow_id, &req.organizer_account_id),
+        )
+        .await
+        .map_err(|e| fail("CompleteAssistedRecovery", &e))?;
+        Ok(Response::new(CompleteAssistedRecoveryResponse {
+            account_id: recovered.account_id,
+            revoke_all_sessions: true,
+            recovery_code_revoked: recovered.recovery_code_revoked,
+        }))
+    }
+
+    async fn cancel_assisted_recovery(
+        &self,
+        request: Request<CancelAssistedRecoveryRequest>,
+    ) -> Result<Response<CancelAssistedRecoveryResponse>, Status> {
+        let caller = self.authorize("CancelAssistedRecovery", &request, AUTH)?;
+        let req = request.into_inner();
+        let at = domain::caller::scope(
+            caller,
+            self.recovery
+                .cancel_assisted_recovery(&req.assisted_flow_id, &req.account_id),
+        )
+        .await
+        .map_err(|e| fail("CancelAssistedRecovery", &e))?;
+        Ok(Response::new(CancelAssistedRecoveryResponse {
+            cancelled_at: Some(timestamp(at)),
         }))
     }
 }

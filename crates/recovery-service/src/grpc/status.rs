@@ -33,6 +33,14 @@ pub fn classify(err: &Error) -> (Code, ErrorReason) {
         Error::RateLimited { .. } => (Code::ResourceExhausted, R::RateLimited),
         Error::Overloaded => (Code::ResourceExhausted, R::Overloaded),
         Error::CallerNotAllowed(_) => (Code::PermissionDenied, R::CallerNotAllowed),
+        Error::InvalidFamilyId(_) => (Code::InvalidArgument, R::InvalidFamilyId),
+        Error::InvalidFamilyRole => (Code::InvalidArgument, R::InvalidFamilyRole),
+        Error::NotFamilyOrganizer(_) => (Code::PermissionDenied, R::NotFamilyOrganizer),
+        Error::NotFamilyMember => (Code::NotFound, R::NotFamilyMember),
+        Error::SelfRecoveryNotAllowed => (Code::FailedPrecondition, R::SelfRecoveryNotAllowed),
+        Error::AssistedFlowEnded => (Code::FailedPrecondition, R::FlowCompleted),
+        Error::AssistedFlowExpired => (Code::FailedPrecondition, R::FlowExpired),
+        Error::AssistedNotVerified => (Code::FailedPrecondition, R::EmailNotVerified),
         Error::Unavailable => (Code::Unavailable, R::Unavailable),
         Error::Internal => (Code::Internal, R::Internal),
     }
@@ -162,6 +170,43 @@ mod tests {
             ),
             (Error::Unavailable, Code::Unavailable, "UNAVAILABLE"),
             (Error::Internal, Code::Internal, "INTERNAL"),
+            // Families (API.md, "Families").
+            (
+                Error::NotFamilyOrganizer("x"),
+                Code::PermissionDenied,
+                "NOT_FAMILY_ORGANIZER",
+            ),
+            (Error::NotFamilyMember, Code::NotFound, "NOT_FAMILY_MEMBER"),
+            (
+                Error::SelfRecoveryNotAllowed,
+                Code::FailedPrecondition,
+                "SELF_RECOVERY_NOT_ALLOWED",
+            ),
+            (
+                Error::InvalidFamilyId("x".into()),
+                Code::InvalidArgument,
+                "INVALID_FAMILY_ID",
+            ),
+            (
+                Error::InvalidFamilyRole,
+                Code::InvalidArgument,
+                "INVALID_FAMILY_ROLE",
+            ),
+            (
+                Error::AssistedFlowEnded,
+                Code::FailedPrecondition,
+                "FLOW_COMPLETED",
+            ),
+            (
+                Error::AssistedFlowExpired,
+                Code::FailedPrecondition,
+                "FLOW_EXPIRED",
+            ),
+            (
+                Error::AssistedNotVerified,
+                Code::FailedPrecondition,
+                "EMAIL_NOT_VERIFIED",
+            ),
         ];
         for (err, code, reason) in table {
             let status = to_status(&err);

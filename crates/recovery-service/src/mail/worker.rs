@@ -188,11 +188,15 @@ impl Worker {
                 .await
             {
                 Ok(report) => {
-                    let total =
-                        report.flows + report.rate_limits + report.failures + report.sent_messages;
+                    let total = report.flows
+                        + report.assisted_flows
+                        + report.rate_limits
+                        + report.failures
+                        + report.sent_messages;
                     if total > 0 {
                         tracing::debug!(
                             flows = report.flows,
+                            assisted_flows = report.assisted_flows,
                             rate_limits = report.rate_limits,
                             failures = report.failures,
                             sent_messages = report.sent_messages,

@@ -1,9 +1,11 @@
 //! sea-orm entities, one file per table. Private to this crate: callers get the plain types of
 //! [`crate::model`], which redact hashes in `Debug`.
 
+pub(crate) mod assisted_flow;
 pub(crate) mod audit_event;
 pub(crate) mod enrollment;
 pub(crate) mod failure;
+pub(crate) mod family_member;
 pub(crate) mod flow;
 pub(crate) mod outbox;
 pub(crate) mod rate_limit;

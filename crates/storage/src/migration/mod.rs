@@ -10,6 +10,7 @@ use sea_orm_migration::prelude::*;
 mod m20261126_000001_initial_schema;
 mod m20261201_000001_casefold_email_lookup;
 mod m20261201_000002_audit_chain;
+mod m20261202_000001_families;
 
 /// Every migration this build knows, oldest first.
 #[derive(Debug)]
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_initial_schema::Migration),
             Box::new(m20261201_000001_casefold_email_lookup::Migration),
             Box::new(m20261201_000002_audit_chain::Migration),
+            Box::new(m20261202_000001_families::Migration),
         ]
     }
 }

@@ -7,7 +7,7 @@ use sea_orm::{
 
 use crate::{
     Storage, StorageError,
-    entity::{failure, flow, outbox, rate_limit},
+    entity::{assisted_flow, failure, flow, outbox, rate_limit},
     model::OutboxStatus,
 };
 
@@ -15,6 +15,9 @@ use crate::{
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CleanupReport {
     pub flows: u64,
+    /// Assisted flows past their expiry (their lifetime is the window their begin limits
+    /// count in, so none that still counts is deleted).
+    pub assisted_flows: u64,
     pub rate_limits: u64,
     pub failures: u64,
     pub sent_messages: u64,
@@ -42,6 +45,20 @@ impl Storage {
             .await?;
         let flows = flow::Entity::delete_many()
             .filter(flow::Column::FlowId.is_in(flow_ids))
+            .exec(self.db())
+            .await?
+            .rows_affected;
+
+        let assisted_ids: Vec<String> = assisted_flow::Entity::find()
+            .select_only()
+            .column(assisted_flow::Column::AssistedFlowId)
+            .filter(assisted_flow::Column::ExpiresAt.lte(now))
+            .limit(batch)
+            .into_tuple()
+            .all(self.db())
+            .await?;
+        let assisted_flows = assisted_flow::Entity::delete_many()
+            .filter(assisted_flow::Column::AssistedFlowId.is_in(assisted_ids))
             .exec(self.db())
             .await?
             .rows_affected;
@@ -103,6 +120,7 @@ impl Storage {
 
         Ok(CleanupReport {
             flows,
+            assisted_flows,
             rate_limits,
             failures,
             sent_messages,

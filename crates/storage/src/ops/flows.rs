@@ -17,7 +17,7 @@ use crate::{
     },
     model::{
         AttemptKind, AttemptReservation, ClientInfo, Completion, CompletionUpdate, Effects,
-        FailureOutcome, Flow, Lockout, NewFlow, Opaque, Timestamp,
+        FailureOutcome, Flow, Lockout, NewFlow, Opaque, RecoveryCompletion, Timestamp,
     },
 };
 
@@ -160,14 +160,15 @@ impl Storage {
     /// Completes a verified flow, once, and records the use on the enrollment it was started
     /// against, in one transaction. If the enrollment's generation moved on (new code, revoke,
     /// email change, a rotation by another flow) or its code is no longer the one that was
-    /// checked, nothing changes and the answer is [`Completion::Cancelled`].
+    /// checked, nothing changes and the answer is [`Completion::Cancelled`]. A completion ends
+    /// the account's open assisted flows (`effects` sees them and the family's organizers).
     #[tracing::instrument(name = "db.recover_account", skip_all)]
     pub async fn recover_account<R: IntoEffects>(
         &self,
         flow_id: &str,
         now: i64,
         update: CompletionUpdate,
-        effects: impl FnOnce(i64) -> R,
+        effects: impl FnOnce(&RecoveryCompletion) -> R,
     ) -> Result<Completion, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
         // Lock order: the enrollment, then the flow (as every other operation), so that a
@@ -239,9 +240,36 @@ impl Storage {
         let Some(use_count) = used.first().map(|e| e.use_count) else {
             return Ok(Completion::Cancelled);
         };
+        // The person recovered with their own code: organizer-assisted recovery of the
+        // account is over, and the family's organizers are told.
+        let ended_assisted = super::families::end_flows(
+            &txn,
+            sea_orm::Condition::all()
+                .add(crate::entity::assisted_flow::Column::MemberAccountId.eq(account_id.as_str())),
+            crate::model::AssistedEnd::MemberRecovered,
+            Some(&account_id),
+            now,
+        )
+        .await?;
+        let (member, organizers) = match ended_assisted.first() {
+            Some(flow) => (
+                crate::entity::family_member::Entity::find_by_id(account_id.clone())
+                    .one(&txn)
+                    .await?
+                    .and_then(super::families::to_member),
+                super::families::organizers_of(&txn, &flow.family_id).await?,
+            ),
+            None => (None, Vec::new()),
+        };
+        let completion = RecoveryCompletion {
+            use_count,
+            ended_assisted,
+            member,
+            organizers,
+        };
         self.apply_effects(
             &txn,
-            effects(use_count)
+            effects(&completion)
                 .into_effects()
                 .map_err(ChangeError::Effects)?,
             now,

@@ -2,9 +2,11 @@
 //! conditional statement and its affected-row count, never by reading and then writing in Rust,
 //! so several replicas never allow more than one would.
 
+mod assisted;
 mod audit;
 mod cleanup;
 mod enrollments;
+mod families;
 mod flows;
 mod limits;
 mod outbox;

@@ -6,6 +6,8 @@
 //! text. Every notice of a change the owner may not have made says what to do if it was not
 //! them.
 
+mod family;
+
 use crate::{
     domain::{
         email::mask,
@@ -61,10 +63,16 @@ enum Block {
 /// Renders `notice`, sent to `recipient`.
 pub fn render(notice: &Notice, recipient: &str, branding: &Branding) -> Rendered {
     let account = branding.account();
+    let family = match &branding.product_name {
+        Some(name) => format!("your {name} family"),
+        None => "your family".to_owned(),
+    };
     let hint = mask(recipient);
     let support = branding.support();
     let when = human(notice.context().occurred_at_ms);
     let facts = facts(notice.context());
+    let mut footer =
+        format!("You receive this because {hint} is the recovery email address of {account}.");
     let (subject, blocks) = match notice {
         Notice::VerificationCode(v) => {
             let until = human(v.context.occurred_at_ms + v.expires_in_minutes * 60_000);
@@ -183,13 +191,35 @@ pub fn render(notice: &Notice, recipient: &str, branding: &Branding) -> Rendered
                 ],
             )
         }
+        Notice::AssistedRecoveryCode(n) => family::code(n, family_parts(&account, &family, &hint, &support, facts, &mut footer)),
+        Notice::AssistedRecoveryStarted(n) => family::started(n, family_parts(&account, &family, &hint, &support, facts, &mut footer)),
+        Notice::AssistedRecoveryCompleted(n) => family::completed(n, family_parts(&account, &family, &hint, &support, facts, &mut footer)),
+        Notice::FamilyMemberRecovered(n) => family::member_recovered(n, family_parts(&account, &family, &hint, &support, facts, &mut footer)),
+        Notice::AssistedRecoveryCancelled(n) => family::cancelled(n, family_parts(&account, &family, &hint, &support, facts, &mut footer)),
     };
-    let footer =
-        format!("You receive this because {hint} is the recovery email address of {account}.");
     Rendered {
         text: text(&blocks, &footer),
         html: html(&subject, &blocks, &footer),
         subject,
+    }
+}
+
+/// The parts of a family message; family mail goes to the family address, and says so.
+fn family_parts<'a>(
+    account: &'a str,
+    family: &'a str,
+    hint: &'a str,
+    support: &'a str,
+    facts: Block,
+    footer: &mut String,
+) -> family::Parts<'a> {
+    *footer = format!("You receive this because {hint} is your family's address for {account}.");
+    family::Parts {
+        account,
+        family,
+        hint,
+        support,
+        facts,
     }
 }
 
@@ -325,7 +355,11 @@ mod tests {
     use zeroize::Zeroizing;
 
     use super::*;
-    use crate::domain::notice::{EmailChanged, MessageKind, RecoveryLocked, VerificationCode};
+    use crate::domain::notice::{
+        AssistedRecoveryCancelled, AssistedRecoveryCode, AssistedRecoveryCompleted,
+        AssistedRecoveryStarted, EmailChanged, FamilyMemberRecovered, MessageKind, RecoveryLocked,
+        VerificationCode,
+    };
 
     /// 30 Nov 2026, 21:02 UTC.
     const T: i64 = 1_796_072_520_000;
@@ -357,6 +391,35 @@ mod tests {
             Notice::RecoveryLocked(RecoveryLocked {
                 locked_for_hours: 24,
                 locked_until_ms: Some(T + 24 * 3_600_000),
+                context: context(),
+            }),
+            Notice::AssistedRecoveryCode(AssistedRecoveryCode {
+                code: Zeroizing::new("654321".into()),
+                expires_in_hours: 24,
+                context: context(),
+            }),
+            Notice::AssistedRecoveryStarted(AssistedRecoveryStarted {
+                member_hint: "k***@example.com".into(),
+                organizer_hint: "o***@example.com".into(),
+                by_you: false,
+                context: context(),
+            }),
+            Notice::AssistedRecoveryCompleted(AssistedRecoveryCompleted {
+                code_revoked: true,
+                context: context(),
+            }),
+            Notice::FamilyMemberRecovered(FamilyMemberRecovered {
+                member_hint: "k***@example.com".into(),
+                organizer_hint: None,
+                by_you: false,
+                context: context(),
+            }),
+            Notice::AssistedRecoveryCancelled(AssistedRecoveryCancelled {
+                member_hint: "k***@example.com".into(),
+                by_member: true,
+                cancelled_by_hint: "k***@example.com".into(),
+                to_member: false,
+                by_you: false,
                 context: context(),
             }),
         ];
@@ -529,5 +592,91 @@ mod tests {
                 .replace('\n', " ")
                 .contains("recovery is locked until 1 Dec 2026, 21:02 UTC")
         );
+    }
+
+    #[test]
+    fn family_mail_gives_the_member_the_code_and_never_an_organizers_address() {
+        let notices = every_notice();
+        let r = render(&notices[8], "kid@example.com", &acme());
+        assert_eq!(
+            r.subject,
+            "A family organizer is recovering your Acme account"
+        );
+        assert!(r.text.lines().any(|l| l == "654321"), "{}", r.text);
+        assert!(
+            r.text
+                .contains("valid for 24 hours, until 1 Dec 2026, 21:02 UTC")
+        );
+        assert!(r.text.replace('\n', " ").contains(
+            "An organizer of your family started recovering your Acme account (k***@example.com)"
+        ));
+        assert!(
+            !r.text.contains("o***@"),
+            "no organizer address: {}",
+            r.text
+        );
+        assert!(
+            r.text
+                .replace('\n', " ")
+                .contains("your family's address for your Acme account")
+        );
+        assert!(!r.subject.contains("654321"));
+
+        // Organizers learn who began it, masked.
+        let r = render(&notices[9], "org@example.com", &acme());
+        assert_eq!(
+            r.subject,
+            "Recovery of a member of your Acme family was started"
+        );
+        assert!(r.text.replace('\n', " ").contains(
+            "The family organizer o***@example.com started recovering the account of the family member k***@example.com"
+        ));
+        let mine = Notice::AssistedRecoveryStarted(AssistedRecoveryStarted {
+            member_hint: "k***@example.com".into(),
+            organizer_hint: "o***@example.com".into(),
+            by_you: true,
+            context: context(),
+        });
+        assert!(
+            render(&mine, "org@example.com", &acme())
+                .text
+                .starts_with("You started recovering")
+        );
+
+        let r = render(&notices[10], "kid@example.com", &acme());
+        assert!(
+            r.text
+                .replace('\n', " ")
+                .contains("Your recovery code no longer works")
+        );
+        let r = render(&notices[11], "org@example.com", &acme());
+        assert!(
+            r.text
+                .replace('\n', " ")
+                .contains("recovered their account on their own, with their recovery code")
+        );
+        let r = render(&notices[12], "org@example.com", &acme());
+        assert!(
+            r.text
+                .replace('\n', " ")
+                .contains("was cancelled by the member on")
+        );
+
+        // The member's cancellation notice never names the organizer.
+        let to_member = Notice::AssistedRecoveryCancelled(AssistedRecoveryCancelled {
+            member_hint: "k***@example.com".into(),
+            by_member: false,
+            cancelled_by_hint: String::new(),
+            to_member: true,
+            by_you: false,
+            context: context(),
+        });
+        let r = render(&to_member, "kid@example.com", &acme());
+        assert!(
+            r.text
+                .replace('\n', " ")
+                .contains("was cancelled by a family organizer on")
+        );
+        assert!(!r.text.contains("o***@"));
     }
 }

@@ -1,0 +1,232 @@
+//! Family membership as the account service mirrors it (PutFamilyMember, RemoveFamilyMember)
+//! and what a family's recovery looks like (GetFamilyRecoveryStatus).
+
+pub use recovery_storage::model::FamilyRole;
+use recovery_storage::{
+    StorageError,
+    model::{AssistedFlow, Effects, FamilyMember, NewAuditEvent, NewFamilyMember},
+};
+
+use super::{
+    Error, Recovery, Result,
+    email::{Email, mask},
+    notify::{AuditKind, Client, audit},
+    validate_account_id,
+};
+use crate::time::Timestamp;
+
+/// One member's line in a family's recovery status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyMemberStatus {
+    pub account_id: String,
+    pub role: FamilyRole,
+    /// The family address, masked.
+    pub email_hint: String,
+    pub recovery_code_enrolled: bool,
+    pub assisted_recovery_pending: bool,
+}
+
+/// A family's recovery status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyStatus {
+    /// Organizers first, then by account id.
+    pub members: Vec<FamilyMemberStatus>,
+    pub organizer_count: u32,
+    /// Exactly one organizer: nobody can assist that organizer.
+    pub single_organizer: bool,
+}
+
+impl Recovery {
+    /// Puts the account in the family (moving it out of another), with its role and family
+    /// address; the assisted flows that involve it end (they answer `FLOW_COMPLETED`).
+    #[tracing::instrument(name = "domain.put_family_member", skip_all)]
+    pub async fn put_family_member(
+        &self,
+        family_id: &str,
+        account_id: &str,
+        role: Option<FamilyRole>,
+        email: &str,
+    ) -> Result<Timestamp> {
+        let family_id = validate_family_id(family_id)?;
+        let account_id = validate_account_id(account_id)?;
+        let role = role.ok_or(Error::InvalidFamilyRole)?;
+        let email = Email::parse(email)?;
+        let now = self.now();
+        let client = Client::default();
+        self.storage
+            .put_family_member(
+                NewFamilyMember {
+                    family_id: family_id.to_owned(),
+                    account_id: account_id.to_owned(),
+                    role,
+                    email: email.address().to_owned(),
+                },
+                now,
+                |outcome| -> Result<Effects> {
+                    let mut details = vec![
+                        ("family_id", family_id.to_owned()),
+                        ("role", role.as_str().to_owned()),
+                        ("email_hint", mask(&outcome.member.email)),
+                    ];
+                    if let Some(previous) = outcome
+                        .previous
+                        .as_ref()
+                        .filter(|p| p.family_id != family_id)
+                    {
+                        details.push(("previous_family_id", previous.family_id.clone()));
+                    }
+                    let mut events = vec![audit(
+                        account_id,
+                        AuditKind::FamilyMemberPut,
+                        now,
+                        &client,
+                        &details,
+                    )?];
+                    events.extend(ended_events(&outcome.ended, now)?);
+                    Ok(Effects {
+                        messages: vec![],
+                        audit: events,
+                    })
+                },
+            )
+            .await?;
+        tracing::info!(
+            family_id,
+            account_id,
+            role = role.as_str(),
+            "family member put"
+        );
+        Ok(Timestamp::from_ms(now))
+    }
+
+    /// Takes the account out of the family; the assisted flows that involve it end.
+    #[tracing::instrument(name = "domain.remove_family_member", skip_all)]
+    pub async fn remove_family_member(
+        &self,
+        family_id: &str,
+        account_id: &str,
+    ) -> Result<Timestamp> {
+        let family_id = validate_family_id(family_id)?;
+        let account_id = validate_account_id(account_id)?;
+        let now = self.now();
+        let client = Client::default();
+        let removed = self
+            .storage
+            .remove_family_member(family_id, account_id, now, |removed| -> Result<Effects> {
+                let mut events = vec![audit(
+                    account_id,
+                    AuditKind::FamilyMemberRemoved,
+                    now,
+                    &client,
+                    &[
+                        ("family_id", family_id.to_owned()),
+                        ("role", removed.member.role.as_str().to_owned()),
+                    ],
+                )?];
+                events.extend(ended_events(&removed.ended, now)?);
+                Ok(Effects {
+                    messages: vec![],
+                    audit: events,
+                })
+            })
+            .await;
+        match removed {
+            Ok(_) => {
+                tracing::info!(family_id, account_id, "family member removed");
+                Ok(Timestamp::from_ms(now))
+            }
+            Err(recovery_storage::ChangeError::Storage(StorageError::NotFound)) => {
+                Err(Error::NotFamilyMember)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Who in the family can recover how.
+    #[tracing::instrument(name = "domain.get_family_recovery_status", skip_all)]
+    pub async fn get_family_recovery_status(&self, family_id: &str) -> Result<FamilyStatus> {
+        let family_id = validate_family_id(family_id)?;
+        let now = self.now();
+        let lines = self.storage.family_recovery_status(family_id, now).await?;
+        let organizer_count = lines
+            .iter()
+            .filter(|l| l.member.role == FamilyRole::Organizer)
+            .count();
+        Ok(FamilyStatus {
+            members: lines
+                .into_iter()
+                .map(|l| FamilyMemberStatus {
+                    email_hint: mask(&l.member.email),
+                    account_id: l.member.account_id,
+                    role: l.member.role,
+                    recovery_code_enrolled: l.enrolled,
+                    assisted_recovery_pending: l.assisted_pending,
+                })
+                .collect(),
+            organizer_count: u32::try_from(organizer_count).unwrap_or(u32::MAX),
+            single_organizer: organizer_count == 1,
+        })
+    }
+}
+
+/// The audit events of assisted flows that a change ended, each on its member's account.
+pub(super) fn ended_events(ended: &[AssistedFlow], now: i64) -> Result<Vec<NewAuditEvent>> {
+    ended
+        .iter()
+        .map(|flow| {
+            let mut details = vec![
+                ("assisted_flow_id", flow.assisted_flow_id.clone()),
+                ("family_id", flow.family_id.clone()),
+                ("organizer_account_id", flow.organizer_account_id.clone()),
+                (
+                    "reason",
+                    flow.end_reason.map_or("ended", |r| r.as_str()).to_owned(),
+                ),
+            ];
+            if let Some(by) = &flow.ended_by {
+                details.push(("ended_by", by.clone()));
+            }
+            audit(
+                &flow.member_account_id,
+                AuditKind::AssistedRecoveryCancelled,
+                now,
+                &client_of(flow),
+                &details,
+            )
+        })
+        .collect()
+}
+
+/// The end user's context an assisted flow began with (the organizer's).
+pub(super) fn client_of(flow: &AssistedFlow) -> Client {
+    Client {
+        ip: flow.client.ip.as_deref().and_then(|ip| ip.parse().ok()),
+        user_agent: flow.client.user_agent.clone(),
+    }
+}
+
+/// The masked family address of each organizer, by account id.
+pub(super) fn hint_of(members: &[FamilyMember], account_id: &str) -> String {
+    members
+        .iter()
+        .find(|m| m.account_id == account_id)
+        .map_or_else(|| "a former organizer".to_owned(), |m| mask(&m.email))
+}
+
+/// Checks a family id: 1 to 128 bytes, no control characters.
+pub fn validate_family_id(family_id: &str) -> Result<&str> {
+    if family_id.is_empty() {
+        return Err(Error::InvalidFamilyId("family_id is empty".into()));
+    }
+    if family_id.len() > 128 {
+        return Err(Error::InvalidFamilyId(
+            "family_id is longer than 128 bytes".into(),
+        ));
+    }
+    if family_id.chars().any(char::is_control) {
+        return Err(Error::InvalidFamilyId(
+            "family_id contains control characters".into(),
+        ));
+    }
+    Ok(family_id)
+}

@@ -356,7 +356,14 @@ async fn begins_are_limited_per_organizer_and_per_member_in_a_sliding_day(db: &T
     // 5 per organizer per 24 h, across members: `org` began a4, so four more.
     for k in 0..4 {
         assert!(matches!(
-            begin(s, &format!("b{k}"), "org", &format!("m{k}"), T0 + DAY + 2 + k).await,
+            begin(
+                s,
+                &format!("b{k}"),
+                "org",
+                &format!("m{k}"),
+                T0 + DAY + 2 + k
+            )
+            .await,
             BeginAssisted::Started { .. }
         ));
     }

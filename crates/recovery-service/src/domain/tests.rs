@@ -1362,3 +1362,5 @@ async fn abandoned_submissions_still_count_toward_the_lock() {
         "the owner is told"
     );
 }
+
+mod family;

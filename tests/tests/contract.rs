@@ -83,7 +83,66 @@ const RPCS: &[(&str, &[&str], &[&str])] = &[
         &[
             "events:[].identity.recovery.v1.AuditEvent",
             "next_page_token:string",
+            "chain_valid:bool",
+            "first_broken_event_id:string",
         ],
+    ),
+    // Families (API.md, "Families: organizer-assisted recovery").
+    (
+        "PutFamilyMember",
+        &[
+            "family_id:string",
+            "account_id:string",
+            "role:.identity.recovery.v1.FamilyRole",
+            "email:string",
+        ],
+        &["updated_at:.google.protobuf.Timestamp"],
+    ),
+    (
+        "RemoveFamilyMember",
+        &["family_id:string", "account_id:string"],
+        &["removed_at:.google.protobuf.Timestamp"],
+    ),
+    (
+        "GetFamilyRecoveryStatus",
+        &["family_id:string"],
+        &[
+            "members:[].identity.recovery.v1.FamilyMemberStatus",
+            "organizer_count:uint32",
+            "single_organizer:bool",
+        ],
+    ),
+    (
+        "BeginAssistedRecovery",
+        &[
+            "family_id:string",
+            "organizer_account_id:string",
+            "member_account_id:string",
+            "client:.identity.recovery.v1.ClientContext",
+        ],
+        &[
+            "assisted_flow_id:string",
+            "expires_at:.google.protobuf.Timestamp",
+        ],
+    ),
+    (
+        "VerifyAssistedRecovery",
+        &["assisted_flow_id:string", "email_code:string"],
+        &["verified_until:.google.protobuf.Timestamp"],
+    ),
+    (
+        "CompleteAssistedRecovery",
+        &["assisted_flow_id:string", "organizer_account_id:string"],
+        &[
+            "account_id:string",
+            "revoke_all_sessions:bool",
+            "recovery_code_revoked:bool",
+        ],
+    ),
+    (
+        "CancelAssistedRecovery",
+        &["assisted_flow_id:string", "account_id:string"],
+        &["cancelled_at:.google.protobuf.Timestamp"],
     ),
 ];
 
@@ -101,7 +160,23 @@ const MESSAGES: &[(&str, &[&str])] = &[
             "details:[].identity.recovery.v1.AuditEvent.DetailsEntry",
         ],
     ),
+    (
+        "FamilyMemberStatus",
+        &[
+            "account_id:string",
+            "role:.identity.recovery.v1.FamilyRole",
+            "email_hint:string",
+            "recovery_code_enrolled:bool",
+            "assisted_recovery_pending:bool",
+        ],
+    ),
 ];
+
+/// Enums the contract names, with the values callers send or branch on.
+const ENUMS: &[(&str, &[&str])] = &[(
+    "FamilyRole",
+    &["FAMILY_ROLE_ORGANIZER", "FAMILY_ROLE_MEMBER"],
+)];
 
 /// The reasons of the contract (the proto, docs/design.md), bare (the enum carries buf's `ERROR_REASON_` prefix).
 const REASONS: &[&str] = &[
@@ -123,6 +198,9 @@ const REASONS: &[&str] = &[
     "CALLER_NOT_ALLOWED",
     "UNAVAILABLE",
     "EMAIL_IN_USE",
+    "NOT_FAMILY_ORGANIZER",
+    "NOT_FAMILY_MEMBER",
+    "SELF_RECOVERY_NOT_ALLOWED",
 ];
 
 /// Every file the server describes through reflection v1, dependencies included.
@@ -236,6 +314,20 @@ async fn the_served_api_has_every_name_of_the_contract() {
                 have.contains(&(*field).to_owned()),
                 "{name} lacks {field} (has {have:?})"
             );
+        }
+    }
+    for (name, values) in ENUMS {
+        let have: Vec<&str> = ours
+            .iter()
+            .flat_map(|f| &f.enum_type)
+            .find(|e| e.name() == *name)
+            .unwrap_or_else(|| panic!("enum {name} is not served"))
+            .value
+            .iter()
+            .map(|v| v.name())
+            .collect();
+        for value in *values {
+            assert!(have.contains(value), "{name} lacks {value} (has {have:?})");
         }
     }
     let reasons: Vec<String> = ours

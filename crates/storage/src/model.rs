@@ -476,15 +476,20 @@ pub struct AssistedParties {
     pub organizers: Vec<FamilyMember>,
 }
 
+/// An assisted flow just stored, with who is involved and the flows of the member it
+/// superseded.
+#[derive(Debug, Clone)]
+pub struct AssistedStart {
+    pub parties: AssistedParties,
+    /// The organizer who began it.
+    pub organizer: FamilyMember,
+    pub superseded: Vec<AssistedFlow>,
+}
+
 /// What [`crate::Storage::begin_assisted_recovery`] decided.
 #[derive(Debug, Clone)]
 pub enum BeginAssisted {
-    /// Stored, with the flows of the member it superseded.
-    Started {
-        parties: AssistedParties,
-        organizer: FamilyMember,
-        superseded: Vec<AssistedFlow>,
-    },
+    Started(Box<AssistedStart>),
     NotOrganizer,
     NotMember,
     SelfRecovery,

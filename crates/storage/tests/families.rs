@@ -91,7 +91,7 @@ async fn begin(s: &Storage, id: &str, organizer: &str, member: &str, now: i64) -
 async fn verified(s: &Storage, id: &str, organizer: &str, member: &str) {
     assert!(matches!(
         begin(s, id, organizer, member, T0).await,
-        BeginAssisted::Started { .. }
+        BeginAssisted::Started(_)
     ));
     assert!(
         s.verify_assisted_recovery(id, T0 + MIN, Effects::none())
@@ -280,14 +280,10 @@ async fn begin_checks_organizer_member_and_self_inside_the_transaction(db: &Test
         "nothing stored"
     );
     // An organizer may recover another organizer.
-    let BeginAssisted::Started {
-        parties,
-        organizer,
-        superseded,
-    } = begin(s, "af1", "org", "org2", T0).await
-    else {
+    let BeginAssisted::Started(started) = begin(s, "af1", "org", "org2", T0).await else {
         panic!("started");
     };
+    let (parties, organizer, superseded) = (started.parties, started.organizer, started.superseded);
     assert_eq!(organizer.account_id, "org");
     assert_eq!(parties.member.unwrap().account_id, "org2");
     let organizers: Vec<_> = parties
@@ -306,10 +302,10 @@ async fn a_new_begin_supersedes_the_members_earlier_flow(db: &TestDb) {
     let s = &db.storage;
     family(s).await;
     begin(s, "af1", "org", "kid", T0).await;
-    let BeginAssisted::Started { superseded, .. } = begin(s, "af2", "org2", "kid", T0 + MIN).await
-    else {
+    let BeginAssisted::Started(started) = begin(s, "af2", "org2", "kid", T0 + MIN).await else {
         panic!("started");
     };
+    let superseded = started.superseded;
     assert_eq!(superseded.len(), 1);
     assert_eq!(superseded[0].assisted_flow_id, "af1");
     assert_eq!(superseded[0].end_reason, Some(AssistedEnd::Superseded));
@@ -333,7 +329,7 @@ async fn begins_are_limited_per_organizer_and_per_member_in_a_sliding_day(db: &T
     for i in 0..3 {
         assert!(matches!(
             begin(s, &format!("a{i}"), "org2", "kid", T0 + i * HOUR).await,
-            BeginAssisted::Started { .. }
+            BeginAssisted::Started(_)
         ));
     }
     match begin(s, "a3", "org", "kid", T0 + 3 * HOUR).await {
@@ -350,7 +346,7 @@ async fn begins_are_limited_per_organizer_and_per_member_in_a_sliding_day(db: &T
     // Sliding: 24 h after the first begin, one more is allowed.
     assert!(matches!(
         begin(s, "a4", "org", "kid", T0 + DAY + 1).await,
-        BeginAssisted::Started { .. }
+        BeginAssisted::Started(_)
     ));
 
     // 5 per organizer per 24 h, across members: `org` began a4, so four more.
@@ -364,7 +360,7 @@ async fn begins_are_limited_per_organizer_and_per_member_in_a_sliding_day(db: &T
                 T0 + DAY + 2 + k
             )
             .await,
-            BeginAssisted::Started { .. }
+            BeginAssisted::Started(_)
         ));
     }
     match begin(s, "b5", "org", "m4", T0 + DAY + 10).await {
@@ -399,7 +395,7 @@ async fn begins_are_limited_per_organizer_and_per_member_in_a_sliding_day(db: &T
     }
     let mut started = 0;
     while let Some(r) = tasks.join_next().await {
-        started += usize::from(matches!(r.unwrap(), BeginAssisted::Started { .. }));
+        started += usize::from(matches!(r.unwrap(), BeginAssisted::Started(_)));
     }
     assert_eq!(started, 5);
 }

@@ -78,14 +78,10 @@ impl Recovery {
                     per_member: p.assisted_begins_per_member,
                 },
                 |begun| -> Result<Effects> {
-                    let BeginAssisted::Started {
-                        parties,
-                        organizer,
-                        superseded,
-                    } = begun
-                    else {
+                    let BeginAssisted::Started(started) = begun else {
                         return Ok(Effects::none());
                     };
+                    let (parties, organizer) = (&started.parties, &started.organizer);
                     let member = parties.member.as_ref().ok_or(Error::Internal)?;
                     let mut messages = vec![message(
                         keys,
@@ -110,7 +106,7 @@ impl Recovery {
                             &o.email,
                         )?);
                     }
-                    let mut events = ended_events(superseded, now)?;
+                    let mut events = ended_events(&started.superseded, now)?;
                     events.push(audit(
                         &member.account_id,
                         AuditKind::AssistedRecoveryStarted,
@@ -130,7 +126,7 @@ impl Recovery {
             )
             .await?;
         match begun {
-            BeginAssisted::Started { .. } => {
+            BeginAssisted::Started(_) => {
                 self.mail_enqueued();
                 tracing::info!(family_id, organizer_id, member_id, assisted_flow_id = %assisted_flow_id, "assisted recovery begun");
                 Ok(StartedAssisted {

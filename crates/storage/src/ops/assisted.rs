@@ -22,7 +22,8 @@ use crate::{
     },
     model::{
         AssistedCancellation, AssistedCompletion, AssistedEnd, AssistedFlow, AssistedLimits,
-        AssistedParties, AssistedRefusal, BeginAssisted, FamilyMember, FamilyRole, NewAssistedFlow,
+        AssistedParties, AssistedRefusal, AssistedStart, BeginAssisted, FamilyMember, FamilyRole,
+        NewAssistedFlow,
     },
 };
 
@@ -122,14 +123,14 @@ impl Storage {
         .exec(&txn)
         .await?;
         let organizers = organizers_of(&txn, &new.family_id).await?;
-        let started = BeginAssisted::Started {
+        let started = BeginAssisted::Started(Box::new(AssistedStart {
             parties: AssistedParties {
                 member: Some(member),
                 organizers,
             },
             organizer,
             superseded,
-        };
+        }));
         self.apply_effects(
             &txn,
             effects(&started)

@@ -23,7 +23,7 @@ pub(super) struct Parts<'a> {
 
 pub(super) fn code(n: &AssistedRecoveryCode, p: Parts<'_>) -> (String, Vec<Block>) {
     let Parts {
-        family,
+        family: _,
         account,
         hint,
         support,
@@ -84,7 +84,7 @@ pub(super) fn started(n: &AssistedRecoveryStarted, p: Parts<'_>) -> (String, Vec
 
 pub(super) fn completed(n: &AssistedRecoveryCompleted, p: Parts<'_>) -> (String, Vec<Block>) {
     let Parts {
-        family,
+        family: _,
         account,
         hint,
         support,

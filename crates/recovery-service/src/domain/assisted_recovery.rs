@@ -88,7 +88,9 @@ impl Recovery {
                         &Notice::AssistedRecoveryCode(notice::AssistedRecoveryCode {
                             code: code.clone(),
                             expires_in_hours: p.assisted_flow_ttl_ms / HOUR_MS,
-                            context: context(now, &client),
+                            // When, not from where: the organizer's IP address and browser
+                            // are not the member's to see.
+                            context: context(now, &Client::default()),
                         }),
                         Some(&member.account_id),
                         &member.email,

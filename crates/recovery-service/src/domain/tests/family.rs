@@ -82,6 +82,15 @@ async fn an_organizer_recovers_a_member_by_the_family_records_only() {
         !mail[0].data.to_string().contains("org@"),
         "the member's message never names an organizer's address"
     );
+    assert!(
+        mail[0].data.get("ip_address").is_none() && mail[0].data.get("user_agent").is_none(),
+        "nor the organizer's IP address or browser: {}",
+        mail[0].data
+    );
+    assert_eq!(
+        mail[1].data["ip_address"], IP,
+        "organizers see where it came from"
+    );
     assert_eq!(mail[1].data["by_you"], true);
     assert_eq!(mail[2].data["by_you"], false);
     assert_eq!(mail[2].data["organizer_hint"], "o***@family.example");

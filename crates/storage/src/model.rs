@@ -307,6 +307,8 @@ pub struct AuditRecord {
 pub struct Effects {
     pub messages: Vec<NewMessage>,
     pub audit: Vec<NewAuditEvent>,
+    /// Platform events (empty when events are off).
+    pub events: Vec<NewEvent>,
 }
 
 impl Effects {
@@ -552,4 +554,39 @@ pub struct RecoveryCompletion {
     /// The account's family membership and its family's organizers, when it ended any.
     pub member: Option<FamilyMember>,
     pub organizers: Vec<FamilyMember>,
+}
+
+/// A platform event to publish after the change commits (written in its transaction).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Unique; published as the `Nats-Msg-Id` header too.
+    pub event_id: String,
+    /// The account it is about (per-account order is kept).
+    pub account_id: String,
+    /// E.g. `account.recovered`.
+    pub event_type: String,
+    /// The whole CloudEvents JSON object, as published.
+    pub payload: String,
+}
+
+/// A claimed event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    pub seq: i64,
+    pub event_id: String,
+    pub account_id: String,
+    pub event_type: String,
+    pub payload: String,
+    /// Publish attempts so far, this claim included.
+    pub attempts: i32,
+    pub created_at: Timestamp,
+}
+
+/// The event outbox's state, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventStats {
+    /// Events not yet published.
+    pub backlog: i64,
+    /// Creation time of the oldest of them.
+    pub oldest_backlog_at: Option<Timestamp>,
 }

@@ -178,6 +178,7 @@ async fn a_code_is_created_then_replaced_with_a_new_generation(db: &TestDb) {
                     if o.replaced { "replaced" } else { "created" },
                 )],
                 audit: vec![audit("acct", "created", T0)],
+                events: vec![],
             }
         })
         .await
@@ -193,6 +194,7 @@ async fn a_code_is_created_then_replaced_with_a_new_generation(db: &TestDb) {
                     if o.replaced { "replaced" } else { "created" },
                 )],
                 audit: vec![audit("acct", "replaced", T0 + 1)],
+                events: vec![],
             }
         })
         .await
@@ -233,6 +235,7 @@ async fn an_email_belongs_to_one_live_enrollment(db: &TestDb) {
             Effects {
                 messages: vec![message("b", "created")],
                 audit: vec![],
+                events: vec![],
             }
         })
         .await
@@ -271,6 +274,7 @@ async fn revoking_clears_the_code_and_cancels_flows(db: &TestDb) {
         .revoke_recovery_code("acct", T0 + 2 * MIN, |e| Effects {
             messages: vec![],
             audit: vec![audit(&e.account_id, "revoked", T0)],
+            events: vec![],
         })
         .await
         .unwrap();
@@ -412,6 +416,7 @@ async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
             |n| Effects {
                 messages: vec![message("acct", "recovered")],
                 audit: vec![audit("acct", &format!("completed-{}", n.use_count), T0)],
+                events: vec![],
             },
         )
         .await
@@ -475,6 +480,7 @@ async fn a_flow_started_before_a_new_code_cannot_complete(db: &TestDb) {
             Effects {
                 messages: vec![message("acct", "recovered")],
                 audit: vec![],
+                events: vec![],
             }
         })
         .await
@@ -566,6 +572,7 @@ async fn concurrent_verifications_have_exactly_one_winner(db: &TestDb) {
                 Effects {
                     messages: vec![],
                     audit: vec![audit("acct", &format!("verified-{i}"), T0)],
+                    events: vec![],
                 },
             )
             .await
@@ -593,6 +600,7 @@ async fn concurrent_completions_have_exactly_one_winner(db: &TestDb) {
             s.recover_account("f1", T0 + 2 * MIN, checked("c1"), |_| Effects {
                 messages: vec![message("acct", "recovered")],
                 audit: vec![],
+                events: vec![],
             })
             .await
         });
@@ -694,6 +702,7 @@ async fn failures_lock_the_account_once(db: &TestDb) {
             move |until| Effects {
                 messages: vec![message("acct", "locked")],
                 audit: vec![audit("acct", &format!("locked-{}", until.as_ms()), at)],
+                events: vec![],
             },
         )
     };
@@ -772,6 +781,7 @@ async fn outbox_rows_are_claimed_leased_and_finished(db: &TestDb) {
                 message("a", "three"),
             ],
             audit: vec![],
+            events: vec![],
         },
     )
     .await
@@ -845,6 +855,7 @@ async fn concurrent_claimers_never_share_a_row(db: &TestDb) {
         Effects {
             messages,
             audit: vec![],
+            events: vec![],
         },
     )
     .await
@@ -885,6 +896,7 @@ async fn effects_are_written_with_their_change_or_not_at_all(db: &TestDb) {
         Effects {
             messages: vec![],
             audit: vec![duplicate.clone()],
+            events: vec![],
         }
     })
     .await
@@ -895,6 +907,7 @@ async fn effects_are_written_with_their_change_or_not_at_all(db: &TestDb) {
             Effects {
                 messages: vec![message("acct", "replaced")],
                 audit: vec![duplicate],
+                events: vec![],
             }
         })
         .await
@@ -928,6 +941,7 @@ async fn the_audit_trail_pages_newest_first(db: &TestDb) {
             Effects {
                 messages: vec![],
                 audit: vec![audit("acct", &format!("e{i}"), T0 + i)],
+                events: vec![],
             },
         )
         .await
@@ -938,6 +952,7 @@ async fn the_audit_trail_pages_newest_first(db: &TestDb) {
         Effects {
             messages: vec![],
             audit: vec![audit("someone-else", "x", T0)],
+            events: vec![],
         },
     )
     .await

@@ -143,6 +143,7 @@ async fn complete(
     s.complete_assisted_recovery(id, organizer, now, |c| Effects {
         messages: vec![note(&c.flow.member_account_id)],
         audit: vec![],
+        events: vec![],
     })
     .await
     .unwrap()

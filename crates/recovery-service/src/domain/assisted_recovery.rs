@@ -6,9 +6,12 @@ use recovery_storage::model::{
     AssistedLimits, AssistedRefusal, BeginAssisted, Effects, FamilyMember, NewAssistedFlow, Opaque,
 };
 
+use serde_json::json;
+
 use super::{
     Error, HOUR_MS, Recovery, Result, client,
     email::mask,
+    event::EventType,
     family::{ended_events, hint_of, validate_family_id},
     notice::{self, Notice},
     notify::{AuditKind, Client, audit, context, message},
@@ -120,9 +123,23 @@ impl Recovery {
                             ("organizer_account_id", organizer.account_id.clone()),
                         ],
                     )?);
+                    let mut platform = self.ended_platform_events(&started.superseded, now)?;
+                    platform.extend(self.event(
+                        EventType::AssistedRecoveryStarted,
+                        &member.account_id,
+                        now,
+                        json!({
+                            "account_id": member.account_id,
+                            "family_id": member.family_id,
+                            "assisted_flow_id": flow_id,
+                            "organizer_account_id": organizer.account_id,
+                            "expires_at": crate::time::rfc3339(expires_at),
+                        }),
+                    )?);
                     Ok(Effects {
                         messages,
                         audit: events,
+                        events: platform,
                     })
                 },
             )
@@ -208,6 +225,7 @@ impl Recovery {
                 Effects {
                     messages: vec![],
                     audit,
+                    events: vec![],
                 }
             })
             .await?
@@ -240,6 +258,7 @@ impl Recovery {
                 Effects {
                     messages: vec![],
                     audit: vec![event],
+                    events: vec![],
                 },
             )
             .await?
@@ -348,9 +367,37 @@ impl Recovery {
                         )?);
                     }
                     events.extend(ended_events(&c.superseded, now)?);
+                    let member_id = &flow.member_account_id;
+                    let mut platform = Vec::new();
+                    if let Some(code_id) = &c.revoked_code_id {
+                        platform.extend(self.event(
+                            EventType::RecoveryCodeRevoked,
+                            member_id,
+                            now,
+                            json!({
+                                "account_id": member_id,
+                                "code_id": code_id,
+                                "revoked_by": "family_organizer",
+                            }),
+                        )?);
+                    }
+                    platform.extend(self.event(
+                        EventType::AccountRecovered,
+                        member_id,
+                        now,
+                        json!({
+                            "account_id": member_id,
+                            "revoke_all_sessions": true,
+                            "method": "family_organizer",
+                            "flow_id": flow.assisted_flow_id,
+                            "organizer_account_id": organizer_id,
+                        }),
+                    )?);
+                    platform.extend(self.ended_platform_events(&c.superseded, now)?);
                     Ok(Effects {
                         messages,
                         audit: events,
+                        events: platform,
                     })
                 },
             )
@@ -433,6 +480,7 @@ impl Recovery {
                 Ok(Effects {
                     messages,
                     audit: ended_events(std::slice::from_ref(&c.flow), now)?,
+                    events: self.ended_platform_events(std::slice::from_ref(&c.flow), now)?,
                 })
             })
             .await?;
@@ -515,6 +563,7 @@ impl Recovery {
         Ok(Effects {
             messages,
             audit: ended_events(&completion.ended_assisted, now)?,
+            events: self.ended_platform_events(&completion.ended_assisted, now)?,
         })
     }
 }

@@ -86,6 +86,7 @@ impl Recovery {
                     Ok(Effects {
                         messages: vec![],
                         audit: events,
+                        events: self.ended_platform_events(&outcome.ended, now)?,
                     })
                 },
             )
@@ -127,6 +128,7 @@ impl Recovery {
                 Ok(Effects {
                     messages: vec![],
                     audit: events,
+                    events: self.ended_platform_events(&removed.ended, now)?,
                 })
             })
             .await;
@@ -195,6 +197,32 @@ pub(super) fn ended_events(ended: &[AssistedFlow], now: i64) -> Result<Vec<NewAu
             )
         })
         .collect()
+}
+
+impl Recovery {
+    /// The platform events of assisted flows that a change ended (`assisted_recovery.cancelled`).
+    pub(super) fn ended_platform_events(
+        &self,
+        ended: &[AssistedFlow],
+        now: i64,
+    ) -> Result<Vec<recovery_storage::model::NewEvent>> {
+        let mut events = Vec::new();
+        for flow in ended {
+            events.extend(self.event(
+                super::event::EventType::AssistedRecoveryCancelled,
+                &flow.member_account_id,
+                now,
+                serde_json::json!({
+                    "account_id": flow.member_account_id,
+                    "family_id": flow.family_id,
+                    "assisted_flow_id": flow.assisted_flow_id,
+                    "reason": flow.end_reason.map_or("ended", |r| r.as_str()),
+                    "ended_by": flow.ended_by,
+                }),
+            )?);
+        }
+        Ok(events)
+    }
 }
 
 /// The end user's context an assisted flow began with (the organizer's).

@@ -7,6 +7,7 @@ mod clock;
 pub mod code;
 pub mod email;
 mod error;
+pub mod event;
 pub mod family;
 pub mod notice;
 pub mod notify;
@@ -110,6 +111,9 @@ pub struct Recovery {
     clock: Arc<dyn Clock>,
     policy: Arc<Policy>,
     mail_ready: Arc<tokio::sync::Notify>,
+    /// Platform events are written (RECOVERY_EVENTS_URL is set).
+    events_enabled: bool,
+    events_ready: Arc<tokio::sync::Notify>,
 }
 
 /// A code just created: shown once.
@@ -188,7 +192,21 @@ impl Recovery {
             clock,
             policy: Arc::new(policy),
             mail_ready: Arc::new(tokio::sync::Notify::new()),
+            events_enabled: false,
+            events_ready: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// This service with platform events written to the event outbox for every change.
+    pub fn with_events(mut self) -> Self {
+        self.events_enabled = true;
+        self
+    }
+
+    /// Notified after every commit that may have written events, so a publisher can publish
+    /// at once.
+    pub fn events_ready(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.events_ready)
     }
 
     /// Notified after every commit that enqueued mail, so a delivery worker can send at once.
@@ -198,6 +216,9 @@ impl Recovery {
 
     fn mail_enqueued(&self) {
         self.mail_ready.notify_one();
+        if self.events_enabled {
+            self.events_ready.notify_one();
+        }
     }
 
     /// Whether recovery can be served now: the database answers.

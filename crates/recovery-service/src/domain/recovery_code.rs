@@ -3,10 +3,13 @@
 
 use crate::time::Timestamp;
 
+use serde_json::json;
+
 use super::{
     AuditEvent, AuditPage, CreatedCode, DAY_MS, Error, Recovery, Result, Status,
     code::RecoveryCode,
     email::{Email, mask},
+    event::EventType,
     notice::{self, Notice},
     notify::{AuditKind, Client, audit, context, message},
     secrets, truncate, validate_account_id,
@@ -105,6 +108,20 @@ impl Recovery {
                                 ("email_hint", mask(email.address())),
                             ],
                         )?],
+                        events: self.event(
+                            if outcome.replaced {
+                                EventType::RecoveryCodeReplaced
+                            } else {
+                                EventType::RecoveryCodeCreated
+                            },
+                            account_id,
+                            now,
+                            json!({
+                                "account_id": account_id,
+                                "code_id": code_id,
+                                "email_hint": mask(email.address()),
+                            }),
+                        )?,
                     })
                 })
                 .await;
@@ -186,8 +203,14 @@ impl Recovery {
                         AuditKind::CodeRevoked,
                         now,
                         &client,
-                        &[("code_id", code_id), ("reason", reason.clone())],
+                        &[("code_id", code_id.clone()), ("reason", reason.clone())],
                     )?],
+                    events: self.event(
+                        EventType::RecoveryCodeRevoked,
+                        account_id,
+                        now,
+                        json!({"account_id": account_id, "code_id": code_id, "revoked_by": "request"}),
+                    )?,
                 })
             })
             .await;
@@ -242,6 +265,12 @@ impl Recovery {
                                 ("email_hint", new_hint.clone()),
                             ],
                         )?],
+                        events: self.event(
+                            EventType::RecoveryEmailUpdated,
+                            account_id,
+                            now,
+                            json!({"account_id": account_id, "email_hint": new_hint}),
+                        )?,
                     })
                 },
             )

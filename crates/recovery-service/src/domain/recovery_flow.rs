@@ -1,9 +1,12 @@
 //! The recovery flow: BeginRecovery, VerifyEmail, RecoverAccount.
 
+use serde_json::json;
+
 use super::{
     Error, HOUR_MS, MINUTE_MS, Recovered, Recovery, Result, StartedFlow, client,
     code::RecoveryCode,
     email::{Email, mask},
+    event::EventType,
     ip_limit_key,
     notice::{self, Notice},
     notify::{AuditKind, Client, audit, context, message},
@@ -106,6 +109,7 @@ impl Recovery {
                 Effects {
                     messages: vec![verification],
                     audit: vec![event],
+                    events: vec![],
                 },
             )
             .await?;
@@ -216,6 +220,7 @@ impl Recovery {
                 Effects {
                     messages: vec![],
                     audit,
+                    events: vec![],
                 }
             })
             .await?
@@ -239,6 +244,7 @@ impl Recovery {
                     &client,
                     &[("flow_id", flow.flow_id.clone())],
                 )?],
+                events: vec![],
             },
             None => Effects::none(),
         };
@@ -466,7 +472,37 @@ impl Recovery {
                 messages.extend(family.messages);
                 let mut audit = vec![event];
                 audit.extend(family.audit);
-                Ok(Effects { messages, audit })
+                // What the platform acts on: every session and device of the account ends.
+                let mut events = self.event(
+                    EventType::AccountRecovered,
+                    &account_id,
+                    now,
+                    json!({
+                        "account_id": account_id,
+                        "revoke_all_sessions": true,
+                        "method": "recovery_code",
+                        "flow_id": flow.flow_id,
+                    }),
+                )?;
+                if let Some(new_code_id) = &rotated_code_id {
+                    events.extend(self.event(
+                        EventType::RecoveryCodeReplaced,
+                        &account_id,
+                        now,
+                        json!({
+                            "account_id": account_id,
+                            "code_id": new_code_id,
+                            "previous_code_id": stored.code_id,
+                            "rotated_on_use": true,
+                        }),
+                    )?);
+                }
+                events.extend(family.events);
+                Ok(Effects {
+                    messages,
+                    audit,
+                    events,
+                })
             })
             .await?;
         if !matches!(completion, Completion::Completed { .. }) {
@@ -541,6 +577,7 @@ impl Recovery {
                     ("attempts_left", submission.attempts_left.to_string()),
                 ],
             )?],
+            events: vec![],
         };
         if let Some(until) = submission.own_lock {
             effects.messages.push(message(
@@ -562,6 +599,15 @@ impl Recovery {
                     ("flow_id", flow.flow_id.clone()),
                     ("locked_until_ms", until.as_ms().to_string()),
                 ],
+            )?);
+            effects.events.extend(self.event(
+                EventType::RecoveryLocked,
+                account_id,
+                now,
+                json!({
+                    "account_id": account_id,
+                    "locked_until": crate::time::rfc3339(until.as_ms()),
+                }),
             )?);
         }
         self.storage.write_effects(effects, now).await?;

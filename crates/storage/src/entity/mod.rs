@@ -4,6 +4,7 @@
 pub(crate) mod assisted_flow;
 pub(crate) mod audit_event;
 pub(crate) mod enrollment;
+pub(crate) mod event;
 pub(crate) mod failure;
 pub(crate) mod family_member;
 pub(crate) mod flow;

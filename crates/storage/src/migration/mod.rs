@@ -11,6 +11,7 @@ mod m20261126_000001_initial_schema;
 mod m20261201_000001_casefold_email_lookup;
 mod m20261201_000002_audit_chain;
 mod m20261202_000001_families;
+mod m20261202_000002_event_outbox;
 
 /// Every migration this build knows, oldest first.
 #[derive(Debug)]
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_casefold_email_lookup::Migration),
             Box::new(m20261201_000002_audit_chain::Migration),
             Box::new(m20261202_000001_families::Migration),
+            Box::new(m20261202_000002_event_outbox::Migration),
         ]
     }
 }

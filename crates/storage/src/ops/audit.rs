@@ -28,6 +28,7 @@ impl Storage {
         let effects = Effects {
             messages: Vec::new(),
             audit: vec![event],
+            events: vec![],
         };
         let txn = self.db().begin().await?;
         self.apply_effects(&txn, effects, at.as_ms()).await?;

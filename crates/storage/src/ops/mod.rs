@@ -6,6 +6,7 @@ mod assisted;
 mod audit;
 mod cleanup;
 mod enrollments;
+mod events;
 mod families;
 mod flows;
 mod limits;
@@ -18,7 +19,7 @@ use sea_orm::{
 
 use crate::{
     StorageError,
-    entity::{audit_event, outbox as outbox_entity},
+    entity::{audit_event, event as event_entity, outbox as outbox_entity},
     model::{Effects, OutboxStatus},
 };
 
@@ -110,6 +111,27 @@ impl crate::Storage {
                     ..Default::default()
                 });
             outbox_entity::Entity::insert_many(rows).exec(txn).await?;
+        }
+        if !effects.events.is_empty() {
+            let rows = effects
+                .events
+                .into_iter()
+                .map(|e| event_entity::ActiveModel {
+                    event_id: Set(e.event_id),
+                    account_id: Set(e.account_id),
+                    event_type: Set(e.event_type),
+                    payload: Set(e.payload),
+                    status: Set(events::PENDING.to_owned()),
+                    attempts: Set(0),
+                    next_attempt_at: Set(now),
+                    lease_owner: Set(None),
+                    lease_until: Set(None),
+                    last_error: Set(None),
+                    created_at: Set(now),
+                    published_at: Set(None),
+                    ..Default::default()
+                });
+            event_entity::Entity::insert_many(rows).exec(txn).await?;
         }
         for e in effects.audit {
             let details = serde_json::to_string(&e.details)

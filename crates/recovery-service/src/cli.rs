@@ -82,6 +82,15 @@ Mail
                                     another worker sends it once this runs out
                                     [default: 60s]
 
+Platform events (NATS JetStream)
+  RECOVERY_EVENTS_URL               nats://[USER:PASS@]HOST:PORT or tls://...,
+                                    comma-separated for a cluster
+                                    [default: unset: no events]
+  RECOVERY_EVENTS_STREAM            stream, created when missing (subjects
+                                    identity.recovery.v1.>) [default:
+                                    IDENTITY_RECOVERY]
+  RECOVERY_EVENTS_CREDENTIALS_FILE  NATS credentials file (JWT and NKey seed)
+
 Recovery rules
   RECOVERY_REUSE_POLICY             reusable or rotate_on_use [default: reusable]
   RECOVERY_FLOW_TTL, RECOVERY_EMAIL_CODE_TTL

@@ -24,12 +24,15 @@ pub struct Metrics {
     lockouts: Counter<u64>,
     mail_sent: Counter<u64>,
     dead_letters: Counter<u64>,
+    events_published: Counter<u64>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 static OUTBOX_BACKLOG: AtomicI64 = AtomicI64::new(0);
 static OUTBOX_DEAD: AtomicI64 = AtomicI64::new(0);
 static OUTBOX_OLDEST_AGE_MS: AtomicI64 = AtomicI64::new(0);
+static EVENTS_BACKLOG: AtomicI64 = AtomicI64::new(0);
+static EVENTS_OLDEST_AGE_MS: AtomicI64 = AtomicI64::new(0);
 
 fn meter() -> Meter {
     opentelemetry::global::meter("recovery-service")
@@ -61,6 +64,10 @@ pub fn get() -> &'static Metrics {
                 .u64_counter("recovery.mail.dead_letters")
                 .with_description("Messages given up on, by kind")
                 .build(),
+            events_published: meter
+                .u64_counter("recovery.events.published")
+                .with_description("Platform events JetStream acknowledged, by type")
+                .build(),
         }
     })
 }
@@ -91,6 +98,11 @@ impl Metrics {
             .add(1, &[KeyValue::new("kind", kind.to_owned())]);
     }
 
+    pub fn event_published(&self, event_type: &str) {
+        self.events_published
+            .add(1, &[KeyValue::new("type", event_type.to_owned())]);
+    }
+
     pub fn dead_letter(&self, kind: &str) {
         self.dead_letters
             .add(1, &[KeyValue::new("kind", kind.to_owned())]);
@@ -102,6 +114,12 @@ pub fn set_outbox(backlog: i64, dead: i64, oldest_age_ms: i64) {
     OUTBOX_BACKLOG.store(backlog, Ordering::Relaxed);
     OUTBOX_DEAD.store(dead, Ordering::Relaxed);
     OUTBOX_OLDEST_AGE_MS.store(oldest_age_ms, Ordering::Relaxed);
+}
+
+/// Publishes the event outbox's state for the gauges.
+pub fn set_events(backlog: i64, oldest_age_ms: i64) {
+    EVENTS_BACKLOG.store(backlog, Ordering::Relaxed);
+    EVENTS_OLDEST_AGE_MS.store(oldest_age_ms, Ordering::Relaxed);
 }
 
 /// Registers the gauges of the hashing pool and the outbox.
@@ -154,5 +172,16 @@ pub fn register_gauges(hasher: Hasher) {
         .i64_observable_gauge("recovery.outbox.dead")
         .with_description("Messages in the dead-letter state")
         .with_callback(|o| o.observe(OUTBOX_DEAD.load(Ordering::Relaxed), &[]))
+        .build();
+    let _ = meter
+        .i64_observable_gauge("recovery.events.backlog")
+        .with_description("Platform events waiting to be published to NATS")
+        .with_callback(|o| o.observe(EVENTS_BACKLOG.load(Ordering::Relaxed), &[]))
+        .build();
+    let _ = meter
+        .i64_observable_gauge("recovery.events.oldest_age")
+        .with_unit("ms")
+        .with_description("Age of the oldest platform event waiting to be published")
+        .with_callback(|o| o.observe(EVENTS_OLDEST_AGE_MS.load(Ordering::Relaxed), &[]))
         .build();
 }

@@ -524,6 +524,8 @@ pub enum AssistedRefusal {
     NotVerified,
     Ended,
     Expired,
+    /// The flow's code submissions are used up.
+    TooManyAttempts,
 }
 
 /// What [`crate::Storage::cancel_assisted_recovery`] ended.

@@ -58,6 +58,9 @@ pub const KEYS: &[&str] = &[
     "health_listen_addr",
     "product_name",
     "support_url",
+    "events_url",
+    "events_stream",
+    "events_credentials_file",
 ];
 
 /// Variables with the prefix that are not settings but are known to the project (tests).

@@ -139,8 +139,22 @@ pub struct Config {
     pub product_name: Option<String>,
     /// Where a person who did not make a change gets help (a URL, `mailto:` included).
     pub support_url: Option<String>,
+    /// Platform events over NATS JetStream; `None`: no events.
+    pub events: Option<EventsConfig>,
     /// `RECOVERY_*` variables that name no setting, to warn about once logging is up.
     pub unknown_env: Vec<String>,
+}
+
+/// Where platform events go (API.md, "Platform events").
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// `nats://[user:pass@]host:port` or `tls://…`, comma-separated for a cluster (a secret:
+    /// it may carry a password).
+    pub url: SecretUrl,
+    /// The JetStream stream (created when missing).
+    pub stream: String,
+    /// A NATS credentials file (JWT and NKey seed).
+    pub credentials_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -173,6 +187,7 @@ impl Config {
 
         let (hash_threads, hash_params, hash_admission_wait) = hash_settings(&s, &layers)?;
         let policy = policy_settings(&s, &layers)?;
+        let events = events_settings(&s)?;
         Ok(Self {
             listen_addr,
             database_url,
@@ -195,6 +210,7 @@ impl Config {
             health_listen_addr,
             product_name,
             support_url,
+            events,
             unknown_env: layers.unknown_env,
         })
     }
@@ -299,6 +315,52 @@ fn branding_settings(s: &Settings<'_>) -> Result<(Option<String>, Option<String>
     };
 
     Ok((product_name, support_url))
+}
+
+/// Platform events: on when `events_url` is set.
+fn events_settings(s: &Settings<'_>) -> Result<Option<EventsConfig>, ConfigError> {
+    let Some(raw) = s.raw("events_url") else {
+        for key in ["events_stream", "events_credentials_file"] {
+            if let Some(other) = s.raw(key) {
+                return Err(ConfigError::at(
+                    &other.origin,
+                    "is set but RECOVERY_EVENTS_URL is not: events are off",
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let url = raw.text.trim().to_owned();
+    for server in url.split(',') {
+        let server = server.trim();
+        let scheme_ok = ["nats://", "tls://"]
+            .iter()
+            .any(|scheme| server.starts_with(scheme));
+        if !scheme_ok || server.len() <= "nats://".len() {
+            return Err(ConfigError::at(
+                &raw.origin,
+                "expected nats://HOST:PORT or tls://HOST:PORT (user:password@ allowed), comma-separated for a cluster",
+            ));
+        }
+    }
+    let stream = s.parse("events_stream", "IDENTITY_RECOVERY", |t| {
+        let t = t.trim();
+        if !t.is_empty()
+            && t.len() <= 64
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            Ok(t.to_owned())
+        } else {
+            Err("a JetStream stream name: letters, digits, `_` and `-`, at most 64".to_owned())
+        }
+    })?;
+    let credentials_file = s.path("events_credentials_file")?;
+    Ok(Some(EventsConfig {
+        url: SecretUrl::new(url),
+        stream,
+        credentials_file,
+    }))
 }
 
 /// Where the server key ring comes from (required with PostgreSQL).

@@ -98,7 +98,12 @@ impl Recovery {
                         Some(&member.account_id),
                         &member.email,
                     )?];
-                    for o in &parties.organizers {
+                    // Organizers other than the member (an organizer may be the one recovered).
+                    for o in parties
+                        .organizers
+                        .iter()
+                        .filter(|o| o.account_id != member.account_id)
+                    {
                         messages.push(message(
                             keys,
                             &Notice::AssistedRecoveryStarted(notice::AssistedRecoveryStarted {
@@ -230,7 +235,16 @@ impl Recovery {
             })
             .await?
         else {
-            return Err(self.why_assisted_closed(&flow.assisted_flow_id, now).await);
+            let why = self.why_assisted_closed(&flow.assisted_flow_id, now).await;
+            if why == Error::TooManyAttempts {
+                self.audit_refusal_of(
+                    &flow.assisted_flow_id,
+                    AssistedRefusal::TooManyAttempts,
+                    &member,
+                )
+                .await?;
+            }
+            return Err(why);
         };
         if !matches {
             return Err(Error::EmailCodeMismatch {
@@ -411,10 +425,14 @@ impl Recovery {
                     recovery_code_revoked: c.revoked_code_id.is_some(),
                 })
             }
-            Err(refusal) => Err(refused(
-                refusal,
-                "organizer_account_id is not an organizer of this assisted flow's family",
-            )),
+            Err(refusal) => {
+                self.audit_refusal_of(assisted_flow_id, refusal, organizer_id)
+                    .await?;
+                Err(refused(
+                    refusal,
+                    "organizer_account_id is not an organizer of this assisted flow's family",
+                ))
+            }
         }
     }
 
@@ -490,10 +508,14 @@ impl Recovery {
                 tracing::info!(account_id = %c.flow.member_account_id, cancelled_by = actor, assisted_flow_id, "assisted recovery cancelled");
                 Ok(Timestamp::from_ms(now))
             }
-            Err(refusal) => Err(refused(
-                refusal,
-                "account_id is neither the member of this assisted flow nor an organizer of its family",
-            )),
+            Err(refusal) => {
+                self.audit_refusal_of(assisted_flow_id, refusal, actor)
+                    .await?;
+                Err(refused(
+                    refusal,
+                    "account_id is neither the member of this assisted flow nor an organizer of its family",
+                ))
+            }
         }
     }
 
@@ -520,6 +542,38 @@ impl Recovery {
         Ok(flow)
     }
 
+    /// Audits, on the member's account, a step refused for who asked or for the flow's
+    /// submissions being used up (not for a flow that simply ended).
+    async fn audit_refusal_of(
+        &self,
+        assisted_flow_id: &str,
+        refusal: AssistedRefusal,
+        actor: &str,
+    ) -> Result<()> {
+        let reason = match refusal {
+            AssistedRefusal::NotAllowed => "NOT_FAMILY_ORGANIZER",
+            AssistedRefusal::SelfRecovery => "SELF_RECOVERY_NOT_ALLOWED",
+            AssistedRefusal::TooManyAttempts => "TOO_MANY_ATTEMPTS",
+            _ => return Ok(()),
+        };
+        let Some(flow) = self.storage.find_assisted_flow(assisted_flow_id).await? else {
+            return Ok(());
+        };
+        let event = audit(
+            &flow.member_account_id,
+            AuditKind::SubmissionRefused,
+            self.now(),
+            &Client::default(),
+            &[
+                ("assisted_flow_id", flow.assisted_flow_id.clone()),
+                ("reason", reason.to_owned()),
+                ("account_id", actor.to_owned()),
+            ],
+        )?;
+        self.storage.append_audit(event).await?;
+        Ok(())
+    }
+
     /// Why a submission was not counted: the flow ended or expired, or its cap was reached.
     async fn why_assisted_closed(&self, assisted_flow_id: &str, now: i64) -> Error {
         match self.storage.find_assisted_flow(assisted_flow_id).await {
@@ -537,7 +591,6 @@ impl Recovery {
         &self,
         completion: &recovery_storage::model::RecoveryCompletion,
         now: i64,
-        client: &Client,
     ) -> Result<Effects> {
         if completion.ended_assisted.is_empty() {
             return Ok(Effects::none());
@@ -554,7 +607,9 @@ impl Recovery {
                     member_hint: member_hint.clone(),
                     organizer_hint: None,
                     by_you: false,
-                    context: context(now, client),
+                    // When, not from where: the member's IP address and browser are not the
+                    // organizers' to see.
+                    context: context(now, &Client::default()),
                 }),
                 Some(&o.account_id),
                 &o.email,
@@ -577,6 +632,7 @@ fn refused(refusal: AssistedRefusal, not_allowed: &'static str) -> Error {
         AssistedRefusal::NotVerified => Error::AssistedNotVerified,
         AssistedRefusal::Ended => Error::AssistedFlowEnded,
         AssistedRefusal::Expired => Error::AssistedFlowExpired,
+        AssistedRefusal::TooManyAttempts => Error::TooManyAttempts,
     }
 }
 

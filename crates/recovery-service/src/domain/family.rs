@@ -188,11 +188,13 @@ pub(super) fn ended_events(ended: &[AssistedFlow], now: i64) -> Result<Vec<NewAu
             if let Some(by) = &flow.ended_by {
                 details.push(("ended_by", by.clone()));
             }
+            // No end user's context: the flow's is the organizer's who began it, not the
+            // one who ended it.
             audit(
                 &flow.member_account_id,
                 AuditKind::AssistedRecoveryCancelled,
                 now,
-                &client_of(flow),
+                &Client::default(),
                 &details,
             )
         })
@@ -222,14 +224,6 @@ impl Recovery {
             )?);
         }
         Ok(events)
-    }
-}
-
-/// The end user's context an assisted flow began with (the organizer's).
-pub(super) fn client_of(flow: &AssistedFlow) -> Client {
-    Client {
-        ip: flow.client.ip.as_deref().and_then(|ip| ip.parse().ok()),
-        user_agent: flow.client.user_agent.clone(),
     }
 }
 

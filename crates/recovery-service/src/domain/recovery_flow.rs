@@ -467,7 +467,7 @@ impl Recovery {
                     .insert("use_count".into(), done.use_count.to_string());
                 // Organizer-assisted recovery of the account ends here (a no-op outside
                 // families): audited, and the family's organizers are told.
-                let family = self.recovered_on_own(done, now, &client)?;
+                let family = self.recovered_on_own(done, now)?;
                 let mut messages = vec![notice];
                 messages.extend(family.messages);
                 let mut audit = vec![event];

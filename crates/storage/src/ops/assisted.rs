@@ -41,7 +41,9 @@ impl Storage {
     ) -> Result<BeginAssisted, ChangeError<R::Error>> {
         let now = new.created_at.as_ms();
         let txn = self.db().begin().await?;
-        // Both rows, in account-id order, so that two begins never wait on each other.
+        // Both rows, in account-id order (as every operation that locks two membership rows),
+        // so that begins and completions queue on them without deadlocking; the limits below
+        // rely on begins by one organizer, or for one member, queueing here.
         let mut ids = [
             new.organizer_account_id.clone(),
             new.member_account_id.clone(),
@@ -240,7 +242,28 @@ impl Storage {
             .lock_exclusive()
             .one(&txn)
             .await?;
-        if !is_organizer_of(&txn, organizer_account_id, &flow.family_id).await? {
+        // Then both membership rows, shared and in account-id order (as begin takes them), so
+        // that a concurrent removal or move waits for this completion, or this one sees it.
+        let mut ids = [
+            organizer_account_id.to_owned(),
+            flow.member_account_id.clone(),
+        ];
+        ids.sort();
+        let rows = family_member::Entity::find()
+            .filter(family_member::Column::AccountId.is_in(ids))
+            .order_by_asc(family_member::Column::AccountId)
+            .lock_shared()
+            .all(&txn)
+            .await?;
+        let find = |id: &str| {
+            rows.iter()
+                .find(|r| r.account_id == id)
+                .cloned()
+                .and_then(to_member)
+        };
+        let organizer = find(organizer_account_id)
+            .filter(|o| o.family_id == flow.family_id && o.role == FamilyRole::Organizer);
+        if organizer.is_none() {
             return Ok(Err(AssistedRefusal::NotAllowed));
         }
         if organizer_account_id == flow.member_account_id {
@@ -252,11 +275,7 @@ impl Storage {
         if flow.verified_at.is_none() {
             return Ok(Err(AssistedRefusal::NotVerified));
         }
-        let member = family_member::Entity::find_by_id(flow.member_account_id.clone())
-            .lock_shared()
-            .one(&txn)
-            .await?
-            .and_then(to_member)
+        let member = find(&flow.member_account_id)
             .filter(|m| m.family_id == flow.family_id && m.generation == flow.member_generation);
         if member.is_none() {
             return Ok(Err(AssistedRefusal::Ended));
@@ -290,9 +309,15 @@ impl Storage {
                 .filter(E::CodeHash.is_not_null())
                 .exec(&txn)
                 .await?;
-            if revoked.rows_affected == 1 {
-                revoked_code_id = row.code_id;
+            // The enrollment's row is held: the code cannot have changed. Never complete with
+            // the member's code still live.
+            if revoked.rows_affected != 1 {
+                return Err(StorageError::Other(
+                    "the member's recovery code could not be revoked".into(),
+                )
+                .into());
             }
+            revoked_code_id = row.code_id;
         }
         let superseded = end_flows(
             &txn,

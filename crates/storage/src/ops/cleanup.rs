@@ -15,8 +15,8 @@ use crate::{
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CleanupReport {
     pub flows: u64,
-    /// Assisted flows past their expiry (their lifetime is the window their begin limits
-    /// count in, so none that still counts is deleted).
+    /// Assisted flows an hour past their expiry (their lifetime is the window their begin
+    /// limits count in, so none that still counts is deleted).
     pub assisted_flows: u64,
     pub rate_limits: u64,
     pub failures: u64,
@@ -52,7 +52,9 @@ impl Storage {
         let assisted_ids: Vec<String> = assisted_flow::Entity::find()
             .select_only()
             .column(assisted_flow::Column::AssistedFlowId)
-            .filter(assisted_flow::Column::ExpiresAt.lte(now))
+            // An hour past expiry: a replica whose clock is behind still counts a flow in
+            // its begin limits until then.
+            .filter(assisted_flow::Column::ExpiresAt.lte(now - 3_600_000))
             .limit(batch)
             .into_tuple()
             .all(self.db())

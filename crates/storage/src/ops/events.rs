@@ -3,8 +3,8 @@
 //! rescheduled. Events are never given up on: they wait for NATS as long as it takes.
 
 use sea_orm::{
-    ColumnTrait as _, DbBackend, EntityTrait as _, FromQueryResult,
-    QueryFilter as _, QuerySelect as _, Statement, TransactionTrait as _, Value,
+    ColumnTrait as _, DbBackend, EntityTrait as _, FromQueryResult, QueryFilter as _,
+    QuerySelect as _, Statement, TransactionTrait as _, Value,
     sea_query::{Expr, ExprTrait as _},
 };
 

@@ -321,6 +321,15 @@ async fn who_may_begin_complete_and_cancel() {
             Error::NotFamilyOrganizer(_)
         ));
     }
+    // Refused attempts are on the member's trail, naming who tried.
+    let page = h.recovery.list_audit_events("kid", 100, "").await.unwrap();
+    let refused: Vec<&str> = page
+        .events
+        .iter()
+        .filter(|e| e.kind == AuditKind::SubmissionRefused)
+        .map(|e| e.details["account_id"].as_str())
+        .collect();
+    assert_eq!(refused, ["kid", "stranger"]);
     assert!(matches!(
         h.recovery
             .cancel_assisted_recovery(&flow, "stranger")
@@ -486,6 +495,11 @@ async fn the_members_own_code_ends_pending_assisted_recovery_and_tells_the_organ
         ]
     );
     assert!(mail[1].data.get("organizer_hint").is_none(), "on their own");
+    assert!(
+        mail[1].data.get("ip_address").is_none(),
+        "the member's IP address is not the organizers' to see: {}",
+        mail[1].data
+    );
     assert_eq!(
         h.recovery
             .complete_assisted_recovery(&assisted, "org")
@@ -551,4 +565,31 @@ async fn begins_are_limited_and_a_new_begin_cancels_the_earlier_one() {
     );
     h.clock.advance(DAY);
     h.begin("org", "kid").await.unwrap();
+}
+
+#[tokio::test]
+async fn an_organizer_being_recovered_gets_only_the_members_mail() {
+    let h = harness(Policy::default()).await;
+    family(&h).await;
+    h.mail().await;
+    h.begin("org", "org2").await.unwrap();
+    let to: Vec<(String, String)> = h
+        .mail()
+        .await
+        .into_iter()
+        .map(|m| (m.kind, m.recipient))
+        .collect();
+    assert_eq!(
+        to,
+        [
+            (
+                "assisted_recovery_code".to_owned(),
+                "org2@family.example".to_owned()
+            ),
+            (
+                "assisted_recovery_started".to_owned(),
+                "org@family.example".to_owned()
+            ),
+        ]
+    );
 }

@@ -328,13 +328,30 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         "argon2id hashing pool started"
     );
     let keys = Arc::new(keys);
-    let recovery = Recovery::new(
+    let mut recovery = Recovery::new(
         storage.clone(),
         hasher,
         Arc::clone(&keys),
         Arc::new(SystemClock),
         config.policy.clone(),
     );
+    // Platform events: written with every change, published by this replica's publisher.
+    let (stop_publisher, publisher_stop) = tokio::sync::watch::channel(false);
+    let publisher = match &config.events {
+        Some(events) => {
+            recovery = recovery.with_events();
+            tracing::info!(url = %events.url, stream = %events.stream, "platform events on");
+            let publisher = crate::events::Publisher::new(
+                storage.clone(),
+                events.clone(),
+                Arc::new(SystemClock),
+                crate::events::PublishOptions::default(),
+                recovery.events_ready(),
+            )?;
+            Some(tokio::spawn(publisher.run(publisher_stop)))
+        }
+        None => None,
+    };
     let transport = Transport::from_config(&config.mail)?;
     let mut delivery = DeliveryOptions::new(config.mail_from.clone());
     delivery.max_attempts = config.mail_max_attempts;
@@ -380,7 +397,11 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     .await;
     // Mail enqueued by the last calls is still delivered by the next start if not now.
     let _ = stop_worker.send(true);
+    let _ = stop_publisher.send(true);
     let _ = worker.await;
+    if let Some(publisher) = publisher {
+        let _ = publisher.await;
+    }
     served?;
     storage.close().await?;
     Ok(())

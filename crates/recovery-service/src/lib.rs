@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod events;
 pub mod grpc;
 pub mod healthcheck;
 pub mod mail;

@@ -21,6 +21,8 @@ pub struct CleanupReport {
     pub rate_limits: u64,
     pub failures: u64,
     pub sent_messages: u64,
+    /// Platform events published before `sent_before`.
+    pub published_events: u64,
 }
 
 impl Storage {
@@ -120,7 +122,10 @@ impl Storage {
             .await?
             .rows_affected;
 
+        let published_events = self.cleanup_events(sent_before, batch).await?;
+
         Ok(CleanupReport {
+            published_events,
             flows,
             assisted_flows,
             rate_limits,

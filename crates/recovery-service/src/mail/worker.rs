@@ -190,6 +190,7 @@ impl Worker {
                 Ok(report) => {
                     let total = report.flows
                         + report.assisted_flows
+                        + report.published_events
                         + report.rate_limits
                         + report.failures
                         + report.sent_messages;
@@ -197,6 +198,7 @@ impl Worker {
                         tracing::debug!(
                             flows = report.flows,
                             assisted_flows = report.assisted_flows,
+                            published_events = report.published_events,
                             rate_limits = report.rate_limits,
                             failures = report.failures,
                             sent_messages = report.sent_messages,

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod nats;
 pub mod otlp;
 pub mod pki;
 pub use recovery_test_support::{PgDatabase, need, pgcluster};
@@ -365,4 +366,27 @@ impl ReservedPort {
     pub fn listen(self) -> std::io::Result<tokio::net::TcpListener> {
         self.socket.listen(128)
     }
+}
+
+/// Another well-formed recovery code than `code` (same shape, a valid check character): a
+/// wrong code that costs an attempt instead of failing as malformed.
+pub fn wrong_recovery_code(code: &str) -> String {
+    // Another valid-looking code: flip the first random character and fix nothing else would
+    // fail the check character, so derive a fresh one from the alphabet instead.
+    let alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let body: String = code[4..].replace('-', "");
+    let mut chars: Vec<char> = body.chars().collect();
+    let first = alphabet.find(chars[0]).unwrap();
+    chars[0] = alphabet.chars().nth((first + 1) % 32).unwrap();
+    let random: String = chars[..27].iter().collect();
+    // Luhn mod 32 check character over the random part.
+    let mut factor = 2;
+    let mut sum = 0;
+    for c in random.chars().rev() {
+        let addend = factor * alphabet.find(c).unwrap();
+        factor = if factor == 2 { 1 } else { 2 };
+        sum += addend / 32 + addend % 32;
+    }
+    let check = alphabet.chars().nth((32 - sum % 32) % 32).unwrap();
+    format!("RC1-{random}{check}")
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use recovery_e2e::{Mailbox, Options, PgDatabase, Server};
+use recovery_e2e::{Mailbox, Options, PgDatabase, Server, wrong_recovery_code as wrong};
 use recovery_proto::v1::{
     self as api, ClientContext, recovery_service_client::RecoveryServiceClient,
 };
@@ -103,27 +103,6 @@ async fn verified_flow(env: &mut Env, email: &str) -> String {
     .await
     .unwrap();
     flow
-}
-
-fn wrong(code: &str) -> String {
-    // Another valid-looking code: flip the first random character and fix nothing else would
-    // fail the check character, so derive a fresh one from the alphabet instead.
-    let alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    let body: String = code[4..].replace('-', "");
-    let mut chars: Vec<char> = body.chars().collect();
-    let first = alphabet.find(chars[0]).unwrap();
-    chars[0] = alphabet.chars().nth((first + 1) % 32).unwrap();
-    let random: String = chars[..27].iter().collect();
-    // Luhn mod 32 check character over the random part.
-    let mut factor = 2;
-    let mut sum = 0;
-    for c in random.chars().rev() {
-        let addend = factor * alphabet.find(c).unwrap();
-        factor = if factor == 2 { 1 } else { 2 };
-        sum += addend / 32 + addend % 32;
-    }
-    let check = alphabet.chars().nth((32 - sum % 32) % 32).unwrap();
-    format!("RC1-{random}{check}")
 }
 
 #[tokio::test]

@@ -39,7 +39,8 @@ impl Storage {
         let backend = self.db().get_database_backend();
         let (p1, p2, p3, p4, lock) = match backend {
             DbBackend::Postgres => ("$1", "$2", "$3", "$4", " FOR UPDATE SKIP LOCKED"),
-            _ => ("?", "?", "?", "?", ""),
+            // Numbered: `now` is used twice.
+            _ => ("?1", "?2", "?3", "?4", ""),
         };
         let sql = format!(
             "SELECT e.seq FROM event_outbox e \

@@ -14,6 +14,8 @@ use anyhow::{Context as _, bail};
 #[derive(Debug)]
 pub struct NatsServer {
     child: Option<Child>,
+    /// Extra arguments (e.g. `--user`, `--pass`), kept across restarts.
+    args: Vec<String>,
     /// Its client port (kept across restarts).
     pub port: u16,
     /// Its JetStream store (kept across restarts).
@@ -23,10 +25,17 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts one on a free port (`nats-server` picks it: `-p -1`).
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts one with extra arguments, e.g. `["--user", "svc", "--pass", "secret"]`.
+    pub fn start_with(args: &[&str]) -> anyhow::Result<Self> {
         let store = tempfile::tempdir()?;
-        let (child, port) = spawn(store.path(), None)?;
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let (child, port) = spawn(store.path(), None, &args)?;
         Ok(Self {
             child: Some(child),
+            args,
             port,
             store,
         })
@@ -48,7 +57,7 @@ impl NatsServer {
     /// Starts it again on the same port with the same store.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
-        let (child, _) = spawn(self.store.path(), Some(self.port))?;
+        let (child, _) = spawn(self.store.path(), Some(self.port), &self.args)?;
         self.child = Some(child);
         Ok(())
     }
@@ -60,11 +69,16 @@ impl Drop for NatsServer {
     }
 }
 
-fn spawn(store: &std::path::Path, port: Option<u16>) -> anyhow::Result<(Child, u16)> {
+fn spawn(
+    store: &std::path::Path,
+    port: Option<u16>,
+    args: &[String],
+) -> anyhow::Result<(Child, u16)> {
     let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
     let mut child = Command::new("nats-server")
         .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
         .arg(store)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

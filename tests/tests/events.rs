@@ -546,3 +546,30 @@ async fn three_replicas_on_postgres_publish_without_duplicates_in_per_account_or
     drop(replicas);
     drop(db);
 }
+
+#[tokio::test]
+async fn a_nats_user_and_password_in_the_url_work_and_never_reach_the_log() {
+    let nats = NatsServer::start_with(&["--user", "recovery", "--pass", "s3cret-pass"]).unwrap();
+    let url = format!("nats://recovery:s3cret-pass@127.0.0.1:{}", nats.port);
+    let (server, mut c, _) = start(&url, Options::default()).await;
+    enroll(&mut c, "acct-auth", "auth@example.com").await;
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("recovery".into(), "s3cret-pass".into())
+            .connect(nats.url())
+            .await
+            .unwrap();
+    let js = jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut stream) = js.get_stream(STREAM).await {
+            if stream.info().await.unwrap().state.messages == 1 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the event did not arrive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = server.log().join("\n");
+    assert!(log.contains("platform events on"), "{log}");
+    assert!(!log.contains("s3cret-pass"), "the password is in the log");
+}

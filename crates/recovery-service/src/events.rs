@@ -79,8 +79,14 @@ impl Publisher {
     /// Publishes until `stop` turns true. Connects in the background: a NATS that is down at
     /// start is retried for as long as it takes.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let url = self.config.url.expose().to_owned();
-        let mut options = async_nats::ConnectOptions::new()
+        let (url, user) = split_credentials(self.config.url.expose());
+        let base = match user {
+            Some((user, password)) => {
+                async_nats::ConnectOptions::with_user_and_password(user, password.to_string())
+            }
+            None => async_nats::ConnectOptions::new(),
+        };
+        let mut options = base
             .name("recovery-service")
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
@@ -238,6 +244,37 @@ impl Publisher {
     }
 }
 
+/// The server list without credentials, and the user and password given in it (the client
+/// takes them as options, not inside the URL).
+fn split_credentials(urls: &str) -> (String, Option<(String, zeroize::Zeroizing<String>)>) {
+    let mut user = None;
+    let servers: Vec<String> = urls
+        .split(',')
+        .map(|one| {
+            let one = one.trim();
+            match url::Url::parse(one) {
+                Ok(mut parsed) if !parsed.username().is_empty() => {
+                    let decode = |text: &str| {
+                        url::form_urlencoded::parse(format!("x={text}").as_bytes())
+                            .next()
+                            .map(|(_, v)| v.into_owned())
+                            .unwrap_or_default()
+                    };
+                    user = Some((
+                        decode(parsed.username()),
+                        zeroize::Zeroizing::new(decode(parsed.password().unwrap_or_default())),
+                    ));
+                    let _ = parsed.set_username("");
+                    let _ = parsed.set_password(None);
+                    parsed.to_string().trim_end_matches('/').to_owned()
+                }
+                _ => one.to_owned(),
+            }
+        })
+        .collect();
+    (servers.join(","), user)
+}
+
 /// Waits `period`, a wake-up, or `stop`; `true` when stopping.
 async fn wait(stop: &mut watch::Receiver<bool>, period: Duration, ready: Option<&Notify>) -> bool {
     let woken = async {
@@ -252,4 +289,21 @@ async fn wait(stop: &mut watch::Receiver<bool>, period: Duration, ready: Option<
         _ = stop.changed() => {}
     }
     *stop.borrow()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_credentials;
+
+    #[test]
+    fn credentials_leave_the_url_for_the_options() {
+        let (url, user) =
+            split_credentials("nats://svc:p%40ss@nats-1:4222,nats://svc:p%40ss@nats-2:4222");
+        assert_eq!(url, "nats://nats-1:4222,nats://nats-2:4222");
+        let (name, password) = user.unwrap();
+        assert_eq!((name.as_str(), password.as_str()), ("svc", "p@ss"));
+        let (url, user) = split_credentials("tls://nats.internal:4222");
+        assert_eq!(url, "tls://nats.internal:4222");
+        assert!(user.is_none());
+    }
 }

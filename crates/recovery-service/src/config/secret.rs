@@ -33,8 +33,17 @@ impl SecretUrl {
         &self.0
     }
 
-    /// The URL with any password replaced by `***`.
+    /// The URL with any password replaced by `***` (each URL of a comma-separated list, as
+    /// NATS takes them).
     pub fn redacted(&self) -> String {
+        if self.0.contains(',') {
+            return self
+                .0
+                .split(',')
+                .map(|one| Self::new(one.to_owned()).redacted())
+                .collect::<Vec<_>>()
+                .join(",");
+        }
         match url::Url::parse(&self.0) {
             Ok(mut url) if url.password().is_some() => {
                 // Setting a password fails only for URLs that cannot have one.

@@ -344,3 +344,52 @@ fn the_dev_key_sits_beside_the_sqlite_file() {
     let config = load(&[("RECOVERY_DATABASE_URL", "sqlite::memory:")]).unwrap();
     assert!(matches!(config.keys, KeySource::Ephemeral));
 }
+
+#[test]
+fn events_are_off_unless_a_nats_url_is_given_and_its_password_stays_secret() {
+    assert!(load(&[]).unwrap().events.is_none());
+    let config = load(&[(
+        "RECOVERY_EVENTS_URL",
+        "nats://svc:hunter22@nats-1:4222,nats://svc:hunter22@nats-2:4222",
+    )])
+    .unwrap();
+    let events = config.events.unwrap();
+    assert_eq!(events.stream, "IDENTITY_RECOVERY");
+    assert!(events.credentials_file.is_none());
+    assert!(!events.url.to_string().contains("hunter22"));
+    assert!(!format!("{events:?}").contains("hunter22"));
+    let config = load(&[
+        ("RECOVERY_EVENTS_URL", "tls://nats.internal:4222"),
+        ("RECOVERY_EVENTS_STREAM", "RECOVERY_EU"),
+        (
+            "RECOVERY_EVENTS_CREDENTIALS_FILE",
+            "/run/secrets/nats.creds",
+        ),
+    ])
+    .unwrap();
+    let events = config.events.unwrap();
+    assert_eq!(events.stream, "RECOVERY_EU");
+    assert_eq!(
+        events.credentials_file.as_deref(),
+        Some(Path::new("/run/secrets/nats.creds"))
+    );
+}
+
+#[test]
+fn event_settings_that_cannot_work_are_refused_at_start() {
+    let e = error(&[("RECOVERY_EVENTS_URL", "http://nats:4222")]);
+    assert!(
+        e.contains("RECOVERY_EVENTS_URL") && e.contains("nats://"),
+        "{e}"
+    );
+    let e = error(&[
+        ("RECOVERY_EVENTS_URL", "nats://nats:4222"),
+        ("RECOVERY_EVENTS_STREAM", "identity.recovery"),
+    ]);
+    assert!(e.contains("RECOVERY_EVENTS_STREAM"), "{e}");
+    let e = error(&[("RECOVERY_EVENTS_STREAM", "X")]);
+    assert!(
+        e.contains("RECOVERY_EVENTS_STREAM") && e.contains("RECOVERY_EVENTS_URL is not"),
+        "{e}"
+    );
+}

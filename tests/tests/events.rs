@@ -561,10 +561,10 @@ async fn a_nats_user_and_password_in_the_url_work_and_never_reach_the_log() {
     let js = jetstream::new(client);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(mut stream) = js.get_stream(STREAM).await {
-            if stream.info().await.unwrap().state.messages == 1 {
-                break;
-            }
+        if let Ok(mut stream) = js.get_stream(STREAM).await
+            && stream.info().await.unwrap().state.messages == 1
+        {
+            break;
         }
         assert!(Instant::now() < deadline, "the event did not arrive");
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -30,6 +30,10 @@ impl NatsServer {
 
     /// Starts one with extra arguments, e.g. `["--user", "svc", "--pass", "secret"]`.
     pub fn start_with(args: &[&str]) -> anyhow::Result<Self> {
+        crate::need(
+            "nats-server with JetStream (apt install nats-server)",
+            Command::new("nats-server").arg("--version"),
+        );
         let store = tempfile::tempdir()?;
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let (child, port) = spawn(store.path(), None, &args)?;

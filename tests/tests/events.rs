@@ -158,6 +158,7 @@ async fn verified_flow(c: &mut Client, mail: &Mailbox, email: &str) -> (String, 
 }
 
 #[tokio::test]
+#[ignore = "needs nats-server (apt install nats-server): run with -- --include-ignored"]
 async fn every_event_type_is_published_once_with_the_contract_envelope_and_no_secret() {
     let nats = NatsServer::start().unwrap();
     let (server, mut c, mail) = start(&nats.url(), Options::default()).await;
@@ -382,6 +383,7 @@ async fn outbox(url: &str) -> (Vec<(String, String)>, i64) {
 }
 
 #[tokio::test]
+#[ignore = "needs nats-server (apt install nats-server): run with -- --include-ignored"]
 async fn nats_down_then_the_service_killed_then_both_back_every_event_arrives_once() {
     let mut nats = NatsServer::start().unwrap();
     let data = tempfile::tempdir().unwrap();
@@ -449,7 +451,7 @@ async fn nats_down_then_the_service_killed_then_both_back_every_event_arrives_on
 }
 
 #[tokio::test]
-#[ignore = "needs PostgreSQL: set RECOVERY_TEST_DATABASE_URL, run with -- --include-ignored"]
+#[ignore = "needs PostgreSQL (RECOVERY_TEST_DATABASE_URL) and nats-server: run with -- --include-ignored"]
 async fn three_replicas_on_postgres_publish_without_duplicates_in_per_account_order() {
     let nats = NatsServer::start().unwrap();
     let db = PgDatabase::create().await;
@@ -548,6 +550,7 @@ async fn three_replicas_on_postgres_publish_without_duplicates_in_per_account_or
 }
 
 #[tokio::test]
+#[ignore = "needs nats-server (apt install nats-server): run with -- --include-ignored"]
 async fn a_nats_user_and_password_in_the_url_work_and_never_reach_the_log() {
     let nats = NatsServer::start_with(&["--user", "recovery", "--pass", "s3cret-pass"]).unwrap();
     let url = format!("nats://recovery:s3cret-pass@127.0.0.1:{}", nats.port);

@@ -576,3 +576,44 @@ async fn a_nats_user_and_password_in_the_url_work_and_never_reach_the_log() {
     assert!(log.contains("platform events on"), "{log}");
     assert!(!log.contains("s3cret-pass"), "the password is in the log");
 }
+
+#[tokio::test]
+#[ignore = "needs nats-server (apt install nats-server): run with -- --include-ignored"]
+async fn tls_to_nats_is_verified_against_the_configured_ca() {
+    use recovery_e2e::pki::Pki;
+    let pki = Pki::new();
+    let (cert, key) = pki.issue(vec![rcgen::SanType::IpAddress(
+        "127.0.0.1".parse().unwrap(),
+    )]);
+    let cert = pki.write("nats.crt", &cert);
+    let key = pki.write("nats.key", &key);
+    let ca = pki.write("ca.crt", &pki.ca_pem);
+    let nats = NatsServer::start_with(&["--tls", "--tlscert", &cert, "--tlskey", &key]).unwrap();
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    let (_server, mut c, _) = start(
+        &url,
+        Options::default().env("RECOVERY_EVENTS_TLS_CA", ca.clone()),
+    )
+    .await;
+    enroll(&mut c, "acct-tls", "tls@example.com").await;
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca.into())
+        .require_tls(true)
+        .connect(url.as_str())
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut stream) = js.get_stream(STREAM).await
+            && stream.info().await.unwrap().state.messages == 1
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the event did not arrive over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

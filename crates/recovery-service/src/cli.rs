@@ -90,6 +90,9 @@ Platform events (NATS JetStream)
                                     identity.recovery.v1.>) [default:
                                     IDENTITY_RECOVERY]
   RECOVERY_EVENTS_CREDENTIALS_FILE  NATS credentials file (JWT and NKey seed)
+  RECOVERY_EVENTS_TLS_CA            CA (PEM) the NATS servers' certificates are
+                                    checked against; requires TLS [default:
+                                    unset: the system's CA store for tls://]
 
 Recovery rules
   RECOVERY_REUSE_POLICY             reusable or rotate_on_use [default: reusable]

@@ -99,6 +99,11 @@ impl Publisher {
                     other => tracing::debug!(event = %other, "NATS"),
                 }
             });
+        if let Some(ca) = &self.config.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        } else if url.starts_with("tls://") {
+            options = options.require_tls(true);
+        }
         if let Some(path) = &self.config.credentials_file {
             options = match options.credentials_file(path).await {
                 Ok(options) => options,

@@ -61,6 +61,7 @@ pub const KEYS: &[&str] = &[
     "events_url",
     "events_stream",
     "events_credentials_file",
+    "events_tls_ca",
 ];
 
 /// Variables with the prefix that are not settings but are known to the project (tests).

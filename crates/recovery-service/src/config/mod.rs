@@ -155,6 +155,8 @@ pub struct EventsConfig {
     pub stream: String,
     /// A NATS credentials file (JWT and NKey seed).
     pub credentials_file: Option<PathBuf>,
+    /// A CA (PEM) to verify the NATS servers with, instead of the system's store; implies TLS.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -320,7 +322,7 @@ fn branding_settings(s: &Settings<'_>) -> Result<(Option<String>, Option<String>
 /// Platform events: on when `events_url` is set.
 fn events_settings(s: &Settings<'_>) -> Result<Option<EventsConfig>, ConfigError> {
     let Some(raw) = s.raw("events_url") else {
-        for key in ["events_stream", "events_credentials_file"] {
+        for key in ["events_stream", "events_credentials_file", "events_tls_ca"] {
             if let Some(other) = s.raw(key) {
                 return Err(ConfigError::at(
                     &other.origin,
@@ -356,10 +358,12 @@ fn events_settings(s: &Settings<'_>) -> Result<Option<EventsConfig>, ConfigError
         }
     })?;
     let credentials_file = s.path("events_credentials_file")?;
+    let tls_ca = s.path("events_tls_ca")?;
     Ok(Some(EventsConfig {
         url: SecretUrl::new(url),
         stream,
         credentials_file,
+        tls_ca,
     }))
 }
 

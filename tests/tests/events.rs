@@ -617,3 +617,35 @@ async fn tls_to_nats_is_verified_against_the_configured_ca() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+#[ignore = "needs nats-server (apt install nats-server): run with -- --include-ignored"]
+async fn an_existing_stream_is_used_as_it_is() {
+    let nats = NatsServer::start().unwrap();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    // The platform's own stream: memory storage, a longer window, more subjects.
+    js.create_stream(jetstream::stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["identity.recovery.v1.>".into(), "identity.other.>".into()],
+        storage: jetstream::stream::StorageType::Memory,
+        duplicate_window: Duration::from_secs(600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (_server, mut c, _) = start(&nats.url(), Options::default()).await;
+    enroll(&mut c, "acct-existing", "existing@example.com").await;
+    wait_for_messages(&nats, 1, Duration::from_secs(30)).await;
+    let config = js
+        .get_stream(STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(config.storage, jetstream::stream::StorageType::Memory);
+    assert_eq!(config.duplicate_window, Duration::from_secs(600));
+    assert_eq!(config.subjects.len(), 2);
+}

@@ -1,0 +1,373 @@
+//! Three replicas of the real binary on one PostgreSQL database, mail to a loopback SMTP sink:
+//! the single-use rules hold across replicas, and a replica killed with `kill -9` in the
+//! middle of load loses no committed change and no queued mail while the others keep serving.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use recovery_e2e::{Options, PgDatabase, Server, smtp::SmtpSink, wrong_recovery_code};
+use recovery_proto::v1::{self as api, recovery_service_client::RecoveryServiceClient};
+use tonic::{Status, transport::Channel};
+use tonic_types::StatusExt as _;
+
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+type Client = RecoveryServiceClient<Channel>;
+
+struct Replicas {
+    servers: Vec<Server>,
+    clients: Vec<Client>,
+    sink: SmtpSink,
+    db: PgDatabase,
+}
+
+fn options(db: &PgDatabase, sink: &SmtpSink) -> Options {
+    Options::default()
+        .env("RECOVERY_SECRET_KEY", KEY)
+        .env("RECOVERY_DATABASE_URL", db.url.clone())
+        .env("RECOVERY_SMTP_URL", sink.url())
+        .env("RECOVERY_MAIL_RETRY_BASE", "200ms")
+        .env("RECOVERY_MAIL_LEASE", "3s")
+        .env("RECOVERY_SMTP_TIMEOUT", "2s")
+        // Many hashing calls at once on two cores: they queue rather than refuse.
+        .env("RECOVERY_HASH_ADMISSION_WAIT", "60s")
+}
+
+async fn replicas() -> Replicas {
+    let db = PgDatabase::create().await;
+    let sink = SmtpSink::start().await.unwrap();
+    let mut servers = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let server = Server::start_with(options(&db, &sink)).unwrap();
+        server.wait_serving("").await.unwrap();
+        clients.push(RecoveryServiceClient::new(server.channel().await.unwrap()));
+        servers.push(server);
+    }
+    Replicas {
+        servers,
+        clients,
+        sink,
+        db,
+    }
+}
+
+fn reason(status: &Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_else(|| format!("no ErrorInfo in {status:?}"))
+}
+
+async fn enroll(c: &mut Client, account: &str, email: &str) -> String {
+    c.create_recovery_code(api::CreateRecoveryCodeRequest {
+        account_id: account.into(),
+        email: email.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .recovery_code
+}
+
+/// Begins a flow on one replica; answers the flow and its emailed code.
+async fn flow(r: &mut Replicas, email: &str, via: usize) -> (String, String) {
+    let before = r.sink.received().len();
+    let flow = r.clients[via]
+        .begin_recovery(api::BeginRecoveryRequest {
+            email: email.into(),
+            client: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .flow_id;
+    // The newest message to this address: the code of this flow.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mail = loop {
+        let received = r.sink.received();
+        if let Some(m) = received[before.min(received.len())..]
+            .iter()
+            .find(|m| m.to.iter().any(|t| t.contains(email)) && m.code().is_some())
+        {
+            break m.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no code mailed to {email}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    (flow, mail.code().unwrap())
+}
+
+async fn verified(r: &mut Replicas, email: &str, via: usize) -> String {
+    let (flow, code) = flow(r, email, via).await;
+    r.clients[(via + 1) % 3]
+        .verify_email(api::VerifyEmailRequest {
+            flow_id: flow.clone(),
+            email_code: code,
+        })
+        .await
+        .unwrap();
+    flow
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set RECOVERY_TEST_DATABASE_URL, run with -- --include-ignored"]
+async fn forty_eight_recoveries_of_one_flow_over_three_replicas_complete_once() {
+    let mut r = replicas().await;
+    let code = enroll(&mut r.clients[0], "acct-48", "a48@example.com").await;
+    let flow = verified(&mut r, "a48@example.com", 1).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..48 {
+        let mut c = r.clients[i % 3].clone();
+        let (flow, code) = (flow.clone(), code.clone());
+        tasks.spawn(async move {
+            c.recover_account(api::RecoverAccountRequest {
+                flow_id: flow,
+                recovery_code: code,
+            })
+            .await
+        });
+    }
+    let (mut ok, mut completed) = (0, 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            Ok(_) => ok += 1,
+            Err(s) if reason(&s) == "FLOW_COMPLETED" || reason(&s) == "TOO_MANY_ATTEMPTS" => {
+                completed += 1;
+            }
+            Err(s) => panic!("unexpected {s:?}"),
+        }
+    }
+    assert_eq!((ok, completed), (1, 47));
+    let status = r.clients[2]
+        .get_recovery_status(api::GetRecoveryStatusRequest {
+            account_id: "acct-48".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.use_count, 1);
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set RECOVERY_TEST_DATABASE_URL, run with -- --include-ignored"]
+async fn thirty_wrong_email_codes_over_three_replicas_count_exactly_five() {
+    let mut r = replicas().await;
+    enroll(&mut r.clients[0], "acct-30", "a30@example.com").await;
+    let (flow, code) = flow(&mut r, "a30@example.com", 0).await;
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let mut c = r.clients[i % 3].clone();
+        let flow = flow.clone();
+        tasks.spawn(async move {
+            c.verify_email(api::VerifyEmailRequest {
+                flow_id: flow,
+                email_code: wrong.into(),
+            })
+            .await
+        });
+    }
+    let (mut mismatches, mut exhausted) = (BTreeSet::new(), 0);
+    while let Some(result) = tasks.join_next().await {
+        let status = result.unwrap().unwrap_err();
+        match reason(&status).as_str() {
+            "EMAIL_CODE_MISMATCH" => {
+                let left =
+                    status.get_details_error_info().unwrap().metadata["attempts_left"].clone();
+                assert!(mismatches.insert(left), "each count answered once");
+            }
+            "TOO_MANY_ATTEMPTS" => exhausted += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(mismatches.len(), 5, "exactly five counted: {mismatches:?}");
+    assert_eq!(exhausted, 25);
+    let refused = r.clients[1]
+        .verify_email(api::VerifyEmailRequest {
+            flow_id: flow,
+            email_code: code,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "TOO_MANY_ATTEMPTS", "even the right code");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set RECOVERY_TEST_DATABASE_URL, run with -- --include-ignored"]
+async fn ten_wrong_recovery_codes_over_replicas_lock_the_account_on_every_replica() {
+    let mut r = replicas().await;
+    let code = enroll(&mut r.clients[0], "acct-lock", "lock@example.com").await;
+    let wrong = wrong_recovery_code(&code);
+    let mut submitted = 0;
+    for round in 0..2 {
+        let flow = verified(&mut r, "lock@example.com", round).await;
+        for i in 0..5 {
+            let err = r.clients[(round + i) % 3]
+                .recover_account(api::RecoverAccountRequest {
+                    flow_id: flow.clone(),
+                    recovery_code: wrong.clone(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(reason(&err), "RECOVERY_CODE_MISMATCH");
+            submitted += 1;
+        }
+    }
+    assert_eq!(submitted, 10);
+    // Every replica now refuses, even the right code, before any hashing.
+    let flow = verified(&mut r, "lock@example.com", 2).await;
+    for c in &mut r.clients {
+        let err = c
+            .recover_account(api::RecoverAccountRequest {
+                flow_id: flow.clone(),
+                recovery_code: code.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&err), "RECOVERY_LOCKED");
+        let status = c
+            .get_recovery_status(api::GetRecoveryStatusRequest {
+                account_id: "acct-lock".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(status.locked_until.is_some());
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set RECOVERY_TEST_DATABASE_URL, run with -- --include-ignored"]
+async fn a_replica_killed_under_load_loses_no_committed_change_and_no_mail() {
+    let mut r = replicas().await;
+    // Load: 6 writers, each creating codes for its own accounts through every replica.
+    let committed = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..6 {
+        let clients = r.clients.clone();
+        let (committed, stop) = (Arc::clone(&committed), Arc::clone(&stop));
+        tasks.spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let account = format!("acct-{w}-{n}");
+                let mut c = clients[(w + n) % 3].clone();
+                let result = tokio::time::timeout(
+                    Duration::from_secs(20),
+                    c.create_recovery_code(api::CreateRecoveryCodeRequest {
+                        account_id: account.clone(),
+                        email: format!("{account}@example.com"),
+                    }),
+                )
+                .await;
+                if let Ok(Ok(_)) = result {
+                    committed.lock().unwrap().push(account);
+                }
+                n += 1;
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed_at = std::time::Instant::now();
+    r.servers[0]
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    r.servers[0]
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let at_kill = committed.lock().unwrap().len();
+    // The others keep serving: the load goes on through them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap();
+    }
+    let committed = committed.lock().unwrap().clone();
+    assert!(
+        committed.len() > at_kill,
+        "the surviving replicas kept serving ({at_kill} before the kill, {} after)",
+        committed.len()
+    );
+    // The killed replica comes back on the same database.
+    r.servers[0] = Server::start_with(options(&r.db, &r.sink)).unwrap();
+    r.servers[0].wait_serving("").await.unwrap();
+    let mut c = RecoveryServiceClient::new(r.servers[0].channel().await.unwrap());
+    for account in &committed {
+        let status = c
+            .get_recovery_status(api::GetRecoveryStatusRequest {
+                account_id: account.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            status.enrolled,
+            "{account}: its answer said stored, so it is"
+        );
+    }
+    // Every committed change's mail is delivered (a message claimed by the killed replica
+    // after its lease), each Message-ID once.
+    let want: BTreeSet<String> = committed
+        .iter()
+        .map(|a| format!("{a}@example.com"))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let received = r.sink.received();
+        let delivered: BTreeSet<String> = received
+            .iter()
+            .flat_map(|m| m.to.iter().cloned())
+            .map(|t| t.trim_matches(|c| c == '<' || c == '>').to_owned())
+            .collect();
+        if want.is_subset(&delivered) {
+            // Each Message-ID once, but for a message the killed replica had handed to the
+            // SMTP server and not yet marked sent: that one is sent again after its lease,
+            // with the same Message-ID (receivers deduplicate by it). Its first copy arrived
+            // before the kill.
+            let mut first_seen: std::collections::BTreeMap<String, std::time::Instant> =
+                std::collections::BTreeMap::new();
+            let mut repeated = Vec::new();
+            for m in &received {
+                let id = m
+                    .header("Message-ID")
+                    .expect("every message has a Message-ID");
+                match first_seen.get(&id) {
+                    Some(first) => repeated.push((id.clone(), *first)),
+                    None => {
+                        first_seen.insert(id, m.at);
+                    }
+                }
+            }
+            for (id, first) in &repeated {
+                assert!(
+                    *first <= killed_at + Duration::from_millis(100),
+                    "{id} was sent twice though it was not in flight at the kill"
+                );
+            }
+            eprintln!(
+                "{} committed, {} messages, {} sent again after the kill",
+                committed.len(),
+                received.len(),
+                repeated.len()
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} committed changes' mail delivered",
+            want.intersection(&delivered).count(),
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -36,7 +36,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PENDING_ACCEPT_RESETS: usize = 512;
 
 /// How often the database is pinged to keep the health status true.
-const DB_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+const DB_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// A readiness probe that takes longer than this counts as a database that does not answer.
+const DB_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the server needs besides its listener.
 #[derive(Debug)]
@@ -154,7 +156,9 @@ pub async fn run(
         tokio::spawn(async move {
             let mut serving = None;
             loop {
-                let now_serving = recovery.ready().await;
+                let now_serving = tokio::time::timeout(DB_PROBE_TIMEOUT, recovery.ready())
+                    .await
+                    .unwrap_or(false);
                 if !now_serving && serving != Some(false) {
                     tracing::warn!("database unreachable: health NOT_SERVING");
                 }

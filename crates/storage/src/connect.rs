@@ -29,8 +29,11 @@ pub struct ConnectOptions {
     /// it allows one writer, and a single connection makes every transaction wait its turn
     /// instead of failing with "database is locked".
     pub max_connections: u32,
-    /// How long to wait for a new connection, or for a free one from the pool.
+    /// How long to wait for a new connection to be established.
     pub connect_timeout: Duration,
+    /// How long a call waits for a connection from the pool (a free one, or a new one)
+    /// before it fails as unavailable: a database that went away costs a caller at most this.
+    pub acquire_timeout: Duration,
     /// How long SQLite waits on a lock held by another process before failing.
     pub sqlite_busy_timeout: Duration,
     /// PostgreSQL schema to use (its `search_path`); `None` for the server's default.
@@ -38,12 +41,14 @@ pub struct ConnectOptions {
 }
 
 impl ConnectOptions {
-    /// Defaults for `url`: 10 PostgreSQL connections, 5 s timeouts.
+    /// Defaults for `url`: 10 PostgreSQL connections, 5 s to connect, 1.5 s to get a
+    /// connection from the pool, 5 s SQLite busy timeout.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             max_connections: 10,
             connect_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_millis(1500),
             sqlite_busy_timeout: Duration::from_secs(5),
             schema: None,
         }
@@ -76,7 +81,7 @@ impl Storage {
         let backend = backend_of(&options.url)?;
         let mut opts = sea_orm::ConnectOptions::new(options.url.clone());
         opts.connect_timeout(options.connect_timeout)
-            .acquire_timeout(options.connect_timeout)
+            .acquire_timeout(options.acquire_timeout)
             .sqlx_logging(false);
         match backend {
             Backend::Sqlite => {

@@ -115,6 +115,28 @@ impl Collector {
             .next_back()
     }
 
+    /// Every value the integer gauge `name` was exported with, in the order of the exports.
+    pub fn gauge_values(&self, name: &str) -> Vec<i64> {
+        use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value};
+        let metrics = self.metrics.lock().expect("collector");
+        metrics
+            .iter()
+            .flat_map(|r| r.resource_metrics.iter())
+            .flat_map(|r| r.scope_metrics.iter())
+            .flat_map(|s| s.metrics.iter())
+            .filter(|m| m.name == name)
+            .filter_map(|m| match &m.data {
+                Some(Data::Gauge(gauge)) => Some(gauge.data_points.iter().map(|p| match p.value {
+                    Some(Value::AsInt(v)) => v,
+                    Some(Value::AsDouble(v)) => v as i64,
+                    None => 0,
+                })),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
     /// Everything received, as text.
     pub fn dump(&self) -> String {
         format!(

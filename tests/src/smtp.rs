@@ -18,6 +18,8 @@ use tokio::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Behaviour {
     Accept,
+    /// Accepts, but takes this long to answer each message's data.
+    Slow(Duration),
     /// `451`: try again later.
     TempFail,
     /// `550`: refused for good.
@@ -141,6 +143,11 @@ impl SmtpSink {
     pub fn stop(self) {
         self.accept.abort();
     }
+
+    /// Stops listening but keeps what open sessions still receive readable.
+    pub fn stop_listening(&self) {
+        self.accept.abort();
+    }
 }
 
 async fn session(
@@ -175,7 +182,7 @@ async fn session(
             b"250 ok\r\n"
         } else if upper.starts_with("RCPT TO:") {
             match *behaviour.lock().expect("behaviour lock") {
-                Behaviour::Accept => {
+                Behaviour::Accept | Behaviour::Slow(_) => {
                     to.push(command[8..].trim().to_owned());
                     b"250 ok\r\n"
                 }
@@ -195,6 +202,13 @@ async fn session(
                 }
                 let unstuffed = line.strip_prefix('.').unwrap_or(&line);
                 data.push_str(unstuffed);
+            }
+            let slow = match *behaviour.lock().expect("behaviour lock") {
+                Behaviour::Slow(delay) => Some(delay),
+                _ => None,
+            };
+            if let Some(delay) = slow {
+                tokio::time::sleep(delay).await;
             }
             received.lock().expect("received lock").push(Received {
                 from: std::mem::take(&mut from),

@@ -10,7 +10,12 @@ use std::{
     time::Duration,
 };
 
-use recovery_e2e::{Options, PgDatabase, Server, smtp::SmtpSink, wrong_recovery_code};
+use recovery_e2e::{
+    Options, PgDatabase, Server,
+    otlp::Collector,
+    smtp::{Behaviour, SmtpSink},
+    wrong_recovery_code,
+};
 use recovery_proto::v1::{self as api, recovery_service_client::RecoveryServiceClient};
 use tonic::{Status, transport::Channel};
 use tonic_types::StatusExt as _;
@@ -39,12 +44,17 @@ fn options(db: &PgDatabase, sink: &SmtpSink) -> Options {
 }
 
 async fn replicas() -> Replicas {
+    replicas_with(|o| o).await
+}
+
+/// Three replicas with `extra` applied to each one's options.
+async fn replicas_with(extra: impl Fn(Options) -> Options) -> Replicas {
     let db = PgDatabase::create().await;
     let sink = SmtpSink::start().await.unwrap();
     let mut servers = Vec::new();
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let server = Server::start_with(options(&db, &sink)).unwrap();
+        let server = Server::start_with(extra(options(&db, &sink))).unwrap();
         server.wait_serving("").await.unwrap();
         clients.push(RecoveryServiceClient::new(server.channel().await.unwrap()));
         servers.push(server);
@@ -452,4 +462,114 @@ async fn sigterm_to_a_replica_under_load_lets_admitted_calls_finish_and_new_ones
         }
     }
     assert!(before > 0, "load was running when the signal came");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set RECOVERY_TEST_DATABASE_URL, run with -- --include-ignored"]
+async fn a_slow_then_down_mail_server_never_slows_the_rpcs_and_loses_no_mail() {
+    let collector = Collector::default();
+    let otlp = collector.start().await;
+    let mut r = replicas_with(|o| {
+        o.env("RECOVERY_SMTP_TIMEOUT", "10s")
+            .env("RECOVERY_MAIL_LEASE", "30s")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
+    })
+    .await;
+    for i in 0..12 {
+        enroll(
+            &mut r.clients[i % 3],
+            &format!("acct-m{i}"),
+            &format!("m{i}@example.com"),
+        )
+        .await;
+    }
+    r.sink
+        .wait_for(Duration::from_secs(30), |_| true)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Slow: 5 s per message. Every BeginRecovery still answers at once.
+    r.sink
+        .set_behaviour(Behaviour::Slow(Duration::from_secs(5)));
+    let mut slowest = Duration::ZERO;
+    for i in 0..12 {
+        let asked = std::time::Instant::now();
+        r.clients[i % 3]
+            .begin_recovery(api::BeginRecoveryRequest {
+                email: format!("m{i}@example.com"),
+                client: None,
+            })
+            .await
+            .unwrap();
+        slowest = slowest.max(asked.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "BeginRecovery waited for mail: {slowest:?}"
+    );
+    // The outbox backs up, and the backlog gauge says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !collector
+        .gauge_values("recovery.outbox.backlog")
+        .iter()
+        .any(|v| *v > 0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backlog gauge never rose"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Down: nothing listens; calls still answer at once.
+    let addr = r.sink.addr;
+    r.sink.stop_listening();
+    for i in 0..12 {
+        let asked = std::time::Instant::now();
+        r.clients[i % 3]
+            .begin_recovery(api::BeginRecoveryRequest {
+                email: format!("m{i}@example.com"),
+                client: None,
+            })
+            .await
+            .unwrap();
+        assert!(asked.elapsed() < Duration::from_millis(1500));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Back, on the same address: everything is delivered, each message once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let back = loop {
+        match SmtpSink::start_on(addr).await {
+            Ok(sink) => break sink,
+            Err(err) => {
+                assert!(std::time::Instant::now() < deadline, "{err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let codes: Vec<String> = r
+            .sink
+            .received()
+            .into_iter()
+            .chain(back.received())
+            .filter(|m| m.code().is_some())
+            .filter_map(|m| m.header("Message-ID"))
+            .collect();
+        let distinct: BTreeSet<&String> = codes.iter().collect();
+        if distinct.len() >= 24 {
+            assert_eq!(codes.len(), distinct.len(), "each message once");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 24 verification messages delivered",
+            distinct.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

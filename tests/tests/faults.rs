@@ -13,6 +13,7 @@ use std::{
 use recovery_e2e::{
     Options, PgDatabase, Server,
     otlp::Collector,
+    pgcluster::{Cluster, postgres_bin},
     smtp::{Behaviour, SmtpSink},
     wrong_recovery_code,
 };
@@ -572,4 +573,141 @@ async fn a_slow_then_down_mail_server_never_slows_the_rpcs_and_loses_no_mail() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn health_of(server: &Server) -> tonic_health::pb::health_check_response::ServingStatus {
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(server.channel().await.unwrap());
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "identity.recovery.v1.RecoveryService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL server binaries (initdb): run with -- --include-ignored"]
+async fn postgres_stopped_and_restarted_under_load_every_call_answers_fast_and_all_recover() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let bin = postgres_bin().expect("PostgreSQL's server binaries (initdb, pg_ctl)");
+    let cluster = Cluster::create(bin);
+    let sink = SmtpSink::start().await.unwrap();
+    let mut servers = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let server = Server::start_with(
+            Options::default()
+                .env("RECOVERY_SECRET_KEY", KEY)
+                .env("RECOVERY_DATABASE_URL", cluster.url())
+                .env("RECOVERY_SMTP_URL", sink.url()),
+        )
+        .unwrap();
+        server.wait_serving("").await.unwrap();
+        clients.push(RecoveryServiceClient::new(server.channel().await.unwrap()));
+        servers.push(server);
+    }
+    enroll(&mut clients[0], "acct-pg", "pg@example.com").await;
+
+    // Load: status reads and recovery starts through every replica, each call timed.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls: Arc<Mutex<Vec<(Duration, Option<tonic::Code>)>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..6 {
+        let mut c = clients[w % 3].clone();
+        let (stop, calls) = (Arc::clone(&stop), Arc::clone(&calls));
+        tasks.spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let asked = std::time::Instant::now();
+                let result = if n % 2 == 0 {
+                    c.get_recovery_status(api::GetRecoveryStatusRequest {
+                        account_id: "acct-pg".into(),
+                    })
+                    .await
+                    .map(drop)
+                } else {
+                    c.begin_recovery(api::BeginRecoveryRequest {
+                        email: format!("nobody{w}-{n}@example.com"),
+                        client: None,
+                    })
+                    .await
+                    .map(drop)
+                };
+                calls
+                    .lock()
+                    .unwrap()
+                    .push((asked.elapsed(), result.err().map(|s| s.code())));
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.stop();
+    let stopped = std::time::Instant::now();
+    for server in &servers {
+        loop {
+            if health_of(server).await == ServingStatus::NotServing {
+                break;
+            }
+            assert!(
+                stopped.elapsed() < Duration::from_secs(5),
+                "health still SERVING 5 s after the database went away"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.start();
+    let back = std::time::Instant::now();
+    for server in &servers {
+        loop {
+            if health_of(server).await == ServingStatus::Serving {
+                break;
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(5),
+                "health not SERVING 5 s after the database returned"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap();
+    }
+    let calls = calls.lock().unwrap().clone();
+    let unavailable = calls
+        .iter()
+        .filter(|(_, code)| *code == Some(tonic::Code::Unavailable))
+        .count();
+    assert!(unavailable > 0, "the outage was seen");
+    for (took, code) in &calls {
+        assert!(
+            matches!(code, None | Some(tonic::Code::Unavailable)),
+            "never anything but OK or UNAVAILABLE: {code:?}"
+        );
+        assert!(*took < Duration::from_secs(2), "a call took {took:?}");
+    }
+    // Everything answers again, on every replica.
+    for c in &mut clients {
+        assert!(
+            c.get_recovery_status(api::GetRecoveryStatusRequest {
+                account_id: "acct-pg".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .enrolled
+        );
+    }
+    eprintln!(
+        "{} calls during the outage test, {unavailable} UNAVAILABLE, slowest {:?}",
+        calls.len(),
+        calls.iter().map(|(t, _)| *t).max().unwrap_or_default()
+    );
 }

@@ -613,7 +613,9 @@ async fn postgres_stopped_and_restarted_under_load_every_call_answers_fast_and_a
 
     // Load: status reads and recovery starts through every replica, each call timed.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let calls: Arc<Mutex<Vec<(Duration, Option<tonic::Code>)>>> = Arc::new(Mutex::new(Vec::new()));
+    // How long each call took, and its error code if it failed.
+    type Timed = (Duration, Option<tonic::Code>);
+    let calls: Arc<Mutex<Vec<Timed>>> = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..6 {
         let mut c = clients[w % 3].clone();

@@ -649,3 +649,16 @@ async fn an_existing_stream_is_used_as_it_is() {
     assert_eq!(config.duplicate_window, Duration::from_secs(600));
     assert_eq!(config.subjects.len(), 2);
 }
+
+#[tokio::test]
+#[ignore = "needs nats-server (apt install nats-server): run with -- --include-ignored"]
+async fn a_service_started_while_nats_is_down_publishes_once_it_is_up() {
+    let mut nats = NatsServer::start().unwrap();
+    nats.stop();
+    let (server, mut c, _) = start(&nats.url(), Options::default()).await;
+    enroll(&mut c, "acct-early", "early@example.com").await;
+    server.wait_serving("").await.unwrap();
+    nats.restart().unwrap();
+    let published = wait_for_messages(&nats, 1, Duration::from_secs(30)).await;
+    assert_eq!(published[0].event["subject"], "acct-early");
+}

@@ -403,7 +403,9 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let _ = stop_publisher.send(true);
     let _ = worker.await;
     if let Some(publisher) = publisher {
-        let _ = publisher.await;
+        // A pass in progress ends within a third of its lease; anything it leaves claimed
+        // is taken over by another replica (or this one's next start) when the lease runs out.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(12), publisher).await;
     }
     served?;
     storage.close().await?;

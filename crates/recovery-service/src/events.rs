@@ -16,6 +16,9 @@ use crate::{config::EventsConfig, domain::Clock};
 pub const SUBJECTS: &str = "identity.recovery.v1.>";
 /// JetStream drops a repeated `Nats-Msg-Id` within this window.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// A connection down this long is dropped and made anew (a client that gave up, e.g. on an
+/// authorization error, never comes back by itself).
+const RECONNECT_AFTER: Duration = Duration::from_secs(30);
 
 /// How the publisher works; defaults suit production.
 #[derive(Debug, Clone)]
@@ -76,19 +79,44 @@ impl Publisher {
         })
     }
 
-    /// Publishes until `stop` turns true. Connects in the background: a NATS that is down at
-    /// start is retried for as long as it takes.
+    /// Publishes until `stop` turns true. Whatever goes wrong with NATS (down at start, a
+    /// credentials file not mounted yet, an authorization the server refuses, a stream that
+    /// cannot be created) is retried with backoff for as long as it takes, and the backlog
+    /// gauges keep being reported meanwhile, so the alerts see it.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let (url, user) = split_credentials(self.config.url.expose());
-        let base = match user {
-            Some((user, password)) => {
+        let mut backoff = self.options.backoff_base;
+        loop {
+            self.report_backlog().await;
+            let js = match self.connect().await {
+                Ok(js) => js,
+                Err(why) => {
+                    tracing::error!(url = %self.config.url, error = %why, "cannot connect to NATS; events wait in the outbox, retrying");
+                    if wait(&mut stop, backoff, None).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(self.options.max_backoff);
+                    continue;
+                }
+            };
+            backoff = self.options.backoff_base;
+            if self.publish_while_connected(&js, &mut stop).await {
+                return;
+            }
+        }
+    }
+
+    /// A JetStream context on a new connection, with the stream in place.
+    async fn connect(&self) -> Result<jetstream::Context, String> {
+        let (url, auth) = split_credentials(self.config.url.expose());
+        let base = match auth {
+            Some(Auth::UserPassword(user, password)) => {
                 async_nats::ConnectOptions::with_user_and_password(user, password.to_string())
             }
+            Some(Auth::Token(token)) => async_nats::ConnectOptions::with_token(token.to_string()),
             None => async_nats::ConnectOptions::new(),
         };
         let mut options = base
             .name("recovery-service")
-            .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .event_callback(|event| async move {
                 match event {
@@ -105,69 +133,72 @@ impl Publisher {
             options = options.require_tls(true);
         }
         if let Some(path) = &self.config.credentials_file {
-            options = match options.credentials_file(path).await {
-                Ok(options) => options,
-                Err(err) => {
-                    tracing::error!(path = %path.display(), error = %err, "cannot read the NATS credentials file (RECOVERY_EVENTS_CREDENTIALS_FILE): no events are published");
-                    return;
-                }
-            };
+            options = options.credentials_file(path).await.map_err(|err| {
+                format!(
+                    "cannot read the credentials file {} (RECOVERY_EVENTS_CREDENTIALS_FILE): {err}",
+                    path.display()
+                )
+            })?;
         }
-        let client = match options.connect(url.as_str()).await {
-            Ok(client) => client,
-            Err(err) => {
-                tracing::error!(url = %self.config.url, error = %err, "cannot connect to NATS: no events are published");
-                return;
-            }
-        };
+        let client = options
+            .connect(url.as_str())
+            .await
+            .map_err(|err| err.to_string())?;
         let mut js = jetstream::new(client);
         js.set_timeout(self.options.ack_timeout);
         // The stream, created when missing; an existing one is used as it is.
-        let mut backoff = self.options.backoff_base;
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: self.config.stream.clone(),
+            subjects: vec![SUBJECTS.to_owned()],
+            storage: StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        })
+        .await
+        .map_err(|err| format!("JetStream stream {}: {err}", self.config.stream))?;
+        tracing::info!(stream = %self.config.stream, "publishing platform events to JetStream");
+        Ok(js)
+    }
+
+    /// Publishes until `stop` (answers `true`) or until the connection has been down for a
+    /// while (answers `false`: the caller connects anew).
+    async fn publish_while_connected(
+        &self,
+        js: &jetstream::Context,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut down_since: Option<std::time::Instant> = None;
         loop {
-            match js
-                .get_or_create_stream(jetstream::stream::Config {
-                    name: self.config.stream.clone(),
-                    subjects: vec![SUBJECTS.to_owned()],
-                    storage: StorageType::File,
-                    duplicate_window: DUPLICATE_WINDOW,
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(stream = %self.config.stream, "publishing platform events to JetStream");
-                    break;
-                }
-                Err(err) => {
-                    tracing::warn!(stream = %self.config.stream, error = %err, "JetStream stream not available yet; events wait in the outbox");
-                    self.report_backlog().await;
-                    if wait(&mut stop, backoff, None).await {
-                        return;
-                    }
-                    backoff = (backoff * 2).min(self.options.max_backoff);
-                }
-            }
-        }
-        loop {
-            let published = self.publish_due(&js).await;
+            let published = self.publish_due(js, stop).await;
             self.report_backlog().await;
             if *stop.borrow() {
-                return;
+                return true;
+            }
+            let connected =
+                js.client().connection_state() == async_nats::connection::State::Connected;
+            match (connected, down_since) {
+                (true, _) => down_since = None,
+                (false, None) => down_since = Some(std::time::Instant::now()),
+                (false, Some(since)) if since.elapsed() > RECONNECT_AFTER => {
+                    tracing::warn!("NATS connection down for {RECONNECT_AFTER:?}: connecting anew");
+                    return false;
+                }
+                (false, Some(_)) => {}
             }
             // A full batch: more may be due at once.
             if published >= self.options.batch as usize {
                 continue;
             }
-            if wait(&mut stop, self.options.poll, Some(&self.ready)).await {
-                return;
+            if wait(stop, self.options.poll, Some(&self.ready)).await {
+                return true;
             }
         }
     }
 
-    /// One pass: claims due events and publishes them, all PubAcks awaited together. Answers
+    /// One pass: claims due events and publishes them, the PubAcks awaited together under
+    /// one deadline well inside the claims' lease (a pass never outlives its claims). Answers
     /// how many were claimed.
-    async fn publish_due(&self, js: &jetstream::Context) -> usize {
+    async fn publish_due(&self, js: &jetstream::Context, stop: &watch::Receiver<bool>) -> usize {
         let now = self.clock.now_ms();
         let lease_ms = i64::try_from(self.options.lease.as_millis()).unwrap_or(i64::MAX);
         let events = match self
@@ -182,19 +213,36 @@ impl Publisher {
             }
         };
         let claimed = events.len();
+        let deadline = tokio::time::Instant::now() + self.options.lease / 3;
         let mut pending = Vec::with_capacity(claimed);
+        let mut unsent = Vec::new();
         for event in events {
+            if *stop.borrow() || tokio::time::Instant::now() >= deadline {
+                unsent.push(event);
+                continue;
+            }
             let subject = format!("{}{}", crate::domain::event::TYPE_PREFIX, event.event_type);
             let publish = PublishMessage::build()
                 .payload(event.payload.clone().into())
                 .message_id(&event.event_id);
-            match js.send_publish(subject, publish).await {
-                Ok(ack) => pending.push((event, ack)),
-                Err(err) => self.failed(&event, &err.to_string()).await,
+            match tokio::time::timeout_at(deadline, js.send_publish(subject, publish)).await {
+                Ok(Ok(ack)) => pending.push((event, ack)),
+                Ok(Err(err)) => self.failed(&event, &err.to_string()).await,
+                Err(_) => unsent.push(event),
             }
         }
-        for (event, ack) in pending {
-            match tokio::time::timeout(self.options.ack_timeout, ack).await {
+        for event in unsent {
+            self.failed(&event, "not sent within the pass (NATS slow or stopping)")
+                .await;
+        }
+        let acks =
+            futures_util::future::join_all(pending.into_iter().map(|(event, ack)| async move {
+                let result = tokio::time::timeout_at(deadline, ack).await;
+                (event, result)
+            }))
+            .await;
+        for (event, result) in acks {
+            match result {
                 Ok(Ok(_ack)) => {
                     match self
                         .storage
@@ -249,26 +297,35 @@ impl Publisher {
     }
 }
 
-/// The server list without credentials, and the user and password given in it (the client
-/// takes them as options, not inside the URL).
-fn split_credentials(urls: &str) -> (String, Option<(String, zeroize::Zeroizing<String>)>) {
-    let mut user = None;
+/// How the URL authenticates.
+enum Auth {
+    UserPassword(String, zeroize::Zeroizing<String>),
+    /// `nats://TOKEN@host`.
+    Token(zeroize::Zeroizing<String>),
+}
+
+/// The server list without credentials, and the credentials given in it (the client takes
+/// them as options, not inside the URL).
+fn split_credentials(urls: &str) -> (String, Option<Auth>) {
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut auth = None;
     let servers: Vec<String> = urls
         .split(',')
         .map(|one| {
             let one = one.trim();
             match url::Url::parse(one) {
                 Ok(mut parsed) if !parsed.username().is_empty() => {
-                    let decode = |text: &str| {
-                        url::form_urlencoded::parse(format!("x={text}").as_bytes())
-                            .next()
-                            .map(|(_, v)| v.into_owned())
-                            .unwrap_or_default()
-                    };
-                    user = Some((
-                        decode(parsed.username()),
-                        zeroize::Zeroizing::new(decode(parsed.password().unwrap_or_default())),
-                    ));
+                    let user = decode(parsed.username());
+                    auth = Some(match parsed.password() {
+                        Some(password) => {
+                            Auth::UserPassword(user, zeroize::Zeroizing::new(decode(password)))
+                        }
+                        None => Auth::Token(zeroize::Zeroizing::new(user)),
+                    });
                     let _ = parsed.set_username("");
                     let _ = parsed.set_password(None);
                     parsed.to_string().trim_end_matches('/').to_owned()
@@ -277,7 +334,7 @@ fn split_credentials(urls: &str) -> (String, Option<(String, zeroize::Zeroizing<
             }
         })
         .collect();
-    (servers.join(","), user)
+    (servers.join(","), auth)
 }
 
 /// Waits `period`, a wake-up, or `stop`; `true` when stopping.
@@ -298,17 +355,22 @@ async fn wait(stop: &mut watch::Receiver<bool>, period: Duration, ready: Option<
 
 #[cfg(test)]
 mod tests {
-    use super::split_credentials;
+    use super::{Auth, split_credentials};
 
     #[test]
     fn credentials_leave_the_url_for_the_options() {
-        let (url, user) =
-            split_credentials("nats://svc:p%40ss@nats-1:4222,nats://svc:p%40ss@nats-2:4222");
+        let (url, auth) =
+            split_credentials("nats://svc:p%40s+s@nats-1:4222,nats://svc:p%40s+s@nats-2:4222");
         assert_eq!(url, "nats://nats-1:4222,nats://nats-2:4222");
-        let (name, password) = user.unwrap();
-        assert_eq!((name.as_str(), password.as_str()), ("svc", "p@ss"));
-        let (url, user) = split_credentials("tls://nats.internal:4222");
+        let Some(Auth::UserPassword(name, password)) = auth else {
+            panic!("user and password");
+        };
+        assert_eq!((name.as_str(), password.as_str()), ("svc", "p@s+s"));
+        let (url, auth) = split_credentials("nats://s3cr3tTOKEN@nats:4222");
+        assert_eq!(url, "nats://nats:4222");
+        assert!(matches!(auth, Some(Auth::Token(t)) if t.as_str() == "s3cr3tTOKEN"));
+        let (url, auth) = split_credentials("tls://nats.internal:4222");
         assert_eq!(url, "tls://nats.internal:4222");
-        assert!(user.is_none());
+        assert!(auth.is_none());
     }
 }

@@ -135,8 +135,9 @@ pub enum AttemptKind {
 #[derive(Debug, Clone, Default)]
 pub struct CompletionUpdate {
     /// The failure row the submission held (see [`AttemptReservation::Admitted`]): a right
-    /// code is not a failure, and the lock it alone caused is lifted.
-    pub reservation: Option<(i64, Option<Timestamp>)>,
+    /// code is not a failure, and the lock it alone caused is lifted, with its held
+    /// `recovery.locked` event (failure id, own lock, held event id).
+    pub reservation: Option<(i64, Option<Timestamp>, Option<String>)>,
     /// The id of the code the submission was checked against: the completion happens only if
     /// it is still the enrollment's code (a code rotated meanwhile completes nothing).
     pub verified_code_id: String,

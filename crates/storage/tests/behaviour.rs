@@ -44,6 +44,7 @@ on_every_backend!(
     effects_that_cannot_be_built_roll_the_change_back,
     the_audit_trail_pages_newest_first,
     concurrent_submissions_reserve_exactly_the_threshold_then_lock,
+    a_lock_event_is_written_with_the_lock_and_held_until_the_code_proves_wrong,
     cleanup_deletes_what_expired_in_batches,
 );
 
@@ -1058,7 +1059,7 @@ async fn concurrent_submissions_reserve_exactly_the_threshold_then_lock(db: &Tes
     for i in 0..40 {
         let s = Arc::clone(&s);
         tasks.spawn(async move {
-            s.reserve_recovery_attempt(&format!("f{}", i % 8), "acct", 5, T0 + MIN, lockout)
+            s.reserve_recovery_attempt(&format!("f{}", i % 8), "acct", 5, T0 + MIN, lockout, None)
                 .await
                 .unwrap()
         });
@@ -1080,4 +1081,93 @@ async fn concurrent_submissions_reserve_exactly_the_threshold_then_lock(db: &Tes
     assert_eq!(admitted, 10, "exactly the threshold is counted");
     assert_eq!(lockers, 1, "one submission locks");
     assert_eq!(locked, 30);
+}
+
+async fn a_lock_event_is_written_with_the_lock_and_held_until_the_code_proves_wrong(db: &TestDb) {
+    let s = &db.storage;
+    verified_flow(s, "acct", "f1").await;
+    let lockout = recovery_storage::model::Lockout {
+        window_ms: 24 * HOUR,
+        threshold: 1,
+        lock_ms: 24 * HOUR,
+    };
+    let event = |id: &str| recovery_storage::model::NewEvent {
+        event_id: id.into(),
+        account_id: "acct".into(),
+        event_type: "recovery.locked".into(),
+        payload: "{}".into(),
+    };
+    // This submission locks: its event is stored with the lock, but held.
+    let reserved = s
+        .reserve_recovery_attempt("f1", "acct", 5, T0 + MIN, lockout, Some(event("evt_l1")))
+        .await
+        .unwrap();
+    let recovery_storage::model::AttemptReservation::Admitted {
+        failure_id,
+        locked_until: Some(until),
+        ..
+    } = reserved
+    else {
+        panic!("the first failure locks: {reserved:?}");
+    };
+    assert_eq!(s.event_stats().await.unwrap().backlog, 1);
+    assert!(
+        s.claim_events("p", 10, MIN, T0 + MIN)
+            .await
+            .unwrap()
+            .is_empty(),
+        "held"
+    );
+    // The code proved right: lock and event are given back together.
+    s.release_recovery_attempt("acct", failure_id, Some(until), Some("evt_l1"))
+        .await
+        .unwrap();
+    assert_eq!(s.event_stats().await.unwrap().backlog, 0);
+    assert!(
+        s.find_enrollment("acct")
+            .await
+            .unwrap()
+            .unwrap()
+            .locked_until
+            .is_none()
+    );
+
+    // Again; this time the code proves wrong: the event goes out at once.
+    s.reserve_recovery_attempt(
+        "f1",
+        "acct",
+        5,
+        T0 + 2 * MIN,
+        lockout,
+        Some(event("evt_l2")),
+    )
+    .await
+    .unwrap();
+    s.release_held_event("evt_l2", T0 + 2 * MIN).await.unwrap();
+    let claimed = s.claim_events("p", 10, MIN, T0 + 2 * MIN).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].event_id, "evt_l2");
+    assert!(
+        s.mark_event_published(claimed[0].seq, "p", T0 + 2 * MIN)
+            .await
+            .unwrap()
+    );
+    // A submission that locks and whose process dies: published after the hold anyway.
+    verified_flow(s, "acct2", "f2").await;
+    let mut e3 = event("evt_l3");
+    e3.account_id = "acct2".into();
+    s.reserve_recovery_attempt("f2", "acct2", 5, T0 + 3 * MIN, lockout, Some(e3))
+        .await
+        .unwrap();
+    assert!(
+        s.claim_events("p", 10, MIN, T0 + 3 * MIN + 119_999)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let late = s
+        .claim_events("p", 10, MIN, T0 + 3 * MIN + 120_000)
+        .await
+        .unwrap();
+    assert_eq!(late[0].event_id, "evt_l3");
 }

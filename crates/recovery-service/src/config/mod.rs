@@ -338,10 +338,14 @@ fn events_settings(s: &Settings<'_>) -> Result<Option<EventsConfig>, ConfigError
         let scheme_ok = ["nats://", "tls://"]
             .iter()
             .any(|scheme| server.starts_with(scheme));
-        if !scheme_ok || server.len() <= "nats://".len() {
+        if !scheme_ok
+            || server.len() <= "nats://".len()
+            || server.parse::<async_nats::ServerAddr>().is_err()
+            || url::Url::parse(server).is_err()
+        {
             return Err(ConfigError::at(
                 &raw.origin,
-                "expected nats://HOST:PORT or tls://HOST:PORT (user:password@ allowed), comma-separated for a cluster",
+                "expected nats://HOST:PORT or tls://HOST:PORT (user:password@ allowed, with reserved characters percent-encoded), comma-separated for a cluster",
             ));
         }
     }

@@ -50,6 +50,11 @@ impl SecretUrl {
                 let _ = url.set_password(Some("***"));
                 url.to_string()
             }
+            // NATS: a user without a password is a token (`nats://TOKEN@host`): hidden too.
+            Ok(mut url) if !url.username().is_empty() && matches!(url.scheme(), "nats" | "tls") => {
+                let _ = url.set_username("***");
+                url.to_string()
+            }
             Ok(url) => url.to_string(),
             // Not a URL we can parse (e.g. `sqlite::memory:`): no password to hide, but keep
             // anything after an `@` out of sight all the same.

@@ -358,6 +358,12 @@ fn events_are_off_unless_a_nats_url_is_given_and_its_password_stays_secret() {
     assert!(events.credentials_file.is_none());
     assert!(!events.url.to_string().contains("hunter22"));
     assert!(!format!("{events:?}").contains("hunter22"));
+    let token = load(&[("RECOVERY_EVENTS_URL", "nats://s3cr3tTOKEN@nats:4222")]).unwrap();
+    assert_eq!(
+        token.events.unwrap().url.to_string(),
+        "nats://***@nats:4222",
+        "a NATS token is hidden like a password"
+    );
     let config = load(&[
         ("RECOVERY_EVENTS_URL", "tls://nats.internal:4222"),
         ("RECOVERY_EVENTS_STREAM", "RECOVERY_EU"),

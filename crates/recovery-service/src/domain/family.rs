@@ -91,6 +91,7 @@ impl Recovery {
                 },
             )
             .await?;
+        self.events_written();
         tracing::info!(
             family_id,
             account_id,
@@ -134,6 +135,7 @@ impl Recovery {
             .await;
         match removed {
             Ok(_) => {
+                self.events_written();
                 tracing::info!(family_id, account_id, "family member removed");
                 Ok(Timestamp::from_ms(now))
             }

@@ -214,6 +214,13 @@ impl Recovery {
         Arc::clone(&self.mail_ready)
     }
 
+    /// After a commit that may have written events but no mail.
+    fn events_written(&self) {
+        if self.events_enabled {
+            self.events_ready.notify_one();
+        }
+    }
+
     fn mail_enqueued(&self) {
         self.mail_ready.notify_one();
         if self.events_enabled {

@@ -19,13 +19,15 @@ use recovery_storage::model::{
 };
 
 /// A recovery-code submission counted before its check.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Submission {
     attempts_left: i32,
     /// The failure row it holds until it proves right.
     failure_id: i64,
     /// The lock its failure caused, if it reached the threshold.
     own_lock: Option<Timestamp>,
+    /// The `recovery.locked` event written, held, with that lock.
+    held_event: Option<String>,
 }
 
 const FLOW_PREFIX: &str = "fl_";
@@ -290,6 +292,19 @@ impl Recovery {
         }
         let permit = self.hasher.admit().await?;
         let p = &self.policy;
+        // The event of the lock this submission may cause, written with the lock if it does.
+        let lock_event = self
+            .event(
+                EventType::RecoveryLocked,
+                &enrollment.account_id,
+                now,
+                json!({
+                    "account_id": enrollment.account_id,
+                    "locked_until": crate::time::rfc3339(now + p.lockout_ms),
+                }),
+            )?
+            .pop();
+        let lock_event_id = lock_event.as_ref().map(|e| e.event_id.clone());
         let reservation = self
             .storage
             .reserve_recovery_attempt(
@@ -302,6 +317,7 @@ impl Recovery {
                     threshold: p.lockout_threshold,
                     lock_ms: p.lockout_ms,
                 },
+                lock_event,
             )
             .await?;
         let submission = match reservation {
@@ -313,6 +329,7 @@ impl Recovery {
                 attempts_left: p.recovery_attempts - used,
                 failure_id,
                 own_lock: locked_until,
+                held_event: lock_event_id.filter(|_| locked_until.is_some()),
             },
             AttemptReservation::Locked { until } => {
                 let refused = Error::RecoveryLocked {
@@ -396,6 +413,7 @@ impl Recovery {
                     &enrollment.account_id,
                     submission.failure_id,
                     submission.own_lock,
+                    submission.held_event.as_deref(),
                 )
                 .await?;
             tracing::info!(flow_id = %flow.flow_id, "right code, but the caller had gone: nothing completed");
@@ -406,7 +424,11 @@ impl Recovery {
         let mut new_display = None;
         let mut update = CompletionUpdate {
             verified_code_id: stored.code_id.clone(),
-            reservation: Some((submission.failure_id, submission.own_lock)),
+            reservation: Some((
+                submission.failure_id,
+                submission.own_lock,
+                submission.held_event.clone(),
+            )),
             ..CompletionUpdate::default()
         };
         if self.policy.reuse == super::ReusePolicy::RotateOnUse {
@@ -508,7 +530,12 @@ impl Recovery {
         if !matches!(completion, Completion::Completed { .. }) {
             // A right code is never a failure, even one that completed nothing.
             self.storage
-                .release_recovery_attempt(&account_id, submission.failure_id, submission.own_lock)
+                .release_recovery_attempt(
+                    &account_id,
+                    submission.failure_id,
+                    submission.own_lock,
+                    submission.held_event.as_deref(),
+                )
                 .await?;
         }
         match completion {
@@ -600,17 +627,13 @@ impl Recovery {
                     ("locked_until_ms", until.as_ms().to_string()),
                 ],
             )?);
-            effects.events.extend(self.event(
-                EventType::RecoveryLocked,
-                account_id,
-                now,
-                json!({
-                    "account_id": account_id,
-                    "locked_until": crate::time::rfc3339(until.as_ms()),
-                }),
-            )?);
         }
         self.storage.write_effects(effects, now).await?;
+        // The lock stands: its event, written with it, goes out now.
+        if let Some(event_id) = &submission.held_event {
+            self.storage.release_held_event(event_id, now).await?;
+            self.events_ready.notify_one();
+        }
         if let Some(until) = submission.own_lock {
             self.mail_enqueued();
             crate::metrics::get().lockout();

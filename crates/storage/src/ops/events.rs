@@ -143,6 +143,19 @@ impl Storage {
         Ok(result.rows_affected == 1)
     }
 
+    /// Makes a held event due now (see `reserve_recovery_attempt`).
+    #[tracing::instrument(name = "db.release_held_event", skip_all)]
+    pub async fn release_held_event(&self, event_id: &str, now: i64) -> Result<(), StorageError> {
+        event::Entity::update_many()
+            .col_expr(V::NextAttemptAt, Expr::value(now))
+            .filter(V::EventId.eq(event_id))
+            .filter(V::Status.eq(PENDING))
+            .filter(V::NextAttemptAt.gt(now))
+            .exec(self.db())
+            .await?;
+        Ok(())
+    }
+
     /// How many events wait, and since when.
     #[tracing::instrument(name = "db.event_stats", skip_all)]
     pub async fn event_stats(&self) -> Result<EventStats, StorageError> {

@@ -17,9 +17,13 @@ use crate::{
     },
     model::{
         AttemptKind, AttemptReservation, ClientInfo, Completion, CompletionUpdate, Effects,
-        FailureOutcome, Flow, Lockout, NewFlow, Opaque, RecoveryCompletion, Timestamp,
+        FailureOutcome, Flow, Lockout, NewEvent, NewFlow, Opaque, RecoveryCompletion, Timestamp,
     },
 };
+
+/// How long a `recovery.locked` event written with its lock waits for the submission's
+/// check before it is published anyway (the process checking it died).
+const LOCK_EVENT_HOLD_MS: i64 = 120_000;
 
 impl Storage {
     /// Stores a new flow with its effects (the verification message for a known email, the
@@ -201,8 +205,15 @@ impl Storage {
         };
         // A right code is not a failure; a lock that this submission's reservation alone
         // caused is lifted. A lock set by another submission stands: it fails this one.
-        if let Some((failure_id, own_lock)) = update.reservation {
-            give_back(&txn, &account_id, failure_id, own_lock).await?;
+        if let Some((failure_id, own_lock, held_event)) = update.reservation {
+            give_back(
+                &txn,
+                &account_id,
+                failure_id,
+                own_lock,
+                held_event.as_deref(),
+            )
+            .await?;
         }
         let locked = enrollment::Entity::find_by_id(account_id.clone())
             .one(&txn)
@@ -287,13 +298,14 @@ impl Storage {
         account_id: &str,
         failure_id: i64,
         own_lock: Option<Timestamp>,
+        held_event: Option<&str>,
     ) -> Result<(), StorageError> {
         let txn = self.db().begin().await?;
         enrollment::Entity::find_by_id(account_id.to_owned())
             .lock_exclusive()
             .one(&txn)
             .await?;
-        give_back(&txn, account_id, failure_id, own_lock).await?;
+        give_back(&txn, account_id, failure_id, own_lock, held_event).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -311,6 +323,7 @@ impl Storage {
         cap: i32,
         now: i64,
         lockout: Lockout,
+        lock_event: Option<NewEvent>,
     ) -> Result<AttemptReservation, StorageError> {
         let txn = self.db().begin().await?;
         // Serialise submissions per account (PostgreSQL row lock; SQLite has one writer).
@@ -358,6 +371,28 @@ impl Storage {
                 .exec(&txn)
                 .await?;
             locked_until = Some(crate::model::Timestamp::from_ms(until));
+            // The lock's event, written with the lock but held: published once the code
+            // proves wrong (or after the hold, if this process dies while hashing), deleted
+            // if it proves right and the lock is lifted.
+            if let Some(event) = lock_event {
+                crate::entity::event::Entity::insert(crate::entity::event::ActiveModel {
+                    event_id: Set(event.event_id),
+                    account_id: Set(event.account_id),
+                    event_type: Set(event.event_type),
+                    payload: Set(event.payload),
+                    status: Set(super::events::PENDING.to_owned()),
+                    attempts: Set(0),
+                    next_attempt_at: Set(now + LOCK_EVENT_HOLD_MS),
+                    lease_owner: Set(None),
+                    lease_until: Set(None),
+                    last_error: Set(None),
+                    created_at: Set(now),
+                    published_at: Set(None),
+                    ..Default::default()
+                })
+                .exec(&txn)
+                .await?;
+            }
         }
         txn.commit().await?;
         Ok(AttemptReservation::Admitted {
@@ -440,14 +475,23 @@ impl Storage {
 }
 
 /// Inside a transaction holding the enrollment's row: deletes a submission's reserved
-/// failure and lifts the lock it alone caused (a lock set by another submission stands).
+/// failure and lifts the lock it alone caused (a lock set by another submission stands), with
+/// the `recovery.locked` event held for it (never published: the lock did not stand).
 async fn give_back<C: sea_orm::ConnectionTrait>(
     txn: &C,
     account_id: &str,
     failure_id: i64,
     own_lock: Option<Timestamp>,
+    held_event: Option<&str>,
 ) -> Result<(), StorageError> {
     failure::Entity::delete_by_id(failure_id).exec(txn).await?;
+    if let Some(event_id) = held_event {
+        crate::entity::event::Entity::delete_many()
+            .filter(crate::entity::event::Column::EventId.eq(event_id))
+            .filter(crate::entity::event::Column::Status.eq(super::events::PENDING))
+            .exec(txn)
+            .await?;
+    }
     if let Some(until) = own_lock {
         enrollment::Entity::update_many()
             .col_expr(E::LockedUntil, Expr::value(Option::<i64>::None))

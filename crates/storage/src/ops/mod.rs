@@ -74,16 +74,45 @@ impl<E> ChangeError<E> {
 }
 
 impl crate::Storage {
-    /// Writes a change's notifications and audit events inside its transaction. Each audit
-    /// event is linked to the account's previous one (see [`crate::AuditChainKeys`]); on
-    /// PostgreSQL appends to one account's trail are serialised by a transaction-scoped
-    /// advisory lock, so two transactions never link to the same predecessor.
+    /// Writes a change's notifications, platform events and audit events inside its
+    /// transaction. Each audit event is linked to the account's previous one (see
+    /// [`crate::AuditChainKeys`]).
     pub(crate) async fn apply_effects<C: ConnectionTrait>(
         &self,
         txn: &C,
         effects: Effects,
         now: i64,
     ) -> Result<(), StorageError> {
+        // On PostgreSQL, the accounts this change writes events or audit events for are
+        // locked (transaction-scoped advisory locks, in one order), so that two changes of one
+        // account commit in the order of their event `seq` and audit links: a publisher never
+        // sees a later event of an account before an earlier one, and two links never share a
+        // predecessor. Events under no account lock the typed address's keyed hash instead, so
+        // that concurrent requests for one address queue exactly as a known account's do.
+        if self.backend() == crate::Backend::Postgres {
+            let mut keys: Vec<String> = effects
+                .events
+                .iter()
+                .map(|e| e.account_id.clone())
+                .chain(effects.audit.iter().map(|e| {
+                    if e.account_id.is_empty() {
+                        e.serialize_on.clone().unwrap_or_else(|| e.event_id.clone())
+                    } else {
+                        e.account_id.clone()
+                    }
+                }))
+                .collect();
+            keys.sort();
+            keys.dedup();
+            for key in keys {
+                txn.execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 7242))",
+                    [Value::from(key)],
+                ))
+                .await?;
+            }
+        }
         if !effects.messages.is_empty() {
             let rows = effects
                 .messages
@@ -138,22 +167,6 @@ impl crate::Storage {
                 .map_err(|err| StorageError::Other(format!("audit details: {err}")))?;
             let (chain_key_id, chain_hash) = match self.audit_chain() {
                 Some(keys) => {
-                    if self.backend() == crate::Backend::Postgres {
-                        // Events under no account (requests for unknown emails) are never
-                        // listed: they lock the typed address's keyed hash, so concurrent
-                        // requests for one address queue exactly as a known account's do.
-                        let lock_key = if e.account_id.is_empty() {
-                            e.serialize_on.clone().unwrap_or_else(|| e.event_id.clone())
-                        } else {
-                            e.account_id.clone()
-                        };
-                        txn.execute_raw(Statement::from_sql_and_values(
-                            DbBackend::Postgres,
-                            "SELECT pg_advisory_xact_lock(hashtextextended($1, 7242))",
-                            [Value::from(lock_key)],
-                        ))
-                        .await?;
-                    }
                     let previous = audit_event::Entity::find()
                         .filter(audit_event::Column::AccountId.eq(e.account_id.as_str()))
                         .order_by_desc(audit_event::Column::Seq)

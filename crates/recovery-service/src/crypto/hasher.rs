@@ -87,6 +87,9 @@ pub struct PoolStats {
     pub skipped: AtomicU64,
     /// Hashes computed for callers that had gone by the time they finished.
     pub abandoned: AtomicU64,
+    /// How long a request holds its permit, on average (microseconds, a moving average;
+    /// 0 until the first one is returned).
+    pub hold_us: AtomicU64,
 }
 
 /// The hashing pool. Cheap to clone.
@@ -109,7 +112,28 @@ struct Inner {
 /// job it queues: the permit returns to the pool when the request and its jobs are all done.
 #[derive(Debug)]
 pub struct HashPermit {
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<Held>,
+}
+
+/// A permit, timed: when it returns to the pool, how long it was held feeds the moving
+/// average that admission uses to tell a short wait from a hopeless one.
+#[derive(Debug)]
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    since: std::time::Instant,
+    stats: Arc<PoolStats>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let held = u64::try_from(self.since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let _ = self
+            .stats
+            .hold_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(if avg == 0 { held } else { (avg * 7 + held) / 8 })
+            });
+    }
 }
 
 impl Hasher {
@@ -183,10 +207,24 @@ impl Hasher {
     }
 
     /// Waits briefly for a free hashing thread; [`Error::Overloaded`] when none frees up.
+    /// A caller who would wait longer than the admission wait (the callers ahead of it, at
+    /// the pool's average permit hold, cannot be through in time) is refused at once rather
+    /// than after waiting for nothing.
     #[tracing::instrument(name = "argon2.admit", skip_all)]
     pub async fn admit(&self) -> Result<HashPermit, Error> {
         let stats = self.stats();
-        stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let ahead = stats.waiting.fetch_add(1, Ordering::Relaxed);
+        if self.inner.permits.available_permits() == 0 {
+            let hold = Duration::from_micros(stats.hold_us.load(Ordering::Relaxed));
+            let permits = u32::try_from(self.inner.threads * PERMITS_PER_THREAD).unwrap_or(1);
+            let rounds = u32::try_from(ahead).unwrap_or(u32::MAX).saturating_add(1);
+            let expected = hold.saturating_mul(rounds) / permits.max(1);
+            if expected > self.inner.admission_wait {
+                stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Overloaded);
+            }
+        }
         let acquired = tokio::time::timeout(
             self.inner.admission_wait,
             Arc::clone(&self.inner.permits).acquire_owned(),
@@ -197,7 +235,11 @@ impl Hasher {
             Ok(Ok(permit)) => {
                 stats.admitted.fetch_add(1, Ordering::Relaxed);
                 Ok(HashPermit {
-                    permit: Arc::new(permit),
+                    permit: Arc::new(Held {
+                        _permit: permit,
+                        since: std::time::Instant::now(),
+                        stats: Arc::clone(&self.inner.stats_shared),
+                    }),
                 })
             }
             _ => {
@@ -399,6 +441,39 @@ mod tests {
         let d = HashParams::default();
         assert_eq!((d.m_kib, d.t, d.p), (19_456, 2, 1));
         assert_eq!(d.label(), "argon2id,m=19456,t=2,p=1");
+    }
+
+    /// A caller who cannot be admitted within the admission wait is refused at once, not after
+    /// waiting the whole wait for nothing; one who can, waits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hopeless_wait_is_refused_at_once() {
+        let pool = Hasher::new(1, small(), Duration::from_millis(200)).unwrap();
+        // Teach the pool that a permit is held 300 ms.
+        let (a, b) = (pool.admit().await.unwrap(), pool.admit().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop((a, b));
+        assert!(pool.stats().hold_us.load(Ordering::Relaxed) >= 300_000);
+        let (a, b) = (pool.admit().await.unwrap(), pool.admit().await.unwrap());
+        // First in line: expected 300 ms / 2 permits = 150 ms, within the wait: it waits.
+        let first = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.admit().await.map(drop) })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Second in line: 300 ms: hopeless, refused at once.
+        let asked = std::time::Instant::now();
+        assert_eq!(pool.admit().await.unwrap_err(), Error::Overloaded);
+        assert!(
+            asked.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            asked.elapsed()
+        );
+        drop(a);
+        assert!(
+            first.await.unwrap().is_ok(),
+            "the first in line was admitted"
+        );
+        drop(b);
     }
 
     /// Under overload at most two permits per thread are held at once (memory stays

@@ -40,9 +40,10 @@ impl Recovery {
     pub async fn create_recovery_code(&self, account_id: &str, email: &str) -> Result<CreatedCode> {
         let account_id = validate_account_id(account_id)?;
         let email = Email::parse(email)?;
+        // Admission first: an overloaded pool refuses at once, before any database work.
+        let permit = self.hasher.admit().await?;
         self.check_address_claim(account_id, &email, self.now())
             .await?;
-        let permit = self.hasher.admit().await?;
         let code = RecoveryCode::generate()?;
         let key = self.keys.current();
         let hash = self.hasher.hash(&permit, code.canonical(), key).await?;

@@ -390,3 +390,30 @@ pub fn wrong_recovery_code(code: &str) -> String {
     let check = alphabet.chars().nth((32 - sum % 32) % 32).unwrap();
     format!("RC1-{random}{check}")
 }
+
+/// The `ErrorInfo` reason of a status (or a note that it has none).
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_else(|| format!("no ErrorInfo in {status:?}"))
+}
+
+/// Creates (or replaces) the account's recovery code; answers the code.
+pub async fn enroll(
+    c: &mut recovery_proto::v1::recovery_service_client::RecoveryServiceClient<
+        tonic::transport::Channel,
+    >,
+    account: &str,
+    email: &str,
+) -> String {
+    c.create_recovery_code(recovery_proto::v1::CreateRecoveryCodeRequest {
+        account_id: account.into(),
+        email: email.into(),
+    })
+    .await
+    .expect("CreateRecoveryCode")
+    .into_inner()
+    .recovery_code
+}

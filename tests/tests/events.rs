@@ -12,7 +12,9 @@ use std::{
 };
 
 use async_nats::jetstream;
-use recovery_e2e::{Mailbox, Options, PgDatabase, Server, nats::NatsServer, wrong_recovery_code};
+use recovery_e2e::{
+    Mailbox, Options, PgDatabase, Server, enroll, nats::NatsServer, wrong_recovery_code,
+};
 use recovery_proto::v1::{self as api, FamilyRole, recovery_service_client::RecoveryServiceClient};
 use sea_orm::{ConnectionTrait as _, Database, Statement};
 use serde_json::Value;
@@ -119,17 +121,6 @@ async fn start(nats_url: &str, extra: Options) -> (Server, Client, Mailbox) {
     let client = RecoveryServiceClient::new(server.channel().await.unwrap());
     let mail = Mailbox::new(server.dir.path().join("mail"));
     (server, client, mail)
-}
-
-async fn enroll(c: &mut Client, account: &str, email: &str) -> String {
-    c.create_recovery_code(api::CreateRecoveryCodeRequest {
-        account_id: account.into(),
-        email: email.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .recovery_code
 }
 
 async fn verified_flow(c: &mut Client, mail: &Mailbox, email: &str) -> (String, String) {

@@ -8,12 +8,11 @@
 
 use std::process::Command;
 
-use recovery_e2e::{Mailbox, Options, PgDatabase, Server, need};
+use recovery_e2e::{Mailbox, Options, PgDatabase, Server, enroll, need, reason};
 use recovery_proto::v1::{
     self as api, ClientContext, FamilyRole, recovery_service_client::RecoveryServiceClient,
 };
 use tonic::{Code, Status, transport::Channel};
-use tonic_types::StatusExt as _;
 
 const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
@@ -35,13 +34,6 @@ async fn start(options: Options) -> Env {
         client,
         mail,
     }
-}
-
-fn reason(status: &Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_else(|| format!("no ErrorInfo in {status:?}"))
 }
 
 async fn put(c: &mut Client, family: &str, account: &str, role: FamilyRole) {
@@ -133,17 +125,6 @@ async fn verified(env: &mut Env, family: &str, organizer: &str, member: &str) ->
     .await
     .unwrap();
     flow
-}
-
-async fn enroll(c: &mut Client, account: &str, email: &str) -> String {
-    c.create_recovery_code(api::CreateRecoveryCodeRequest {
-        account_id: account.into(),
-        email: email.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .recovery_code
 }
 
 /// A verified recovery flow of the member's own.

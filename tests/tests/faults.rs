@@ -11,9 +11,10 @@ use std::{
 };
 
 use recovery_e2e::{
-    Options, PgDatabase, Server,
+    Options, PgDatabase, Server, enroll,
     otlp::Collector,
     pgcluster::{Cluster, postgres_bin},
+    reason,
     smtp::{Behaviour, SmtpSink},
     wrong_recovery_code,
 };
@@ -66,24 +67,6 @@ async fn replicas_with(extra: impl Fn(Options) -> Options) -> Replicas {
         sink,
         db,
     }
-}
-
-fn reason(status: &Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_else(|| format!("no ErrorInfo in {status:?}"))
-}
-
-async fn enroll(c: &mut Client, account: &str, email: &str) -> String {
-    c.create_recovery_code(api::CreateRecoveryCodeRequest {
-        account_id: account.into(),
-        email: email.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .recovery_code
 }
 
 /// Begins a flow on one replica; answers the flow and its emailed code.

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use recovery_e2e::{Mailbox, Options, PgDatabase, Server, wrong_recovery_code as wrong};
+use recovery_e2e::{
+    Mailbox, Options, PgDatabase, Server, enroll, reason, wrong_recovery_code as wrong,
+};
 use recovery_proto::v1::{
     self as api, ClientContext, recovery_service_client::RecoveryServiceClient,
 };
@@ -35,26 +37,8 @@ async fn start(options: Options) -> Env {
     }
 }
 
-fn reason(status: &Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_else(|| format!("no ErrorInfo in {status:?}"))
-}
-
 fn metadata(status: &Status, key: &str) -> Option<String> {
     status.get_details_error_info()?.metadata.get(key).cloned()
-}
-
-async fn enroll(c: &mut Client, account: &str, email: &str) -> String {
-    c.create_recovery_code(api::CreateRecoveryCodeRequest {
-        account_id: account.into(),
-        email: email.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .recovery_code
 }
 
 async fn begin(c: &mut Client, email: &str) -> Result<String, Status> {

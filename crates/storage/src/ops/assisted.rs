@@ -44,23 +44,13 @@ impl Storage {
         // Both rows, in account-id order (as every operation that locks two membership rows),
         // so that begins and completions queue on them without deadlocking; the limits below
         // rely on begins by one organizer, or for one member, queueing here.
-        let mut ids = [
-            new.organizer_account_id.clone(),
-            new.member_account_id.clone(),
-        ];
-        ids.sort();
-        let rows = family_member::Entity::find()
-            .filter(family_member::Column::AccountId.is_in(ids))
-            .order_by_asc(family_member::Column::AccountId)
-            .lock_exclusive()
-            .all(&txn)
-            .await?;
-        let find = |id: &str| {
-            rows.iter()
-                .find(|r| r.account_id == id)
-                .cloned()
-                .and_then(to_member)
-        };
+        let rows = lock_memberships(
+            &txn,
+            [&new.organizer_account_id, &new.member_account_id],
+            Lock::Exclusive,
+        )
+        .await?;
+        let find = |id: &str| rows.iter().find(|m| m.account_id == id).cloned();
         let Some(organizer) = find(&new.organizer_account_id)
             .filter(|o| o.family_id == new.family_id && o.role == FamilyRole::Organizer)
         else {
@@ -244,23 +234,13 @@ impl Storage {
             .await?;
         // Then both membership rows, shared and in account-id order (as begin takes them), so
         // that a concurrent removal or move waits for this completion, or this one sees it.
-        let mut ids = [
-            organizer_account_id.to_owned(),
-            flow.member_account_id.clone(),
-        ];
-        ids.sort();
-        let rows = family_member::Entity::find()
-            .filter(family_member::Column::AccountId.is_in(ids))
-            .order_by_asc(family_member::Column::AccountId)
-            .lock_shared()
-            .all(&txn)
-            .await?;
-        let find = |id: &str| {
-            rows.iter()
-                .find(|r| r.account_id == id)
-                .cloned()
-                .and_then(to_member)
-        };
+        let rows = lock_memberships(
+            &txn,
+            [organizer_account_id, &flow.member_account_id],
+            Lock::Shared,
+        )
+        .await?;
+        let find = |id: &str| rows.iter().find(|m| m.account_id == id).cloned();
         let organizer = find(organizer_account_id)
             .filter(|o| o.family_id == flow.family_id && o.role == FamilyRole::Organizer);
         if organizer.is_none() {
@@ -407,6 +387,38 @@ impl Storage {
         txn.commit().await?;
         Ok(Ok(cancellation))
     }
+}
+
+/// How [`lock_memberships`] holds the rows.
+#[derive(Clone, Copy)]
+enum Lock {
+    Exclusive,
+    Shared,
+}
+
+/// The membership rows of two accounts (those that exist), locked until the transaction ends,
+/// always in account-id order: every operation that locks two of them takes them so, and so
+/// begins and completions queue on each other without deadlocking.
+async fn lock_memberships<C: ConnectionTrait>(
+    txn: &C,
+    accounts: [&str; 2],
+    lock: Lock,
+) -> Result<Vec<FamilyMember>, StorageError> {
+    let mut ids = accounts.map(str::to_owned);
+    ids.sort();
+    let query = family_member::Entity::find()
+        .filter(family_member::Column::AccountId.is_in(ids))
+        .order_by_asc(family_member::Column::AccountId);
+    let query = match lock {
+        Lock::Exclusive => query.lock_exclusive(),
+        Lock::Shared => query.lock_shared(),
+    };
+    Ok(query
+        .all(txn)
+        .await?
+        .into_iter()
+        .filter_map(to_member)
+        .collect())
 }
 
 /// Whether the flow has ended or expired by `now`.

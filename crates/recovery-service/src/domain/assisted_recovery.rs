@@ -12,7 +12,7 @@ use super::{
     Error, HOUR_MS, Recovery, Result, client,
     email::mask,
     event::EventType,
-    family::{ended_events, hint_of, validate_family_id},
+    family::{hint_of, validate_family_id},
     notice::{self, Notice},
     notify::{AuditKind, Client, audit, context, message},
     secrets, validate_account_id,
@@ -116,7 +116,8 @@ impl Recovery {
                             &o.email,
                         )?);
                     }
-                    let mut events = ended_events(&started.superseded, now)?;
+                    let superseded = self.ended_effects(&started.superseded, now)?;
+                    let mut events = superseded.audit;
                     events.push(audit(
                         &member.account_id,
                         AuditKind::AssistedRecoveryStarted,
@@ -128,7 +129,7 @@ impl Recovery {
                             ("organizer_account_id", organizer.account_id.clone()),
                         ],
                     )?);
-                    let mut platform = self.ended_platform_events(&started.superseded, now)?;
+                    let mut platform = superseded.events;
                     platform.extend(self.event(
                         EventType::AssistedRecoveryStarted,
                         &member.account_id,
@@ -380,7 +381,8 @@ impl Recovery {
                             ],
                         )?);
                     }
-                    events.extend(ended_events(&c.superseded, now)?);
+                    let superseded = self.ended_effects(&c.superseded, now)?;
+                    events.extend(superseded.audit);
                     let member_id = &flow.member_account_id;
                     let mut platform = Vec::new();
                     if let Some(code_id) = &c.revoked_code_id {
@@ -407,7 +409,7 @@ impl Recovery {
                             "organizer_account_id": organizer_id,
                         }),
                     )?);
-                    platform.extend(self.ended_platform_events(&c.superseded, now)?);
+                    platform.extend(superseded.events);
                     Ok(Effects {
                         messages,
                         audit: events,
@@ -497,8 +499,7 @@ impl Recovery {
                 }
                 Ok(Effects {
                     messages,
-                    audit: ended_events(std::slice::from_ref(&c.flow), now)?,
-                    events: self.ended_platform_events(std::slice::from_ref(&c.flow), now)?,
+                    ..self.ended_effects(std::slice::from_ref(&c.flow), now)?
                 })
             })
             .await?;
@@ -617,8 +618,7 @@ impl Recovery {
         }
         Ok(Effects {
             messages,
-            audit: ended_events(&completion.ended_assisted, now)?,
-            events: self.ended_platform_events(&completion.ended_assisted, now)?,
+            ..self.ended_effects(&completion.ended_assisted, now)?
         })
     }
 }

@@ -4,7 +4,7 @@
 pub use recovery_storage::model::FamilyRole;
 use recovery_storage::{
     StorageError,
-    model::{AssistedFlow, Effects, FamilyMember, NewAuditEvent, NewFamilyMember},
+    model::{AssistedFlow, Effects, FamilyMember, NewFamilyMember},
 };
 
 use super::{
@@ -82,11 +82,12 @@ impl Recovery {
                         &client,
                         &details,
                     )?];
-                    events.extend(ended_events(&outcome.ended, now)?);
+                    let ended = self.ended_effects(&outcome.ended, now)?;
+                    events.extend(ended.audit);
                     Ok(Effects {
                         messages: vec![],
                         audit: events,
-                        events: self.ended_platform_events(&outcome.ended, now)?,
+                        events: ended.events,
                     })
                 },
             )
@@ -125,11 +126,12 @@ impl Recovery {
                         ("role", removed.member.role.as_str().to_owned()),
                     ],
                 )?];
-                events.extend(ended_events(&removed.ended, now)?);
+                let ended = self.ended_effects(&removed.ended, now)?;
+                events.extend(ended.audit);
                 Ok(Effects {
                     messages: vec![],
                     audit: events,
-                    events: self.ended_platform_events(&removed.ended, now)?,
+                    events: ended.events,
                 })
             })
             .await;
@@ -173,46 +175,33 @@ impl Recovery {
     }
 }
 
-/// The audit events of assisted flows that a change ended, each on its member's account.
-pub(super) fn ended_events(ended: &[AssistedFlow], now: i64) -> Result<Vec<NewAuditEvent>> {
-    ended
-        .iter()
-        .map(|flow| {
+impl Recovery {
+    /// What the end of assisted flows writes, on each member's account: an
+    /// `ASSISTED_RECOVERY_CANCELLED` audit event and an `assisted_recovery.cancelled` platform
+    /// event per flow (no mail: each caller tells the people involved as it sees fit).
+    pub(super) fn ended_effects(&self, ended: &[AssistedFlow], now: i64) -> Result<Effects> {
+        let mut effects = Effects::none();
+        for flow in ended {
+            let reason = flow.end_reason.map_or("ended", |r| r.as_str());
             let mut details = vec![
                 ("assisted_flow_id", flow.assisted_flow_id.clone()),
                 ("family_id", flow.family_id.clone()),
                 ("organizer_account_id", flow.organizer_account_id.clone()),
-                (
-                    "reason",
-                    flow.end_reason.map_or("ended", |r| r.as_str()).to_owned(),
-                ),
+                ("reason", reason.to_owned()),
             ];
             if let Some(by) = &flow.ended_by {
                 details.push(("ended_by", by.clone()));
             }
             // No end user's context: the flow's is the organizer's who began it, not the
             // one who ended it.
-            audit(
+            effects.audit.push(audit(
                 &flow.member_account_id,
                 AuditKind::AssistedRecoveryCancelled,
                 now,
                 &Client::default(),
                 &details,
-            )
-        })
-        .collect()
-}
-
-impl Recovery {
-    /// The platform events of assisted flows that a change ended (`assisted_recovery.cancelled`).
-    pub(super) fn ended_platform_events(
-        &self,
-        ended: &[AssistedFlow],
-        now: i64,
-    ) -> Result<Vec<recovery_storage::model::NewEvent>> {
-        let mut events = Vec::new();
-        for flow in ended {
-            events.extend(self.event(
+            )?);
+            effects.events.extend(self.event(
                 super::event::EventType::AssistedRecoveryCancelled,
                 &flow.member_account_id,
                 now,
@@ -220,12 +209,12 @@ impl Recovery {
                     "account_id": flow.member_account_id,
                     "family_id": flow.family_id,
                     "assisted_flow_id": flow.assisted_flow_id,
-                    "reason": flow.end_reason.map_or("ended", |r| r.as_str()),
+                    "reason": reason,
                     "ended_by": flow.ended_by,
                 }),
             )?);
         }
-        Ok(events)
+        Ok(effects)
     }
 }
 

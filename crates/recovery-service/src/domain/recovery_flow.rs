@@ -629,10 +629,10 @@ impl Recovery {
             )?);
         }
         self.storage.write_effects(effects, now).await?;
-        // The lock stands: its event, written with it, goes out now.
+        // The lock stands: its event, written with it, goes out now (`mail_enqueued` below
+        // wakes the publisher).
         if let Some(event_id) = &submission.held_event {
             self.storage.release_held_event(event_id, now).await?;
-            self.events_ready.notify_one();
         }
         if let Some(until) = submission.own_lock {
             self.mail_enqueued();

@@ -417,3 +417,64 @@ pub async fn enroll(
     .into_inner()
     .recovery_code
 }
+
+/// Waits until the server's health for `identity.recovery.v1.RecoveryService` is `want`;
+/// fails the test after `within`.
+pub async fn wait_health(
+    server: &Server,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+    within: Duration,
+) {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut health = HealthClient::new(server.channel().await.expect("a channel"));
+    let deadline = Instant::now() + within;
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: "identity.recovery.v1.RecoveryService".into(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status();
+        if status == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health stayed {status:?}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The secret key the end-to-end tests start servers with.
+pub const TEST_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+/// A started server (with [`TEST_KEY`]), serving, with a client and its mail directory.
+#[derive(Debug)]
+pub struct Running {
+    pub server: Server,
+    pub client: recovery_proto::v1::recovery_service_client::RecoveryServiceClient<
+        tonic::transport::Channel,
+    >,
+    pub mail: Mailbox,
+}
+
+impl Running {
+    /// Starts a server with `options` and the test key; answers once it is serving.
+    pub async fn start(options: Options) -> Self {
+        let server = Server::start_with(options.env("RECOVERY_SECRET_KEY", TEST_KEY))
+            .expect("the server starts");
+        server.wait_serving("").await.expect("the server serves");
+        let client = recovery_proto::v1::recovery_service_client::RecoveryServiceClient::new(
+            server.channel().await.expect("a channel"),
+        );
+        let mail = Mailbox::new(server.dir.path().join("mail"));
+        Self {
+            server,
+            client,
+            mail,
+        }
+    }
+}

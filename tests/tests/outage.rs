@@ -9,38 +9,14 @@ use std::time::{Duration, Instant};
 use recovery_e2e::{
     Options, Server,
     pgcluster::{Cluster, postgres_bin},
+    wait_health,
 };
 use recovery_proto::v1::{self as api, recovery_service_client::RecoveryServiceClient};
 use tonic::Code;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt as _;
 
 const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-
-async fn wait_health(server: &Server, want: ServingStatus, within: Duration) {
-    let mut health = HealthClient::new(server.channel().await.unwrap());
-    let deadline = Instant::now() + within;
-    loop {
-        let status = health
-            .check(HealthCheckRequest {
-                service: "identity.recovery.v1.RecoveryService".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status();
-        if status == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "health stayed {status:?}, wanted {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test]
 #[ignore = "needs PostgreSQL server binaries (initdb): run with -- --include-ignored"]

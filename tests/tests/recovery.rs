@@ -6,36 +6,16 @@
 
 use std::time::Duration;
 
-use recovery_e2e::{
-    Mailbox, Options, PgDatabase, Server, enroll, reason, wrong_recovery_code as wrong,
-};
+use recovery_e2e::{Options, PgDatabase, Running, enroll, reason, wrong_recovery_code as wrong};
 use recovery_proto::v1::{
     self as api, ClientContext, recovery_service_client::RecoveryServiceClient,
 };
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt as _;
 
-const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-
 type Client = RecoveryServiceClient<Channel>;
 
-struct Env {
-    server: Server,
-    client: Client,
-    mail: Mailbox,
-}
-
-async fn start(options: Options) -> Env {
-    let server = Server::start_with(options.env("RECOVERY_SECRET_KEY", KEY)).unwrap();
-    server.wait_serving("").await.unwrap();
-    let client = RecoveryServiceClient::new(server.channel().await.unwrap());
-    let mail = Mailbox::new(server.dir.path().join("mail"));
-    Env {
-        server,
-        client,
-        mail,
-    }
-}
+type Env = Running;
 
 fn metadata(status: &Status, key: &str) -> Option<String> {
     status.get_details_error_info()?.metadata.get(key).cloned()
@@ -91,7 +71,7 @@ async fn verified_flow(env: &mut Env, email: &str) -> String {
 
 #[tokio::test]
 async fn a_person_recovers_twice_with_the_same_code() {
-    let mut env = start(Options::default()).await;
+    let mut env = Running::start(Options::default()).await;
     let code = enroll(&mut env.client, "acct-1", "Ann@Example.com").await;
     assert!(code.starts_with("RC1-"), "{code}");
     env.mail
@@ -154,7 +134,8 @@ async fn a_person_recovers_twice_with_the_same_code() {
 
 #[tokio::test]
 async fn rotate_on_use_hands_out_a_new_code_once() {
-    let mut env = start(Options::default().env("RECOVERY_REUSE_POLICY", "rotate_on_use")).await;
+    let mut env =
+        Running::start(Options::default().env("RECOVERY_REUSE_POLICY", "rotate_on_use")).await;
     let old = enroll(&mut env.client, "acct", "bob@example.com").await;
     let flow = verified_flow(&mut env, "bob@example.com").await;
     let new = recover(&mut env.client, &flow, &old)
@@ -170,7 +151,7 @@ async fn rotate_on_use_hands_out_a_new_code_once() {
 
 #[tokio::test]
 async fn each_flow_error_has_its_reason() {
-    let mut env = start(
+    let mut env = Running::start(
         Options::default()
             .env("RECOVERY_LOCKOUT_THRESHOLD", "6")
             .env("RECOVERY_STARTS_PER_EMAIL_PER_HOUR", "3"),
@@ -330,7 +311,7 @@ async fn each_flow_error_has_its_reason() {
 
 #[tokio::test]
 async fn flows_expire_and_complete_once() {
-    let mut env = start(
+    let mut env = Running::start(
         Options::default()
             .env("RECOVERY_FLOW_TTL", "3s")
             .env("RECOVERY_EMAIL_CODE_TTL", "3s"),
@@ -356,7 +337,7 @@ async fn flows_expire_and_complete_once() {
 
 #[tokio::test]
 async fn an_unknown_email_gets_the_same_answer_and_no_mail() {
-    let mut env = start(Options::default()).await;
+    let mut env = Running::start(Options::default()).await;
     let flow = begin(&mut env.client, "nobody@example.com").await.unwrap();
     assert!(flow.starts_with("fl_"));
     // A known address started right after is delivered: the mail directory works, so an
@@ -387,7 +368,7 @@ async fn an_unknown_email_gets_the_same_answer_and_no_mail() {
 
 #[tokio::test]
 async fn a_full_hashing_pool_answers_overloaded() {
-    let env = start(
+    let env = Running::start(
         Options::default()
             .env("RECOVERY_HASH_THREADS", "1")
             .env("RECOVERY_HASH_ADMISSION_WAIT", "1ms"),
@@ -463,7 +444,8 @@ async fn one_winner(env: &mut Env) {
 
 #[tokio::test]
 async fn thirty_two_concurrent_recoveries_of_one_flow_have_one_winner_on_sqlite() {
-    let mut env = start(Options::default().env("RECOVERY_HASH_ADMISSION_WAIT", "10s")).await;
+    let mut env =
+        Running::start(Options::default().env("RECOVERY_HASH_ADMISSION_WAIT", "10s")).await;
     one_winner(&mut env).await;
 }
 
@@ -471,7 +453,7 @@ async fn thirty_two_concurrent_recoveries_of_one_flow_have_one_winner_on_sqlite(
 #[ignore = "needs PostgreSQL: set RECOVERY_TEST_DATABASE_URL, run with -- --include-ignored"]
 async fn thirty_two_concurrent_recoveries_of_one_flow_have_one_winner_on_postgres() {
     let db = PgDatabase::create().await;
-    let mut env = start(
+    let mut env = Running::start(
         Options::default()
             .env("RECOVERY_DATABASE_URL", db.url.clone())
             .env("RECOVERY_HASH_ADMISSION_WAIT", "10s"),
@@ -526,7 +508,7 @@ async fn rotation_has_one_winner(env: &mut Env) {
 
 #[tokio::test]
 async fn rotate_on_use_completes_one_of_many_racing_flows_on_sqlite() {
-    let mut env = start(
+    let mut env = Running::start(
         Options::default()
             .env("RECOVERY_REUSE_POLICY", "rotate_on_use")
             .env("RECOVERY_HASH_ADMISSION_WAIT", "10s"),
@@ -539,7 +521,7 @@ async fn rotate_on_use_completes_one_of_many_racing_flows_on_sqlite() {
 #[ignore = "needs PostgreSQL: set RECOVERY_TEST_DATABASE_URL, run with -- --include-ignored"]
 async fn rotate_on_use_completes_one_of_many_racing_flows_on_postgres() {
     let db = PgDatabase::create().await;
-    let mut env = start(
+    let mut env = Running::start(
         Options::default()
             .env("RECOVERY_DATABASE_URL", db.url.clone())
             .env("RECOVERY_REUSE_POLICY", "rotate_on_use")
@@ -555,7 +537,7 @@ async fn rotate_on_use_completes_one_of_many_racing_flows_on_postgres() {
 /// answers exactly as a wrong code on a known flow, field for field.
 #[tokio::test]
 async fn a_flow_for_an_unknown_email_never_verifies() {
-    let mut env = start(Options::default()).await;
+    let mut env = Running::start(Options::default()).await;
     enroll(&mut env.client, "acct-k", "known@example.com").await;
     let known = begin(&mut env.client, "known@example.com").await.unwrap();
     let unknown = begin(&mut env.client, "nobody@example.com").await.unwrap();
@@ -596,7 +578,7 @@ async fn a_flow_for_an_unknown_email_never_verifies() {
 #[tokio::test]
 async fn an_edited_audit_row_breaks_the_chain_at_that_row() {
     use sea_orm::{ConnectionTrait as _, Database, Statement};
-    let mut env = start(Options::default()).await;
+    let mut env = Running::start(Options::default()).await;
     enroll(&mut env.client, "acct-audit", "audit@example.com").await;
     verified_flow(&mut env, "audit@example.com").await;
     let list = |mut c: Client| async move {
@@ -694,7 +676,7 @@ async fn lockout_counts_exactly_the_threshold(env: &mut Env) {
 
 #[tokio::test]
 async fn concurrent_wrong_codes_lock_after_exactly_ten_on_sqlite() {
-    let mut env = start(
+    let mut env = Running::start(
         Options::default()
             .env("RECOVERY_STARTS_PER_EMAIL_PER_HOUR", "50")
             .env("RECOVERY_HASH_ADMISSION_WAIT", "10s"),
@@ -707,7 +689,7 @@ async fn concurrent_wrong_codes_lock_after_exactly_ten_on_sqlite() {
 #[ignore = "needs PostgreSQL: set RECOVERY_TEST_DATABASE_URL, run with -- --include-ignored"]
 async fn concurrent_wrong_codes_lock_after_exactly_ten_on_postgres() {
     let db = PgDatabase::create().await;
-    let mut env = start(
+    let mut env = Running::start(
         Options::default()
             .env("RECOVERY_DATABASE_URL", db.url.clone())
             .env("RECOVERY_STARTS_PER_EMAIL_PER_HOUR", "50")

@@ -43,6 +43,7 @@ on_every_backend!(
     the_family_status_says_who_can_recover_how,
     expired_assisted_flows_are_cleaned_up,
     begins_and_completions_on_the_same_two_accounts_never_deadlock,
+    concurrent_cancels_and_a_completion_of_one_flow_end_it_once,
 );
 
 fn put(family: &str, account: &str, role: FamilyRole) -> NewFamilyMember {
@@ -777,4 +778,46 @@ async fn begins_and_completions_on_the_same_two_accounts_never_deadlock(db: &Tes
         assert!(begun.unwrap().is_ok(), "round {round}");
         assert!(completed.unwrap().is_ok(), "round {round}");
     }
+}
+
+async fn concurrent_cancels_and_a_completion_of_one_flow_end_it_once(db: &TestDb) {
+    let s = Arc::new(db.storage.clone());
+    family(&s).await;
+    verified(&s, "af1", "org", "kid").await;
+    let mut tasks = JoinSet::new();
+    for i in 0..32 {
+        let s = Arc::clone(&s);
+        tasks.spawn(async move {
+            if i == 16 {
+                complete(&s, "af1", "org2", T0 + 2 * MIN).await.map(drop)
+            } else {
+                let actor = ["kid", "org", "org2"][i % 3];
+                s.cancel_assisted_recovery("af1", actor, T0 + 2 * MIN, |_| Effects {
+                    messages: vec![note("kid")],
+                    audit: vec![],
+                    events: vec![],
+                })
+                .await
+                .unwrap()
+                .map(drop)
+            }
+        });
+    }
+    let (mut ended, mut refused) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(()) => ended += 1,
+            Err(AssistedRefusal::Ended) => refused += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((ended, refused), (1, 31), "one step ends the flow");
+    assert_eq!(
+        s.claim_outbox("w", 100, MIN, T0 + 3 * MIN)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "one step's mail"
+    );
 }

@@ -38,11 +38,15 @@ pub struct ConnectOptions {
     pub sqlite_busy_timeout: Duration,
     /// PostgreSQL schema to use (its `search_path`); `None` for the server's default.
     pub schema: Option<String>,
+    /// Read-only connections opened beside the one SQLite writer (WAL mode lets them read
+    /// while it writes), for reads outside transactions. 0 reads on the writer. Ignored for
+    /// in-memory databases (each connection would be its own database) and PostgreSQL.
+    pub sqlite_readers: u32,
 }
 
 impl ConnectOptions {
     /// Defaults for `url`: 10 PostgreSQL connections, 5 s to connect, 1.5 s to get a
-    /// connection from the pool, 5 s SQLite busy timeout.
+    /// connection from the pool, 5 s SQLite busy timeout, 4 SQLite readers.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -51,6 +55,7 @@ impl ConnectOptions {
             acquire_timeout: Duration::from_millis(1500),
             sqlite_busy_timeout: Duration::from_secs(5),
             schema: None,
+            sqlite_readers: 4,
         }
     }
 }
@@ -70,6 +75,8 @@ pub enum SchemaStatus {
 #[derive(Debug, Clone)]
 pub struct Storage {
     db: DatabaseConnection,
+    /// Where reads outside transactions go: SQLite's read-only pool, else `db` itself.
+    reader: DatabaseConnection,
     backend: Backend,
     chain: Option<std::sync::Arc<dyn crate::AuditChainKeys>>,
 }
@@ -83,11 +90,15 @@ impl Storage {
         opts.connect_timeout(options.connect_timeout)
             .acquire_timeout(options.acquire_timeout)
             .sqlx_logging(false);
+        let mut readers = None;
         match backend {
             Backend::Sqlite => {
                 let busy = options.sqlite_busy_timeout;
                 opts.max_connections(1)
                     .min_connections(1)
+                    // A local file does not hang up: sqlx's ping before every acquire would
+                    // be one more hop to the connection's thread per statement.
+                    .test_before_acquire(false)
                     // An in-memory database lives as long as its one connection.
                     .idle_timeout(None)
                     .max_lifetime(None)
@@ -97,25 +108,48 @@ impl Storage {
                             .busy_timeout(busy)
                             .foreign_keys(true)
                     });
+                if options.sqlite_readers > 0 && sqlite_file_path(&options.url).is_some() {
+                    let mut read = sea_orm::ConnectOptions::new(options.url.clone());
+                    read.connect_timeout(options.connect_timeout)
+                        .acquire_timeout(options.acquire_timeout)
+                        .sqlx_logging(false)
+                        .max_connections(options.sqlite_readers)
+                        .min_connections(0)
+                        .test_before_acquire(false)
+                        // The journal mode is the writer's (WAL persists in the file); a
+                        // reader only reads.
+                        .map_sqlx_sqlite_opts(move |o| o.read_only(true).busy_timeout(busy));
+                    readers = Some(read);
+                }
             }
             Backend::Postgres => {
                 opts.max_connections(options.max_connections.max(1))
                     .min_connections(0)
+                    // sqlx pings every connection before handing it out: a round trip per
+                    // statement. Only a connection idle long enough to have been cut (by a
+                    // database restart, a proxy) is pinged; one cut while busy fails its
+                    // statement as unavailable and is dropped.
+                    .test_before_acquire_if_idle_for(Duration::from_secs(1))
                     .set_application_name("recovery-service");
                 if let Some(schema) = &options.schema {
                     opts.set_schema_search_path(schema.clone());
                 }
             }
         }
-        let db = Database::connect(opts).await.map_err(|err| {
-            match StorageError::from(err) {
-                // Any failure to open is "cannot reach the database" to the caller.
-                StorageError::Other(msg) => StorageError::Unavailable(msg),
-                other => other,
-            }
-        })?;
+        let unavailable = |err: sea_orm::DbErr| match StorageError::from(err) {
+            // Any failure to open is "cannot reach the database" to the caller.
+            StorageError::Other(msg) => StorageError::Unavailable(msg),
+            other => other,
+        };
+        // The writer first: with `mode=rwc` it creates the file the readers open.
+        let db = Database::connect(opts).await.map_err(unavailable)?;
+        let reader = match readers {
+            Some(read) => Database::connect(read).await.map_err(unavailable)?,
+            None => db.clone(),
+        };
         Ok(Self {
             db,
+            reader,
             backend,
             chain: None,
         })
@@ -137,6 +171,13 @@ impl Storage {
     /// The sea-orm connection, for the operations of this crate.
     pub(crate) fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// The connection for a read outside a transaction: one of SQLite's read-only
+    /// connections (a read never waits for the writer), else [`Self::db`]. A read here sees
+    /// every transaction committed before it started.
+    pub(crate) fn reader(&self) -> &DatabaseConnection {
+        &self.reader
     }
 
     /// The engine behind this handle.
@@ -198,6 +239,8 @@ impl Storage {
 
     /// Closes every pooled connection.
     pub async fn close(self) -> Result<(), StorageError> {
+        // The reader may be the writer itself: closing a pool twice is harmless.
+        self.reader.close().await?;
         self.db.close().await?;
         Ok(())
     }

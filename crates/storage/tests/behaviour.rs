@@ -1171,3 +1171,75 @@ async fn a_lock_event_is_written_with_the_lock_and_held_until_the_code_proves_wr
         .unwrap();
     assert_eq!(late[0].event_id, "evt_l3");
 }
+
+/// SQLite has one writer; reads outside a transaction go to read-only connections beside it,
+/// so a status read never queues behind a write waiting for the database (here: another
+/// process holds the write lock, and the service's own write waits on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_reads_do_not_queue_behind_the_writer() {
+    use sea_orm::{ConnectionTrait as _, Database, Statement, TransactionTrait as _};
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+    let storage = Storage::connect(&recovery_storage::ConnectOptions::new(url.clone()))
+        .await
+        .unwrap();
+    storage.migrate().await.unwrap();
+    storage
+        .put_recovery_code(enrollment("ann", "ann@example.com", "c1"), T0, |_| {
+            Effects::default()
+        })
+        .await
+        .unwrap();
+
+    // Another process takes the write lock and keeps it.
+    let other = Database::connect(&url).await.unwrap();
+    let held = other.begin().await.unwrap();
+    held.execute_raw(Statement::from_string(
+        held.get_database_backend(),
+        "UPDATE recovery_enrollments SET use_count = use_count WHERE account_id = 'ann'",
+    ))
+    .await
+    .unwrap();
+
+    // The service's writer now waits on it (busy timeout) with its one connection.
+    let writer = {
+        let storage = storage.clone();
+        tokio::spawn(async move { storage.hit_rate_limit("ip:203.0.113.7", HOUR, 5, T0).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !writer.is_finished(),
+        "the write should be waiting for the lock"
+    );
+
+    // Reads answer at once, and see what was committed.
+    for _ in 0..20 {
+        let found = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            storage.find_enrollment("ann"),
+        )
+        .await
+        .expect("a read waited for the writer")
+        .unwrap()
+        .unwrap();
+        assert_eq!(found.code.unwrap().code_id, "c1");
+        let events = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            storage.list_audit_events("ann", None, 20),
+        )
+        .await
+        .expect("a read waited for the writer")
+        .unwrap();
+        assert!(events.is_empty());
+    }
+
+    // The lock goes away: the waiting write completes.
+    held.rollback().await.unwrap();
+    assert_eq!(
+        writer.await.unwrap().unwrap(),
+        RateDecision::Allowed { count: 1 }
+    );
+    other.close().await.unwrap();
+    storage.close().await.unwrap();
+}

@@ -141,12 +141,12 @@ impl Storage {
         &self,
         assisted_flow_id: &str,
     ) -> Result<Option<AssistedFlow>, StorageError> {
-        Ok(
-            assisted_flow::Entity::find_by_id(assisted_flow_id.to_owned())
-                .one(self.db())
-                .await?
-                .map(to_assisted),
+        Ok(super::by_key(
+            assisted_flow::Entity::find_by_id(assisted_flow_id.to_owned()),
+            self.reader(),
         )
+        .await?
+        .map(to_assisted))
     }
 
     /// Counts one code submission against the flow's `cap` before any comparison, with the
@@ -220,18 +220,20 @@ impl Storage {
         effects: impl FnOnce(&AssistedCompletion) -> R,
     ) -> Result<Result<AssistedCompletion, AssistedRefusal>, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
-        let Some(flow) = assisted_flow::Entity::find_by_id(assisted_flow_id.to_owned())
-            .one(&txn)
-            .await?
-            .map(to_assisted)
-        else {
+        let Some(flow) = super::by_key(
+            assisted_flow::Entity::find_by_id(assisted_flow_id.to_owned()),
+            &txn,
+        )
+        .await?
+        .map(to_assisted) else {
             return Ok(Err(AssistedRefusal::NotFound));
         };
         // Lock order as `recover_account`: the member's enrollment first.
-        let enrollment = enrollment::Entity::find_by_id(flow.member_account_id.clone())
-            .lock_exclusive()
-            .one(&txn)
-            .await?;
+        let enrollment = super::by_key(
+            enrollment::Entity::find_by_id(flow.member_account_id.clone()).lock_exclusive(),
+            &txn,
+        )
+        .await?;
         // Then both membership rows, shared and in account-id order (as begin takes them), so
         // that a concurrent removal or move waits for this completion, or this one sees it.
         let rows = lock_memberships(
@@ -338,11 +340,12 @@ impl Storage {
         effects: impl FnOnce(&AssistedCancellation) -> R,
     ) -> Result<Result<AssistedCancellation, AssistedRefusal>, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
-        let Some(flow) = assisted_flow::Entity::find_by_id(assisted_flow_id.to_owned())
-            .one(&txn)
-            .await?
-            .map(to_assisted)
-        else {
+        let Some(flow) = super::by_key(
+            assisted_flow::Entity::find_by_id(assisted_flow_id.to_owned()),
+            &txn,
+        )
+        .await?
+        .map(to_assisted) else {
             return Ok(Err(AssistedRefusal::NotFound));
         };
         if account_id != flow.member_account_id
@@ -364,11 +367,13 @@ impl Storage {
         let Some(flow) = ended.into_iter().next() else {
             return Ok(Err(AssistedRefusal::Ended));
         };
-        let member = family_member::Entity::find_by_id(flow.member_account_id.clone())
-            .one(&txn)
-            .await?
-            .and_then(to_member)
-            .filter(|m| m.family_id == flow.family_id);
+        let member = super::by_key(
+            family_member::Entity::find_by_id(flow.member_account_id.clone()),
+            &txn,
+        )
+        .await?
+        .and_then(to_member)
+        .filter(|m| m.family_id == flow.family_id);
         let cancellation = AssistedCancellation {
             parties: AssistedParties {
                 member,
@@ -439,12 +444,13 @@ async fn is_organizer_of<C: ConnectionTrait>(
     account_id: &str,
     family_id: &str,
 ) -> Result<bool, StorageError> {
-    Ok(family_member::Entity::find_by_id(account_id.to_owned())
-        .lock_shared()
-        .one(txn)
-        .await?
-        .and_then(to_member)
-        .is_some_and(|m: FamilyMember| m.family_id == family_id && m.role == FamilyRole::Organizer))
+    Ok(super::by_key(
+        family_member::Entity::find_by_id(account_id.to_owned()).lock_shared(),
+        txn,
+    )
+    .await?
+    .and_then(to_member)
+    .is_some_and(|m: FamilyMember| m.family_id == family_id && m.role == FamilyRole::Organizer))
 }
 
 /// `Some(retry_after_ms)` when `limit` flows matching `column = id` began within the window

@@ -50,12 +50,12 @@ impl Storage {
         let rows = audit_event::Entity::find()
             .filter(A::AccountId.eq(account_id))
             .order_by_asc(A::Seq)
-            .all(self.db())
+            .all(self.reader())
             .await?;
         let legacy_max_seq = self
-            .db()
+            .reader()
             .query_one_raw(sea_orm::Statement::from_string(
-                self.db().get_database_backend(),
+                self.reader().get_database_backend(),
                 "SELECT legacy_max_seq FROM audit_chain_meta WHERE id = 1",
             ))
             .await?
@@ -113,7 +113,7 @@ impl Storage {
         let rows = query
             .order_by_desc(A::Seq)
             .limit(limit)
-            .all(self.db())
+            .all(self.reader())
             .await?;
         rows.into_iter()
             .map(|row| {

@@ -28,10 +28,11 @@ impl Storage {
         effects: impl FnOnce(&PutOutcome) -> R,
     ) -> Result<PutOutcome, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
-        let existing = enrollment::Entity::find_by_id(new.account_id.clone())
-            .lock_exclusive()
-            .one(&txn)
-            .await?;
+        let existing = super::by_key(
+            enrollment::Entity::find_by_id(new.account_id.clone()).lock_exclusive(),
+            &txn,
+        )
+        .await?;
         let code = new.code;
         let outcome = match existing {
             Some(row) => {
@@ -194,10 +195,12 @@ impl Storage {
         &self,
         account_id: &str,
     ) -> Result<Option<Enrollment>, StorageError> {
-        Ok(enrollment::Entity::find_by_id(account_id.to_owned())
-            .one(self.db())
-            .await?
-            .map(to_enrollment))
+        Ok(super::by_key(
+            enrollment::Entity::find_by_id(account_id.to_owned()),
+            self.reader(),
+        )
+        .await?
+        .map(to_enrollment))
     }
 
     /// The live enrollment whose email has this lookup form.
@@ -209,7 +212,7 @@ impl Storage {
         Ok(enrollment::Entity::find()
             .filter(C::EmailLookup.eq(email_lookup))
             .filter(C::CodeHash.is_not_null())
-            .one(self.db())
+            .one(self.reader())
             .await?
             .map(to_enrollment))
     }
@@ -221,12 +224,13 @@ async fn lock_live(
     txn: &sea_orm::DatabaseTransaction,
     account_id: &str,
 ) -> Result<enrollment::Model, StorageError> {
-    enrollment::Entity::find_by_id(account_id.to_owned())
-        .lock_exclusive()
-        .one(txn)
-        .await?
-        .filter(|row| row.code_hash.is_some())
-        .ok_or(StorageError::NotFound)
+    super::by_key(
+        enrollment::Entity::find_by_id(account_id.to_owned()).lock_exclusive(),
+        txn,
+    )
+    .await?
+    .filter(|row| row.code_hash.is_some())
+    .ok_or(StorageError::NotFound)
 }
 
 pub(crate) fn to_enrollment(row: enrollment::Model) -> Enrollment {

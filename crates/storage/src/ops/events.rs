@@ -165,7 +165,7 @@ impl Storage {
             .column_as(Expr::col(V::CreatedAt).min(), "oldest")
             .filter(V::Status.ne(SENT))
             .into_tuple()
-            .one(self.db())
+            .one(self.reader())
             .await?
             .unwrap_or((0, None));
         Ok(EventStats {

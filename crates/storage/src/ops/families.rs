@@ -34,11 +34,12 @@ impl Storage {
         effects: impl FnOnce(&PutMemberOutcome) -> R,
     ) -> Result<PutMemberOutcome, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
-        let previous = family_member::Entity::find_by_id(new.account_id.clone())
-            .lock_exclusive()
-            .one(&txn)
-            .await?
-            .and_then(to_member);
+        let previous = super::by_key(
+            family_member::Entity::find_by_id(new.account_id.clone()).lock_exclusive(),
+            &txn,
+        )
+        .await?
+        .and_then(to_member);
         // One statement either way, so two first puts racing both land (the later wins).
         family_member::Entity::insert(family_member::ActiveModel {
             account_id: Set(new.account_id.clone()),
@@ -60,11 +61,13 @@ impl Storage {
         )
         .exec(&txn)
         .await?;
-        let member = family_member::Entity::find_by_id(new.account_id.clone())
-            .one(&txn)
-            .await?
-            .and_then(to_member)
-            .ok_or_else(|| StorageError::Other("a put family member is not stored".into()))?;
+        let member = super::by_key(
+            family_member::Entity::find_by_id(new.account_id.clone()),
+            &txn,
+        )
+        .await?
+        .and_then(to_member)
+        .ok_or_else(|| StorageError::Other("a put family member is not stored".into()))?;
         let ended = end_flows_involving(&txn, &new.account_id, now).await?;
         let outcome = PutMemberOutcome {
             previous,
@@ -94,13 +97,14 @@ impl Storage {
         effects: impl FnOnce(&RemovedMember) -> R,
     ) -> Result<RemovedMember, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
-        let member = family_member::Entity::find_by_id(account_id.to_owned())
-            .lock_exclusive()
-            .one(&txn)
-            .await?
-            .filter(|row| row.family_id == family_id)
-            .and_then(to_member)
-            .ok_or(StorageError::NotFound)?;
+        let member = super::by_key(
+            family_member::Entity::find_by_id(account_id.to_owned()).lock_exclusive(),
+            &txn,
+        )
+        .await?
+        .filter(|row| row.family_id == family_id)
+        .and_then(to_member)
+        .ok_or(StorageError::NotFound)?;
         let deleted = family_member::Entity::delete_many()
             .filter(M::AccountId.eq(account_id))
             .filter(M::FamilyId.eq(family_id))
@@ -129,10 +133,12 @@ impl Storage {
         &self,
         account_id: &str,
     ) -> Result<Option<FamilyMember>, StorageError> {
-        Ok(family_member::Entity::find_by_id(account_id.to_owned())
-            .one(self.db())
-            .await?
-            .and_then(to_member))
+        Ok(super::by_key(
+            family_member::Entity::find_by_id(account_id.to_owned()),
+            self.reader(),
+        )
+        .await?
+        .and_then(to_member))
     }
 
     /// Every member of the family (organizers first, then by account id), whether each has a
@@ -143,7 +149,7 @@ impl Storage {
         family_id: &str,
         now: i64,
     ) -> Result<Vec<MemberRecoveryStatus>, StorageError> {
-        let members = family_members(self.db(), family_id).await?;
+        let members = family_members(self.reader(), family_id).await?;
         let ids: Vec<String> = members.iter().map(|m| m.account_id.clone()).collect();
         let enrolled: Vec<String> = enrollment::Entity::find()
             .select_only()

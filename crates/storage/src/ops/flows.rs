@@ -60,10 +60,11 @@ impl Storage {
     /// The flow with this id.
     #[tracing::instrument(name = "db.find_flow", skip_all)]
     pub async fn find_flow(&self, flow_id: &str) -> Result<Option<Flow>, StorageError> {
-        Ok(flow::Entity::find_by_id(flow_id.to_owned())
-            .one(self.db())
-            .await?
-            .map(to_flow))
+        Ok(
+            super::by_key(flow::Entity::find_by_id(flow_id.to_owned()), self.reader())
+                .await?
+                .map(to_flow),
+        )
     }
 
     /// Counts one submission against the flow's `cap` for `kind`, before any comparison.
@@ -177,15 +178,15 @@ impl Storage {
         let txn = self.db().begin().await?;
         // Lock order: the enrollment, then the flow (as every other operation), so that a
         // completion never deadlocks with a submission being counted.
-        if let Some(account_id) = flow::Entity::find_by_id(flow_id.to_owned())
-            .one(&txn)
+        if let Some(account_id) = super::by_key(flow::Entity::find_by_id(flow_id.to_owned()), &txn)
             .await?
             .and_then(|f| f.account_id)
         {
-            enrollment::Entity::find_by_id(account_id)
-                .lock_exclusive()
-                .one(&txn)
-                .await?;
+            super::by_key(
+                enrollment::Entity::find_by_id(account_id).lock_exclusive(),
+                &txn,
+            )
+            .await?;
         }
         let completed = flow::Entity::update_many()
             .col_expr(F::CompletedAt, Expr::value(Some(now)))
@@ -215,8 +216,7 @@ impl Storage {
             )
             .await?;
         }
-        let locked = enrollment::Entity::find_by_id(account_id.clone())
-            .one(&txn)
+        let locked = super::by_key(enrollment::Entity::find_by_id(account_id.clone()), &txn)
             .await?
             .and_then(|e| e.locked_until)
             .filter(|until| *until > now);
@@ -264,10 +264,12 @@ impl Storage {
         .await?;
         let (member, organizers) = match ended_assisted.first() {
             Some(flow) => (
-                crate::entity::family_member::Entity::find_by_id(account_id.clone())
-                    .one(&txn)
-                    .await?
-                    .and_then(super::families::to_member),
+                super::by_key(
+                    crate::entity::family_member::Entity::find_by_id(account_id.clone()),
+                    &txn,
+                )
+                .await?
+                .and_then(super::families::to_member),
                 super::families::organizers_of(&txn, &flow.family_id).await?,
             ),
             None => (None, Vec::new()),
@@ -301,10 +303,11 @@ impl Storage {
         held_event: Option<&str>,
     ) -> Result<(), StorageError> {
         let txn = self.db().begin().await?;
-        enrollment::Entity::find_by_id(account_id.to_owned())
-            .lock_exclusive()
-            .one(&txn)
-            .await?;
+        super::by_key(
+            enrollment::Entity::find_by_id(account_id.to_owned()).lock_exclusive(),
+            &txn,
+        )
+        .await?;
         give_back(&txn, account_id, failure_id, own_lock, held_event).await?;
         txn.commit().await?;
         Ok(())
@@ -327,10 +330,11 @@ impl Storage {
     ) -> Result<AttemptReservation, StorageError> {
         let txn = self.db().begin().await?;
         // Serialise submissions per account (PostgreSQL row lock; SQLite has one writer).
-        let enrollment = enrollment::Entity::find_by_id(account_id.to_owned())
-            .lock_exclusive()
-            .one(&txn)
-            .await?;
+        let enrollment = super::by_key(
+            enrollment::Entity::find_by_id(account_id.to_owned()).lock_exclusive(),
+            &txn,
+        )
+        .await?;
         if let Some(until) = enrollment
             .and_then(|e| e.locked_until)
             .filter(|until| *until > now)
@@ -422,10 +426,11 @@ impl Storage {
         let txn = self.db().begin().await?;
         // Serialise failures per account: concurrent failures must not each count one short
         // of the threshold and all miss the lock.
-        enrollment::Entity::find_by_id(account_id.to_owned())
-            .lock_exclusive()
-            .one(&txn)
-            .await?;
+        super::by_key(
+            enrollment::Entity::find_by_id(account_id.to_owned()).lock_exclusive(),
+            &txn,
+        )
+        .await?;
         failure::Entity::insert(failure::ActiveModel {
             account_id: Set(account_id.to_owned()),
             flow_id: Set(flow_id.to_owned()),

@@ -25,6 +25,21 @@ use crate::{
 
 pub use cleanup::CleanupReport;
 
+/// The row a primary-key lookup finds, if any. `Select::one` appends `LIMIT ?`, and SQLite's
+/// planner reads a bound LIMIT's value: each new binding expires the cached statement, so every
+/// execution was parsed and planned again (a tenth of a status read's time). A key matches at
+/// most one row, so the lookup needs no LIMIT.
+pub(crate) async fn by_key<E, C>(
+    select: sea_orm::Select<E>,
+    db: &C,
+) -> Result<Option<E::Model>, sea_orm::DbErr>
+where
+    E: sea_orm::EntityTrait,
+    C: ConnectionTrait,
+{
+    Ok(select.all(db).await?.into_iter().next())
+}
+
 /// What a change's effects callback may return: the effects, or its own error (then the whole
 /// change rolls back, so no change is stored without its notice and audit).
 pub trait IntoEffects {

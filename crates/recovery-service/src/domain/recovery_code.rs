@@ -154,8 +154,9 @@ impl Recovery {
         })
     }
 
-    /// Whether the account has a live code, and its usage. Never the code.
-    #[tracing::instrument(name = "domain.get_recovery_status", skip_all)]
+    /// Whether the account has a live code, and its usage. Never the code. No span of its own:
+    /// it is one read, whose `db.find_enrollment` span is the RPC span's only child (a third
+    /// span per call cost 4 % of the calls/s with export on).
     pub async fn get_recovery_status(&self, account_id: &str) -> Result<Status> {
         let account_id = validate_account_id(account_id)?;
         let now = self.now();

@@ -77,9 +77,6 @@ type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 /// Admitted requests per hashing thread.
 const PERMITS_PER_THREAD: usize = 2;
 
-/// How long the pool counts as overloaded after it refused a call.
-const SHED_FOR: Duration = Duration::from_secs(1);
-
 /// Counters for metrics.
 #[derive(Debug, Default)]
 pub struct PoolStats {
@@ -109,11 +106,6 @@ struct Inner {
     threads: usize,
     admission_wait: Duration,
     params: HashParams,
-    /// When the pool started; `shed_until_ms` counts from it.
-    started: tokio::time::Instant,
-    /// Until when (ms after `started`) a call is admitted only if a permit is free at once:
-    /// set by every refusal, for [`SHED_FOR`].
-    shed_until_ms: AtomicU64,
 }
 
 /// The right to run one hash on the pool, held across the calls of one request and by each
@@ -190,8 +182,6 @@ impl Hasher {
                 threads,
                 admission_wait,
                 params,
-                started: tokio::time::Instant::now(),
-                shed_until_ms: AtomicU64::new(0),
             }),
         })
     }
@@ -219,21 +209,10 @@ impl Hasher {
     /// Waits briefly for a free hashing thread; [`Error::Overloaded`] when none frees up.
     /// A caller who would wait longer than the admission wait (the callers ahead of it, at
     /// the pool's average permit hold, cannot be through in time) is refused at once rather
-    /// than after waiting for nothing. Within a second of a refusal the pool counts as
-    /// overloaded and admits only callers who find a permit free: a queue then adds latency
-    /// to the calls that get through and no throughput (the threads are busy anyway, with a
-    /// second request queued behind each), so the admitted calls stay as fast as a full pool
-    /// allows while the refusals carry the excess.
+    /// than after waiting for nothing.
     #[tracing::instrument(name = "argon2.admit", skip_all)]
     pub async fn admit(&self) -> Result<HashPermit, Error> {
         let stats = self.stats();
-        let now_ms = self.now_ms();
-        if now_ms < self.inner.shed_until_ms.load(Ordering::Relaxed) {
-            return match Arc::clone(&self.inner.permits).try_acquire_owned() {
-                Ok(permit) => Ok(self.admitted(permit)),
-                Err(_) => Err(self.refuse(now_ms)),
-            };
-        }
         let ahead = stats.waiting.fetch_add(1, Ordering::Relaxed);
         if self.inner.permits.available_permits() == 0 {
             let hold = Duration::from_micros(stats.hold_us.load(Ordering::Relaxed));
@@ -242,7 +221,8 @@ impl Hasher {
             let expected = hold.saturating_mul(rounds) / permits.max(1);
             if expected > self.inner.admission_wait {
                 stats.waiting.fetch_sub(1, Ordering::Relaxed);
-                return Err(self.refuse(now_ms));
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Overloaded);
             }
         }
         let acquired = tokio::time::timeout(
@@ -252,33 +232,21 @@ impl Hasher {
         .await;
         stats.waiting.fetch_sub(1, Ordering::Relaxed);
         match acquired {
-            Ok(Ok(permit)) => Ok(self.admitted(permit)),
-            _ => Err(self.refuse(self.now_ms())),
+            Ok(Ok(permit)) => {
+                stats.admitted.fetch_add(1, Ordering::Relaxed);
+                Ok(HashPermit {
+                    permit: Arc::new(Held {
+                        _permit: permit,
+                        since: std::time::Instant::now(),
+                        stats: Arc::clone(&self.inner.stats_shared),
+                    }),
+                })
+            }
+            _ => {
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(Error::Overloaded)
+            }
         }
-    }
-
-    /// Milliseconds since the pool started.
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn admitted(&self, permit: OwnedSemaphorePermit) -> HashPermit {
-        self.stats().admitted.fetch_add(1, Ordering::Relaxed);
-        HashPermit {
-            permit: Arc::new(Held {
-                _permit: permit,
-                since: std::time::Instant::now(),
-                stats: Arc::clone(&self.inner.stats_shared),
-            }),
-        }
-    }
-
-    /// Counts a refusal and sheds for the next [`SHED_FOR`].
-    fn refuse(&self, now_ms: u64) -> Error {
-        self.stats().rejected.fetch_add(1, Ordering::Relaxed);
-        let until = now_ms.saturating_add(u64::try_from(SHED_FOR.as_millis()).unwrap_or(0));
-        self.inner.shed_until_ms.fetch_max(until, Ordering::Relaxed);
-        Error::Overloaded
     }
 
     /// Hashes `secret` with a fresh salt under `key`'s pepper: a PHC string.
@@ -504,44 +472,6 @@ mod tests {
         assert!(
             first.await.unwrap().is_ok(),
             "the first in line was admitted"
-        );
-        drop(b);
-    }
-
-    /// After a refusal the pool sheds for a second: a call that would have to wait is refused
-    /// at once, a call that finds a permit free is admitted; then calls wait again.
-    #[tokio::test(start_paused = true)]
-    async fn after_a_refusal_only_a_free_permit_admits_for_a_second() {
-        let pool = Hasher::new(1, small(), Duration::from_millis(50)).unwrap();
-        let (a, b) = (pool.admit().await.unwrap(), pool.admit().await.unwrap());
-        // Full: this one waits the 50 ms and is refused.
-        let asked = tokio::time::Instant::now();
-        assert_eq!(pool.admit().await.unwrap_err(), Error::Overloaded);
-        assert_eq!(asked.elapsed(), Duration::from_millis(50));
-        // Shedding: refused without waiting, even though a permit frees up 10 ms later.
-        let release = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            drop(a);
-        });
-        let asked = tokio::time::Instant::now();
-        assert_eq!(pool.admit().await.unwrap_err(), Error::Overloaded);
-        assert_eq!(asked.elapsed(), Duration::ZERO);
-        release.await.unwrap();
-        // A free permit is still taken at once while shedding.
-        let a = pool.admit().await.unwrap();
-        assert_eq!(pool.stats().rejected.load(Ordering::Relaxed), 2);
-        // A second after the last refusal the pool waits again: a permit freed within the
-        // admission wait admits the caller.
-        tokio::time::sleep(SHED_FOR).await;
-        let waiting = {
-            let pool = pool.clone();
-            tokio::spawn(async move { pool.admit().await.map(drop) })
-        };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        drop(a);
-        assert!(
-            waiting.await.unwrap().is_ok(),
-            "the caller waited and was admitted"
         );
         drop(b);
     }

@@ -187,12 +187,15 @@ impl Storage {
 
     /// A cheap round trip: `Ok` when the database answers.
     pub async fn ping(&self) -> Result<(), StorageError> {
-        self.db
-            .query_one_raw(Statement::from_string(
-                self.db.get_database_backend(),
+        // The writer, and SQLite's readers when they are a pool of their own: either failing
+        // means calls fail.
+        for db in [&self.db, &self.reader] {
+            db.query_one_raw(Statement::from_string(
+                db.get_database_backend(),
                 "SELECT 1",
             ))
             .await?;
+        }
         Ok(())
     }
 
@@ -302,7 +305,11 @@ pub fn sqlite_file_path(url: &str) -> Option<PathBuf> {
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or_default();
-    if path.is_empty() || path == ":memory:" || rest.contains("mode=memory") {
+    if path.is_empty()
+        || path == ":memory:"
+        || rest.contains("mode=memory")
+        || (path.starts_with("file:") && path.contains(":memory:"))
+    {
         return None;
     }
     Some(PathBuf::from(path))
@@ -314,6 +321,8 @@ mod tests {
 
     #[test]
     fn sqlite_paths_are_read_from_urls() {
+        assert_eq!(sqlite_file_path("sqlite:file::memory:?cache=shared"), None);
+        assert_eq!(sqlite_file_path("sqlite::memory:"), None);
         assert_eq!(
             sqlite_file_path("sqlite://recovery.db?mode=rwc"),
             Some(PathBuf::from("recovery.db"))

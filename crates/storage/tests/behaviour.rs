@@ -1243,3 +1243,24 @@ async fn sqlite_reads_do_not_queue_behind_the_writer() {
     other.close().await.unwrap();
     storage.close().await.unwrap();
 }
+
+/// An in-memory database written as a `file:` URI is one database: reads see the writer's
+/// schema and rows (read-only connections would each open an empty one).
+#[tokio::test]
+async fn a_shared_memory_sqlite_url_reads_what_it_wrote() {
+    let url = "sqlite:file::memory:?cache=shared";
+    let storage = Storage::connect(&recovery_storage::ConnectOptions::new(url))
+        .await
+        .unwrap();
+    storage.migrate().await.unwrap();
+    storage
+        .put_recovery_code(enrollment("ann", "ann@example.com", "c1"), T0, |_| {
+            Effects::default()
+        })
+        .await
+        .unwrap();
+    let found = storage.find_enrollment("ann").await.unwrap().unwrap();
+    assert_eq!(found.code.unwrap().code_id, "c1");
+    storage.ping().await.unwrap();
+    storage.close().await.unwrap();
+}

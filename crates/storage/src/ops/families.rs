@@ -157,7 +157,7 @@ impl Storage {
             .filter(enrollment::Column::AccountId.is_in(ids.clone()))
             .filter(enrollment::Column::CodeHash.is_not_null())
             .into_tuple()
-            .all(self.db())
+            .all(self.reader())
             .await?;
         let pending: Vec<String> = assisted_flow::Entity::find()
             .select_only()
@@ -167,7 +167,7 @@ impl Storage {
             .filter(A::EndedAt.is_null())
             .filter(A::ExpiresAt.gt(now))
             .into_tuple()
-            .all(self.db())
+            .all(self.reader())
             .await?;
         Ok(members
             .into_iter()

@@ -52,7 +52,10 @@ impl Storage {
             )
             .returning_col(R::Count)
             .to_owned();
-        match self.db().query_one(&statement).await? {
+        // All rows, not `query_one`: a statement stopped after its first row is only reset,
+        // and SQLite skips its automatic checkpoint for a commit made that way (a stream of
+        // such hits grew the WAL without bound).
+        match self.db().query_all(&statement).await?.into_iter().next() {
             Some(row) => Ok(RateDecision::Allowed {
                 count: row.try_get_by_index::<i64>(0)?,
             }),

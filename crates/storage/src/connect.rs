@@ -75,8 +75,8 @@ pub enum SchemaStatus {
 #[derive(Debug, Clone)]
 pub struct Storage {
     db: DatabaseConnection,
-    /// Where reads outside transactions go: SQLite's read-only pool, else `db` itself.
-    reader: DatabaseConnection,
+    /// SQLite's read-only pool, where reads outside transactions go; `None`: they go to `db`.
+    readers: Option<DatabaseConnection>,
     backend: Backend,
     chain: Option<std::sync::Arc<dyn crate::AuditChainKeys>>,
 }
@@ -90,7 +90,7 @@ impl Storage {
         opts.connect_timeout(options.connect_timeout)
             .acquire_timeout(options.acquire_timeout)
             .sqlx_logging(false);
-        let mut readers = None;
+        let mut reader_options = None;
         match backend {
             Backend::Sqlite => {
                 let busy = options.sqlite_busy_timeout;
@@ -119,7 +119,7 @@ impl Storage {
                         // The journal mode is the writer's (WAL persists in the file); a
                         // reader only reads.
                         .map_sqlx_sqlite_opts(move |o| o.read_only(true).busy_timeout(busy));
-                    readers = Some(read);
+                    reader_options = Some(read);
                 }
             }
             Backend::Postgres => {
@@ -143,13 +143,13 @@ impl Storage {
         };
         // The writer first: with `mode=rwc` it creates the file the readers open.
         let db = Database::connect(opts).await.map_err(unavailable)?;
-        let reader = match readers {
-            Some(read) => Database::connect(read).await.map_err(unavailable)?,
-            None => db.clone(),
+        let readers = match reader_options {
+            Some(read) => Some(Database::connect(read).await.map_err(unavailable)?),
+            None => None,
         };
         Ok(Self {
             db,
-            reader,
+            readers,
             backend,
             chain: None,
         })
@@ -177,7 +177,7 @@ impl Storage {
     /// connections (a read never waits for the writer), else [`Self::db`]. A read here sees
     /// every transaction committed before it started.
     pub(crate) fn reader(&self) -> &DatabaseConnection {
-        &self.reader
+        self.readers.as_ref().unwrap_or(&self.db)
     }
 
     /// The engine behind this handle.
@@ -187,9 +187,8 @@ impl Storage {
 
     /// A cheap round trip: `Ok` when the database answers.
     pub async fn ping(&self) -> Result<(), StorageError> {
-        // The writer, and SQLite's readers when they are a pool of their own: either failing
-        // means calls fail.
-        for db in [&self.db, &self.reader] {
+        // The writer, and SQLite's readers: either failing means calls fail.
+        for db in std::iter::once(&self.db).chain(&self.readers) {
             db.query_one_raw(Statement::from_string(
                 db.get_database_backend(),
                 "SELECT 1",
@@ -242,8 +241,9 @@ impl Storage {
 
     /// Closes every pooled connection.
     pub async fn close(self) -> Result<(), StorageError> {
-        // The reader may be the writer itself: closing a pool twice is harmless.
-        self.reader.close().await?;
+        if let Some(readers) = self.readers {
+            readers.close().await?;
+        }
         self.db.close().await?;
         Ok(())
     }

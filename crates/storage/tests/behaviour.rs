@@ -1172,16 +1172,9 @@ async fn a_lock_event_is_written_with_the_lock_and_held_until_the_code_proves_wr
     assert_eq!(late[0].event_id, "evt_l3");
 }
 
-/// SQLite has one writer; reads outside a transaction go to read-only connections beside it,
-/// so a status read never queues behind a write waiting for the database (here: another
-/// process holds the write lock, and the service's own write waits on it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_reads_do_not_queue_behind_the_writer() {
-    use sea_orm::{ConnectionTrait as _, Database, Statement, TransactionTrait as _};
-
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
-    let storage = Storage::connect(&recovery_storage::ConnectOptions::new(url.clone()))
+/// A migrated database at `url` where "ann" has code "c1".
+async fn migrated_with_ann(url: &str) -> Storage {
+    let storage = Storage::connect(&recovery_storage::ConnectOptions::new(url))
         .await
         .unwrap();
     storage.migrate().await.unwrap();
@@ -1191,6 +1184,19 @@ async fn sqlite_reads_do_not_queue_behind_the_writer() {
         })
         .await
         .unwrap();
+    storage
+}
+
+/// SQLite has one writer; reads outside a transaction go to read-only connections beside it,
+/// so a status read never queues behind a write waiting for the database (here: another
+/// process holds the write lock, and the service's own write waits on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_reads_do_not_queue_behind_the_writer() {
+    use sea_orm::{ConnectionTrait as _, Database, Statement, TransactionTrait as _};
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+    let storage = migrated_with_ann(&url).await;
 
     // Another process takes the write lock and keeps it.
     let other = Database::connect(&url).await.unwrap();
@@ -1248,17 +1254,7 @@ async fn sqlite_reads_do_not_queue_behind_the_writer() {
 /// schema and rows (read-only connections would each open an empty one).
 #[tokio::test]
 async fn a_shared_memory_sqlite_url_reads_what_it_wrote() {
-    let url = "sqlite:file::memory:?cache=shared";
-    let storage = Storage::connect(&recovery_storage::ConnectOptions::new(url))
-        .await
-        .unwrap();
-    storage.migrate().await.unwrap();
-    storage
-        .put_recovery_code(enrollment("ann", "ann@example.com", "c1"), T0, |_| {
-            Effects::default()
-        })
-        .await
-        .unwrap();
+    let storage = migrated_with_ann("sqlite:file::memory:?cache=shared").await;
     let found = storage.find_enrollment("ann").await.unwrap().unwrap();
     assert_eq!(found.code.unwrap().code_id, "c1");
     storage.ping().await.unwrap();

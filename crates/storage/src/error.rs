@@ -10,8 +10,8 @@ pub enum ConflictKind {
     AddressInUse,
     /// Another unique key: a row another writer inserted first (retrying sees it).
     Duplicate,
-    /// A serialization failure or deadlock (40001, 40P01), or a row that changed under a
-    /// conditional update: retrying may succeed.
+    /// A serialization failure or deadlock (40001, 40P01), SQLite's `SQLITE_BUSY_SNAPSHOT`, or
+    /// a row that changed under a conditional update: retrying may succeed.
     Transient,
 }
 
@@ -83,6 +83,18 @@ fn classify(err: &DbErr) -> Option<StorageError> {
         })
 }
 
+/// SQLite's extended result code of a database error (sqlx reports the extended code, e.g.
+/// 517 `SQLITE_BUSY_SNAPSHOT`, whose primary code is its low byte, 5 `SQLITE_BUSY`); `None` for
+/// another database.
+fn sqlite_code(db: &dyn sea_orm::sqlx::error::DatabaseError) -> Option<i32> {
+    db.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()?;
+    db.code()?.parse().ok()
+}
+
+/// `SQLITE_BUSY_SNAPSHOT`: a transaction that read an older snapshot tried to write after
+/// another connection committed; the transaction must start again.
+const SQLITE_BUSY_SNAPSHOT: i32 = 517;
+
 fn sqlx_unavailable(err: &sea_orm::sqlx::Error) -> Option<String> {
     use sea_orm::sqlx::Error;
     match err {
@@ -92,16 +104,24 @@ fn sqlx_unavailable(err: &sea_orm::sqlx::Error) -> Option<String> {
         Error::PoolClosed => Some("connection pool closed".into()),
         Error::WorkerCrashed => Some("database worker crashed".into()),
         Error::Database(db) => {
-            let code = db.code()?;
-            // PostgreSQL: class 08 connection exceptions, 57P01-57P03 shutdown and start-up,
-            // 53300 too many connections. SQLite: 5 SQLITE_BUSY, 6 SQLITE_LOCKED after the
-            // busy timeout.
-            let unavailable = code.starts_with("08")
-                || matches!(
-                    code.as_ref(),
-                    "57P01" | "57P02" | "57P03" | "53300" | "5" | "6"
-                );
-            unavailable.then(|| format!("database refused the connection ({code})"))
+            let unavailable = if let Some(extended) = sqlite_code(db.as_ref()) {
+                // SQLITE_BUSY (5) and SQLITE_LOCKED (6) with any extended code (261
+                // BUSY_RECOVERY, 773 BUSY_TIMEOUT, 262 LOCKED_SHAREDCACHE, ...) after the busy
+                // timeout; BUSY_SNAPSHOT is a conflict (see `sqlx_conflict`).
+                extended != SQLITE_BUSY_SNAPSHOT && matches!(extended & 0xff, 5 | 6)
+            } else {
+                // PostgreSQL: class 08 connection exceptions, 57P01-57P03 shutdown and
+                // start-up, 53300 too many connections.
+                let code = db.code()?;
+                code.starts_with("08")
+                    || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+            };
+            unavailable.then(|| {
+                format!(
+                    "database refused the connection ({})",
+                    db.code().unwrap_or_default()
+                )
+            })
         }
         _ => None,
     }
@@ -120,7 +140,9 @@ fn sqlx_conflict(err: &sea_orm::sqlx::Error) -> Option<(ConflictKind, String)> {
         } else {
             ConflictKind::Duplicate
         }
-    } else if matches!(db.code().as_deref(), Some("40001" | "40P01")) {
+    } else if matches!(db.code().as_deref(), Some("40001" | "40P01"))
+        || sqlite_code(db.as_ref()) == Some(SQLITE_BUSY_SNAPSHOT)
+    {
         ConflictKind::Transient
     } else {
         return None;

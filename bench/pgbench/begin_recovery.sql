@@ -6,8 +6,10 @@
 --   1-3. three rate-limit hits (per IP per minute, per IP per hour, per email per hour), each an
 --        upsert in its own implicit transaction;
 --   4.   the enrollment lookup by canonical email;
---   5.   one transaction: the flow, its two outbox rows (written `void` for an unknown email),
---        and the audit event.
+--   5.   one transaction: the flow; the advisory lock that orders one address's audit events
+--        (the keyed hash of the typed address: apply_effects in ops/mod.rs); its two outbox
+--        rows (written `void` for an unknown email); the audit chain's previous link (the
+--        newest event of the account, '' for an unknown email) and the audit event with its link.
 -- Keys are random so that, like the tool's calls, no two transactions share a row; they have the
 -- service's shape and length but `-` for `:` (pgbench would read `:name` as a variable).
 --
@@ -43,11 +45,14 @@ BEGIN;
 INSERT INTO "recovery_flows" ("flow_id", "email_lookup", "account_id", "generation", "email_code_mac", "mac_key_id", "email_code_expires_at", "email_attempts", "recovery_attempts", "verified_at", "completed_at", "created_at", "expires_at", "client_ip", "client_user_agent")
 VALUES ('fl_' || substr(md5(:salt::text || '.' || :client_id::text || clock_timestamp()::text), 1, 26), 'pgb' || :mail::text || '.' || :client_id::text || '@bench.example', NULL, NULL, md5(:salt::text || 'a') || md5(:salt::text || 'b'), 'k0f656f71', (extract(epoch from now()) * 1000)::bigint + 900000, 0, 0, NULL, NULL, (extract(epoch from now()) * 1000)::bigint, (extract(epoch from now()) * 1000)::bigint + 1800000, '10.0.0.1', 'recovery-bench')
 RETURNING "flow_id";
+SELECT pg_advisory_xact_lock(hashtextextended(md5('pgb' || :mail::text || '.' || :client_id::text), 7242));
 INSERT INTO "notification_outbox" ("message_id", "kind", "account_id", "recipient", "payload", "status", "attempts", "next_attempt_at", "lease_owner", "lease_until", "last_error", "created_at", "sent_at")
 VALUES ('msg_' || substr(md5(:salt::text || 'v' || :client_id::text || clock_timestamp()::text), 1, 26), 'verification_code', NULL, 'pgb' || :mail::text || '@bench.example', repeat(md5(:salt::text || 'p'), 7), 'void', 0, (extract(epoch from now()) * 1000)::bigint, NULL, NULL, NULL, (extract(epoch from now()) * 1000)::bigint, NULL),
        ('msg_' || substr(md5(:salt::text || 's' || :client_id::text || clock_timestamp()::text), 1, 26), 'recovery_started', NULL, 'pgb' || :mail::text || '@bench.example', repeat(md5(:salt::text || 'q'), 5), 'void', 0, (extract(epoch from now()) * 1000)::bigint, NULL, NULL, NULL, (extract(epoch from now()) * 1000)::bigint, NULL)
 RETURNING "id";
-INSERT INTO "audit_events" ("event_id", "account_id", "kind", "occurred_at", "client_ip", "client_user_agent", "details")
-VALUES ('ev_' || substr(md5(:salt::text || 'e' || :client_id::text || clock_timestamp()::text), 1, 26), '', 'RECOVERY_STARTED', (extract(epoch from now()) * 1000)::bigint, '10.0.0.1', 'recovery-bench', '{"email_hint":"p***@bench.example","flow_id":"fl_pgbench"}')
+SELECT "seq", "event_id", "account_id", "kind", "occurred_at", "client_ip", "client_user_agent", "details", "chain_key_id", "chain_hash"
+FROM "audit_events" WHERE "account_id" = '' ORDER BY "seq" DESC LIMIT 1;
+INSERT INTO "audit_events" ("event_id", "account_id", "kind", "occurred_at", "client_ip", "client_user_agent", "details", "chain_key_id", "chain_hash")
+VALUES ('ev_' || substr(md5(:salt::text || 'e' || :client_id::text || clock_timestamp()::text), 1, 26), '', 'RECOVERY_STARTED', (extract(epoch from now()) * 1000)::bigint, '10.0.0.1', 'recovery-bench', '{"caller":"trusted","flow_id":"fl_pgbench"}', 'k0f656f71', md5(:salt::text || 'c') || md5(:salt::text || 'd'))
 RETURNING "seq";
 COMMIT;

@@ -1,5 +1,5 @@
 -- The tables BeginRecovery touches, as recovery-service's migrations create them on PostgreSQL
--- (pg_dump of a migrated database, schema m20261126_000001). Only needed to run
+-- (pg_dump of a migrated database, schema m20261202_000002). Only needed to run
 -- begin_recovery.sql standalone; against a database the service migrated, skip this file
 -- (IF NOT EXISTS makes it harmless there).
 --
@@ -79,6 +79,8 @@ CREATE TABLE IF NOT EXISTS audit_events (
     occurred_at bigint NOT NULL,
     client_ip character varying(64),
     client_user_agent text,
-    details text NOT NULL
+    details text NOT NULL,
+    chain_key_id character varying(64),
+    chain_hash character varying(128)
 );
 CREATE INDEX IF NOT EXISTS ix_audit_events_account_seq ON audit_events (account_id, seq);

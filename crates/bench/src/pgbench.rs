@@ -85,4 +85,31 @@ latency average = 1.754 ms\ninitial connection time = 12.3 ms\ntps = 4561.012345
     fn the_script_runs_in_one_transaction() {
         assert!(SCRIPT.contains("BEGIN;") && SCRIPT.contains("COMMIT;"));
     }
+
+    /// The statements BeginRecovery issues on PostgreSQL for an unknown email (server log,
+    /// `log_statement = 'all'`), in the script's order: a script that drifts from the
+    /// service compares the service with less work than it does.
+    #[test]
+    fn the_script_issues_begin_recoverys_statements_in_order() {
+        let statements = [
+            r#"INSERT INTO "rate_limit_buckets""#,
+            r#"INSERT INTO "rate_limit_buckets""#,
+            r#"INSERT INTO "rate_limit_buckets""#,
+            r#"FROM "recovery_enrollments""#,
+            "BEGIN;",
+            r#"INSERT INTO "recovery_flows""#,
+            "SELECT pg_advisory_xact_lock(hashtextextended(",
+            r#"INSERT INTO "notification_outbox""#,
+            r#"FROM "audit_events" WHERE "account_id" = '' ORDER BY "seq" DESC LIMIT 1"#,
+            r#""details", "chain_key_id", "chain_hash")"#,
+            "COMMIT;",
+        ];
+        let mut rest = SCRIPT;
+        for statement in statements {
+            let at = rest
+                .find(statement)
+                .unwrap_or_else(|| panic!("missing or out of order: {statement}"));
+            rest = &rest[at + statement.len()..];
+        }
+    }
 }

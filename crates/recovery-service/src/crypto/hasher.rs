@@ -77,6 +77,13 @@ type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 /// Admitted requests per hashing thread.
 const PERMITS_PER_THREAD: usize = 2;
 
+/// After a refusal the pool counts as overloaded for this long: a caller who finds no permit
+/// free then queues only behind fewer than `permits` others (one turn of the pool), so that a
+/// standing flood keeps the queue short and admitted calls keep their latency. Otherwise a
+/// burst may queue as long as the admission wait allows. Up to twice as many callers as
+/// permits, each retrying at once, are never refused by this (they never queue deeper).
+const OVERLOADED_FOR: Duration = Duration::from_secs(1);
+
 /// Counters for metrics.
 #[derive(Debug, Default)]
 pub struct PoolStats {
@@ -106,6 +113,10 @@ struct Inner {
     threads: usize,
     admission_wait: Duration,
     params: HashParams,
+    /// When the pool started: the epoch of `last_refusal_ms`.
+    started: std::time::Instant,
+    /// Milliseconds after `started` of the latest refusal, plus one; 0: none yet.
+    last_refusal_ms: AtomicU64,
 }
 
 /// The right to run one hash on the pool, held across the calls of one request and by each
@@ -122,6 +133,15 @@ struct Held {
     _permit: OwnedSemaphorePermit,
     since: std::time::Instant,
     stats: Arc<PoolStats>,
+}
+
+/// One caller counted in [`PoolStats::waiting`] until dropped.
+struct Waiting<'a>(&'a PoolStats);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Held {
@@ -182,8 +202,31 @@ impl Hasher {
                 threads,
                 admission_wait,
                 params,
+                started: std::time::Instant::now(),
+                last_refusal_ms: AtomicU64::new(0),
             }),
         })
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether a call was refused within [`OVERLOADED_FOR`].
+    fn overloaded(&self) -> bool {
+        let last = self.inner.last_refusal_ms.load(Ordering::Relaxed);
+        last != 0
+            && self.elapsed_ms().saturating_add(1).saturating_sub(last)
+                < u64::try_from(OVERLOADED_FOR.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts a refusal: `OVERLOADED`.
+    fn refuse(&self) -> Error {
+        self.stats().rejected.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .last_refusal_ms
+            .fetch_max(self.elapsed_ms().saturating_add(1), Ordering::Relaxed);
+        Error::Overloaded
     }
 
     /// The parameters new hashes use.
@@ -209,20 +252,25 @@ impl Hasher {
     /// Waits briefly for a free hashing thread; [`Error::Overloaded`] when none frees up.
     /// A caller who would wait longer than the admission wait (the callers ahead of it, at
     /// the pool's average permit hold, cannot be through in time) is refused at once rather
-    /// than after waiting for nothing.
+    /// than after waiting for nothing; so is one who finds a full turn of the pool queued
+    /// ahead of it within a second of a refusal ([`OVERLOADED_FOR`]).
     #[tracing::instrument(name = "argon2.admit", skip_all)]
     pub async fn admit(&self) -> Result<HashPermit, Error> {
         let stats = self.stats();
         let ahead = stats.waiting.fetch_add(1, Ordering::Relaxed);
+        // Whatever ends the wait (admitted, refused, or the caller gone and this future
+        // dropped), the caller no longer counts as waiting.
+        let _waiting = Waiting(stats);
         if self.inner.permits.available_permits() == 0 {
+            let permits = self.inner.threads * PERMITS_PER_THREAD;
             let hold = Duration::from_micros(stats.hold_us.load(Ordering::Relaxed));
-            let permits = u32::try_from(self.inner.threads * PERMITS_PER_THREAD).unwrap_or(1);
             let rounds = u32::try_from(ahead).unwrap_or(u32::MAX).saturating_add(1);
-            let expected = hold.saturating_mul(rounds) / permits.max(1);
-            if expected > self.inner.admission_wait {
-                stats.waiting.fetch_sub(1, Ordering::Relaxed);
-                stats.rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(Error::Overloaded);
+            let expected =
+                hold.saturating_mul(rounds) / u32::try_from(permits).unwrap_or(u32::MAX).max(1);
+            let hopeless = expected > self.inner.admission_wait;
+            let crowded = ahead >= permits as u64 && self.overloaded();
+            if hopeless || crowded {
+                return Err(self.refuse());
             }
         }
         let acquired = tokio::time::timeout(
@@ -230,7 +278,6 @@ impl Hasher {
             Arc::clone(&self.inner.permits).acquire_owned(),
         )
         .await;
-        stats.waiting.fetch_sub(1, Ordering::Relaxed);
         match acquired {
             Ok(Ok(permit)) => {
                 stats.admitted.fetch_add(1, Ordering::Relaxed);
@@ -242,10 +289,7 @@ impl Hasher {
                     }),
                 })
             }
-            _ => {
-                stats.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(Error::Overloaded)
-            }
+            _ => Err(self.refuse()),
         }
     }
 
@@ -595,6 +639,77 @@ mod tests {
                 Err(Error::Failed)
             );
         }
+    }
+
+    /// Within a second of a refusal, a caller who finds a full turn of the pool (as many
+    /// callers as permits) already queued is refused at once; before any refusal, and a second
+    /// after the last one, the same caller queues.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn while_overloaded_the_queue_is_one_turn_of_the_pool() {
+        let pool = Hasher::new(1, small(), Duration::from_millis(300)).unwrap();
+        let queue = |n: usize| {
+            (0..n)
+                .map(|_| {
+                    let pool = pool.clone();
+                    tokio::spawn(async move { pool.admit().await.map(drop) })
+                })
+                .collect::<Vec<_>>()
+        };
+        let settle = || tokio::time::sleep(Duration::from_millis(30));
+        let (a, b) = (pool.admit().await.unwrap(), pool.admit().await.unwrap());
+        // No refusal yet: a third in line queues like the first two.
+        let waiting = queue(3);
+        settle().await;
+        assert!(waiting.iter().all(|w| !w.is_finished()), "all three queue");
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), Err(Error::Overloaded), "timed out");
+        }
+        // Refusals happened: two (one turn) may queue, the third is refused at once.
+        let waiting = queue(2);
+        settle().await;
+        let asked = std::time::Instant::now();
+        assert_eq!(pool.admit().await.unwrap_err(), Error::Overloaded);
+        assert!(
+            asked.elapsed() < Duration::from_millis(200),
+            "refused without waiting: {:?}",
+            asked.elapsed()
+        );
+        drop(a);
+        drop(b);
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), Ok(()), "the queued turn was admitted");
+        }
+        // A second after the last refusal the pool queues a burst again (short holds first,
+        // so that the average hold no longer makes a third in line hopeless).
+        tokio::time::sleep(OVERLOADED_FOR).await;
+        for _ in 0..40 {
+            drop(pool.admit().await.unwrap());
+        }
+        let (a, b) = (pool.admit().await.unwrap(), pool.admit().await.unwrap());
+        let waiting = queue(3);
+        settle().await;
+        assert!(waiting.iter().all(|w| !w.is_finished()), "all three queue");
+        drop((a, b));
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), Ok(()));
+        }
+        assert_eq!(pool.in_use(), 0);
+    }
+
+    /// A caller who leaves while waiting (its deadline passed, it hung up) stops counting as
+    /// waiting: abandoned waits never make later callers look crowded or hopeless.
+    #[tokio::test]
+    async fn a_caller_gone_while_waiting_no_longer_counts() {
+        let pool = Hasher::new(1, small(), Duration::from_secs(10)).unwrap();
+        let held = (pool.admit().await.unwrap(), pool.admit().await.unwrap());
+        for _ in 0..5 {
+            let gone = tokio::time::timeout(Duration::from_millis(10), pool.admit()).await;
+            assert!(gone.is_err(), "the caller gave up first");
+        }
+        assert_eq!(pool.stats().waiting.load(Ordering::Relaxed), 0);
+        drop(held);
+        assert!(pool.admit().await.is_ok());
+        assert_eq!(pool.stats().waiting.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

@@ -80,8 +80,9 @@ const PERMITS_PER_THREAD: usize = 2;
 /// After a refusal the pool counts as overloaded for this long: a caller who finds no permit
 /// free then queues only behind fewer than `permits` others (one turn of the pool), so that a
 /// standing flood keeps the queue short and admitted calls keep their latency. Otherwise a
-/// burst may queue as long as the admission wait allows. Up to twice as many callers as
-/// permits, each retrying at once, are never refused by this (they never queue deeper).
+/// burst may queue as long as the admission wait allows. A closed loop of up to twice as many
+/// callers as permits keeps at most one turn queued, so this seldom refuses it (only in the
+/// instant a freed permit is handed to a waiter that has not run yet).
 const OVERLOADED_FOR: Duration = Duration::from_secs(1);
 
 /// Counters for metrics.
@@ -503,7 +504,7 @@ mod tests {
             let pool = pool.clone();
             tokio::spawn(async move { pool.admit().await.map(drop) })
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until_waiting(&pool, 1).await;
         // Second in line: 300 ms: hopeless, refused at once.
         let asked = std::time::Instant::now();
         assert_eq!(pool.admit().await.unwrap_err(), Error::Overloaded);
@@ -641,6 +642,28 @@ mod tests {
         }
     }
 
+    /// Waits (at most 10 s: no timing test) until `n` callers wait for a permit.
+    async fn until_waiting(pool: &Hasher, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pool.stats().waiting.load(Ordering::Relaxed) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} callers never queued"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Every caller of `waiting` is queued: counted as waiting, and still so a moment later
+    /// (a caller refused at once would have left).
+    async fn all_queued(pool: &Hasher, waiting: &[tokio::task::JoinHandle<Result<(), Error>>]) {
+        let n = waiting.len() as u64;
+        until_waiting(pool, n).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(pool.stats().waiting.load(Ordering::Relaxed), n);
+        assert!(waiting.iter().all(|w| !w.is_finished()), "all {n} queue");
+    }
+
     /// Within a second of a refusal, a caller who finds a full turn of the pool (as many
     /// callers as permits) already queued is refused at once; before any refusal, and a second
     /// after the last one, the same caller queues.
@@ -655,18 +678,16 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        let settle = || tokio::time::sleep(Duration::from_millis(30));
         let (a, b) = (pool.admit().await.unwrap(), pool.admit().await.unwrap());
         // No refusal yet: a third in line queues like the first two.
         let waiting = queue(3);
-        settle().await;
-        assert!(waiting.iter().all(|w| !w.is_finished()), "all three queue");
+        all_queued(&pool, &waiting).await;
         for w in waiting {
             assert_eq!(w.await.unwrap(), Err(Error::Overloaded), "timed out");
         }
         // Refusals happened: two (one turn) may queue, the third is refused at once.
         let waiting = queue(2);
-        settle().await;
+        all_queued(&pool, &waiting).await;
         let asked = std::time::Instant::now();
         assert_eq!(pool.admit().await.unwrap_err(), Error::Overloaded);
         assert!(
@@ -685,10 +706,10 @@ mod tests {
         for _ in 0..40 {
             drop(pool.admit().await.unwrap());
         }
+        assert!(pool.stats().hold_us.load(Ordering::Relaxed) < 20_000);
         let (a, b) = (pool.admit().await.unwrap(), pool.admit().await.unwrap());
         let waiting = queue(3);
-        settle().await;
-        assert!(waiting.iter().all(|w| !w.is_finished()), "all three queue");
+        all_queued(&pool, &waiting).await;
         drop((a, b));
         for w in waiting {
             assert_eq!(w.await.unwrap(), Ok(()));
@@ -700,14 +721,23 @@ mod tests {
     /// waiting: abandoned waits never make later callers look crowded or hopeless.
     #[tokio::test]
     async fn a_caller_gone_while_waiting_no_longer_counts() {
-        let pool = Hasher::new(1, small(), Duration::from_secs(10)).unwrap();
+        let pool = Hasher::new(1, small(), Duration::from_millis(300)).unwrap();
         let held = (pool.admit().await.unwrap(), pool.admit().await.unwrap());
+        // A refusal (the wait ran out): the pool is overloaded for a second.
+        assert_eq!(pool.admit().await.unwrap_err(), Error::Overloaded);
         for _ in 0..5 {
             let gone = tokio::time::timeout(Duration::from_millis(10), pool.admit()).await;
             assert!(gone.is_err(), "the caller gave up first");
         }
         assert_eq!(pool.stats().waiting.load(Ordering::Relaxed), 0);
+        // The five who left do not crowd the next caller out: it queues.
+        let next = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.admit().await.map(drop) })
+        };
+        all_queued(&pool, std::slice::from_ref(&next)).await;
         drop(held);
+        assert_eq!(next.await.unwrap(), Ok(()));
         assert!(pool.admit().await.is_ok());
         assert_eq!(pool.stats().waiting.load(Ordering::Relaxed), 0);
     }

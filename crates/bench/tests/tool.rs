@@ -108,7 +108,13 @@ async fn spawned_the_tool_drives_every_rpc_and_reports_its_figures() {
     }
     // The spawned service's start-up and memory.
     let spawned = &report["spawned"];
-    assert!(spawned.is_object(), "{report}");
+    assert!(
+        spawned["spawn_to_serving_ms"].as_f64().unwrap() > 0.0,
+        "{spawned}"
+    );
+    let idle = spawned["idle_rss_kib"].as_u64().unwrap();
+    let peak = spawned["peak_rss_kib"].as_u64().unwrap();
+    assert!(idle > 0 && peak >= idle, "{spawned}");
     // Its CPU per call is reported for each phase.
     for phase in report["phases"].as_array().unwrap() {
         assert!(phase["server_cpu_ms_per_call"].as_f64().unwrap() > 0.0);

@@ -104,6 +104,7 @@ fn sqlx_unavailable(err: &sea_orm::sqlx::Error) -> Option<String> {
         Error::PoolClosed => Some("connection pool closed".into()),
         Error::WorkerCrashed => Some("database worker crashed".into()),
         Error::Database(db) => {
+            let code = db.code()?;
             let unavailable = if let Some(extended) = sqlite_code(db.as_ref()) {
                 // SQLITE_BUSY (5) and SQLITE_LOCKED (6) with any extended code (261
                 // BUSY_RECOVERY, 773 BUSY_TIMEOUT, 262 LOCKED_SHAREDCACHE, ...) after the busy
@@ -112,16 +113,10 @@ fn sqlx_unavailable(err: &sea_orm::sqlx::Error) -> Option<String> {
             } else {
                 // PostgreSQL: class 08 connection exceptions, 57P01-57P03 shutdown and
                 // start-up, 53300 too many connections.
-                let code = db.code()?;
                 code.starts_with("08")
                     || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
             };
-            unavailable.then(|| {
-                format!(
-                    "database refused the connection ({})",
-                    db.code().unwrap_or_default()
-                )
-            })
+            unavailable.then(|| format!("database refused the connection ({code})"))
         }
         _ => None,
     }

@@ -337,7 +337,8 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         Arc::clone(&keys),
         Arc::new(SystemClock),
         config.policy.clone(),
-    );
+    )
+    .map_err(|e| anyhow::anyhow!("cannot derive the OPAQUE keys: {e}"))?;
     // Platform events: written with every change, published by this replica's publisher.
     let (stop_publisher, publisher_stop) = tokio::sync::watch::channel(false);
     let publisher = match &config.events {

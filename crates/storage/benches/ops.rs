@@ -101,6 +101,7 @@ async fn run_suite(backend: &str, storage: Storage) {
                 hash: Opaque("$argon2id$...".into()),
                 key_id: "k1".into(),
                 params: "argon2id,m=19456,t=2,p=1".into(),
+                sealed_keyset: None,
             },
         },
         T0,

@@ -10,6 +10,8 @@ pub enum ConflictKind {
     AddressInUse,
     /// Another unique key: a row another writer inserted first (retrying sees it).
     Duplicate,
+    /// A single-use token (a finished enrollment id) was already used: final.
+    AlreadyUsed,
     /// A serialization failure or deadlock (40001, 40P01), SQLite's `SQLITE_BUSY_SNAPSHOT`, or
     /// a row that changed under a conditional update: retrying may succeed.
     Transient,

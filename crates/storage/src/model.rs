@@ -28,17 +28,23 @@ impl fmt::Debug for Opaque {
     }
 }
 
-/// A recovery code as stored: its id and its argon2id PHC hash.
+/// An enrolment's credential as stored, of either kind: a server-held code's argon2id hash,
+/// or a zero-knowledge enrolment's OPAQUE record and sealed keyset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCode {
     /// Opaque identifier, safe to log and show.
     pub code_id: String,
-    /// The argon2id PHC string.
+    /// The verifier: the argon2id PHC string, or the OPAQUE registration record (base64).
     pub hash: Opaque,
-    /// Id of the server key whose pepper keyed the hash.
+    /// Id of the server key whose pepper keyed the hash (or whose OPAQUE keys served the
+    /// registration).
     pub key_id: String,
-    /// The hash parameters, e.g. `argon2id,m=19456,t=2,p=1`, to find outdated hashes.
+    /// The hash parameters, e.g. `argon2id,m=19456,t=2,p=1`, to find outdated hashes; for a
+    /// zero-knowledge enrolment the OPAQUE suite's label.
     pub params: String,
+    /// Zero-knowledge only: the keyset sealed on the device under OPAQUE's export key
+    /// (base64), handed back by a successful recovery.
+    pub sealed_keyset: Option<Opaque>,
 }
 
 /// An account's recovery enrollment.
@@ -106,6 +112,8 @@ pub struct Flow {
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
     pub client: ClientInfo,
+    /// The sealed OPAQUE login state of a pending StartZeroKnowledgeRecovery.
+    pub zk_login_state: Option<Opaque>,
 }
 
 /// What to store for a new flow.
@@ -146,6 +154,12 @@ pub struct CompletionUpdate {
     /// The code was rotated: bump the generation, so every other flow in progress against
     /// the old code is cancelled.
     pub rotated: bool,
+    /// Retire the enrolment (a zero-knowledge one under `rotate_on_use`): as a revocation,
+    /// the credential is deleted, the address freed and the generation bumped.
+    pub retire: bool,
+    /// Complete only if the flow's pending zero-knowledge login state is still this one (a
+    /// newer start replaced it: completes nothing).
+    pub login_state: Option<Opaque>,
 }
 
 /// How `recover_account` ended.

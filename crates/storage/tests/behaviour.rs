@@ -54,6 +54,7 @@ fn code(id: &str) -> StoredCode {
         hash: Opaque(format!("$argon2id$v=19$m=19456,t=2,p=1$salt${id}")),
         key_id: "k1".to_owned(),
         params: "argon2id,m=19456,t=2,p=1".to_owned(),
+        sealed_keyset: None,
     }
 }
 
@@ -412,7 +413,7 @@ async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
                 verified_code_id: "c1".into(),
                 new_code: Some(code("c2")),
                 rotated: true,
-                reservation: None,
+                ..CompletionUpdate::default()
             },
             |n| Effects {
                 messages: vec![message("acct", "recovered")],

@@ -126,6 +126,7 @@ async fn enroll(s: &Storage, account: &str) -> i64 {
                 hash: Opaque("$argon2id$hash".into()),
                 key_id: "k1".into(),
                 params: "argon2id,m=19456,t=2,p=1".into(),
+                sealed_keyset: None,
             },
         },
         T0,

@@ -6,10 +6,11 @@
 
 pub mod hasher;
 mod keys;
+pub mod opaque;
 mod seal;
 
 pub use keys::{KeyRing, SecretKey, getrandom_fill};
-pub use seal::{seal, unseal};
+pub use seal::{seal, seal_for, unseal, unseal_for};
 
 use hmac::{Hmac, Mac as _, digest::KeyInit};
 use sha2::{Digest as _, Sha256};
@@ -23,6 +24,8 @@ pub enum Purpose {
     OutboxSeal,
     AuditChain,
     AddressKey,
+    /// Zero-knowledge enrollment ids and the server's OPAQUE login state in a flow.
+    OpaqueState,
 }
 
 impl Purpose {
@@ -33,6 +36,7 @@ impl Purpose {
             Self::OutboxSeal => b"recovery-service v1 outbox seal",
             Self::AuditChain => b"recovery-service v1 audit chain",
             Self::AddressKey => b"recovery-service v1 address key",
+            Self::OpaqueState => b"recovery-service v1 opaque state",
         }
     }
 }

@@ -14,7 +14,27 @@ use super::{KeyRing, Purpose, SecretKey, random_bytes, subkey};
 /// Seals `plaintext` for the outbox: ChaCha20-Poly1305 under the key's seal subkey, bound to
 /// `message_id`. Format: `v1.<key id>.<base64url(nonce ‖ ciphertext)>`.
 pub fn seal(key: &SecretKey, message_id: &str, plaintext: &[u8]) -> Result<String, &'static str> {
-    let subkey = subkey(key, Purpose::OutboxSeal);
+    seal_for(Purpose::OutboxSeal, key, message_id, plaintext)
+}
+
+/// Opens what [`seal`] sealed with any key of the ring.
+pub fn unseal(
+    keys: &KeyRing,
+    message_id: &str,
+    sealed: &str,
+) -> Result<Zeroizing<Vec<u8>>, &'static str> {
+    unseal_for(Purpose::OutboxSeal, keys, message_id, sealed)
+}
+
+/// Seals `plaintext` under `purpose`'s subkey of `key`, bound to `bound_to` (associated data):
+/// ChaCha20-Poly1305, `v1.<key id>.<base64url(nonce ‖ ciphertext)>`.
+pub fn seal_for(
+    purpose: Purpose,
+    key: &SecretKey,
+    bound_to: &str,
+    plaintext: &[u8],
+) -> Result<String, &'static str> {
+    let subkey = subkey(key, purpose);
     let cipher = ChaCha20Poly1305::new_from_slice(&*subkey).map_err(|_| "seal key")?;
     let nonce: [u8; 12] = random_bytes().map_err(|_| "random source")?;
     let ciphertext = cipher
@@ -22,7 +42,7 @@ pub fn seal(key: &SecretKey, message_id: &str, plaintext: &[u8]) -> Result<Strin
             Nonce::from_slice(&nonce),
             Payload {
                 msg: plaintext,
-                aad: message_id.as_bytes(),
+                aad: bound_to.as_bytes(),
             },
         )
         .map_err(|_| "seal")?;
@@ -31,10 +51,11 @@ pub fn seal(key: &SecretKey, message_id: &str, plaintext: &[u8]) -> Result<Strin
     Ok(format!("v1.{}.{}", key.id(), URL_SAFE_NO_PAD.encode(blob)))
 }
 
-/// Opens what [`seal`] sealed with any key of the ring.
-pub fn unseal(
+/// Opens what [`seal_for`] sealed for `purpose` and `bound_to`, with any key of the ring.
+pub fn unseal_for(
+    purpose: Purpose,
     keys: &KeyRing,
-    message_id: &str,
+    bound_to: &str,
     sealed: &str,
 ) -> Result<Zeroizing<Vec<u8>>, &'static str> {
     let mut parts = sealed.splitn(3, '.');
@@ -49,14 +70,14 @@ pub fn unseal(
         return Err("sealed payload length");
     }
     let (nonce, ciphertext) = blob.split_at(12);
-    let subkey = subkey(key, Purpose::OutboxSeal);
+    let subkey = subkey(key, purpose);
     let cipher = ChaCha20Poly1305::new_from_slice(&*subkey).map_err(|_| "seal key")?;
     cipher
         .decrypt(
             Nonce::from_slice(nonce),
             Payload {
                 msg: ciphertext,
-                aad: message_id.as_bytes(),
+                aad: bound_to.as_bytes(),
             },
         )
         .map(Zeroizing::new)

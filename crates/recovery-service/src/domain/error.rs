@@ -72,6 +72,22 @@ pub enum Error {
         "the member has not verified this assisted recovery yet; they enter the emailed code first"
     )]
     AssistedNotVerified,
+    #[error("{0}")]
+    OpaqueMessageMalformed(&'static str),
+    #[error(
+        "no such zero-knowledge enrolment in progress (unknown, expired after 15 minutes, already finished, or started for another account); start again"
+    )]
+    EnrollmentNotFound,
+    #[error(
+        "this account's recovery code is zero-knowledge: recover with StartZeroKnowledgeRecovery and FinishZeroKnowledgeRecovery"
+    )]
+    ZeroKnowledgeEnrollment,
+    #[error("this account has a server-held recovery code: recover with RecoverAccount")]
+    NotZeroKnowledge,
+    #[error(
+        "no zero-knowledge recovery is pending on this flow; call StartZeroKnowledgeRecovery first"
+    )]
+    ZeroKnowledgeNotStarted,
     #[error("the database is unavailable; nothing was changed, retry shortly")]
     Unavailable,
     /// A bug or an unexpected answer: the cause is logged where it happens, never returned.

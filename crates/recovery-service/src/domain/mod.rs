@@ -14,6 +14,7 @@ pub mod notify;
 mod recovery_code;
 mod recovery_flow;
 pub mod secrets;
+mod zero_knowledge;
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -24,8 +25,9 @@ use zeroize::Zeroizing;
 
 pub use self::notify::Client;
 pub use self::recovery_code::{decode_page_token, encode_page_token};
+pub use self::zero_knowledge::{RecoveredKeyset, StartedEnrollment};
 use crate::{
-    crypto::{KeyRing, hasher},
+    crypto::{KeyRing, hasher, opaque::OpaqueKeys},
     time::Timestamp,
 };
 
@@ -41,6 +43,34 @@ pub enum ReusePolicy {
     Reusable,
     /// The used code dies and RecoverAccount returns a fresh one, once.
     RotateOnUse,
+}
+
+/// The kind of an account's enrolment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// CreateRecoveryCode: the service keeps an argon2id hash of the code.
+    ServerHeld,
+    /// OPAQUE: the code never reaches the service.
+    ZeroKnowledge,
+}
+
+impl RecoveryMode {
+    /// The kind of a stored credential.
+    pub fn of(code: &recovery_storage::model::StoredCode) -> Self {
+        if code.params == crate::crypto::opaque::PARAMS {
+            Self::ZeroKnowledge
+        } else {
+            Self::ServerHeld
+        }
+    }
+
+    /// The name events and audit details use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ServerHeld => "server_held",
+            Self::ZeroKnowledge => "zero_knowledge",
+        }
+    }
 }
 
 /// The rules and numbers of docs/design.md, each configurable.
@@ -108,6 +138,8 @@ pub struct Recovery {
     storage: Storage,
     hasher: hasher::Hasher,
     keys: Arc<KeyRing>,
+    /// The OPAQUE setups derived from `keys`, one per key id.
+    opaque: Arc<OpaqueKeys>,
     clock: Arc<dyn Clock>,
     policy: Arc<Policy>,
     mail_ready: Arc<tokio::sync::Notify>,
@@ -143,6 +175,8 @@ pub struct Recovered {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
     pub enrolled: bool,
+    /// The kind of enrolment; `None` when not enrolled.
+    pub mode: Option<RecoveryMode>,
     pub code_id: Option<String>,
     pub created_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,
@@ -176,25 +210,29 @@ pub struct AuditPage {
 }
 
 impl Recovery {
+    /// The domain service over `storage`; fails only if the OPAQUE keys cannot be derived
+    /// from the key ring.
     pub fn new(
         storage: Storage,
         hasher: hasher::Hasher,
         keys: Arc<KeyRing>,
         clock: Arc<dyn Clock>,
         policy: Policy,
-    ) -> Self {
+    ) -> std::result::Result<Self, String> {
         // Every audit event this service writes is linked into its account's hash chain.
         let storage = storage.with_audit_chain(Arc::new(secrets::AuditChain(Arc::clone(&keys))));
-        Self {
+        let opaque = Arc::new(OpaqueKeys::derive(&keys)?);
+        Ok(Self {
             storage,
             hasher,
+            opaque,
             keys,
             clock,
             policy: Arc::new(policy),
             mail_ready: Arc::new(tokio::sync::Notify::new()),
             events_enabled: false,
             events_ready: Arc::new(tokio::sync::Notify::new()),
-        }
+        })
     }
 
     /// This service with platform events written to the event outbox for every change.

@@ -44,11 +44,13 @@ pub enum AuditKind {
     AssistedRecoveryCompleted,
     /// An assisted flow ended without completing (cancelled, superseded, ...).
     AssistedRecoveryCancelled,
+    /// StartZeroKnowledgeRecovery counted a guess of the code.
+    ZeroKnowledgeRecoveryStarted,
 }
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::CodeCreated,
         Self::CodeReplaced,
         Self::CodeRevoked,
@@ -68,6 +70,7 @@ impl AuditKind {
         Self::AssistedCodeFailed,
         Self::AssistedRecoveryCompleted,
         Self::AssistedRecoveryCancelled,
+        Self::ZeroKnowledgeRecoveryStarted,
     ];
 
     /// The kind a stored name stands for; `None` for a name this build does not know.
@@ -97,6 +100,7 @@ impl AuditKind {
             Self::AssistedCodeFailed => "ASSISTED_CODE_FAILED",
             Self::AssistedRecoveryCompleted => "ASSISTED_RECOVERY_COMPLETED",
             Self::AssistedRecoveryCancelled => "ASSISTED_RECOVERY_CANCELLED",
+            Self::ZeroKnowledgeRecoveryStarted => "ZERO_KNOWLEDGE_RECOVERY_STARTED",
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::time::Timestamp;
 use serde_json::json;
 
 use super::{
-    AuditEvent, AuditPage, CreatedCode, DAY_MS, Error, Recovery, Result, Status,
+    AuditEvent, AuditPage, CreatedCode, DAY_MS, Error, Recovery, RecoveryMode, Result, Status,
     code::RecoveryCode,
     email::{Email, mask},
     event::EventType,
@@ -17,7 +17,7 @@ use super::{
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use recovery_storage::{
     ChangeError, ConflictKind, StorageError,
-    model::{Effects, NewEnrollment, Opaque, RateDecision, StoredCode},
+    model::{Effects, NewEnrollment, Opaque, PutOutcome, RateDecision, StoredCode},
 };
 
 const DEFAULT_PAGE_SIZE: i32 = 50;
@@ -55,7 +55,31 @@ impl Recovery {
             hash: Opaque(hash),
             key_id: key.id().to_owned(),
             params: self.hasher.params().label(),
+            sealed_keyset: None,
         };
+        self.store_enrollment(account_id, &email, stored, None, now)
+            .await?;
+        Ok(CreatedCode {
+            recovery_code: code.display(),
+            code_id,
+            created_at: Timestamp::from_ms(now),
+        })
+    }
+
+    /// Stores a new enrolment of either kind, replacing any live one (which stops working at
+    /// once, with every flow in progress), with its notices, audit and events, in one
+    /// transaction. `single_use` (a finished enrollment id's key and expiry) makes the store
+    /// happen once: a second one is `ENROLLMENT_NOT_FOUND`.
+    pub(super) async fn store_enrollment(
+        &self,
+        account_id: &str,
+        email: &Email,
+        stored: StoredCode,
+        single_use: Option<(&str, i64)>,
+        now: i64,
+    ) -> Result<PutOutcome> {
+        let code_id = stored.code_id.clone();
+        let mode = RecoveryMode::of(&stored);
         let new = NewEnrollment {
             account_id: account_id.to_owned(),
             email: email.address().to_owned(),
@@ -66,76 +90,90 @@ impl Recovery {
         // transaction; if building fails, the change rolls back.
         let client = Client::default();
         let keys = &self.keys;
+        let effects = |outcome: &PutOutcome| -> Result<Effects> {
+            let (notice, audit_kind) = if outcome.replaced {
+                (
+                    Notice::CodeReplaced(context(now, &client)),
+                    AuditKind::CodeReplaced,
+                )
+            } else {
+                (
+                    Notice::CodeCreated(context(now, &client)),
+                    AuditKind::CodeCreated,
+                )
+            };
+            // The new address is told; so is the previous one when the address changed.
+            let mut recipients = vec![email.address()];
+            if let Some(previous) = outcome
+                .previous_email
+                .as_deref()
+                .filter(|p| *p != email.address())
+            {
+                recipients.push(previous);
+            }
+            let messages = recipients
+                .into_iter()
+                .map(|to| message(keys, &notice, Some(account_id), to))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Effects {
+                messages,
+                audit: vec![audit(
+                    account_id,
+                    audit_kind,
+                    now,
+                    &client,
+                    &[
+                        ("code_id", code_id.clone()),
+                        ("email_hint", mask(email.address())),
+                        ("mode", mode.as_str().to_owned()),
+                    ],
+                )?],
+                events: self.event(
+                    if outcome.replaced {
+                        EventType::RecoveryCodeReplaced
+                    } else {
+                        EventType::RecoveryCodeCreated
+                    },
+                    account_id,
+                    now,
+                    json!({
+                        "account_id": account_id,
+                        "code_id": code_id,
+                        "email_hint": mask(email.address()),
+                        "mode": mode.as_str(),
+                    }),
+                )?,
+            })
+        };
         // A conflict another writer caused is retried (bounded); an address in use is final.
         let mut tries = 0;
         let outcome = loop {
             tries += 1;
-            let result = self
-                .storage
-                .put_recovery_code(new.clone(), now, |outcome| -> Result<Effects> {
-                    let (notice, audit_kind) = if outcome.replaced {
-                        (
-                            Notice::CodeReplaced(context(now, &client)),
-                            AuditKind::CodeReplaced,
-                        )
-                    } else {
-                        (
-                            Notice::CodeCreated(context(now, &client)),
-                            AuditKind::CodeCreated,
-                        )
-                    };
-                    // The new address is told; so is the previous one when the address changed.
-                    let mut recipients = vec![email.address()];
-                    if let Some(previous) = outcome
-                        .previous_email
-                        .as_deref()
-                        .filter(|p| *p != email.address())
-                    {
-                        recipients.push(previous);
-                    }
-                    let messages = recipients
-                        .into_iter()
-                        .map(|to| message(keys, &notice, Some(account_id), to))
-                        .collect::<Result<Vec<_>>>()?;
-                    Ok(Effects {
-                        messages,
-                        audit: vec![audit(
-                            account_id,
-                            audit_kind,
-                            now,
-                            &client,
-                            &[
-                                ("code_id", code_id.clone()),
-                                ("email_hint", mask(email.address())),
-                            ],
-                        )?],
-                        events: self.event(
-                            if outcome.replaced {
-                                EventType::RecoveryCodeReplaced
-                            } else {
-                                EventType::RecoveryCodeCreated
-                            },
-                            account_id,
-                            now,
-                            json!({
-                                "account_id": account_id,
-                                "code_id": code_id,
-                                "email_hint": mask(email.address()),
-                            }),
-                        )?,
-                    })
-                })
-                .await;
+            let result = match single_use {
+                None => {
+                    self.storage
+                        .put_recovery_code(new.clone(), now, effects)
+                        .await
+                }
+                Some((key, expires_at)) => {
+                    self.storage
+                        .finish_enrollment(new.clone(), key, expires_at, now, effects)
+                        .await
+                }
+            };
             match result {
-                Err(ChangeError::Storage(StorageError::Conflict { kind, .. }))
-                    if kind != ConflictKind::AddressInUse && tries < MAX_TRIES => {}
+                Err(ChangeError::Storage(StorageError::Conflict {
+                    kind: ConflictKind::AlreadyUsed,
+                    ..
+                })) => return Err(Error::EnrollmentNotFound),
                 Err(ChangeError::Storage(StorageError::Conflict {
                     kind: ConflictKind::AddressInUse,
                     ..
                 })) => {
-                    self.refuse_claim(account_id, &email, now).await?;
+                    self.refuse_claim(account_id, email, now).await?;
                     return Err(Error::EmailInUse);
                 }
+                Err(ChangeError::Storage(StorageError::Conflict { .. })) if tries < MAX_TRIES => {}
                 other => break other?,
             }
         };
@@ -143,15 +181,12 @@ impl Recovery {
         tracing::info!(
             account_id,
             code_id,
+            mode = mode.as_str(),
             replaced = outcome.replaced,
             generation = outcome.generation,
-            "recovery code created"
+            "recovery enrolment stored"
         );
-        Ok(CreatedCode {
-            recovery_code: code.display(),
-            code_id,
-            created_at: Timestamp::from_ms(now),
-        })
+        Ok(outcome)
     }
 
     /// Whether the account has a live code, and its usage. Never the code. No span of its own:
@@ -168,6 +203,7 @@ impl Recovery {
         };
         Ok(Status {
             enrolled: true,
+            mode: Some(RecoveryMode::of(&code)),
             code_id: Some(code.code_id),
             created_at: enrollment.code_created_at,
             last_used_at: enrollment.last_used_at,
@@ -297,7 +333,12 @@ impl Recovery {
     /// Counts a claim of a new address for the account: at most
     /// `address_claims_per_day` a day, so `EMAIL_IN_USE` cannot be used to test which
     /// addresses are enrolled. Keeping the current address is no claim.
-    async fn check_address_claim(&self, account_id: &str, email: &Email, now: i64) -> Result<()> {
+    pub(super) async fn check_address_claim(
+        &self,
+        account_id: &str,
+        email: &Email,
+        now: i64,
+    ) -> Result<()> {
         let current = self.storage.find_enrollment(account_id).await?;
         if current.is_some_and(|e| e.code.is_some() && fold_lookup_of(&e.email) == email.lookup()) {
             return Ok(());

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::{
-    Error, HOUR_MS, MINUTE_MS, Recovered, Recovery, Result, StartedFlow, client,
+    Error, HOUR_MS, MINUTE_MS, Recovered, Recovery, RecoveryMode, Result, StartedFlow, client,
     code::RecoveryCode,
     email::{Email, mask},
     event::EventType,
@@ -20,17 +20,32 @@ use recovery_storage::model::{
 
 /// A recovery-code submission counted before its check.
 #[derive(Debug, Clone)]
-struct Submission {
-    attempts_left: i32,
+pub(super) struct Submission {
+    pub attempts_left: i32,
     /// The failure row it holds until it proves right.
-    failure_id: i64,
+    pub failure_id: i64,
     /// The lock its failure caused, if it reached the threshold.
-    own_lock: Option<Timestamp>,
+    pub own_lock: Option<Timestamp>,
     /// The `recovery.locked` event written, held, with that lock.
-    held_event: Option<String>,
+    pub held_event: Option<String>,
 }
 
 const FLOW_PREFIX: &str = "fl_";
+
+/// A recovery being completed: what its effects name.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Completed<'a> {
+    pub flow: &'a Flow,
+    pub enrollment: &'a Enrollment,
+    /// `account.recovered`'s `method`.
+    pub method: &'static str,
+    /// The credential that proved right.
+    pub code_id: &'a str,
+    /// The code that replaced it (`rotate_on_use`, server-held).
+    pub rotated_code_id: Option<&'a str>,
+    /// The credential was retired (`rotate_on_use`, zero-knowledge).
+    pub retired: bool,
+}
 
 impl Recovery {
     /// Starts a flow for whoever claims `email`. Known and unknown emails get the same answer
@@ -279,75 +294,16 @@ impl Recovery {
             tracing::error!(flow_id = %flow.flow_id, "verified flow without an enrollment");
             return Err(Error::Internal);
         };
-        if enrollment.code.is_none() {
+        let Some(stored) = &enrollment.code else {
             return Err(Error::FlowCompleted);
+        };
+        if RecoveryMode::of(stored) == RecoveryMode::ZeroKnowledge {
+            return Err(Error::ZeroKnowledgeEnrollment);
         }
         // Before any hashing (the reservation below decides it again, atomically).
-        if let Some(until) = enrollment.locked_until.filter(|until| until.as_ms() > now) {
-            self.audit_refusal(&flow, &enrollment.account_id, "RECOVERY_LOCKED", now)
-                .await?;
-            return Err(Error::RecoveryLocked {
-                locked_until: until,
-            });
-        }
+        self.refuse_if_locked(&flow, &enrollment, now).await?;
         let permit = self.hasher.admit().await?;
-        let p = &self.policy;
-        // The event of the lock this submission may cause, written with the lock if it does.
-        let lock_event = self
-            .event(
-                EventType::RecoveryLocked,
-                &enrollment.account_id,
-                now,
-                json!({
-                    "account_id": enrollment.account_id,
-                    "locked_until": crate::time::rfc3339(now + p.lockout_ms),
-                }),
-            )?
-            .pop();
-        let lock_event_id = lock_event.as_ref().map(|e| e.event_id.clone());
-        let reservation = self
-            .storage
-            .reserve_recovery_attempt(
-                &flow.flow_id,
-                &enrollment.account_id,
-                p.recovery_attempts,
-                now,
-                Lockout {
-                    window_ms: p.lockout_window_ms,
-                    threshold: p.lockout_threshold,
-                    lock_ms: p.lockout_ms,
-                },
-                lock_event,
-            )
-            .await?;
-        let submission = match reservation {
-            AttemptReservation::Admitted {
-                used,
-                failure_id,
-                locked_until,
-            } => Submission {
-                attempts_left: p.recovery_attempts - used,
-                failure_id,
-                own_lock: locked_until,
-                held_event: lock_event_id.filter(|_| locked_until.is_some()),
-            },
-            AttemptReservation::Locked { until } => {
-                let refused = Error::RecoveryLocked {
-                    locked_until: until,
-                };
-                self.audit_refusal(&flow, &enrollment.account_id, "RECOVERY_LOCKED", now)
-                    .await?;
-                return Err(refused);
-            }
-            AttemptReservation::NoAttempt => {
-                let why = self.why_no_attempt(&flow.flow_id, now).await;
-                if why == Error::TooManyAttempts {
-                    self.audit_refusal(&flow, &enrollment.account_id, "TOO_MANY_ATTEMPTS", now)
-                        .await?;
-                }
-                return Err(why);
-            }
-        };
+        let submission = self.reserve_submission(&flow, &enrollment, now).await?;
         // Counted: from here the outcome is recorded even if the caller goes away (a call
         // cancelled after hashing still leaves its failure, its lock and their notices).
         let this = self.clone();
@@ -443,6 +399,7 @@ impl Recovery {
                 hash: Opaque(hash),
                 key_id: current.id().to_owned(),
                 params: self.hasher.params().label(),
+                sealed_keyset: None,
             });
             new_display = Some(fresh.display());
         } else if stored.params != self.hasher.params().label() || stored.key_id != current.id() {
@@ -452,6 +409,7 @@ impl Recovery {
                 hash: Opaque(hash),
                 key_id: current.id().to_owned(),
                 params: self.hasher.params().label(),
+                sealed_keyset: None,
             });
         }
         drop(permit);
@@ -460,71 +418,18 @@ impl Recovery {
             .as_ref()
             .filter(|_| update.rotated)
             .map(|c| c.code_id.clone());
-        let notice = message(
-            &self.keys,
-            &Notice::RecoveryCompleted(context(now, &client)),
-            Some(&account_id),
-            &enrollment.email,
-        )?;
-        let mut details = vec![
-            ("flow_id", flow.flow_id.clone()),
-            ("code_id", stored.code_id.clone()),
-        ];
-        if let Some(id) = &rotated_code_id {
-            details.push(("new_code_id", id.clone()));
-        }
-        let event = audit(
-            &account_id,
-            AuditKind::RecoveryCompleted,
-            now,
-            &client,
-            &details,
-        )?;
+        let completed = Completed {
+            flow: &flow,
+            enrollment: &enrollment,
+            method: "recovery_code",
+            code_id: &stored.code_id,
+            rotated_code_id: rotated_code_id.as_deref(),
+            retired: false,
+        };
         let completion = self
             .storage
-            .recover_account(&flow.flow_id, now, update, |done| -> Result<Effects> {
-                let mut event = event;
-                event
-                    .details
-                    .insert("use_count".into(), done.use_count.to_string());
-                // Organizer-assisted recovery of the account ends here (a no-op outside
-                // families): audited, and the family's organizers are told.
-                let family = self.recovered_on_own(done, now)?;
-                let mut messages = vec![notice];
-                messages.extend(family.messages);
-                let mut audit = vec![event];
-                audit.extend(family.audit);
-                // What the platform acts on: every session and device of the account ends.
-                let mut events = self.event(
-                    EventType::AccountRecovered,
-                    &account_id,
-                    now,
-                    json!({
-                        "account_id": account_id,
-                        "revoke_all_sessions": true,
-                        "method": "recovery_code",
-                        "flow_id": flow.flow_id,
-                    }),
-                )?;
-                if let Some(new_code_id) = &rotated_code_id {
-                    events.extend(self.event(
-                        EventType::RecoveryCodeReplaced,
-                        &account_id,
-                        now,
-                        json!({
-                            "account_id": account_id,
-                            "code_id": new_code_id,
-                            "previous_code_id": stored.code_id,
-                            "rotated_on_use": true,
-                        }),
-                    )?);
-                }
-                events.extend(family.events);
-                Ok(Effects {
-                    messages,
-                    audit,
-                    events,
-                })
+            .recover_account(&flow.flow_id, now, update, |done| {
+                self.completion_effects(&completed, done, now)
             })
             .await?;
         if !matches!(completion, Completion::Completed { .. }) {
@@ -556,6 +461,187 @@ impl Recovery {
                 _ => Err(Error::FlowExpired),
             },
         }
+    }
+
+    /// `RECOVERY_LOCKED` (audited) while the account's recovery is locked: checked before any
+    /// work on a verified flow.
+    pub(super) async fn refuse_if_locked(
+        &self,
+        flow: &Flow,
+        enrollment: &Enrollment,
+        now: i64,
+    ) -> Result<()> {
+        if let Some(until) = enrollment.locked_until.filter(|until| until.as_ms() > now) {
+            self.audit_refusal(flow, &enrollment.account_id, "RECOVERY_LOCKED", now)
+                .await?;
+            return Err(Error::RecoveryLocked {
+                locked_until: until,
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts a submission of the recovery code (either kind) before it is checked: one of
+    /// the flow's and one failure in the account's lockout window, given back if it proves
+    /// right. Refused (and audited) while locked or when the flow's submissions are used up.
+    pub(super) async fn reserve_submission(
+        &self,
+        flow: &Flow,
+        enrollment: &Enrollment,
+        now: i64,
+    ) -> Result<Submission> {
+        let p = &self.policy;
+        // The event of the lock this submission may cause, written with the lock if it does.
+        let lock_event = self
+            .event(
+                EventType::RecoveryLocked,
+                &enrollment.account_id,
+                now,
+                json!({
+                    "account_id": enrollment.account_id,
+                    "locked_until": crate::time::rfc3339(now + p.lockout_ms),
+                }),
+            )?
+            .pop();
+        let lock_event_id = lock_event.as_ref().map(|e| e.event_id.clone());
+        let reservation = self
+            .storage
+            .reserve_recovery_attempt(
+                &flow.flow_id,
+                &enrollment.account_id,
+                p.recovery_attempts,
+                now,
+                Lockout {
+                    window_ms: p.lockout_window_ms,
+                    threshold: p.lockout_threshold,
+                    lock_ms: p.lockout_ms,
+                },
+                lock_event,
+            )
+            .await?;
+        match reservation {
+            AttemptReservation::Admitted {
+                used,
+                failure_id,
+                locked_until,
+            } => Ok(Submission {
+                attempts_left: p.recovery_attempts - used,
+                failure_id,
+                own_lock: locked_until,
+                held_event: lock_event_id.filter(|_| locked_until.is_some()),
+            }),
+            AttemptReservation::Locked { until } => {
+                self.audit_refusal(flow, &enrollment.account_id, "RECOVERY_LOCKED", now)
+                    .await?;
+                Err(Error::RecoveryLocked {
+                    locked_until: until,
+                })
+            }
+            AttemptReservation::NoAttempt => {
+                let why = self.why_no_attempt(&flow.flow_id, now).await;
+                if why == Error::TooManyAttempts {
+                    self.audit_refusal(flow, &enrollment.account_id, "TOO_MANY_ATTEMPTS", now)
+                        .await?;
+                }
+                Err(why)
+            }
+        }
+    }
+
+    /// What a completed recovery writes, whichever the method: the owner's notice, the
+    /// audit event, `account.recovered` (and the rotated or retired credential's event), and
+    /// the end of the account's organizer-assisted recovery.
+    pub(super) fn completion_effects(
+        &self,
+        completed: &Completed<'_>,
+        done: &recovery_storage::model::RecoveryCompletion,
+        now: i64,
+    ) -> Result<Effects> {
+        let Completed {
+            flow,
+            enrollment,
+            method,
+            code_id,
+            rotated_code_id,
+            retired,
+        } = *completed;
+        let account_id = enrollment.account_id.as_str();
+        let client = flow_client(flow);
+        let notice = message(
+            &self.keys,
+            &Notice::RecoveryCompleted(context(now, &client)),
+            Some(account_id),
+            &enrollment.email,
+        )?;
+        let mut details = vec![
+            ("flow_id", flow.flow_id.clone()),
+            ("code_id", code_id.to_owned()),
+            ("method", method.to_owned()),
+            ("use_count", done.use_count.to_string()),
+        ];
+        if let Some(id) = rotated_code_id {
+            details.push(("new_code_id", id.to_owned()));
+        }
+        if retired {
+            details.push(("retired", "true".to_owned()));
+        }
+        let event = audit(
+            account_id,
+            AuditKind::RecoveryCompleted,
+            now,
+            &client,
+            &details,
+        )?;
+        // Organizer-assisted recovery of the account ends here (a no-op outside families):
+        // audited, and the family's organizers are told.
+        let family = self.recovered_on_own(done, now)?;
+        let mut messages = vec![notice];
+        messages.extend(family.messages);
+        let mut audit = vec![event];
+        audit.extend(family.audit);
+        // What the platform acts on: every session and device of the account ends.
+        let mut events = self.event(
+            EventType::AccountRecovered,
+            account_id,
+            now,
+            json!({
+                "account_id": account_id,
+                "revoke_all_sessions": true,
+                "method": method,
+                "flow_id": flow.flow_id,
+            }),
+        )?;
+        if let Some(new_code_id) = rotated_code_id {
+            events.extend(self.event(
+                EventType::RecoveryCodeReplaced,
+                account_id,
+                now,
+                json!({
+                    "account_id": account_id,
+                    "code_id": new_code_id,
+                    "previous_code_id": code_id,
+                    "rotated_on_use": true,
+                }),
+            )?);
+        }
+        if retired {
+            events.extend(self.event(
+                EventType::RecoveryCodeRevoked,
+                account_id,
+                now,
+                json!({
+                    "account_id": account_id,
+                    "code_id": code_id,
+                    "revoked_by": "rotate_on_use",
+                }),
+            )?);
+        }
+        events.extend(family.events);
+        Ok(Effects {
+            messages,
+            audit,
+            events,
+        })
     }
 
     /// Audits a submission refused before any check.
@@ -648,7 +734,11 @@ impl Recovery {
 
     /// The flow, if it exists, is not completed or cancelled, and has not expired; with the
     /// live enrollment it was started against (none for an unknown email).
-    async fn find_open_flow(&self, flow_id: &str, now: i64) -> Result<(Flow, Option<Enrollment>)> {
+    pub(super) async fn find_open_flow(
+        &self,
+        flow_id: &str,
+        now: i64,
+    ) -> Result<(Flow, Option<Enrollment>)> {
         if !valid_flow_id(flow_id) {
             return Err(Error::FlowNotFound);
         }
@@ -691,7 +781,7 @@ impl Recovery {
 }
 
 /// The end user's context the flow was started with.
-fn flow_client(flow: &Flow) -> Client {
+pub(super) fn flow_client(flow: &Flow) -> Client {
     Client {
         ip: flow.client.ip.as_deref().and_then(|ip| ip.parse().ok()),
         user_agent: flow.client.user_agent.clone(),

@@ -55,7 +55,8 @@ async fn harness(policy: Policy) -> Harness {
             Arc::new(KeyRing::parse(KEY_A).unwrap()),
             Arc::new(FixedClock::at(T0)),
             policy.clone(),
-        ),
+        )
+        .unwrap(),
         clock: FixedClock::at(T0),
         storage,
         keys: Arc::new(KeyRing::parse(KEY_A).unwrap()),
@@ -75,7 +76,8 @@ impl Harness {
             Arc::clone(&self.keys),
             Arc::new(self.clock.clone()),
             policy,
-        );
+        )
+        .unwrap();
     }
 
     async fn enroll(&self, account: &str, email: &str) -> String {
@@ -902,7 +904,8 @@ async fn a_full_hashing_pool_answers_overloaded() {
         Arc::new(KeyRing::parse(KEY_A).unwrap()),
         Arc::new(FixedClock::at(T0)),
         Policy::default(),
-    );
+    )
+    .unwrap();
     let held = (hasher.admit().await.unwrap(), hasher.admit().await.unwrap());
     assert_eq!(
         recovery

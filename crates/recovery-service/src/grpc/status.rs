@@ -41,6 +41,11 @@ pub fn classify(err: &Error) -> (Code, ErrorReason) {
         Error::AssistedFlowEnded => (Code::FailedPrecondition, R::FlowCompleted),
         Error::AssistedFlowExpired => (Code::FailedPrecondition, R::FlowExpired),
         Error::AssistedNotVerified => (Code::FailedPrecondition, R::EmailNotVerified),
+        Error::OpaqueMessageMalformed(_) => (Code::InvalidArgument, R::OpaqueMessageMalformed),
+        Error::EnrollmentNotFound => (Code::NotFound, R::EnrollmentNotFound),
+        Error::ZeroKnowledgeEnrollment => (Code::FailedPrecondition, R::ZeroKnowledgeEnrollment),
+        Error::NotZeroKnowledge => (Code::FailedPrecondition, R::NotZeroKnowledge),
+        Error::ZeroKnowledgeNotStarted => (Code::FailedPrecondition, R::ZeroKnowledgeNotStarted),
         Error::Unavailable => (Code::Unavailable, R::Unavailable),
         Error::Internal => (Code::Internal, R::Internal),
     }
@@ -117,6 +122,31 @@ mod tests {
                 Error::EmailCodeMalformed,
                 Code::InvalidArgument,
                 "EMAIL_CODE_MALFORMED",
+            ),
+            (
+                Error::OpaqueMessageMalformed("x"),
+                Code::InvalidArgument,
+                "OPAQUE_MESSAGE_MALFORMED",
+            ),
+            (
+                Error::EnrollmentNotFound,
+                Code::NotFound,
+                "ENROLLMENT_NOT_FOUND",
+            ),
+            (
+                Error::ZeroKnowledgeEnrollment,
+                Code::FailedPrecondition,
+                "ZERO_KNOWLEDGE_ENROLLMENT",
+            ),
+            (
+                Error::NotZeroKnowledge,
+                Code::FailedPrecondition,
+                "NOT_ZERO_KNOWLEDGE",
+            ),
+            (
+                Error::ZeroKnowledgeNotStarted,
+                Code::FailedPrecondition,
+                "ZERO_KNOWLEDGE_NOT_STARTED",
             ),
             (Error::FlowNotFound, Code::NotFound, "FLOW_NOT_FOUND"),
             (Error::FlowExpired, Code::FailedPrecondition, "FLOW_EXPIRED"),

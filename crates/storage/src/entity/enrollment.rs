@@ -10,6 +10,8 @@ pub struct Model {
     pub email: String,
     pub email_lookup: Option<String>,
     pub code_id: Option<String>,
+    /// The verifier: an argon2id PHC string, or (zero-knowledge) the OPAQUE registration
+    /// record in base64; `hash_params` says which.
     pub code_hash: Option<String>,
     pub hash_key_id: Option<String>,
     pub hash_params: Option<String>,
@@ -21,6 +23,8 @@ pub struct Model {
     pub use_count: i64,
     pub locked_until: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// Zero-knowledge only: the keyset sealed on the device under OPAQUE's export key (base64).
+    pub sealed_keyset: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -21,6 +21,8 @@ pub struct Model {
     pub expires_at: i64,
     pub client_ip: Option<String>,
     pub client_user_agent: Option<String>,
+    /// The server's sealed OPAQUE login state between StartZeroKnowledgeRecovery and its finish.
+    pub zk_login_state: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -7,6 +7,7 @@ pub(crate) mod enrollment;
 pub(crate) mod event;
 pub(crate) mod failure;
 pub(crate) mod family_member;
+pub(crate) mod finished_enrollment;
 pub(crate) mod flow;
 pub(crate) mod outbox;
 pub(crate) mod rate_limit;

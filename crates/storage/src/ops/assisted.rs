@@ -17,8 +17,7 @@ use crate::{
     Storage, StorageError,
     entity::{
         assisted_flow::{self, Column as A},
-        enrollment::{self, Column as E},
-        family_member,
+        enrollment, family_member,
     },
     model::{
         AssistedCancellation, AssistedCompletion, AssistedEnd, AssistedFlow, AssistedLimits,
@@ -277,23 +276,11 @@ impl Storage {
         };
         let mut revoked_code_id = None;
         if let Some(row) = enrollment.filter(|e| e.code_hash.is_some()) {
-            let revoked = enrollment::Entity::update_many()
-                .col_expr(E::EmailLookup, Expr::value(Option::<String>::None))
-                .col_expr(E::CodeId, Expr::value(Option::<String>::None))
-                .col_expr(E::CodeHash, Expr::value(Option::<String>::None))
-                .col_expr(E::HashKeyId, Expr::value(Option::<String>::None))
-                .col_expr(E::HashParams, Expr::value(Option::<String>::None))
-                .col_expr(E::Generation, Expr::col(E::Generation).add(1))
-                .col_expr(E::UpdatedAt, Expr::value(now))
-                .col_expr(E::RevokedAt, Expr::value(Some(now)))
-                .filter(E::AccountId.eq(row.account_id.as_str()))
-                .filter(E::Generation.eq(row.generation))
-                .filter(E::CodeHash.is_not_null())
-                .exec(&txn)
-                .await?;
+            let revoked =
+                super::enrollments::retire(&txn, &row.account_id, row.generation, now).await?;
             // The enrollment's row is held: the code cannot have changed. Never complete with
             // the member's code still live.
-            if revoked.rows_affected != 1 {
+            if !revoked {
                 return Err(StorageError::Other(
                     "the member's recovery code could not be revoked".into(),
                 )

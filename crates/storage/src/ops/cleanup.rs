@@ -7,7 +7,7 @@ use sea_orm::{
 
 use crate::{
     Storage, StorageError,
-    entity::{assisted_flow, failure, flow, outbox, rate_limit},
+    entity::{assisted_flow, failure, finished_enrollment, flow, outbox, rate_limit},
     model::OutboxStatus,
 };
 
@@ -23,6 +23,8 @@ pub struct CleanupReport {
     pub sent_messages: u64,
     /// Platform events published before `sent_before`.
     pub published_events: u64,
+    /// Records of finished zero-knowledge enrollment ids past the ids' expiry.
+    pub finished_enrollments: u64,
 }
 
 impl Storage {
@@ -124,6 +126,20 @@ impl Storage {
 
         let published_events = self.cleanup_events(sent_before, batch).await?;
 
+        let finished_keys: Vec<String> = finished_enrollment::Entity::find()
+            .select_only()
+            .column(finished_enrollment::Column::EnrollmentKey)
+            .filter(finished_enrollment::Column::ExpiresAt.lte(now))
+            .limit(batch)
+            .into_tuple()
+            .all(self.db())
+            .await?;
+        let finished_enrollments = finished_enrollment::Entity::delete_many()
+            .filter(finished_enrollment::Column::EnrollmentKey.is_in(finished_keys))
+            .exec(self.db())
+            .await?
+            .rows_affected;
+
         Ok(CleanupReport {
             published_events,
             flows,
@@ -131,6 +147,7 @@ impl Storage {
             rate_limits,
             failures,
             sent_messages,
+            finished_enrollments,
         })
     }
 }

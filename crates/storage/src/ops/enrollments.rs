@@ -3,13 +3,16 @@
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait as _, EntityTrait as _, QueryFilter as _, QuerySelect as _, TransactionTrait as _,
-    sea_query::{Expr, ExprTrait as _},
+    sea_query::{Expr, ExprTrait as _, OnConflict},
 };
 
 use super::{ChangeError, IntoEffects};
 use crate::{
     Storage, StorageError,
-    entity::enrollment::{self, Column as C},
+    entity::{
+        enrollment::{self, Column as C},
+        finished_enrollment,
+    },
     model::{Enrollment, NewEnrollment, Opaque, PutOutcome, StoredCode, Timestamp},
 };
 
@@ -27,7 +30,54 @@ impl Storage {
         now: i64,
         effects: impl FnOnce(&PutOutcome) -> R,
     ) -> Result<PutOutcome, ChangeError<R::Error>> {
+        self.put_enrollment(new, None, now, effects).await
+    }
+
+    /// [`Storage::put_recovery_code`] for a zero-knowledge enrolment, finished once: the
+    /// enrollment's key (a keyed hash of its id) is recorded until `expires_at` in the same
+    /// transaction, and a second finish with the same key fails with
+    /// [`crate::ConflictKind::AlreadyUsed`] and changes nothing.
+    #[tracing::instrument(name = "db.finish_enrollment", skip_all)]
+    pub async fn finish_enrollment<R: IntoEffects>(
+        &self,
+        new: NewEnrollment,
+        enrollment_key: &str,
+        expires_at: i64,
+        now: i64,
+        effects: impl FnOnce(&PutOutcome) -> R,
+    ) -> Result<PutOutcome, ChangeError<R::Error>> {
+        self.put_enrollment(new, Some((enrollment_key, expires_at)), now, effects)
+            .await
+    }
+
+    async fn put_enrollment<R: IntoEffects>(
+        &self,
+        new: NewEnrollment,
+        single_use: Option<(&str, i64)>,
+        now: i64,
+        effects: impl FnOnce(&PutOutcome) -> R,
+    ) -> Result<PutOutcome, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
+        if let Some((key, expires_at)) = single_use {
+            let inserted = finished_enrollment::Entity::insert(finished_enrollment::ActiveModel {
+                enrollment_key: Set(key.to_owned()),
+                expires_at: Set(expires_at),
+            })
+            .on_conflict(
+                OnConflict::column(finished_enrollment::Column::EnrollmentKey)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+            if inserted != 1 {
+                return Err(StorageError::Conflict {
+                    kind: crate::ConflictKind::AlreadyUsed,
+                    detail: "the enrollment was already finished".into(),
+                }
+                .into());
+            }
+        }
         let existing = super::by_key(
             enrollment::Entity::find_by_id(new.account_id.clone()).lock_exclusive(),
             &txn,
@@ -49,6 +99,10 @@ impl Storage {
                     .col_expr(C::CodeHash, Expr::value(Some(code.hash.0)))
                     .col_expr(C::HashKeyId, Expr::value(Some(code.key_id)))
                     .col_expr(C::HashParams, Expr::value(Some(code.params)))
+                    .col_expr(
+                        C::SealedKeyset,
+                        Expr::value(code.sealed_keyset.map(|k| k.0)),
+                    )
                     .col_expr(C::Generation, Expr::col(C::Generation).add(1))
                     .col_expr(C::CodeCreatedAt, Expr::value(Some(now)))
                     .col_expr(C::UpdatedAt, Expr::value(now))
@@ -85,6 +139,7 @@ impl Storage {
                     use_count: Set(0),
                     locked_until: Set(None),
                     revoked_at: Set(None),
+                    sealed_keyset: Set(code.sealed_keyset.map(|k| k.0)),
                 })
                 .exec(&txn)
                 .await?;
@@ -118,21 +173,7 @@ impl Storage {
     ) -> Result<Enrollment, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
         let row = lock_live(&txn, account_id).await?;
-        let result = enrollment::Entity::update_many()
-            .col_expr(C::EmailLookup, Expr::value(Option::<String>::None))
-            .col_expr(C::CodeId, Expr::value(Option::<String>::None))
-            .col_expr(C::CodeHash, Expr::value(Option::<String>::None))
-            .col_expr(C::HashKeyId, Expr::value(Option::<String>::None))
-            .col_expr(C::HashParams, Expr::value(Option::<String>::None))
-            .col_expr(C::Generation, Expr::col(C::Generation).add(1))
-            .col_expr(C::UpdatedAt, Expr::value(now))
-            .col_expr(C::RevokedAt, Expr::value(Some(now)))
-            .filter(C::AccountId.eq(account_id))
-            .filter(C::Generation.eq(row.generation))
-            .filter(C::CodeHash.is_not_null())
-            .exec(&txn)
-            .await?;
-        if result.rows_affected != 1 {
+        if !retire(&txn, account_id, row.generation, now).await? {
             return Err(StorageError::NotFound.into());
         }
         let before = to_enrollment(row);
@@ -218,6 +259,34 @@ impl Storage {
     }
 }
 
+/// Deletes the live credential of either kind (revoke, an assisted completion, a
+/// zero-knowledge enrolment retired under `rotate_on_use`): the row stays with the generation
+/// bumped, so flows started before can no longer complete, and the address is free again.
+/// `true` when the enrolment of `generation` was live and is now retired.
+pub(crate) async fn retire<T: sea_orm::ConnectionTrait>(
+    txn: &T,
+    account_id: &str,
+    generation: i64,
+    now: i64,
+) -> Result<bool, StorageError> {
+    let result = enrollment::Entity::update_many()
+        .col_expr(C::EmailLookup, Expr::value(Option::<String>::None))
+        .col_expr(C::CodeId, Expr::value(Option::<String>::None))
+        .col_expr(C::CodeHash, Expr::value(Option::<String>::None))
+        .col_expr(C::HashKeyId, Expr::value(Option::<String>::None))
+        .col_expr(C::HashParams, Expr::value(Option::<String>::None))
+        .col_expr(C::SealedKeyset, Expr::value(Option::<String>::None))
+        .col_expr(C::Generation, Expr::col(C::Generation).add(1))
+        .col_expr(C::UpdatedAt, Expr::value(now))
+        .col_expr(C::RevokedAt, Expr::value(Some(now)))
+        .filter(C::AccountId.eq(account_id))
+        .filter(C::Generation.eq(generation))
+        .filter(C::CodeHash.is_not_null())
+        .exec(txn)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
 /// The account's live enrollment, locked for the rest of the transaction;
 /// [`StorageError::NotFound`] when it has no code.
 async fn lock_live(
@@ -240,6 +309,7 @@ pub(crate) fn to_enrollment(row: enrollment::Model) -> Enrollment {
             hash: Opaque(hash),
             key_id,
             params,
+            sealed_keyset: row.sealed_keyset.map(Opaque),
         }),
         _ => None,
     };

@@ -48,6 +48,7 @@ impl Storage {
             expires_at: Set(new.expires_at.as_ms()),
             client_ip: Set(new.client.ip),
             client_user_agent: Set(new.client.user_agent),
+            zk_login_state: Set(None),
         })
         .exec(&txn)
         .await?;
@@ -188,14 +189,17 @@ impl Storage {
             )
             .await?;
         }
-        let completed = flow::Entity::update_many()
+        let mut completing = flow::Entity::update_many()
             .col_expr(F::CompletedAt, Expr::value(Some(now)))
+            .col_expr(F::ZkLoginState, Expr::value(Option::<String>::None))
             .filter(F::FlowId.eq(flow_id))
             .filter(F::CompletedAt.is_null())
             .filter(F::VerifiedAt.is_not_null())
-            .filter(F::ExpiresAt.gt(now))
-            .exec_with_returning(&txn)
-            .await?;
+            .filter(F::ExpiresAt.gt(now));
+        if let Some(state) = &update.login_state {
+            completing = completing.filter(F::ZkLoginState.eq(state.0.as_str()));
+        }
+        let completed = completing.exec_with_returning(&txn).await?;
         // Dropping the transaction rolls back whatever this call changed.
         let Some((account_id, generation)) = completed
             .into_iter()
@@ -251,6 +255,9 @@ impl Storage {
         let Some(use_count) = used.first().map(|e| e.use_count) else {
             return Ok(Completion::Cancelled);
         };
+        if update.retire && !super::enrollments::retire(&txn, &account_id, generation, now).await? {
+            return Ok(Completion::Cancelled);
+        }
         // The person recovered with their own code: organizer-assisted recovery of the
         // account is over, and the family's organizers are told.
         let ended_assisted = super::families::end_flows(
@@ -290,6 +297,60 @@ impl Storage {
         .await?;
         txn.commit().await?;
         Ok(Completion::Completed { use_count })
+    }
+
+    /// Keeps the server's sealed OPAQUE login state in a verified, open flow (replacing a
+    /// pending one), with the start's effects, in one transaction. `false` when the flow
+    /// completed, expired or is not verified.
+    #[tracing::instrument(name = "db.store_login_state", skip_all)]
+    pub async fn store_login_state(
+        &self,
+        flow_id: &str,
+        state: Opaque,
+        now: i64,
+        effects: Effects,
+    ) -> Result<bool, StorageError> {
+        let txn = self.db().begin().await?;
+        let stored = flow::Entity::update_many()
+            .col_expr(F::ZkLoginState, Expr::value(Some(state.0)))
+            .filter(F::FlowId.eq(flow_id))
+            .filter(F::CompletedAt.is_null())
+            .filter(F::VerifiedAt.is_not_null())
+            .filter(F::ExpiresAt.gt(now))
+            .exec(&txn)
+            .await?;
+        if stored.rows_affected != 1 {
+            return Ok(false);
+        }
+        self.apply_effects(&txn, effects, now).await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// Ends a pending OPAQUE login whose finish did not verify (a wrong code): the state is
+    /// cleared, once, with the failure's effects. `false` when another call ended or
+    /// replaced it first (nothing is written).
+    #[tracing::instrument(name = "db.end_login_state", skip_all)]
+    pub async fn end_login_state(
+        &self,
+        flow_id: &str,
+        state: &Opaque,
+        now: i64,
+        effects: Effects,
+    ) -> Result<bool, StorageError> {
+        let txn = self.db().begin().await?;
+        let ended = flow::Entity::update_many()
+            .col_expr(F::ZkLoginState, Expr::value(Option::<String>::None))
+            .filter(F::FlowId.eq(flow_id))
+            .filter(F::ZkLoginState.eq(state.0.as_str()))
+            .exec(&txn)
+            .await?;
+        if ended.rows_affected != 1 {
+            return Ok(false);
+        }
+        self.apply_effects(&txn, effects, now).await?;
+        txn.commit().await?;
+        Ok(true)
     }
 
     /// Gives back what a submission reserved when its code proved right but it completed
@@ -526,5 +587,6 @@ fn to_flow(row: flow::Model) -> Flow {
             ip: row.client_ip,
             user_agent: row.client_user_agent,
         },
+        zk_login_state: row.zk_login_state.map(Opaque),
     }
 }

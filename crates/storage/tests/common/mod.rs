@@ -93,6 +93,33 @@ impl TestDb {
         }
     }
 
+    /// The number `sql` (a `SELECT COUNT(*) ...`) answers, bypassing the storage API.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let (conn, sql) = match (&self.postgres, &self.sqlite_url) {
+            (Some((_, schema)), _) => (None, sql.replace("{schema}.", &format!("{schema}."))),
+            (None, Some(url)) => (
+                Some(Database::connect(url).await.unwrap()),
+                sql.replace("{schema}.", ""),
+            ),
+            (None, None) => unreachable!("a test database is SQLite or PostgreSQL"),
+        };
+        let db = match (&conn, &self.postgres) {
+            (Some(conn), _) => conn,
+            (None, Some((admin, _))) => admin,
+            (None, None) => unreachable!("a test database is SQLite or PostgreSQL"),
+        };
+        let row = db
+            .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+            .await
+            .unwrap()
+            .unwrap();
+        let n: i64 = row.try_get_by_index(0).unwrap();
+        if let Some(conn) = conn {
+            conn.close().await.unwrap();
+        }
+        n
+    }
+
     pub async fn teardown(self) {
         self.storage.close().await.unwrap();
         if let Some((admin, schema)) = self.postgres {

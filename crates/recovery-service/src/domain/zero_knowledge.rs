@@ -1,0 +1,545 @@
+//! Zero-knowledge recovery (OPAQUE, RFC 9807): StartZeroKnowledgeEnrollment,
+//! FinishZeroKnowledgeEnrollment, StartZeroKnowledgeRecovery, FinishZeroKnowledgeRecovery.
+//!
+//! The code is a key made on the device and never reaches the service. An enrolment is the
+//! same enrolment as a server-held code's (one per account, the same address, notice, limit,
+//! lockout, family, event and audit rules), holding the OPAQUE record and the keyset the device
+//! sealed under OPAQUE's export key. A recovery is the ordinary flow (BeginRecovery,
+//! VerifyEmail) finished by an OPAQUE login instead of RecoverAccount: each start is a guess,
+//! counted before any work exactly as a RecoverAccount submission is; a finish whose KE3
+//! verifies gives it back, completes the flow once and hands back the sealed keyset.
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use recovery_storage::model::{Completion, CompletionUpdate, Effects, Opaque, StoredCode};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use zeroize::Zeroizing;
+
+use super::{
+    Error, HOUR_MS, MINUTE_MS, Recovery, RecoveryMode, Result,
+    email::Email,
+    notice::{self, Notice},
+    notify::{AuditKind, Client, audit, context, message},
+    recovery_flow::Completed,
+    secrets, validate_account_id,
+};
+use crate::{
+    crypto::{Purpose, opaque, seal_for, unseal_for},
+    time::Timestamp,
+};
+
+/// How long an enrollment id lives.
+const ENROLLMENT_TTL_MS: i64 = 15 * MINUTE_MS;
+/// The prefix of zero-knowledge enrolment ids (`code_id`), also the OPAQUE credential
+/// identifier.
+const CODE_ID_PREFIX: &str = "zk_";
+/// The prefix of an enrollment id (the sealed state follows).
+const ENROLLMENT_PREFIX: &str = "ze1.";
+/// The sealed keyset's size bounds (API.md).
+const MAX_KEYSET_BYTES: usize = 4096;
+
+/// An enrolment started: what the device needs for the finish.
+#[derive(Debug)]
+pub struct StartedEnrollment {
+    pub enrollment_id: String,
+    pub registration_response: Vec<u8>,
+    pub expires_at: Timestamp,
+}
+
+/// A zero-knowledge recovery completed.
+pub struct RecoveredKeyset {
+    pub account_id: String,
+    /// The keyset sealed under the code's export key, as stored at enrolment.
+    pub sealed_keyset: Vec<u8>,
+    /// The enrolment was retired (`rotate_on_use`): the device enrols a new code.
+    pub reenrollment_required: bool,
+}
+
+impl std::fmt::Debug for RecoveredKeyset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoveredKeyset")
+            .field("account_id", &self.account_id)
+            .field("sealed_keyset", &"[redacted]")
+            .field("reenrollment_required", &self.reenrollment_required)
+            .finish()
+    }
+}
+
+/// What an enrollment id carries, sealed and bound to its account.
+#[derive(Serialize, Deserialize)]
+struct EnrollmentState {
+    /// The account it was started for.
+    account_id: String,
+    /// The enrolment's id, also its OPAQUE credential identifier.
+    code_id: String,
+    /// The key whose OPAQUE setup answered the registration.
+    key_id: String,
+    expires_at_ms: i64,
+}
+
+/// The server's login state between a start and its finish, sealed and bound to the flow.
+#[derive(Serialize, Deserialize)]
+struct LoginState {
+    /// opaque-ke's serialized `ServerLogin` (base64).
+    state: String,
+    /// The enrolment it was started against.
+    code_id: String,
+    /// The start's reserved failure and the lock it alone caused.
+    failure_id: i64,
+    own_lock_ms: Option<i64>,
+    attempts_left: i32,
+}
+
+impl Recovery {
+    /// Starts a zero-knowledge enrolment: answers the device's RegistrationRequest. Writes
+    /// nothing; the enrollment id seals what the finish needs.
+    #[tracing::instrument(name = "domain.start_zero_knowledge_enrollment", skip_all)]
+    pub async fn start_zero_knowledge_enrollment(
+        &self,
+        account_id: &str,
+        registration_request: &[u8],
+    ) -> Result<StartedEnrollment> {
+        let account_id = validate_account_id(account_id)?;
+        let code_id = secrets::random_id(CODE_ID_PREFIX)?;
+        let registration_response = self
+            .opaque
+            .registration_response(registration_request, code_id.as_bytes())
+            .map_err(|e| malformed(e, "registration_request"))?;
+        let expires_at = self.now() + ENROLLMENT_TTL_MS;
+        let state = EnrollmentState {
+            account_id: account_id.to_owned(),
+            code_id,
+            key_id: self.opaque.current_id().to_owned(),
+            expires_at_ms: expires_at,
+        };
+        let plaintext = Zeroizing::new(serde_json::to_vec(&state).map_err(|e| {
+            tracing::error!(error = %e, "enrollment state");
+            Error::Internal
+        })?);
+        let sealed = seal_for(
+            Purpose::OpaqueState,
+            self.keys.current(),
+            &enrollment_binding(account_id),
+            &plaintext,
+        )
+        .map_err(crypto_failed)?;
+        Ok(StartedEnrollment {
+            enrollment_id: format!("{ENROLLMENT_PREFIX}{sealed}"),
+            registration_response,
+            expires_at: Timestamp::from_ms(expires_at),
+        })
+    }
+
+    /// Finishes a zero-knowledge enrolment: stores the record and the sealed keyset as the
+    /// account's enrolment, replacing any earlier one of either kind, once per enrollment id.
+    #[tracing::instrument(name = "domain.finish_zero_knowledge_enrollment", skip_all)]
+    pub async fn finish_zero_knowledge_enrollment(
+        &self,
+        enrollment_id: &str,
+        account_id: &str,
+        email: &str,
+        registration_record: &[u8],
+        sealed_keyset: &[u8],
+    ) -> Result<(String, Timestamp)> {
+        let account_id = validate_account_id(account_id)?;
+        let email = Email::parse(email)?;
+        opaque::parse_record(registration_record)
+            .map_err(|e| malformed(e, "registration_record"))?;
+        if sealed_keyset.is_empty() || sealed_keyset.len() > MAX_KEYSET_BYTES {
+            return Err(Error::OpaqueMessageMalformed(
+                "sealed_keyset must be 1 to 4096 bytes (no attempt was counted)",
+            ));
+        }
+        let now = self.now();
+        let state = self.open_enrollment(enrollment_id, account_id, now)?;
+        self.check_address_claim(account_id, &email, now).await?;
+        let stored = StoredCode {
+            code_id: state.code_id.clone(),
+            hash: Opaque(STANDARD.encode(registration_record)),
+            key_id: state.key_id,
+            params: opaque::PARAMS.to_owned(),
+            sealed_keyset: Some(Opaque(STANDARD.encode(sealed_keyset))),
+        };
+        // Single use: the enrollment id's digest is recorded with the enrolment.
+        let used = hex::encode(Sha256::digest(enrollment_id.as_bytes()));
+        self.store_enrollment(
+            account_id,
+            &email,
+            stored,
+            Some((&used, state.expires_at_ms)),
+            now,
+        )
+        .await?;
+        Ok((state.code_id, Timestamp::from_ms(now)))
+    }
+
+    /// The state an enrollment id seals, if it is this service's, for this account, and
+    /// unexpired; every other case is `ENROLLMENT_NOT_FOUND`.
+    fn open_enrollment(
+        &self,
+        enrollment_id: &str,
+        account_id: &str,
+        now: i64,
+    ) -> Result<EnrollmentState> {
+        let sealed = enrollment_id
+            .strip_prefix(ENROLLMENT_PREFIX)
+            .ok_or(Error::EnrollmentNotFound)?;
+        let plaintext = unseal_for(
+            Purpose::OpaqueState,
+            &self.keys,
+            &enrollment_binding(account_id),
+            sealed,
+        )
+        .map_err(|_| Error::EnrollmentNotFound)?;
+        let state: EnrollmentState =
+            serde_json::from_slice(&plaintext).map_err(|_| Error::EnrollmentNotFound)?;
+        if state.account_id != account_id || now >= state.expires_at_ms {
+            return Err(Error::EnrollmentNotFound);
+        }
+        Ok(state)
+    }
+
+    /// On a verified flow of a zero-knowledge enrolment: counts a guess of the code, then
+    /// answers KE1 with KE2, keeping the sealed login state in the flow.
+    #[tracing::instrument(name = "domain.start_zero_knowledge_recovery", skip_all)]
+    pub async fn start_zero_knowledge_recovery(
+        &self,
+        flow_id: &str,
+        credential_request: &[u8],
+    ) -> Result<Vec<u8>> {
+        // The message is checked before anything is looked up or counted.
+        opaque::check_credential_request(credential_request)
+            .map_err(|e| malformed(e, "credential_request"))?;
+        let now = self.now();
+        let (flow, enrollment) = self.find_open_flow(flow_id, now).await?;
+        if flow.verified_at.is_none() {
+            return Err(Error::EmailNotVerified);
+        }
+        let Some(enrollment) = enrollment else {
+            tracing::error!(flow_id = %flow.flow_id, "verified flow without an enrollment");
+            return Err(Error::Internal);
+        };
+        let Some(stored) = enrollment.code.clone() else {
+            return Err(Error::FlowCompleted);
+        };
+        if RecoveryMode::of(&stored) != RecoveryMode::ZeroKnowledge {
+            return Err(Error::NotZeroKnowledge);
+        }
+        self.refuse_if_locked(&flow, &enrollment, now).await?;
+        // Counted before any work: every start is a guess.
+        let submission = self.reserve_submission(&flow, &enrollment, now).await?;
+        let record = STANDARD.decode(&stored.hash.0).unwrap_or_default();
+        let (ke2, server_state) = self
+            .opaque
+            .login_start(
+                &stored.key_id,
+                &record,
+                credential_request,
+                stored.code_id.as_bytes(),
+            )
+            .map_err(|e| malformed(e, "credential_request"))?;
+        let sealed = seal_login_state(
+            &self.keys,
+            &flow.flow_id,
+            &LoginState {
+                state: STANDARD.encode(&*server_state),
+                code_id: stored.code_id.clone(),
+                failure_id: submission.failure_id,
+                own_lock_ms: submission.own_lock.map(Timestamp::as_ms),
+                attempts_left: submission.attempts_left,
+            },
+        )?;
+        let client = super::recovery_flow::flow_client(&flow);
+        let account_id = enrollment.account_id.as_str();
+        let mut effects = Effects {
+            messages: vec![],
+            audit: vec![audit(
+                account_id,
+                AuditKind::ZeroKnowledgeRecoveryStarted,
+                now,
+                &client,
+                &[
+                    ("flow_id", flow.flow_id.clone()),
+                    ("attempts_left", submission.attempts_left.to_string()),
+                ],
+            )?],
+            events: vec![],
+        };
+        // A start that reached the lockout threshold locks now (its finish may never come):
+        // the owner is told, and the lock's event goes out.
+        if let Some(until) = submission.own_lock {
+            effects.messages.push(self.lock_notice(
+                &enrollment.email,
+                account_id,
+                until,
+                &client,
+                now,
+            )?);
+            effects.audit.push(audit(
+                account_id,
+                AuditKind::RecoveryLocked,
+                now,
+                &client,
+                &[
+                    ("flow_id", flow.flow_id.clone()),
+                    ("locked_until_ms", until.as_ms().to_string()),
+                ],
+            )?);
+        }
+        let stored_state = self
+            .storage
+            .store_login_state(&flow.flow_id, Opaque(sealed), now, effects)
+            .await?;
+        if let Some(event_id) = &submission.held_event {
+            self.storage.release_held_event(event_id, now).await?;
+        }
+        if submission.own_lock.is_some() {
+            self.mail_enqueued();
+            crate::metrics::get().lockout();
+        }
+        if !stored_state {
+            // The flow ended meanwhile; the guess stays counted.
+            return Err(match self.storage.find_flow(&flow.flow_id).await? {
+                Some(f) if f.completed_at.is_some() => Error::FlowCompleted,
+                _ => Error::FlowExpired,
+            });
+        }
+        Ok(ke2)
+    }
+
+    /// Checks the device's KE3 against the flow's pending login and completes the recovery
+    /// once, handing back the sealed keyset.
+    #[tracing::instrument(name = "domain.finish_zero_knowledge_recovery", skip_all)]
+    pub async fn finish_zero_knowledge_recovery(
+        &self,
+        flow_id: &str,
+        credential_finalization: &[u8],
+    ) -> Result<RecoveredKeyset> {
+        if credential_finalization.len() != opaque::KE3_LEN {
+            return Err(Error::OpaqueMessageMalformed(
+                "credential_finalization must be OPAQUE's KE3 (64 bytes); no attempt was counted",
+            ));
+        }
+        let now = self.now();
+        let (flow, enrollment) = self.find_open_flow(flow_id, now).await?;
+        if flow.verified_at.is_none() {
+            return Err(Error::EmailNotVerified);
+        }
+        let Some(enrollment) = enrollment else {
+            tracing::error!(flow_id = %flow.flow_id, "verified flow without an enrollment");
+            return Err(Error::Internal);
+        };
+        let Some(stored) = enrollment.code.clone() else {
+            return Err(Error::FlowCompleted);
+        };
+        if RecoveryMode::of(&stored) != RecoveryMode::ZeroKnowledge {
+            return Err(Error::NotZeroKnowledge);
+        }
+        let Some(sealed) = flow.zk_login_state.clone() else {
+            return Err(Error::ZeroKnowledgeNotStarted);
+        };
+        let login = open_login_state(&self.keys, &flow.flow_id, &sealed.0)?;
+        if login.code_id != stored.code_id {
+            // Started against an enrolment that has since been replaced.
+            return Err(Error::FlowCompleted);
+        }
+        let server_state = Zeroizing::new(STANDARD.decode(&login.state).map_err(|_| {
+            tracing::error!(flow_id = %flow.flow_id, "an unreadable OPAQUE login state");
+            Error::Internal
+        })?);
+        let client = super::recovery_flow::flow_client(&flow);
+        match opaque::login_finish(&server_state, credential_finalization) {
+            Ok(()) => {}
+            Err(opaque::Error::NotVerified) => {
+                // A wrong code: the start's failure stands, this login is over.
+                let failure = audit(
+                    &enrollment.account_id,
+                    AuditKind::RecoveryCodeFailed,
+                    now,
+                    &client,
+                    &[
+                        ("flow_id", flow.flow_id.clone()),
+                        ("attempts_left", login.attempts_left.to_string()),
+                        ("method", "zero_knowledge".to_owned()),
+                    ],
+                )?;
+                let ended = self
+                    .storage
+                    .end_login_state(
+                        &flow.flow_id,
+                        &sealed,
+                        now,
+                        Effects {
+                            audit: vec![failure],
+                            ..Effects::none()
+                        },
+                    )
+                    .await?;
+                if !ended {
+                    tracing::debug!(flow_id = %flow.flow_id, "a concurrent finish ended the login first");
+                }
+                return Err(Error::RecoveryCodeMismatch {
+                    attempts_left: login.attempts_left,
+                });
+            }
+            Err(err) => return Err(malformed(err, "credential_finalization")),
+        }
+        let retire = self.policy.reuse == super::ReusePolicy::RotateOnUse;
+        let own_lock = login.own_lock_ms.map(Timestamp::from_ms);
+        let update = CompletionUpdate {
+            verified_code_id: stored.code_id.clone(),
+            reservation: Some((login.failure_id, own_lock, None)),
+            retire,
+            login_state: Some(sealed),
+            ..CompletionUpdate::default()
+        };
+        let completed = Completed {
+            flow: &flow,
+            enrollment: &enrollment,
+            method: "zero_knowledge",
+            code_id: &stored.code_id,
+            rotated_code_id: None,
+            retired: retire,
+        };
+        let completion = self
+            .storage
+            .recover_account(&flow.flow_id, now, update, |done| {
+                self.completion_effects(&completed, done, now)
+            })
+            .await?;
+        if !matches!(completion, Completion::Completed { .. }) {
+            // A right code is never a failure, even one that completed nothing.
+            self.storage
+                .release_recovery_attempt(&enrollment.account_id, login.failure_id, own_lock, None)
+                .await?;
+        }
+        match completion {
+            Completion::Completed { use_count } => {
+                self.mail_enqueued();
+                tracing::info!(account_id = %enrollment.account_id, flow_id = %flow.flow_id, use_count, "account recovered (zero-knowledge)");
+                let sealed_keyset = stored
+                    .sealed_keyset
+                    .as_ref()
+                    .and_then(|k| STANDARD.decode(&k.0).ok())
+                    .ok_or_else(|| {
+                        tracing::error!(account_id = %enrollment.account_id, "a zero-knowledge enrolment without a readable sealed keyset");
+                        Error::Internal
+                    })?;
+                Ok(RecoveredKeyset {
+                    account_id: enrollment.account_id.clone(),
+                    sealed_keyset,
+                    reenrollment_required: retire,
+                })
+            }
+            Completion::Cancelled => Err(Error::FlowCompleted),
+            Completion::Locked { until } => Err(Error::RecoveryLocked {
+                locked_until: until,
+            }),
+            Completion::NotCompletable => match self.storage.find_flow(&flow.flow_id).await? {
+                Some(f) if f.completed_at.is_some() => Err(Error::FlowCompleted),
+                Some(f)
+                    if f.zk_login_state.is_none() || f.zk_login_state != flow.zk_login_state =>
+                {
+                    // A newer start replaced this login, or a wrong finish ended it.
+                    Err(Error::ZeroKnowledgeNotStarted)
+                }
+                _ => Err(Error::FlowExpired),
+            },
+        }
+    }
+
+    /// The owner's "recovery locked" notice.
+    pub(super) fn lock_notice(
+        &self,
+        to: &str,
+        account_id: &str,
+        until: Timestamp,
+        client: &Client,
+        now: i64,
+    ) -> Result<recovery_storage::model::NewMessage> {
+        message(
+            &self.keys,
+            &Notice::RecoveryLocked(notice::RecoveryLocked {
+                locked_for_hours: self.policy.lockout_ms / HOUR_MS,
+                locked_until_ms: Some(until.as_ms()),
+                context: context(now, client),
+            }),
+            Some(account_id),
+            to,
+        )
+    }
+}
+
+/// What an enrollment id is bound to: its account.
+fn enrollment_binding(account_id: &str) -> String {
+    format!("zk-enrollment\0{account_id}")
+}
+
+fn seal_login_state(
+    keys: &crate::crypto::KeyRing,
+    flow_id: &str,
+    state: &LoginState,
+) -> Result<String> {
+    let plaintext = Zeroizing::new(serde_json::to_vec(state).map_err(|e| {
+        tracing::error!(error = %e, "login state");
+        Error::Internal
+    })?);
+    seal_for(
+        Purpose::OpaqueState,
+        keys.current(),
+        &format!("zk-login\0{flow_id}"),
+        &plaintext,
+    )
+    .map_err(crypto_failed)
+}
+
+fn open_login_state(
+    keys: &crate::crypto::KeyRing,
+    flow_id: &str,
+    sealed: &str,
+) -> Result<LoginState> {
+    let plaintext = unseal_for(
+        Purpose::OpaqueState,
+        keys,
+        &format!("zk-login\0{flow_id}"),
+        sealed,
+    )
+    .map_err(|what| {
+        // Sealed under a key that left the ring since the start: start again.
+        tracing::warn!(flow_id, what, "an OPAQUE login state that cannot be opened");
+        Error::ZeroKnowledgeNotStarted
+    })?;
+    serde_json::from_slice(&plaintext).map_err(|_| Error::ZeroKnowledgeNotStarted)
+}
+
+fn crypto_failed(what: &'static str) -> Error {
+    tracing::error!(what, "sealing failed");
+    Error::Internal
+}
+
+/// `OPAQUE_MESSAGE_MALFORMED` for a message the protocol refused; the server's own failures
+/// are internal.
+fn malformed(err: opaque::Error, field: &'static str) -> Error {
+    match err {
+        opaque::Error::Malformed | opaque::Error::NotVerified => {
+            Error::OpaqueMessageMalformed(match field {
+                "registration_request" => {
+                    "registration_request must be OPAQUE's RegistrationRequest (32 bytes, a valid ristretto255 element); no attempt was counted"
+                }
+                "registration_record" => {
+                    "registration_record must be OPAQUE's RegistrationRecord (192 bytes, valid encodings); no attempt was counted"
+                }
+                "credential_request" => {
+                    "credential_request must be OPAQUE's KE1 (96 bytes, valid encodings); no attempt was counted"
+                }
+                _ => {
+                    "credential_finalization must be OPAQUE's KE3 (64 bytes); no attempt was counted"
+                }
+            })
+        }
+        opaque::Error::Internal => {
+            tracing::error!(field, "an OPAQUE step failed on the server's side");
+            Error::Internal
+        }
+    }
+}

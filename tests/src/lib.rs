@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod device;
 pub mod nats;
 pub mod otlp;
 pub mod pki;

@@ -184,7 +184,7 @@ impl Recovery {
             mode = mode.as_str(),
             replaced = outcome.replaced,
             generation = outcome.generation,
-            "recovery enrolment stored"
+            "recovery code created"
         );
         Ok(outcome)
     }

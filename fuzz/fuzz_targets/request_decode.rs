@@ -50,4 +50,19 @@ fuzz_target!(|data: &[u8]| {
         check::check_account_id(&req.account_id);
         check::check_page_token(&req.page_token);
     }
+    if let Some(req) = decode::<v1::StartZeroKnowledgeEnrollmentRequest>(data) {
+        check::check_account_id(&req.account_id);
+        check::check_opaque_messages(&req.registration_request);
+    }
+    if let Some(req) = decode::<v1::FinishZeroKnowledgeEnrollmentRequest>(data) {
+        check::check_account_id(&req.account_id);
+        check::check_email(&req.email);
+        check::check_opaque_messages(&req.registration_record);
+    }
+    if let Some(req) = decode::<v1::StartZeroKnowledgeRecoveryRequest>(data) {
+        check::check_opaque_messages(&req.credential_request);
+    }
+    if let Some(req) = decode::<v1::FinishZeroKnowledgeRecoveryRequest>(data) {
+        check::check_opaque_messages(&req.credential_finalization);
+    }
 });

@@ -188,3 +188,62 @@ pub fn check_truncate(input: &str, max: usize) {
         "{input:?}"
     );
 }
+
+/// The server's OPAQUE keys (derived once per process).
+fn opaque_keys() -> &'static recovery_service::crypto::opaque::OpaqueKeys {
+    static KEYS: std::sync::OnceLock<recovery_service::crypto::opaque::OpaqueKeys> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let ring = recovery_service::crypto::KeyRing::parse(
+            "a:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+        )
+        .expect("a key ring");
+        recovery_service::crypto::opaque::OpaqueKeys::derive(&ring).expect("OPAQUE keys")
+    })
+}
+
+/// `data` as every OPAQUE message, each taken from its own slice of it: the request and KE1
+/// are answered with the RFC's lengths or refused as malformed; a KE3 never verifies.
+pub fn check_opaque_messages(data: &[u8]) {
+    use recovery_service::crypto::opaque::{self, Error as E};
+    let keys = opaque_keys();
+    let take = |from: usize, len: usize| -> &[u8] {
+        let start = from.min(data.len());
+        &data[start..(start + len).min(data.len())]
+    };
+    // The whole input as each message, then each message cut from the input at its length.
+    for (request, record, ke1, ke3) in [
+        (data, data, data, data),
+        (
+            take(0, opaque::REGISTRATION_REQUEST_LEN),
+            take(0, opaque::REGISTRATION_RECORD_LEN),
+            take(0, opaque::KE1_LEN),
+            take(opaque::KE1_LEN, opaque::KE3_LEN),
+        ),
+    ] {
+        match keys.registration_response(request, b"zk_fuzz") {
+            Ok(response) => {
+                assert_eq!(request.len(), opaque::REGISTRATION_REQUEST_LEN);
+                assert_eq!(response.len(), opaque::REGISTRATION_RESPONSE_LEN);
+            }
+            Err(err) => assert_eq!(err, E::Malformed),
+        }
+        if opaque::parse_record(record).is_ok() {
+            assert_eq!(record.len(), opaque::REGISTRATION_RECORD_LEN);
+        }
+        match opaque::check_credential_request(ke1) {
+            Ok(()) => {
+                let (ke2, state) = keys
+                    .login_start("a", record, ke1, b"zk_fuzz")
+                    .expect("a parsed KE1 is answered");
+                assert_eq!(ke2.len(), opaque::KE2_LEN);
+                let finished = opaque::login_finish(&state, ke3);
+                assert!(
+                    matches!(finished, Err(E::NotVerified | E::Malformed)),
+                    "{finished:?}"
+                );
+            }
+            Err(err) => assert_eq!(err, E::Malformed),
+        }
+    }
+}

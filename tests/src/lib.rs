@@ -12,10 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub mod device;
 pub mod nats;
 pub mod otlp;
 pub mod pki;
+pub use recovery_device as device;
 pub use recovery_test_support::{PgDatabase, need, pgcluster};
 pub mod smtp;
 

@@ -258,6 +258,17 @@ async fn every_rpc_answers_every_role_as_the_contract_says() {
         ("RevokeRecoveryCode", true, true),
         ("UpdateRecoveryEmail", true, false),
         ("ListAuditEvents", false, true),
+        ("PutFamilyMember", true, false),
+        ("RemoveFamilyMember", true, false),
+        ("GetFamilyRecoveryStatus", true, true),
+        ("BeginAssistedRecovery", true, false),
+        ("VerifyAssistedRecovery", true, false),
+        ("CompleteAssistedRecovery", true, false),
+        ("CancelAssistedRecovery", true, false),
+        ("StartZeroKnowledgeEnrollment", true, false),
+        ("FinishZeroKnowledgeEnrollment", true, false),
+        ("StartZeroKnowledgeRecovery", true, false),
+        ("FinishZeroKnowledgeRecovery", true, false),
     ];
     async fn call(c: &mut RecoveryServiceClient<Channel>, rpc: &str) -> Result<(), tonic::Status> {
         match rpc {
@@ -291,6 +302,55 @@ async fn every_rpc_answers_every_role_as_the_contract_says() {
                 .map(drop),
             "ListAuditEvents" => c
                 .list_audit_events(api::ListAuditEventsRequest::default())
+                .await
+                .map(drop),
+            "PutFamilyMember" => c
+                .put_family_member(api::PutFamilyMemberRequest::default())
+                .await
+                .map(drop),
+            "RemoveFamilyMember" => c
+                .remove_family_member(api::RemoveFamilyMemberRequest::default())
+                .await
+                .map(drop),
+            "GetFamilyRecoveryStatus" => c
+                .get_family_recovery_status(api::GetFamilyRecoveryStatusRequest::default())
+                .await
+                .map(drop),
+            "BeginAssistedRecovery" => c
+                .begin_assisted_recovery(api::BeginAssistedRecoveryRequest::default())
+                .await
+                .map(drop),
+            "VerifyAssistedRecovery" => c
+                .verify_assisted_recovery(api::VerifyAssistedRecoveryRequest::default())
+                .await
+                .map(drop),
+            "CompleteAssistedRecovery" => c
+                .complete_assisted_recovery(api::CompleteAssistedRecoveryRequest::default())
+                .await
+                .map(drop),
+            "CancelAssistedRecovery" => c
+                .cancel_assisted_recovery(api::CancelAssistedRecoveryRequest::default())
+                .await
+                .map(drop),
+            "StartZeroKnowledgeEnrollment" => {
+                c.start_zero_knowledge_enrollment(
+                    api::StartZeroKnowledgeEnrollmentRequest::default(),
+                )
+                .await
+                .map(drop)
+            }
+            "FinishZeroKnowledgeEnrollment" => c
+                .finish_zero_knowledge_enrollment(
+                    api::FinishZeroKnowledgeEnrollmentRequest::default(),
+                )
+                .await
+                .map(drop),
+            "StartZeroKnowledgeRecovery" => c
+                .start_zero_knowledge_recovery(api::StartZeroKnowledgeRecoveryRequest::default())
+                .await
+                .map(drop),
+            "FinishZeroKnowledgeRecovery" => c
+                .finish_zero_knowledge_recovery(api::FinishZeroKnowledgeRecoveryRequest::default())
                 .await
                 .map(drop),
             other => panic!("{other}"),

@@ -12,6 +12,10 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use prost::Message as _;
 use recovery_proto::v1;
+use recovery_service::crypto::{
+    KeyRing,
+    opaque::{self, OpaqueKeys},
+};
 use recovery_service::domain::code::RecoveryCode;
 use recovery_service::domain::email::{Email, MAX_EMAIL_BYTES};
 use recovery_service::domain::secrets::{email_code, parse_email_code};
@@ -514,7 +518,81 @@ proptest! {
             v1::GetRecoveryStatusRequest,
             v1::RevokeRecoveryCodeRequest,
             v1::UpdateRecoveryEmailRequest,
-            v1::ListAuditEventsRequest
+            v1::ListAuditEventsRequest,
+            v1::PutFamilyMemberRequest,
+            v1::RemoveFamilyMemberRequest,
+            v1::GetFamilyRecoveryStatusRequest,
+            v1::BeginAssistedRecoveryRequest,
+            v1::VerifyAssistedRecoveryRequest,
+            v1::CompleteAssistedRecoveryRequest,
+            v1::CancelAssistedRecoveryRequest,
+            v1::StartZeroKnowledgeEnrollmentRequest,
+            v1::FinishZeroKnowledgeEnrollmentRequest,
+            v1::StartZeroKnowledgeRecoveryRequest,
+            v1::FinishZeroKnowledgeRecoveryRequest
         );
+    }
+}
+
+/// The server's OPAQUE keys for the properties below (derived once: a scalar multiplication).
+fn opaque_keys() -> &'static OpaqueKeys {
+    static KEYS: std::sync::OnceLock<OpaqueKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        OpaqueKeys::derive(
+            &KeyRing::parse("a:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")
+                .unwrap(),
+        )
+        .unwrap()
+    })
+}
+
+/// Bytes of every length around a message's, with all-zero, all-one and random contents.
+fn protocol_bytes(len: usize) -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..=len + 2),
+        prop::collection::vec(any::<u8>(), len..=len),
+        (0..=len + 2).prop_map(|n| vec![0u8; n]),
+        (0..=len + 2).prop_map(|n| vec![0xffu8; n]),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(300))]
+
+    /// Any bytes as any OPAQUE message: answered or refused as malformed, never a panic; the
+    /// wrong length is always malformed; an accepted message gets the RFC's answer length.
+    #[test]
+    fn opaque_messages_of_any_bytes_are_answered_or_malformed(
+        request in protocol_bytes(opaque::REGISTRATION_REQUEST_LEN),
+        record in protocol_bytes(opaque::REGISTRATION_RECORD_LEN),
+        ke1 in protocol_bytes(opaque::KE1_LEN),
+        ke3 in protocol_bytes(opaque::KE3_LEN),
+    ) {
+        let keys = opaque_keys();
+        match keys.registration_response(&request, b"zk_1") {
+            Ok(response) => {
+                prop_assert_eq!(request.len(), opaque::REGISTRATION_REQUEST_LEN);
+                prop_assert_eq!(response.len(), opaque::REGISTRATION_RESPONSE_LEN);
+            }
+            Err(err) => prop_assert_eq!(err, opaque::Error::Malformed),
+        }
+        if record.len() != opaque::REGISTRATION_RECORD_LEN {
+            prop_assert!(opaque::parse_record(&record).is_err());
+        }
+        match opaque::check_credential_request(&ke1) {
+            Ok(()) => {
+                prop_assert_eq!(ke1.len(), opaque::KE1_LEN);
+                // Against any stored record (a real one or garbage): a KE2 of the RFC's length.
+                let (ke2, state) = keys.login_start("a", &record, &ke1, b"zk_1").unwrap();
+                prop_assert_eq!(ke2.len(), opaque::KE2_LEN);
+                let finished = opaque::login_finish(&state, &ke3);
+                if ke3.len() == opaque::KE3_LEN {
+                    prop_assert_eq!(finished, Err(opaque::Error::NotVerified));
+                } else {
+                    prop_assert_eq!(finished, Err(opaque::Error::Malformed));
+                }
+            }
+            Err(err) => prop_assert_eq!(err, opaque::Error::Malformed),
+        }
     }
 }

@@ -1,7 +1,12 @@
-//! A device doing zero-knowledge recovery's client side with opaque-ke (RFC 9807, the suite of
-//! API.md): it makes a code, enrols it with a keyset sealed under OPAQUE's export key, and
+//! The device's side of zero-knowledge recovery with opaque-ke (RFC 9807, the suite of the
+//! service's contract): it enrols a code with a keyset sealed under OPAQUE's export key, and
 //! recovers the keyset with the code. The service sees only OPAQUE messages and the sealed
-//! keyset.
+//! keyset. Used by the end-to-end tests, the load tool and `examples/zk_client.rs`.
+//!
+//! A panic here is a broken opaque-ke, not bad input: the functions that face the service
+//! answer its `Status`.
+
+#![allow(clippy::expect_used)] // opaque-ke's client steps cannot fail on their own output
 
 use chacha20poly1305::{
     ChaCha20Poly1305, KeyInit as _, Nonce,
@@ -230,4 +235,18 @@ pub fn open(export_key: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
             },
         )
         .ok()
+}
+
+/// A new code made on the device: `ZK1-` and 26 Crockford base32 characters (130 bits from the
+/// operating system), in groups of 4 or 2. Only the device and the person ever see it.
+pub fn make_code() -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let mut bytes = [0u8; 26];
+    rand_core_06::RngCore::fill_bytes(&mut rand_core_06::OsRng, &mut bytes);
+    let chars: Vec<char> = bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(b & 31)]))
+        .collect();
+    let groups: Vec<String> = chars.chunks(4).map(|g| g.iter().collect()).collect();
+    format!("ZK1-{}", groups.join("-"))
 }

@@ -179,6 +179,12 @@ pub enum Rpc {
     VerifyEmail,
     /// RecoverAccount with the right code, one verified flow per call (one argon2id verify).
     RecoverAccount,
+    /// StartZeroKnowledgeEnrollment then FinishZeroKnowledgeEnrollment for a new account per
+    /// call, the device's OPAQUE steps (opaque-ke) in between.
+    ZkEnroll,
+    /// StartZeroKnowledgeRecovery then FinishZeroKnowledgeRecovery on one verified flow per
+    /// call, the right code; the device's KE1 is made beforehand, its KE3 in between.
+    ZkRecover,
     /// GetRecoveryStatus of enrolled accounts.
     GetRecoveryStatus,
     /// ListAuditEvents (page size 20) of enrolled accounts.
@@ -191,11 +197,13 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 8] = [
+    pub const ALL: [Rpc; 10] = [
         Rpc::CreateRecoveryCode,
         Rpc::BeginRecovery,
         Rpc::VerifyEmail,
         Rpc::RecoverAccount,
+        Rpc::ZkEnroll,
+        Rpc::ZkRecover,
         Rpc::GetRecoveryStatus,
         Rpc::ListAuditEvents,
         Rpc::Health,
@@ -209,6 +217,8 @@ impl Rpc {
             Rpc::BeginRecovery => "BeginRecovery",
             Rpc::VerifyEmail => "VerifyEmail",
             Rpc::RecoverAccount => "RecoverAccount",
+            Rpc::ZkEnroll => "ZeroKnowledgeEnrollment",
+            Rpc::ZkRecover => "ZeroKnowledgeRecovery",
             Rpc::GetRecoveryStatus => "GetRecoveryStatus",
             Rpc::ListAuditEvents => "ListAuditEvents",
             Rpc::Health => "Health/Check",

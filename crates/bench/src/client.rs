@@ -8,6 +8,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use recovery_proto::v1::recovery_service_client::RecoveryServiceClient;
+
+/// A client of the service.
+pub type RecoveryClient = RecoveryServiceClient<Channel>;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,

@@ -33,6 +33,8 @@ pub struct Bench {
     pub ids: Arc<Ids>,
     pub pools: Arc<Pools>,
     pub prep: Preparer,
+    /// The preparer of zero-knowledge enrolments and flows (its own pools).
+    pub zk_prep: Preparer,
     pub concurrency: usize,
     pub duration: Duration,
     /// The tool's SMTP sink, to wait for the service's mail to drain between phases.
@@ -211,6 +213,71 @@ impl Bench {
             }))
         })
         .await
+    }
+
+    /// StartZeroKnowledgeEnrollment and FinishZeroKnowledgeEnrollment for a new account per
+    /// call; the device's registration steps run inside the call (they need the service's
+    /// answer). The enrolments feed the zero-knowledge recovery phase.
+    pub async fn zk_enroll(&self) -> anyhow::Result<PhaseReport> {
+        let prep = self.zk_prep.clone();
+        self.run("ZeroKnowledgeEnrollment", vec![], move |w| {
+            let (prep, mut client) = (prep.clone(), prep.clients.recovery(w));
+            Some(Box::pin(async move {
+                let enrolment = prep.make_enrolment(&mut client, "z").await?;
+                prep.pools.add_enrolment(enrolment);
+                Ok(())
+            }))
+        })
+        .await
+    }
+
+    /// StartZeroKnowledgeRecovery and FinishZeroKnowledgeRecovery with the right code on one
+    /// verified flow per call. The device's KE1 is made before the call starts; its KE3 (which
+    /// needs KE2) inside it. The number of flows comes from a one-second probe, as for
+    /// VerifyEmail.
+    pub async fn zk_recover(&self) -> anyhow::Result<PhaseReport> {
+        let prep = &self.zk_prep;
+        let probe_flows = (self.concurrency as u64 * 20).max(200);
+        let mut prepared = prep.start_flows(probe_flows).await;
+        prepared.push(prep.verify(probe_flows).await);
+        self.settle().await;
+        let probe = closed_loop(
+            &self.ui,
+            "ZeroKnowledgeRecovery probe",
+            self.concurrency,
+            Duration::from_secs(1),
+            self.zk_recover_next(),
+        )
+        .await?;
+        let counted = probe.recorder.calls() as f64 / probe.elapsed.as_secs_f64().max(1e-3);
+        let wanted = (counted * self.duration.as_secs_f64() * 1.2) as u64 + self.concurrency as u64;
+        let missing = wanted.saturating_sub(prep.pools.verified_len() as u64);
+        self.ui.note(&format!(
+            "ZeroKnowledgeRecovery: probe {counted:.0}/s, preparing {missing} more flows"
+        ));
+        prepared.extend(prep.start_flows(missing).await);
+        prepared.push(prep.verify(missing).await);
+        self.run("ZeroKnowledgeRecovery", prepared, self.zk_recover_next())
+            .await
+    }
+
+    fn zk_recover_next(&self) -> impl Fn(usize) -> Option<CallFuture> + Send + Sync + 'static {
+        let (pools, clients) = (Arc::clone(&self.zk_prep.pools), self.clients.clone());
+        move |w| {
+            let flow = pools.pop_verified()?;
+            let code = flow.recovery_code.into_bytes();
+            let ke1 = recovery_device::prepare_login(&code);
+            let mut client = clients.recovery(w);
+            Some(Box::pin(async move {
+                let login =
+                    recovery_device::start_prepared_login(&mut client, &flow.flow_id, ke1).await?;
+                let (ke3, _) = login
+                    .finish(&code)
+                    .ok_or_else(|| tonic::Status::internal("the device could not open KE2"))?;
+                recovery_device::finish_login(&mut client, &flow.flow_id, ke3).await?;
+                Ok(())
+            }))
+        }
     }
 
     /// Enrolled accounts to read (enrolling some when the run made none yet).

@@ -161,6 +161,9 @@ pub struct Preparer {
     /// Concurrent flows in the making.
     pub flow_concurrency: usize,
     pub timeout: Duration,
+    /// Enrolments are zero-knowledge (OPAQUE through `recovery-device`, the code made on the
+    /// tool's side) instead of CreateRecoveryCode.
+    pub zero_knowledge: bool,
 }
 
 type Failures = Arc<Mutex<BTreeMap<String, u64>>>;
@@ -185,20 +188,10 @@ impl Preparer {
             workers.spawn(async move {
                 let mut client = this.clients.recovery(w);
                 while made.load(Ordering::Relaxed) < n && Instant::now() < deadline {
-                    let i = this.ids.serial();
-                    let (account_id, email) = (this.ids.account("e", i), this.ids.email("e", i));
-                    let request = CreateRecoveryCodeRequest {
-                        account_id: account_id.clone(),
-                        email: email.clone(),
-                    };
-                    match client.create_recovery_code(request).await {
-                        Ok(r) => {
+                    match this.make_enrolment(&mut client, "e").await {
+                        Ok(enrolment) => {
                             made.fetch_add(1, Ordering::Relaxed);
-                            this.pools.add_enrolment(Enrolment {
-                                account_id,
-                                email,
-                                recovery_code: r.into_inner().recovery_code,
-                            });
+                            this.pools.add_enrolment(enrolment);
                         }
                         Err(status) => {
                             count_failure(&failures, &status);
@@ -211,6 +204,37 @@ impl Preparer {
         while workers.join_next().await.is_some() {}
         ticker.finish();
         finish("enrolments", &made, started, &failures)
+    }
+
+    /// One new enrolment of this preparer's kind: CreateRecoveryCode, or a zero-knowledge
+    /// enrolment of a code made here.
+    pub async fn make_enrolment(
+        &self,
+        client: &mut crate::client::RecoveryClient,
+        kind: &str,
+    ) -> Result<Enrolment, Status> {
+        let i = self.ids.serial();
+        let (account_id, email) = (self.ids.account(kind, i), self.ids.email(kind, i));
+        let recovery_code = if self.zero_knowledge {
+            let code = recovery_device::make_code();
+            recovery_device::enrol(client, &account_id, &email, code.as_bytes(), b"keyset").await?;
+            code
+        } else {
+            let request = CreateRecoveryCodeRequest {
+                account_id: account_id.clone(),
+                email: email.clone(),
+            };
+            client
+                .create_recovery_code(request)
+                .await?
+                .into_inner()
+                .recovery_code
+        };
+        Ok(Enrolment {
+            account_id,
+            email,
+            recovery_code,
+        })
     }
 
     /// Enrols enough accounts for `n` flows (each email starts a few), then starts them.
@@ -297,19 +321,11 @@ impl Preparer {
         if let Some(found) = self.pools.take_startable() {
             return Some(found);
         }
-        let i = self.ids.serial();
-        let (account_id, email) = (self.ids.account("f", i), self.ids.email("f", i));
-        let request = CreateRecoveryCodeRequest {
-            account_id: account_id.clone(),
-            email: email.clone(),
-        };
-        match self.clients.recovery(w).create_recovery_code(request).await {
-            Ok(r) => {
-                let e = Enrolment {
-                    account_id,
-                    email,
-                    recovery_code: r.into_inner().recovery_code,
-                };
+        match self
+            .make_enrolment(&mut self.clients.recovery(w), "f")
+            .await
+        {
+            Ok(e) => {
                 self.pools.add_enrolment(e);
                 self.pools.take_startable()
             }

@@ -68,21 +68,31 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let threads = args.hash_threads();
     let ids = Arc::new(Ids::new()?);
     let pools = Arc::new(Pools::default());
-    let bench = Bench {
+    let prep = Preparer {
         ui,
         clients: clients.clone(),
         ids: Arc::clone(&ids),
         pools: Arc::clone(&pools),
-        prep: Preparer {
-            ui,
-            clients,
-            ids,
-            pools,
-            codes: have_mail.then_some(codes),
-            hash_concurrency: threads * 2,
-            flow_concurrency: (concurrency * 4).max(32),
-            timeout: args.prepare_timeout,
-        },
+        codes: have_mail.then_some(codes),
+        hash_concurrency: threads * 2,
+        flow_concurrency: (concurrency * 4).max(32),
+        timeout: args.prepare_timeout,
+        zero_knowledge: false,
+    };
+    let zk_prep = Preparer {
+        pools: Arc::new(Pools::default()),
+        // Nothing to hash: as many at once as flows.
+        hash_concurrency: (concurrency * 4).max(32),
+        zero_knowledge: true,
+        ..prep.clone()
+    };
+    let bench = Bench {
+        ui,
+        clients,
+        ids,
+        pools,
+        prep,
+        zk_prep,
         concurrency,
         duration: args.duration,
         sink,
@@ -139,7 +149,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     }
     let raw_rate = |r: &Report| r.raw_hashes_per_s().unwrap_or(1.0);
     for rpc in rpcs {
-        if matches!(rpc, Rpc::VerifyEmail | Rpc::RecoverAccount) && !have_mail {
+        if matches!(rpc, Rpc::VerifyEmail | Rpc::RecoverAccount | Rpc::ZkRecover) && !have_mail {
             report.notes.push(format!(
                 "{} skipped: it needs the email codes (use --spawn, --mail-dir DIR or --smtp-listen ADDR)",
                 rpc.method()
@@ -152,6 +162,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
             Rpc::BeginRecovery => bench.begin_recovery().await?,
             Rpc::VerifyEmail => bench.verify_email().await?,
             Rpc::RecoverAccount => bench.recover_account(raw_rate(&report)).await?,
+            Rpc::ZkEnroll => bench.zk_enroll().await?,
+            Rpc::ZkRecover => bench.zk_recover().await?,
             Rpc::GetRecoveryStatus => bench.get_recovery_status().await?,
             Rpc::ListAuditEvents => bench.list_audit_events().await?,
             Rpc::Health => bench.health().await?,

@@ -143,19 +143,7 @@ impl std::fmt::Debug for Login {
 
 /// StartZeroKnowledgeRecovery on a verified flow with `code`.
 pub async fn start_login(c: &mut Client, flow_id: &str, code: &[u8]) -> Result<Login, Status> {
-    let start =
-        ClientLogin::<Suite>::start(&mut rand_core_06::OsRng, code).expect("a credential request");
-    let answer = c
-        .start_zero_knowledge_recovery(api::StartZeroKnowledgeRecoveryRequest {
-            flow_id: flow_id.into(),
-            credential_request: start.message.serialize().to_vec(),
-        })
-        .await?
-        .into_inner();
-    Ok(Login {
-        state: start.state,
-        credential_response: answer.credential_response,
-    })
+    start_prepared_login(c, flow_id, prepare_login(code)).await
 }
 
 impl Login {
@@ -249,4 +237,46 @@ pub fn make_code() -> String {
         .collect();
     let groups: Vec<String> = chars.chunks(4).map(|g| g.iter().collect()).collect();
     format!("ZK1-{}", groups.join("-"))
+}
+
+/// KE1 made ahead of the call (a load tool keeps the device's first step out of what it
+/// measures): the message and the device's state.
+pub struct PreparedLogin {
+    state: ClientLogin<Suite>,
+    credential_request: Vec<u8>,
+}
+
+impl std::fmt::Debug for PreparedLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedLogin").finish_non_exhaustive()
+    }
+}
+
+/// The device's first login step for `code`.
+pub fn prepare_login(code: &[u8]) -> PreparedLogin {
+    let start =
+        ClientLogin::<Suite>::start(&mut rand_core_06::OsRng, code).expect("a credential request");
+    PreparedLogin {
+        credential_request: start.message.serialize().to_vec(),
+        state: start.state,
+    }
+}
+
+/// StartZeroKnowledgeRecovery with a prepared KE1.
+pub async fn start_prepared_login(
+    c: &mut Client,
+    flow_id: &str,
+    prepared: PreparedLogin,
+) -> Result<Login, Status> {
+    let answer = c
+        .start_zero_knowledge_recovery(api::StartZeroKnowledgeRecoveryRequest {
+            flow_id: flow_id.into(),
+            credential_request: prepared.credential_request,
+        })
+        .await?
+        .into_inner();
+    Ok(Login {
+        state: prepared.state,
+        credential_response: answer.credential_response,
+    })
 }

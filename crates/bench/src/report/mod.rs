@@ -107,6 +107,8 @@ pub struct Ratios {
     pub recover_account_vs_raw_argon2: Option<f64>,
     pub get_recovery_status_vs_health: Option<f64>,
     pub begin_recovery_vs_pgbench: Option<f64>,
+    /// Zero-knowledge recoveries (Start+Finish) per second ÷ RecoverAccount's (goal ≥ 10).
+    pub zero_knowledge_recovery_vs_recover_account: Option<f64>,
     /// The same ratios per CPU second (the spawned service's CPU time; the raw threads' CPU
     /// time): unaffected by other processes competing for the cores.
     pub create_recovery_code_vs_raw_argon2_per_cpu: Option<f64>,
@@ -178,6 +180,10 @@ impl Report {
             begin_recovery_vs_pgbench: div(
                 ok("BeginRecovery"),
                 self.pgbench.as_ref().map(|p| p.tps),
+            ),
+            zero_knowledge_recovery_vs_recover_account: div(
+                ok("ZeroKnowledgeRecovery"),
+                ok("RecoverAccount"),
             ),
             create_recovery_code_vs_raw_argon2_per_cpu: div(per_cpu("CreateRecoveryCode"), raw_cpu),
             recover_account_vs_raw_argon2_per_cpu: div(per_cpu("RecoverAccount"), raw_cpu),

@@ -82,6 +82,17 @@ impl Report {
             ratio(r.get_recovery_status_vs_health_per_cpu),
             "≥ 0.35",
         );
+        let zk_cpu = self
+            .phases
+            .iter()
+            .find(|p| p.rpc == "ZeroKnowledgeRecovery")
+            .and_then(|p| p.server_cpu_ms_per_call);
+        row(
+            "ZeroKnowledgeRecovery ÷ RecoverAccount",
+            ratio(r.zero_knowledge_recovery_vs_recover_account),
+            zk_cpu.map_or(String::new(), |ms| format!("{ms:.2} ms")),
+            "≥ 10 (CPU ≤ 1 ms a call)",
+        );
         let mut row = |name: &str, value: String, goal: &str| row(name, value, String::new(), goal);
         if let Some(p) = &self.pgbench {
             row(

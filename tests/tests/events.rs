@@ -653,3 +653,47 @@ async fn a_service_started_while_nats_is_down_publishes_once_it_is_up() {
     let published = wait_for_messages(&nats, 1, Duration::from_secs(30)).await;
     assert_eq!(published[0].event["subject"], "acct-early");
 }
+
+#[tokio::test]
+#[ignore = "needs nats-server (apt install nats-server): run with -- --include-ignored"]
+async fn zero_knowledge_enrolments_and_recoveries_say_their_mode_and_method() {
+    let nats = NatsServer::start().unwrap();
+    let (_server, mut c, mail) = start(&nats.url(), Options::default()).await;
+    let code = b"ZK1-EVENTS-CODE";
+    let keyset = b"events-keyset-plaintext";
+    let enrolled = recovery_e2e::device::enrol(&mut c, "acct-zk", "zed@example.com", code, keyset)
+        .await
+        .unwrap();
+    let (flow, _) = verified_flow(&mut c, &mail, "zed@example.com").await;
+    recovery_e2e::device::recover(&mut c, &flow, code)
+        .await
+        .unwrap();
+    let messages = wait_for_messages(&nats, 2, Duration::from_secs(30)).await;
+    let of = |t: &str| {
+        messages
+            .iter()
+            .find(|m| m.subject == format!("identity.recovery.v1.{t}"))
+            .unwrap_or_else(|| panic!("no {t} in {messages:?}"))
+    };
+    let created = of("recovery_code.created");
+    assert_eq!(created.event["data"]["mode"], "zero_knowledge");
+    assert_eq!(created.event["data"]["code_id"], enrolled.code_id.as_str());
+    let recovered = of("account.recovered");
+    assert_eq!(recovered.event["data"]["method"], "zero_knowledge");
+    assert_eq!(recovered.event["data"]["flow_id"], flow.as_str());
+    assert_eq!(recovered.event["subject"], "acct-zk");
+    // Nothing of the code, the keyset or the sealed keyset in any event.
+    for m in &messages {
+        for secret in [
+            String::from_utf8_lossy(code).into_owned(),
+            String::from_utf8_lossy(keyset).into_owned(),
+            enrolled
+                .sealed_keyset
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        ] {
+            assert!(!m.raw.contains(&secret), "{}", m.raw);
+        }
+    }
+}

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::{common::v1::any_value::Value, trace::v1::Span};
-use recovery_e2e::{Mailbox, Options, Server, otlp::Collector};
+use recovery_e2e::{Mailbox, Options, Server, device, otlp::Collector};
 use recovery_proto::v1::{
     self as api, ClientContext, recovery_service_client::RecoveryServiceClient,
 };
@@ -115,6 +115,53 @@ async fn spans_reach_the_collector_and_no_secret_is_exported_or_logged() {
     .await
     .unwrap();
 
+    // A zero-knowledge enrolment and recovery: its protocol messages, sealed keyset and export
+    // key must not reach telemetry or logs either.
+    let zk_email = "zoe.secretive@example.com";
+    let zk_code = b"ZK1-SECRET-DEVICE-CODE";
+    let zk_keyset = b"the-vault-key-in-clear";
+    let enrolled = device::enrol(&mut c, "acct-otel-zk", zk_email, zk_code, zk_keyset)
+        .await
+        .unwrap();
+    let zk_flow = c
+        .begin_recovery(api::BeginRecoveryRequest {
+            email: zk_email.into(),
+            client: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .flow_id;
+    let zk_email_code = mail
+        .wait_for(zk_email, "verification code")
+        .await
+        .unwrap()
+        .code()
+        .unwrap();
+    c.verify_email(api::VerifyEmailRequest {
+        flow_id: zk_flow.clone(),
+        email_code: zk_email_code,
+    })
+    .await
+    .unwrap();
+    let login = device::start_login(&mut c, &zk_flow, zk_code)
+        .await
+        .unwrap();
+    let ke2 = login.credential_response.clone();
+    let (ke3, export_key) = login.finish(zk_code).unwrap();
+    let recovered = device::finish_login(&mut c, &zk_flow, ke3.clone())
+        .await
+        .unwrap();
+    assert_eq!(recovered.sealed_keyset, enrolled.sealed_keyset);
+    let zk_secrets: Vec<(&str, Vec<u8>)> = vec![
+        ("zero-knowledge code", zk_code.to_vec()),
+        ("keyset", zk_keyset.to_vec()),
+        ("sealed keyset", enrolled.sealed_keyset.clone()),
+        ("export key", export_key.clone()),
+        ("KE2", ke2.clone()),
+        ("KE3", ke3.clone()),
+    ];
+
     // Wait for the last RPC's span to arrive.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -122,6 +169,9 @@ async fn spans_reach_the_collector_and_no_secret_is_exported_or_logged() {
         if spans
             .iter()
             .any(|s| s.name == "identity.recovery.v1.RecoveryService/RecoverAccount")
+            && spans.iter().any(|s| {
+                s.name == "identity.recovery.v1.RecoveryService/FinishZeroKnowledgeRecovery"
+            })
             && !collector.metrics.lock().expect("metrics").is_empty()
         {
             break;
@@ -220,6 +270,30 @@ async fn spans_reach_the_collector_and_no_secret_is_exported_or_logged() {
 
     // Nothing secret anywhere: not in spans, metrics or any log line.
     let everything = format!("{}\n{}", collector.dump(), log.join("\n"));
+    for (what, secret) in &zk_secrets {
+        for (form, text) in [
+            ("bytes", String::from_utf8_lossy(secret).into_owned()),
+            ("hex", hex(secret)),
+            ("base64", base64_standard(secret)),
+            (
+                "bytes as a debug list",
+                format!("{:?}", &secret[..secret.len().min(8)]),
+            ),
+        ] {
+            if text.len() >= 8 {
+                assert!(
+                    !everything.contains(&text),
+                    "the {what} ({form}) leaked into telemetry or logs"
+                );
+            }
+        }
+    }
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name.ends_with("/FinishZeroKnowledgeRecovery")),
+        "the zero-knowledge RPCs have spans too"
+    );
     let canonical: String = code[4..].replace('-', "");
     for (what, secret) in [
         ("recovery code", code.as_str()),
@@ -234,6 +308,21 @@ async fn spans_reach_the_collector_and_no_secret_is_exported_or_logged() {
             "the {what} leaked into telemetry or logs"
         );
     }
+}
+
+fn base64_standard(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
 }
 
 fn hex(bytes: &[u8]) -> String {

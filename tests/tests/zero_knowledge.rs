@@ -747,3 +747,107 @@ async fn three_replicas_on_postgres_finish_logins_started_elsewhere_and_complete
     );
     assert_absent(&dump.stdout, "export key", &export);
 }
+
+#[tokio::test]
+async fn an_organizer_completing_assisted_recovery_revokes_a_zero_knowledge_enrolment() {
+    let mut env = Running::start(Options::default()).await;
+    let c = &mut env.client;
+    for (account, role, email) in [
+        ("org", api::FamilyRole::Organizer, "org@example.com"),
+        ("kid", api::FamilyRole::Member, "kid.family@example.com"),
+    ] {
+        c.put_family_member(api::PutFamilyMemberRequest {
+            family_id: "fam-zk".into(),
+            account_id: account.into(),
+            role: role.into(),
+            email: email.into(),
+        })
+        .await
+        .unwrap();
+    }
+    device::enrol(c, "kid", "kid@example.com", CODE, KEYSET)
+        .await
+        .unwrap();
+    let family = c
+        .get_family_recovery_status(api::GetFamilyRecoveryStatusRequest {
+            family_id: "fam-zk".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        family
+            .members
+            .iter()
+            .any(|m| m.account_id == "kid" && m.recovery_code_enrolled),
+        "a zero-knowledge enrolment counts as enrolled"
+    );
+    let flow = c
+        .begin_assisted_recovery(api::BeginAssistedRecoveryRequest {
+            family_id: "fam-zk".into(),
+            organizer_account_id: "org".into(),
+            member_account_id: "kid".into(),
+            client: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .assisted_flow_id;
+    let code = env
+        .mail
+        .wait_for("kid.family@example.com", "")
+        .await
+        .unwrap()
+        .code()
+        .unwrap();
+    c.verify_assisted_recovery(api::VerifyAssistedRecoveryRequest {
+        assisted_flow_id: flow.clone(),
+        email_code: code,
+    })
+    .await
+    .unwrap();
+    let done = c
+        .complete_assisted_recovery(api::CompleteAssistedRecoveryRequest {
+            assisted_flow_id: flow,
+            organizer_account_id: "org".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(done.recovery_code_revoked);
+    let st = status(c, "kid").await;
+    assert!(!st.enrolled);
+    assert_eq!(st.mode(), RecoveryMode::Unspecified);
+}
+
+#[tokio::test]
+async fn a_zero_knowledge_enrolment_follows_the_address_rules_of_create_recovery_code() {
+    let mut env = Running::start(Options::default()).await;
+    let c = &mut env.client;
+    enroll(c, "owner", "taken@example.com").await;
+    let refused = device::enrol(c, "intruder", "TAKEN@example.com", CODE, KEYSET)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists);
+    assert_eq!(reason(&refused), "EMAIL_IN_USE");
+    assert!(!status(c, "intruder").await.enrolled);
+    // Revoke and email change work on either kind.
+    device::enrol(c, "zk-9", "nine@example.com", CODE, KEYSET)
+        .await
+        .unwrap();
+    c.update_recovery_email(api::UpdateRecoveryEmailRequest {
+        account_id: "zk-9".into(),
+        email: "nine@new.example".into(),
+    })
+    .await
+    .unwrap();
+    let flow = verified(c, &env.mail, "nine@new.example").await;
+    assert_eq!(device::recover(c, &flow, CODE).await.unwrap(), KEYSET);
+    c.revoke_recovery_code(api::RevokeRecoveryCodeRequest {
+        account_id: "zk-9".into(),
+        reason: "lost device".into(),
+    })
+    .await
+    .unwrap();
+    assert!(!status(c, "zk-9").await.enrolled);
+}

@@ -1,16 +1,19 @@
-//! The storage operations, one transaction each. Every limit is decided by the database with a
+//! The storage operations, one transaction each, one file per RPC family as in the domain and
+//! the gRPC adapter (`recovery_code`, `recovery_flow`, `family`, `assisted_recovery`,
+//! `zero_knowledge`), beside the shared ones (`audit`, `limits`, `outbox`, `events`, `cleanup`). Every limit is decided by the database with a
 //! conditional statement and its affected-row count, never by reading and then writing in Rust,
 //! so several replicas never allow more than one would.
 
-mod assisted;
+mod assisted_recovery;
 mod audit;
 mod cleanup;
-mod enrollments;
 mod events;
-mod families;
-mod flows;
+mod family;
 mod limits;
 mod outbox;
+mod recovery_code;
+mod recovery_flow;
+mod zero_knowledge;
 
 use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DbBackend, EntityTrait as _,

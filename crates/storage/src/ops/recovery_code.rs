@@ -33,24 +33,7 @@ impl Storage {
         self.put_enrollment(new, None, now, effects).await
     }
 
-    /// [`Storage::put_recovery_code`] for a zero-knowledge enrolment, finished once: the
-    /// enrollment's key (a keyed hash of its id) is recorded until `expires_at` in the same
-    /// transaction, and a second finish with the same key fails with
-    /// [`crate::ConflictKind::AlreadyUsed`] and changes nothing.
-    #[tracing::instrument(name = "db.finish_enrollment", skip_all)]
-    pub async fn finish_enrollment<R: IntoEffects>(
-        &self,
-        new: NewEnrollment,
-        enrollment_key: &str,
-        expires_at: i64,
-        now: i64,
-        effects: impl FnOnce(&PutOutcome) -> R,
-    ) -> Result<PutOutcome, ChangeError<R::Error>> {
-        self.put_enrollment(new, Some((enrollment_key, expires_at)), now, effects)
-            .await
-    }
-
-    async fn put_enrollment<R: IntoEffects>(
+    pub(super) async fn put_enrollment<R: IntoEffects>(
         &self,
         new: NewEnrollment,
         single_use: Option<(&str, i64)>,

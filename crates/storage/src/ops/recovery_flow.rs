@@ -255,12 +255,14 @@ impl Storage {
         let Some(use_count) = used.first().map(|e| e.use_count) else {
             return Ok(Completion::Cancelled);
         };
-        if update.retire && !super::enrollments::retire(&txn, &account_id, generation, now).await? {
+        if update.retire
+            && !super::recovery_code::retire(&txn, &account_id, generation, now).await?
+        {
             return Ok(Completion::Cancelled);
         }
         // The person recovered with their own code: organizer-assisted recovery of the
         // account is over, and the family's organizers are told.
-        let ended_assisted = super::families::end_flows(
+        let ended_assisted = super::family::end_flows(
             &txn,
             sea_orm::Condition::all()
                 .add(crate::entity::assisted_flow::Column::MemberAccountId.eq(account_id.as_str())),
@@ -276,8 +278,8 @@ impl Storage {
                     &txn,
                 )
                 .await?
-                .and_then(super::families::to_member),
-                super::families::organizers_of(&txn, &flow.family_id).await?,
+                .and_then(super::family::to_member),
+                super::family::organizers_of(&txn, &flow.family_id).await?,
             ),
             None => (None, Vec::new()),
         };
@@ -297,60 +299,6 @@ impl Storage {
         .await?;
         txn.commit().await?;
         Ok(Completion::Completed { use_count })
-    }
-
-    /// Keeps the server's sealed OPAQUE login state in a verified, open flow (replacing a
-    /// pending one), with the start's effects, in one transaction. `false` when the flow
-    /// completed, expired or is not verified.
-    #[tracing::instrument(name = "db.store_login_state", skip_all)]
-    pub async fn store_login_state(
-        &self,
-        flow_id: &str,
-        state: Opaque,
-        now: i64,
-        effects: Effects,
-    ) -> Result<bool, StorageError> {
-        let txn = self.db().begin().await?;
-        let stored = flow::Entity::update_many()
-            .col_expr(F::ZkLoginState, Expr::value(Some(state.0)))
-            .filter(F::FlowId.eq(flow_id))
-            .filter(F::CompletedAt.is_null())
-            .filter(F::VerifiedAt.is_not_null())
-            .filter(F::ExpiresAt.gt(now))
-            .exec(&txn)
-            .await?;
-        if stored.rows_affected != 1 {
-            return Ok(false);
-        }
-        self.apply_effects(&txn, effects, now).await?;
-        txn.commit().await?;
-        Ok(true)
-    }
-
-    /// Ends a pending OPAQUE login whose finish did not verify (a wrong code): the state is
-    /// cleared, once, with the failure's effects. `false` when another call ended or
-    /// replaced it first (nothing is written).
-    #[tracing::instrument(name = "db.end_login_state", skip_all)]
-    pub async fn end_login_state(
-        &self,
-        flow_id: &str,
-        state: &Opaque,
-        now: i64,
-        effects: Effects,
-    ) -> Result<bool, StorageError> {
-        let txn = self.db().begin().await?;
-        let ended = flow::Entity::update_many()
-            .col_expr(F::ZkLoginState, Expr::value(Option::<String>::None))
-            .filter(F::FlowId.eq(flow_id))
-            .filter(F::ZkLoginState.eq(state.0.as_str()))
-            .exec(&txn)
-            .await?;
-        if ended.rows_affected != 1 {
-            return Ok(false);
-        }
-        self.apply_effects(&txn, effects, now).await?;
-        txn.commit().await?;
-        Ok(true)
     }
 
     /// Gives back what a submission reserved when its code proved right but it completed

@@ -11,7 +11,7 @@ use sea_orm::{
 
 use super::{
     ChangeError, IntoEffects,
-    families::{end_flows, organizers_of, to_assisted, to_member},
+    family::{end_flows, organizers_of, to_assisted, to_member},
 };
 use crate::{
     Storage, StorageError,
@@ -277,7 +277,7 @@ impl Storage {
         let mut revoked_code_id = None;
         if let Some(row) = enrollment.filter(|e| e.code_hash.is_some()) {
             let revoked =
-                super::enrollments::retire(&txn, &row.account_id, row.generation, now).await?;
+                super::recovery_code::retire(&txn, &row.account_id, row.generation, now).await?;
             // The enrollment's row is held: the code cannot have changed. Never complete with
             // the member's code still live.
             if !revoked {

@@ -426,40 +426,55 @@ impl Recovery {
             rotated_code_id: rotated_code_id.as_deref(),
             retired: false,
         };
+        self.complete(&completed, update, now).await?;
+        Ok(Recovered {
+            account_id,
+            new_recovery_code: new_display,
+        })
+    }
+
+    /// Completes a recovery whose code (of either kind) proved right, once, with its effects;
+    /// answers the use count. A completion that completed nothing gives its reservation back
+    /// (a right code is never a failure) and says why.
+    pub(super) async fn complete(
+        &self,
+        completed: &Completed<'_>,
+        update: CompletionUpdate,
+        now: i64,
+    ) -> Result<i64> {
+        let flow = completed.flow;
+        let account_id = completed.enrollment.account_id.as_str();
+        let reservation = update.reservation.clone();
+        let login_state = update.login_state.clone();
         let completion = self
             .storage
             .recover_account(&flow.flow_id, now, update, |done| {
-                self.completion_effects(&completed, done, now)
+                self.completion_effects(completed, done, now)
             })
             .await?;
-        if !matches!(completion, Completion::Completed { .. }) {
-            // A right code is never a failure, even one that completed nothing.
+        if let Completion::Completed { use_count } = completion {
+            self.mail_enqueued();
+            tracing::info!(account_id, flow_id = %flow.flow_id, use_count, method = completed.method, "account recovered");
+            return Ok(use_count);
+        }
+        if let Some((failure_id, own_lock, held_event)) = reservation {
             self.storage
-                .release_recovery_attempt(
-                    &account_id,
-                    submission.failure_id,
-                    submission.own_lock,
-                    submission.held_event.as_deref(),
-                )
+                .release_recovery_attempt(account_id, failure_id, own_lock, held_event.as_deref())
                 .await?;
         }
         match completion {
-            Completion::Completed { use_count } => {
-                self.mail_enqueued();
-                tracing::info!(account_id, flow_id = %flow.flow_id, use_count, "account recovered");
-                Ok(Recovered {
-                    account_id,
-                    new_recovery_code: new_display,
-                })
-            }
-            Completion::Cancelled => Err(Error::FlowCompleted),
             Completion::Locked { until } => Err(Error::RecoveryLocked {
                 locked_until: until,
             }),
             Completion::NotCompletable => match self.storage.find_flow(&flow.flow_id).await? {
                 Some(f) if f.completed_at.is_some() => Err(Error::FlowCompleted),
+                // A newer start replaced the zero-knowledge login, or a wrong finish ended it.
+                Some(f) if login_state.is_some() && f.zk_login_state != login_state => {
+                    Err(Error::ZeroKnowledgeNotStarted)
+                }
                 _ => Err(Error::FlowExpired),
             },
+            Completion::Cancelled | Completion::Completed { .. } => Err(Error::FlowCompleted),
         }
     }
 

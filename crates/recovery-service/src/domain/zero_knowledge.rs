@@ -10,7 +10,7 @@
 //! verifies gives it back, completes the flow once and hands back the sealed keyset.
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use recovery_storage::model::{Completion, CompletionUpdate, Effects, Opaque, StoredCode};
+use recovery_storage::model::{CompletionUpdate, Effects, Enrollment, Flow, Opaque, StoredCode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
@@ -211,20 +211,7 @@ impl Recovery {
         opaque::check_credential_request(credential_request)
             .map_err(|e| malformed(e, "credential_request"))?;
         let now = self.now();
-        let (flow, enrollment) = self.find_open_flow(flow_id, now).await?;
-        if flow.verified_at.is_none() {
-            return Err(Error::EmailNotVerified);
-        }
-        let Some(enrollment) = enrollment else {
-            tracing::error!(flow_id = %flow.flow_id, "verified flow without an enrollment");
-            return Err(Error::Internal);
-        };
-        let Some(stored) = enrollment.code.clone() else {
-            return Err(Error::FlowCompleted);
-        };
-        if RecoveryMode::of(&stored) != RecoveryMode::ZeroKnowledge {
-            return Err(Error::NotZeroKnowledge);
-        }
+        let (flow, enrollment, stored) = self.verified_zero_knowledge_flow(flow_id, now).await?;
         self.refuse_if_locked(&flow, &enrollment, now).await?;
         // Counted before any work: every start is a guess.
         let submission = self.reserve_submission(&flow, &enrollment, now).await?;
@@ -321,20 +308,7 @@ impl Recovery {
             ));
         }
         let now = self.now();
-        let (flow, enrollment) = self.find_open_flow(flow_id, now).await?;
-        if flow.verified_at.is_none() {
-            return Err(Error::EmailNotVerified);
-        }
-        let Some(enrollment) = enrollment else {
-            tracing::error!(flow_id = %flow.flow_id, "verified flow without an enrollment");
-            return Err(Error::Internal);
-        };
-        let Some(stored) = enrollment.code.clone() else {
-            return Err(Error::FlowCompleted);
-        };
-        if RecoveryMode::of(&stored) != RecoveryMode::ZeroKnowledge {
-            return Err(Error::NotZeroKnowledge);
-        }
+        let (flow, enrollment, stored) = self.verified_zero_knowledge_flow(flow_id, now).await?;
         let Some(sealed) = flow.zk_login_state.clone() else {
             return Err(Error::ZeroKnowledgeNotStarted);
         };
@@ -401,51 +375,45 @@ impl Recovery {
             rotated_code_id: None,
             retired: retire,
         };
-        let completion = self
-            .storage
-            .recover_account(&flow.flow_id, now, update, |done| {
-                self.completion_effects(&completed, done, now)
-            })
-            .await?;
-        if !matches!(completion, Completion::Completed { .. }) {
-            // A right code is never a failure, even one that completed nothing.
-            self.storage
-                .release_recovery_attempt(&enrollment.account_id, login.failure_id, own_lock, None)
-                .await?;
+        self.complete(&completed, update, now).await?;
+        let sealed_keyset = stored
+            .sealed_keyset
+            .as_ref()
+            .and_then(|k| STANDARD.decode(&k.0).ok())
+            .ok_or_else(|| {
+                tracing::error!(account_id = %enrollment.account_id, "a zero-knowledge enrolment without a readable sealed keyset");
+                Error::Internal
+            })?;
+        Ok(RecoveredKeyset {
+            account_id: enrollment.account_id.clone(),
+            sealed_keyset,
+            reenrollment_required: retire,
+        })
+    }
+
+    /// The open, verified flow of a zero-knowledge enrolment, with the enrolment and its
+    /// credential; `EMAIL_NOT_VERIFIED` before the mailbox is proven, `NOT_ZERO_KNOWLEDGE` for a
+    /// server-held code.
+    async fn verified_zero_knowledge_flow(
+        &self,
+        flow_id: &str,
+        now: i64,
+    ) -> Result<(Flow, Enrollment, StoredCode)> {
+        let (flow, enrollment) = self.find_open_flow(flow_id, now).await?;
+        if flow.verified_at.is_none() {
+            return Err(Error::EmailNotVerified);
         }
-        match completion {
-            Completion::Completed { use_count } => {
-                self.mail_enqueued();
-                tracing::info!(account_id = %enrollment.account_id, flow_id = %flow.flow_id, use_count, "account recovered (zero-knowledge)");
-                let sealed_keyset = stored
-                    .sealed_keyset
-                    .as_ref()
-                    .and_then(|k| STANDARD.decode(&k.0).ok())
-                    .ok_or_else(|| {
-                        tracing::error!(account_id = %enrollment.account_id, "a zero-knowledge enrolment without a readable sealed keyset");
-                        Error::Internal
-                    })?;
-                Ok(RecoveredKeyset {
-                    account_id: enrollment.account_id.clone(),
-                    sealed_keyset,
-                    reenrollment_required: retire,
-                })
-            }
-            Completion::Cancelled => Err(Error::FlowCompleted),
-            Completion::Locked { until } => Err(Error::RecoveryLocked {
-                locked_until: until,
-            }),
-            Completion::NotCompletable => match self.storage.find_flow(&flow.flow_id).await? {
-                Some(f) if f.completed_at.is_some() => Err(Error::FlowCompleted),
-                Some(f)
-                    if f.zk_login_state.is_none() || f.zk_login_state != flow.zk_login_state =>
-                {
-                    // A newer start replaced this login, or a wrong finish ended it.
-                    Err(Error::ZeroKnowledgeNotStarted)
-                }
-                _ => Err(Error::FlowExpired),
-            },
+        let Some(enrollment) = enrollment else {
+            tracing::error!(flow_id = %flow.flow_id, "verified flow without an enrollment");
+            return Err(Error::Internal);
+        };
+        let Some(stored) = enrollment.code.clone() else {
+            return Err(Error::FlowCompleted);
+        };
+        if RecoveryMode::of(&stored) != RecoveryMode::ZeroKnowledge {
+            return Err(Error::NotZeroKnowledge);
         }
+        Ok((flow, enrollment, stored))
     }
 
     /// The owner's "recovery locked" notice.

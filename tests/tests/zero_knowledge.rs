@@ -471,7 +471,7 @@ async fn rotate_on_use_retires_the_enrolment_and_asks_for_a_new_one() {
         .await
         .unwrap();
     let (ke3, export_key) = login.finish(CODE).unwrap();
-    let answer = device::finish_login(&mut env.client, &flow, ke3)
+    let answer = device::finish_login(&mut env.client, &flow, ke3.clone())
         .await
         .unwrap();
     assert!(answer.reenrollment_required);
@@ -484,6 +484,20 @@ async fn rotate_on_use_retires_the_enrolment_and_asks_for_a_new_one() {
     let st = status(&mut env.client, "zk-6").await;
     assert!(!st.enrolled);
     assert_eq!(st.mode(), RecoveryMode::Unspecified);
+    // The answer was lost: the same finish gets it again (the enrolment itself is gone), and
+    // nothing else does.
+    let again = device::finish_login(&mut env.client, &flow, ke3.clone())
+        .await
+        .unwrap();
+    assert_eq!(again.sealed_keyset, answer.sealed_keyset);
+    assert!(again.reenrollment_required);
+    let mut other = ke3.clone();
+    other[0] ^= 1;
+    let refused = device::finish_login(&mut env.client, &flow, other)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "FLOW_COMPLETED");
+    assert_eq!(status(&mut env.client, "zk-6").await.use_count, 0);
     // The device enrols a new code.
     device::enrol(&mut env.client, "zk-6", "ray@example.com", b"new", KEYSET)
         .await
@@ -850,4 +864,62 @@ async fn a_zero_knowledge_enrolment_follows_the_address_rules_of_create_recovery
     .await
     .unwrap();
     assert!(!status(c, "zk-9").await.enrolled);
+}
+
+#[tokio::test]
+async fn a_right_finish_of_a_replaced_start_is_no_failure_and_the_newer_one_completes() {
+    let mut env = Running::start(Options::default().env("RECOVERY_LOCKOUT_THRESHOLD", "2")).await;
+    device::enrol(&mut env.client, "zk-10", "ten@example.com", CODE, KEYSET)
+        .await
+        .unwrap();
+    let flow = verified(&mut env.client, &env.mail, "ten@example.com").await;
+    // The device started twice (a retried call), then finishes the first one.
+    let first = device::start_login(&mut env.client, &flow, CODE)
+        .await
+        .unwrap();
+    let second = device::start_login(&mut env.client, &flow, CODE)
+        .await
+        .unwrap();
+    let (stale, _) = first.finish(CODE).unwrap();
+    for _ in 0..2 {
+        let err = device::finish_login(&mut env.client, &flow, stale.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&err), "ZERO_KNOWLEDGE_NOT_STARTED");
+    }
+    // The second start reached the threshold of 2 and holds the lock until it proves right.
+    let (ke3, export) = second.finish(CODE).unwrap();
+    let answer = device::finish_login(&mut env.client, &flow, ke3)
+        .await
+        .unwrap();
+    assert_eq!(
+        device::open(&export, &answer.sealed_keyset).unwrap(),
+        KEYSET
+    );
+    assert!(
+        status(&mut env.client, "zk-10")
+            .await
+            .locked_until
+            .is_none()
+    );
+    // Both guesses were given back: two wrong ones on a new flow are needed to lock.
+    let flow = verified(&mut env.client, &env.mail, "ten@example.com").await;
+    device::start_login(&mut env.client, &flow, b"wrong")
+        .await
+        .unwrap();
+    assert!(
+        status(&mut env.client, "zk-10")
+            .await
+            .locked_until
+            .is_none()
+    );
+    device::start_login(&mut env.client, &flow, b"wrong")
+        .await
+        .unwrap();
+    assert!(
+        status(&mut env.client, "zk-10")
+            .await
+            .locked_until
+            .is_some()
+    );
 }

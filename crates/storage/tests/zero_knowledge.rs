@@ -92,6 +92,7 @@ fn completing(state: &str, retire: bool) -> CompletionUpdate {
     CompletionUpdate {
         verified_code_id: "zk_1".to_owned(),
         login_state: Some(Opaque(state.to_owned())),
+        keyset: Some(Opaque("keyset-of-zk_1".to_owned())),
         retire,
         ..CompletionUpdate::default()
     }
@@ -217,12 +218,16 @@ async fn a_pending_login_completes_only_with_the_state_it_was_started_with(db: &
         s.find_flow("f1").await.unwrap().unwrap().zk_login_state,
         Some(Opaque("s1".into()))
     );
-    // A newer start replaces the pending login: the first one completes nothing.
+    // A newer start replaces the pending login (kept beside it): the first one completes
+    // nothing.
     assert!(
         s.store_login_state("f1", Opaque("s2".into()), T0 + 3 * MIN, Effects::none())
             .await
             .unwrap()
     );
+    let replaced = s.find_flow("f1").await.unwrap().unwrap();
+    assert_eq!(replaced.zk_previous_login_state, Some(Opaque("s1".into())));
+
     let stale = s
         .recover_account("f1", T0 + 4 * MIN, completing("s1", false), |_| {
             Effects::none()
@@ -240,9 +245,12 @@ async fn a_pending_login_completes_only_with_the_state_it_was_started_with(db: &
     let flow = s.find_flow("f1").await.unwrap().unwrap();
     assert!(flow.completed_at.is_some());
     assert_eq!(
-        flow.zk_login_state, None,
-        "the state is gone with the flow's end"
+        flow.zk_login_state,
+        Some(Opaque("s2".into())),
+        "the completing login is kept with the flow (a lost answer is answered again)"
     );
+    assert_eq!(flow.zk_keyset, Some(Opaque("keyset-of-zk_1".into())));
+    assert_eq!(flow.zk_previous_login_state, None);
     // A completed flow takes no new login.
     assert!(
         !s.store_login_state("f1", Opaque("s3".into()), T0 + 5 * MIN, Effects::none())

@@ -41,7 +41,8 @@ impl Purpose {
     }
 }
 
-/// HMAC-SHA-256(server key, purpose label): a 32-byte subkey. The only derivation.
+/// HMAC-SHA-256(server key, purpose label): a 32-byte subkey. The derivation of every key but
+/// the OPAQUE ones (HKDF-SHA-512, `opaque.rs`).
 pub fn subkey(key: &SecretKey, purpose: Purpose) -> Zeroizing<[u8; 32]> {
     Zeroizing::new(hmac_sha256(key.expose(), &[purpose.label()]))
 }

@@ -12,7 +12,6 @@
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use recovery_storage::model::{CompletionUpdate, Effects, Enrollment, Flow, Opaque, StoredCode};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
 use super::{
@@ -80,8 +79,9 @@ struct EnrollmentState {
 /// The server's login state between a start and its finish, sealed and bound to the flow.
 #[derive(Serialize, Deserialize)]
 struct LoginState {
-    /// opaque-ke's serialized `ServerLogin` (base64).
-    state: String,
+    /// opaque-ke's serialized `ServerLogin` (base64): it holds the expected client MAC and the
+    /// session key, wiped when dropped.
+    state: Zeroizing<String>,
     /// The enrolment it was started against.
     code_id: String,
     /// The start's reserved failure and the lock it alone caused.
@@ -160,13 +160,14 @@ impl Recovery {
             params: opaque::PARAMS.to_owned(),
             sealed_keyset: Some(Opaque(STANDARD.encode(sealed_keyset))),
         };
-        // Single use: the enrollment id's digest is recorded with the enrolment.
-        let used = hex::encode(Sha256::digest(enrollment_id.as_bytes()));
+        // Single use: the enrolment the id started (its code_id, chosen here at the start and
+        // sealed in the id, whichever key sealed it) is recorded with it, until an hour past
+        // the id's expiry (a replica whose clock is behind still accepts the id until then).
         self.store_enrollment(
             account_id,
             &email,
             stored,
-            Some((&used, state.expires_at_ms)),
+            Some((&state.code_id, state.expires_at_ms + HOUR_MS)),
             now,
         )
         .await?;
@@ -212,6 +213,15 @@ impl Recovery {
             .map_err(|e| malformed(e, "credential_request"))?;
         let now = self.now();
         let (flow, enrollment, stored) = self.verified_zero_knowledge_flow(flow_id, now).await?;
+        if self.keys.get(&stored.key_id).is_none() {
+            // Answered as a wrong code would be (API.md), and counted as one: the enrolment
+            // cannot recover until the person enrols again (docs/operating.md, key rotation).
+            tracing::error!(
+                account_id = %enrollment.account_id,
+                key_id = %stored.key_id,
+                "a zero-knowledge enrolment's key is not in the key ring: it answers as a wrong code"
+            );
+        }
         self.refuse_if_locked(&flow, &enrollment, now).await?;
         // Counted before any work: every start is a guess.
         let submission = self.reserve_submission(&flow, &enrollment, now).await?;
@@ -224,12 +234,16 @@ impl Recovery {
                 credential_request,
                 stored.code_id.as_bytes(),
             )
-            .map_err(|e| malformed(e, "credential_request"))?;
+            .map_err(|e| {
+                // KE1 was checked before anything was counted: this is the server's failure.
+                tracing::error!(error = ?e, "OPAQUE login start failed after its guess was counted");
+                Error::Internal
+            })?;
         let sealed = seal_login_state(
             &self.keys,
             &flow.flow_id,
             &LoginState {
-                state: STANDARD.encode(&*server_state),
+                state: Zeroizing::new(STANDARD.encode(&*server_state)),
                 code_id: stored.code_id.clone(),
                 failure_id: submission.failure_id,
                 own_lock_ms: submission.own_lock.map(Timestamp::as_ms),
@@ -295,7 +309,8 @@ impl Recovery {
     }
 
     /// Checks the device's KE3 against the flow's pending login and completes the recovery
-    /// once, handing back the sealed keyset.
+    /// once, handing back the sealed keyset. A finish whose answer was lost is answered again,
+    /// for the flow's lifetime, when it repeats the KE3 that completed it.
     #[tracing::instrument(name = "domain.finish_zero_knowledge_recovery", skip_all)]
     pub async fn finish_zero_knowledge_recovery(
         &self,
@@ -308,7 +323,15 @@ impl Recovery {
             ));
         }
         let now = self.now();
-        let (flow, enrollment, stored) = self.verified_zero_knowledge_flow(flow_id, now).await?;
+        let (flow, enrollment, stored) = match self.verified_zero_knowledge_flow(flow_id, now).await
+        {
+            Err(Error::FlowCompleted) => {
+                return self
+                    .repeated_finish(flow_id, credential_finalization, now)
+                    .await;
+            }
+            other => other?,
+        };
         let Some(sealed) = flow.zk_login_state.clone() else {
             return Err(Error::ZeroKnowledgeNotStarted);
         };
@@ -317,46 +340,26 @@ impl Recovery {
             // Started against an enrolment that has since been replaced.
             return Err(Error::FlowCompleted);
         }
-        let server_state = Zeroizing::new(STANDARD.decode(&login.state).map_err(|_| {
-            tracing::error!(flow_id = %flow.flow_id, "an unreadable OPAQUE login state");
-            Error::Internal
-        })?);
-        let client = super::recovery_flow::flow_client(&flow);
-        match opaque::login_finish(&server_state, credential_finalization) {
-            Ok(()) => {}
-            Err(opaque::Error::NotVerified) => {
-                // A wrong code: the start's failure stands, this login is over.
-                let failure = audit(
-                    &enrollment.account_id,
-                    AuditKind::RecoveryCodeFailed,
+        // Read before anything completes: a keyset that cannot be handed back completes nothing.
+        let sealed_keyset = stored
+            .sealed_keyset
+            .as_ref()
+            .and_then(|k| STANDARD.decode(&k.0).ok())
+            .ok_or_else(|| {
+                tracing::error!(account_id = %enrollment.account_id, "a zero-knowledge enrolment without a readable sealed keyset");
+                Error::Internal
+            })?;
+        if !login_verifies(&login, credential_finalization)? {
+            return Err(self
+                .refuse_finish(
+                    &flow,
+                    &enrollment,
+                    &sealed,
+                    &login,
+                    credential_finalization,
                     now,
-                    &client,
-                    &[
-                        ("flow_id", flow.flow_id.clone()),
-                        ("attempts_left", login.attempts_left.to_string()),
-                        ("method", "zero_knowledge".to_owned()),
-                    ],
-                )?;
-                let ended = self
-                    .storage
-                    .end_login_state(
-                        &flow.flow_id,
-                        &sealed,
-                        now,
-                        Effects {
-                            audit: vec![failure],
-                            ..Effects::none()
-                        },
-                    )
-                    .await?;
-                if !ended {
-                    tracing::debug!(flow_id = %flow.flow_id, "a concurrent finish ended the login first");
-                }
-                return Err(Error::RecoveryCodeMismatch {
-                    attempts_left: login.attempts_left,
-                });
-            }
-            Err(err) => return Err(malformed(err, "credential_finalization")),
+                )
+                .await?);
         }
         let retire = self.policy.reuse == super::ReusePolicy::RotateOnUse;
         let own_lock = login.own_lock_ms.map(Timestamp::from_ms);
@@ -365,6 +368,7 @@ impl Recovery {
             reservation: Some((login.failure_id, own_lock, None)),
             retire,
             login_state: Some(sealed),
+            keyset: stored.sealed_keyset.clone(),
             ..CompletionUpdate::default()
         };
         let completed = Completed {
@@ -376,18 +380,122 @@ impl Recovery {
             retired: retire,
         };
         self.complete(&completed, update, now).await?;
-        let sealed_keyset = stored
-            .sealed_keyset
-            .as_ref()
-            .and_then(|k| STANDARD.decode(&k.0).ok())
-            .ok_or_else(|| {
-                tracing::error!(account_id = %enrollment.account_id, "a zero-knowledge enrolment without a readable sealed keyset");
-                Error::Internal
-            })?;
         Ok(RecoveredKeyset {
             account_id: enrollment.account_id.clone(),
             sealed_keyset,
             reenrollment_required: retire,
+        })
+    }
+
+    /// A KE3 that does not verify against the pending login. If it verifies against the login a
+    /// newer start replaced, it is the right code, late: that start's reservation is given
+    /// back and the newer login stays (`ZERO_KNOWLEDGE_NOT_STARTED`). Otherwise it is a wrong
+    /// code: the start's failure stands and the login is over (`RECOVERY_CODE_MISMATCH`).
+    async fn refuse_finish(
+        &self,
+        flow: &Flow,
+        enrollment: &Enrollment,
+        sealed: &Opaque,
+        login: &LoginState,
+        credential_finalization: &[u8],
+        now: i64,
+    ) -> Result<Error> {
+        if let Some(previous_sealed) = &flow.zk_previous_login_state
+            && let Ok(previous) = open_login_state(&self.keys, &flow.flow_id, &previous_sealed.0)
+            && previous.code_id == login.code_id
+            && login_verifies(&previous, credential_finalization)?
+        {
+            // Idempotent: the failure row is deleted by its id, the lock lifted only if it is
+            // still the one this start caused. The newer login stays as it is.
+            self.storage
+                .release_recovery_attempt(
+                    &enrollment.account_id,
+                    previous.failure_id,
+                    previous.own_lock_ms.map(Timestamp::from_ms),
+                    None,
+                )
+                .await?;
+            tracing::info!(flow_id = %flow.flow_id, "a right finish of a login a newer start replaced");
+            return Ok(Error::ZeroKnowledgeNotStarted);
+        }
+        let client = super::recovery_flow::flow_client(flow);
+        let failure = audit(
+            &enrollment.account_id,
+            AuditKind::RecoveryCodeFailed,
+            now,
+            &client,
+            &[
+                ("flow_id", flow.flow_id.clone()),
+                ("attempts_left", login.attempts_left.to_string()),
+                ("method", "zero_knowledge".to_owned()),
+            ],
+        )?;
+        let ended = self
+            .storage
+            .end_login_state(
+                &flow.flow_id,
+                sealed,
+                now,
+                Effects {
+                    audit: vec![failure],
+                    ..Effects::none()
+                },
+            )
+            .await?;
+        if !ended {
+            tracing::debug!(flow_id = %flow.flow_id, "a concurrent finish ended the login first");
+        }
+        Ok(Error::RecoveryCodeMismatch {
+            attempts_left: login.attempts_left,
+        })
+    }
+
+    /// A finish on a flow a zero-knowledge finish completed: the KE3 that completed it gets the
+    /// same answer again until the flow expires (its first answer may have been lost, and
+    /// under `rotate_on_use` the enrolment is gone); anything else is `FLOW_COMPLETED`.
+    async fn repeated_finish(
+        &self,
+        flow_id: &str,
+        credential_finalization: &[u8],
+        now: i64,
+    ) -> Result<RecoveredKeyset> {
+        let Some(flow) = self.storage.find_flow(flow_id).await? else {
+            return Err(Error::FlowCompleted);
+        };
+        let (Some(_), Some(sealed), Some(keyset), Some((account_id, _))) = (
+            flow.completed_at,
+            flow.zk_login_state.as_ref(),
+            flow.zk_keyset.as_ref(),
+            flow.target.as_ref(),
+        ) else {
+            return Err(Error::FlowCompleted);
+        };
+        if now >= flow.expires_at.as_ms() {
+            return Err(Error::FlowExpired);
+        }
+        let login = open_login_state(&self.keys, &flow.flow_id, &sealed.0)
+            .map_err(|_| Error::FlowCompleted)?;
+        if !login_verifies(&login, credential_finalization)? {
+            return Err(Error::FlowCompleted);
+        }
+        let sealed_keyset = STANDARD.decode(&keyset.0).map_err(|_| {
+            tracing::error!(flow_id, "an unreadable sealed keyset in a completed flow");
+            Error::Internal
+        })?;
+        let enrolled = self
+            .storage
+            .find_enrollment(account_id)
+            .await?
+            .and_then(|e| e.code)
+            .is_some_and(|c| c.code_id == login.code_id);
+        tracing::info!(
+            flow_id,
+            "a completed zero-knowledge recovery answered again"
+        );
+        Ok(RecoveredKeyset {
+            account_id: account_id.clone(),
+            sealed_keyset,
+            reenrollment_required: !enrolled,
         })
     }
 
@@ -459,6 +567,19 @@ fn seal_login_state(
         &plaintext,
     )
     .map_err(crypto_failed)
+}
+
+/// Whether KE3 verifies against a login's server state.
+fn login_verifies(login: &LoginState, credential_finalization: &[u8]) -> Result<bool> {
+    let server_state = Zeroizing::new(STANDARD.decode(login.state.as_bytes()).map_err(|_| {
+        tracing::error!("an unreadable OPAQUE login state");
+        Error::Internal
+    })?);
+    match opaque::login_finish(&server_state, credential_finalization) {
+        Ok(()) => Ok(true),
+        Err(opaque::Error::NotVerified) => Ok(false),
+        Err(err) => Err(malformed(err, "credential_finalization")),
+    }
 }
 
 fn open_login_state(

@@ -1,5 +1,6 @@
-//! `finished_enrollments`: a keyed hash of each finished zero-knowledge enrollment id, kept
-//! until the id would have expired, so a replayed finish changes nothing.
+//! `finished_enrollments`: the enrolment (`code_id`, chosen by the service at the start and
+//! sealed in the enrollment id) of each finished zero-knowledge enrollment id, kept until an
+//! hour past the id's expiry, so a replayed finish changes nothing.
 
 use sea_orm::entity::prelude::*;
 

@@ -3,8 +3,11 @@
 //! record (base64) instead of an argon2id PHC string, `hash_params` says which
 //! (`opaque-3dh,ristretto255-sha512`), and the new `sealed_keyset` holds the keyset the device
 //! sealed under OPAQUE's export key (base64; opaque to the service). A flow keeps the server's
-//! sealed login state between StartZeroKnowledgeRecovery and its finish. Each finished
-//! enrollment id is recorded until it expires, so a replayed finish changes nothing.
+//! sealed login state between StartZeroKnowledgeRecovery and its finish (and the one a newer
+//! start replaced, so that a right but stale finish is told apart from a wrong code), and, once
+//! completed, a copy of the sealed keyset it handed back, so that a finish whose answer was lost
+//! gets it again for the flow's lifetime. Each finished enrolment is recorded until its
+//! enrollment id expires, so a replayed finish changes nothing.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -22,19 +25,25 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Flows::Table)
-                    .add_column(text_null(Flows::ZkLoginState))
-                    .to_owned(),
-            )
-            .await?;
+        for column in [
+            Flows::ZkLoginState,
+            Flows::ZkPreviousLoginState,
+            Flows::ZkKeyset,
+        ] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Flows::Table)
+                        .add_column(text_null(column))
+                        .to_owned(),
+                )
+                .await?;
+        }
         manager
             .create_table(
                 Table::create()
                     .table(FinishedEnrollments::Table)
-                    .col(string_len(FinishedEnrollments::EnrollmentKey, 64).primary_key())
+                    .col(string_len(FinishedEnrollments::EnrollmentKey, 128).primary_key())
                     .col(big_integer(FinishedEnrollments::ExpiresAt))
                     .to_owned(),
             )
@@ -46,14 +55,20 @@ impl MigrationTrait for Migration {
         manager
             .drop_table(Table::drop().table(FinishedEnrollments::Table).to_owned())
             .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Flows::Table)
-                    .drop_column(Flows::ZkLoginState)
-                    .to_owned(),
-            )
-            .await?;
+        for column in [
+            Flows::ZkKeyset,
+            Flows::ZkPreviousLoginState,
+            Flows::ZkLoginState,
+        ] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Flows::Table)
+                        .drop_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
         manager
             .alter_table(
                 Table::alter()
@@ -77,6 +92,8 @@ enum Flows {
     #[sea_orm(iden = "recovery_flows")]
     Table,
     ZkLoginState,
+    ZkPreviousLoginState,
+    ZkKeyset,
 }
 
 #[derive(DeriveIden)]

@@ -49,6 +49,8 @@ impl Storage {
             client_ip: Set(new.client.ip),
             client_user_agent: Set(new.client.user_agent),
             zk_login_state: Set(None),
+            zk_previous_login_state: Set(None),
+            zk_keyset: Set(None),
         })
         .exec(&txn)
         .await?;
@@ -191,7 +193,8 @@ impl Storage {
         }
         let mut completing = flow::Entity::update_many()
             .col_expr(F::CompletedAt, Expr::value(Some(now)))
-            .col_expr(F::ZkLoginState, Expr::value(Option::<String>::None))
+            .col_expr(F::ZkPreviousLoginState, Expr::value(Option::<String>::None))
+            .col_expr(F::ZkKeyset, Expr::value(update.keyset.clone().map(|k| k.0)))
             .filter(F::FlowId.eq(flow_id))
             .filter(F::CompletedAt.is_null())
             .filter(F::VerifiedAt.is_not_null())
@@ -536,5 +539,7 @@ fn to_flow(row: flow::Model) -> Flow {
             user_agent: row.client_user_agent,
         },
         zk_login_state: row.zk_login_state.map(Opaque),
+        zk_previous_login_state: row.zk_previous_login_state.map(Opaque),
+        zk_keyset: row.zk_keyset.map(Opaque),
     }
 }

@@ -15,9 +15,9 @@ use crate::{
 };
 
 impl Storage {
-    /// [`Storage::put_recovery_code`] for a zero-knowledge enrolment, finished once: the
-    /// enrollment's key (a keyed hash of its id) is recorded until `expires_at` in the same
-    /// transaction, and a second finish with the same key fails with
+    /// [`Storage::put_recovery_code`] for a zero-knowledge enrolment, finished once:
+    /// `enrollment_key` (what identifies the started enrolment) is recorded until `expires_at`
+    /// in the same transaction, and a second finish with the same key fails with
     /// [`crate::ConflictKind::AlreadyUsed`] and changes nothing.
     #[tracing::instrument(name = "db.finish_enrollment", skip_all)]
     pub async fn finish_enrollment<R: IntoEffects>(
@@ -44,7 +44,9 @@ impl Storage {
         effects: Effects,
     ) -> Result<bool, StorageError> {
         let txn = self.db().begin().await?;
+        // The replaced login is kept beside (the right side reads the row as it was).
         let stored = flow::Entity::update_many()
+            .col_expr(F::ZkPreviousLoginState, Expr::col(F::ZkLoginState))
             .col_expr(F::ZkLoginState, Expr::value(Some(state.0)))
             .filter(F::FlowId.eq(flow_id))
             .filter(F::CompletedAt.is_null())

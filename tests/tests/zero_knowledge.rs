@@ -291,6 +291,18 @@ async fn an_enrolment_of_either_kind_replaces_the_other_and_the_rpcs_of_the_othe
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
     assert_eq!(reason(&refused), "ZERO_KNOWLEDGE_ENROLLMENT");
+    // Whatever is typed: a zero-knowledge code is no RC1 code.
+    for typed in ["ZK1-HV4C-F87S", "not a code", ""] {
+        let refused = env
+            .client
+            .recover_account(api::RecoverAccountRequest {
+                flow_id: flow.clone(),
+                recovery_code: typed.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&refused), "ZERO_KNOWLEDGE_ENROLLMENT", "{typed:?}");
+    }
     // Refused without counting: the zero-knowledge recovery still has its 5 submissions.
     assert_eq!(
         device::recover(&mut env.client, &flow, CODE).await.unwrap(),
@@ -308,6 +320,17 @@ async fn an_enrolment_of_either_kind_replaces_the_other_and_the_rpcs_of_the_othe
         .await
         .unwrap_err();
     assert_eq!(reason(&refused), "NOT_ZERO_KNOWLEDGE");
+    for sent in [vec![], vec![0u8; 96]] {
+        let refused = env
+            .client
+            .start_zero_knowledge_recovery(api::StartZeroKnowledgeRecoveryRequest {
+                flow_id: flow.clone(),
+                credential_request: sent,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&refused), "NOT_ZERO_KNOWLEDGE");
+    }
     let finish = device::finish_login(&mut env.client, &flow, vec![0u8; 64])
         .await
         .unwrap_err();

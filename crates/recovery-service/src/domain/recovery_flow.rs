@@ -283,7 +283,19 @@ impl Recovery {
     /// Proves possession of the recovery code on a verified flow and completes it, once.
     #[tracing::instrument(name = "domain.recover_account", skip_all)]
     pub async fn recover_account(&self, flow_id: &str, recovery_code: &str) -> Result<Recovered> {
-        let code = RecoveryCode::parse(recovery_code)?;
+        let code = match RecoveryCode::parse(recovery_code) {
+            Ok(code) => code,
+            Err(malformed) => {
+                // Whatever was typed, a verified flow of a zero-knowledge enrolment says which
+                // RPCs to use (before the mailbox is proven nothing tells the kinds apart).
+                if self.enrolment_kind_of_verified_flow(flow_id).await
+                    == Some(RecoveryMode::ZeroKnowledge)
+                {
+                    return Err(Error::ZeroKnowledgeEnrollment);
+                }
+                return Err(malformed);
+            }
+        };
         let now = self.now();
         let (flow, enrollment) = self.find_open_flow(flow_id, now).await?;
         if flow.verified_at.is_none() {
@@ -476,6 +488,17 @@ impl Recovery {
             },
             Completion::Cancelled | Completion::Completed { .. } => Err(Error::FlowCompleted),
         }
+    }
+
+    /// The kind of enrolment of an open flow whose mailbox is proven; `None` for any other flow
+    /// (or one that cannot be read). Only for choosing between two refusals: it counts nothing.
+    pub(super) async fn enrolment_kind_of_verified_flow(
+        &self,
+        flow_id: &str,
+    ) -> Option<RecoveryMode> {
+        let (flow, enrollment) = self.find_open_flow(flow_id, self.now()).await.ok()?;
+        flow.verified_at?;
+        enrollment?.code.as_ref().map(RecoveryMode::of)
     }
 
     /// `RECOVERY_LOCKED` (audited) while the account's recovery is locked: checked before any

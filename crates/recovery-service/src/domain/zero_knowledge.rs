@@ -209,8 +209,14 @@ impl Recovery {
         credential_request: &[u8],
     ) -> Result<Vec<u8>> {
         // The message is checked before anything is looked up or counted.
-        opaque::check_credential_request(credential_request)
-            .map_err(|e| malformed(e, "credential_request"))?;
+        if let Err(err) = opaque::check_credential_request(credential_request) {
+            // A verified flow of a server-held code says which RPC to use, whatever was sent.
+            if self.enrolment_kind_of_verified_flow(flow_id).await == Some(RecoveryMode::ServerHeld)
+            {
+                return Err(Error::NotZeroKnowledge);
+            }
+            return Err(malformed(err, "credential_request"));
+        }
         let now = self.now();
         let (flow, enrollment, stored) = self.verified_zero_knowledge_flow(flow_id, now).await?;
         if self.keys.get(&stored.key_id).is_none() {

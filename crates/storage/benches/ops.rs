@@ -139,10 +139,12 @@ async fn run_suite(backend: &str, storage: Storage) {
                 let s = Arc::clone(&st);
                 let id = format!("{t}-f{i}");
                 async move {
-                    s.register_attempt(&id, AttemptKind::EmailCode, 5)
-                        .await
-                        .unwrap()
-                        .unwrap();
+                    s.register_attempt_with(&id, AttemptKind::EmailCode, 5, T0, |_| {
+                        recovery_storage::model::Effects::none()
+                    })
+                    .await
+                    .unwrap()
+                    .unwrap();
                 }
             })
             .await,

@@ -230,15 +230,6 @@ impl Storage {
         Ok(applied)
     }
 
-    /// Checks that the schema is exactly the one this build knows.
-    pub async fn require_current_schema(&self) -> Result<(), StorageError> {
-        match self.schema_status().await? {
-            SchemaStatus::Current => Ok(()),
-            SchemaStatus::Pending(pending) => Err(StorageError::SchemaOutdated(pending.len())),
-            SchemaStatus::TooNew(unknown) => Err(StorageError::SchemaTooNew(unknown.join(", "))),
-        }
-    }
-
     /// Closes every pooled connection.
     pub async fn close(self) -> Result<(), StorageError> {
         if let Some(readers) = self.readers {

@@ -214,15 +214,6 @@ pub enum AttemptReservation {
     NoAttempt,
 }
 
-/// Result of a failed recovery-code submission against the account's lockout window.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailureOutcome {
-    /// Failures inside the window, this one included.
-    pub failures_in_window: i64,
-    /// Set when this failure locked the account's recovery (exactly one caller sees it).
-    pub newly_locked_until: Option<Timestamp>,
-}
-
 /// A rate-limit check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateDecision {

@@ -36,8 +36,6 @@ on_every_backend!(
     concurrent_completions_have_exactly_one_winner,
     rate_limits_allow_exactly_the_limit_per_window,
     concurrent_rate_limit_hits_allow_exactly_the_limit,
-    failures_lock_the_account_once,
-    concurrent_failures_lock_exactly_once,
     outbox_rows_are_claimed_leased_and_finished,
     concurrent_claimers_never_share_a_row,
     effects_are_written_with_their_change_or_not_at_all,
@@ -151,7 +149,7 @@ async fn migrations_are_idempotent_and_current(db: &TestDb) {
         s.migrate().await.unwrap().is_empty(),
         "second run applies nothing"
     );
-    s.require_current_schema().await.unwrap();
+    assert_eq!(s.schema_status().await.unwrap(), SchemaStatus::Current);
 }
 
 async fn a_schema_newer_than_the_build_is_refused(db: &TestDb) {
@@ -167,7 +165,7 @@ async fn a_schema_newer_than_the_build_is_refused(db: &TestDb) {
     let err = s.migrate().await.unwrap_err();
     assert!(matches!(err, StorageError::SchemaTooNew(_)), "{err:?}");
     assert!(err.to_string().contains("newer than this build"), "{err}");
-    assert!(s.require_current_schema().await.is_err());
+    assert_ne!(s.schema_status().await.unwrap(), SchemaStatus::Current);
 }
 
 async fn a_code_is_created_then_replaced_with_a_new_generation(db: &TestDb) {
@@ -510,27 +508,27 @@ async fn attempt_counters_stop_at_the_cap(db: &TestDb) {
         .unwrap();
     for expected in 1..=5 {
         assert_eq!(
-            s.register_attempt("f1", AttemptKind::EmailCode, 5)
+            s.register_attempt_with("f1", AttemptKind::EmailCode, 5, T0, |_| Effects::none())
                 .await
                 .unwrap(),
             Some(expected)
         );
     }
     assert_eq!(
-        s.register_attempt("f1", AttemptKind::EmailCode, 5)
+        s.register_attempt_with("f1", AttemptKind::EmailCode, 5, T0, |_| Effects::none())
             .await
             .unwrap(),
         None
     );
     // The other counter is separate.
     assert_eq!(
-        s.register_attempt("f1", AttemptKind::RecoveryCode, 5)
+        s.register_attempt_with("f1", AttemptKind::RecoveryCode, 5, T0, |_| Effects::none())
             .await
             .unwrap(),
         Some(1)
     );
     assert_eq!(
-        s.register_attempt("nope", AttemptKind::EmailCode, 5)
+        s.register_attempt_with("nope", AttemptKind::EmailCode, 5, T0, |_| Effects::none())
             .await
             .unwrap(),
         None
@@ -547,7 +545,10 @@ async fn concurrent_attempts_get_exactly_cap_successes(db: &TestDb) {
     let mut tasks = JoinSet::new();
     for _ in 0..32 {
         let s = s.clone();
-        tasks.spawn(async move { s.register_attempt("f1", AttemptKind::RecoveryCode, 5).await });
+        tasks.spawn(async move {
+            s.register_attempt_with("f1", AttemptKind::RecoveryCode, 5, T0, |_| Effects::none())
+                .await
+        });
     }
     let mut granted: Vec<i32> = Vec::new();
     while let Some(result) = tasks.join_next().await {
@@ -682,94 +683,6 @@ async fn concurrent_rate_limit_hits_allow_exactly_the_limit(db: &TestDb) {
         }
     }
     assert_eq!(allowed, 5);
-}
-
-async fn failures_lock_the_account_once(db: &TestDb) {
-    let s = &db.storage;
-    s.put_recovery_code(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
-        Effects::none()
-    })
-    .await
-    .unwrap();
-    let window = 24 * HOUR;
-    let fail = |at: i64| {
-        s.record_recovery_failure(
-            "acct",
-            "f1",
-            at,
-            window,
-            3,
-            window,
-            Effects::none(),
-            move |until| Effects {
-                messages: vec![message("acct", "locked")],
-                audit: vec![audit("acct", &format!("locked-{}", until.as_ms()), at)],
-                events: vec![],
-            },
-        )
-    };
-    assert_eq!(fail(T0).await.unwrap().newly_locked_until, None);
-    assert_eq!(fail(T0 + 1).await.unwrap().newly_locked_until, None);
-    let third = fail(T0 + 2).await.unwrap();
-    assert_eq!(third.failures_in_window, 3);
-    assert_eq!(
-        third.newly_locked_until,
-        Some(Timestamp::from_ms(T0 + 2 + window))
-    );
-    assert_eq!(
-        s.find_enrollment("acct")
-            .await
-            .unwrap()
-            .unwrap()
-            .locked_until,
-        Some(Timestamp::from_ms(T0 + 2 + window))
-    );
-    assert_eq!(
-        fail(T0 + 3).await.unwrap().newly_locked_until,
-        None,
-        "already locked"
-    );
-    assert_eq!(s.claim_outbox("w", 10, MIN, T0 + 4).await.unwrap().len(), 1);
-    // Failures older than the window no longer count.
-    let later = T0 + 2 + window + window + 1;
-    let fresh = fail(later).await.unwrap();
-    assert_eq!(fresh.failures_in_window, 1);
-    assert_eq!(fresh.newly_locked_until, None);
-}
-
-async fn concurrent_failures_lock_exactly_once(db: &TestDb) {
-    let s = db.storage.clone();
-    s.put_recovery_code(enrollment("acct", "ann@example.com", "c1"), T0, |_| {
-        Effects::none()
-    })
-    .await
-    .unwrap();
-    let mut tasks = JoinSet::new();
-    for i in 0..32 {
-        let s = s.clone();
-        tasks.spawn(async move {
-            s.record_recovery_failure(
-                "acct",
-                &format!("f{i}"),
-                T0 + i,
-                24 * HOUR,
-                10,
-                24 * HOUR,
-                Effects::none(),
-                |_| Effects::none(),
-            )
-            .await
-        });
-    }
-    let mut locks = 0;
-    let mut max_seen = 0;
-    while let Some(result) = tasks.join_next().await {
-        let outcome = result.unwrap().unwrap();
-        max_seen = max_seen.max(outcome.failures_in_window);
-        locks += usize::from(outcome.newly_locked_until.is_some());
-    }
-    assert_eq!(locks, 1);
-    assert_eq!(max_seen, 32, "every failure is counted");
 }
 
 async fn outbox_rows_are_claimed_leased_and_finished(db: &TestDb) {

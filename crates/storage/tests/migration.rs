@@ -83,7 +83,10 @@ async fn existing_sqlite_rows_move_to_the_case_folded_lookup() {
     stage(&db).await;
     db.close().await.unwrap();
     let storage = Storage::connect(&ConnectOptions::new(url)).await.unwrap();
-    storage.require_current_schema().await.unwrap();
+    assert_eq!(
+        storage.schema_status().await.unwrap(),
+        recovery_storage::SchemaStatus::Current
+    );
     check(&storage).await;
 }
 
@@ -97,7 +100,10 @@ async fn existing_postgres_rows_move_to_the_case_folded_lookup() {
     let mut options = ConnectOptions::new(pg.url.clone());
     options.max_connections = 2;
     let storage = Storage::connect(&options).await.unwrap();
-    storage.require_current_schema().await.unwrap();
+    assert_eq!(
+        storage.schema_status().await.unwrap(),
+        recovery_storage::SchemaStatus::Current
+    );
     check(&storage).await;
     storage.close().await.unwrap();
 }

@@ -806,7 +806,7 @@ impl Recovery {
         Ok((flow, target))
     }
 
-    /// Why `register_attempt` refused: the cap, or the flow ended meanwhile.
+    /// Why `register_attempt_with` refused: the cap, or the flow ended meanwhile.
     async fn why_no_attempt(&self, flow_id: &str, now: i64) -> Error {
         match self.storage.find_flow(flow_id).await {
             Ok(Some(f)) if f.completed_at.is_some() => Error::FlowCompleted,

@@ -99,7 +99,7 @@ impl Harness {
             .unwrap();
         let mut out = Vec::new();
         for m in claimed {
-            let plain = secrets::unseal(&self.keys, &m.message_id, &m.payload.0).unwrap();
+            let plain = crate::crypto::unseal(&self.keys, &m.message_id, &m.payload.0).unwrap();
             self.storage
                 .mark_outbox_sent(m.id, "test", now)
                 .await
@@ -987,7 +987,7 @@ async fn an_unknown_email_flow_refuses_even_its_own_code() {
         .expect("the void verification row");
     let message_id: String = row.try_get("", "message_id").unwrap();
     let payload: String = row.try_get("", "payload").unwrap();
-    let plain = secrets::unseal(&h.keys, &message_id, &payload).unwrap();
+    let plain = crate::crypto::unseal(&h.keys, &message_id, &payload).unwrap();
     let data: serde_json::Value = serde_json::from_slice(&plain).unwrap();
     let code = data["code"].as_str().unwrap().to_owned();
     assert_eq!(

@@ -16,8 +16,8 @@ use crate::{
         flow::{self, Column as F},
     },
     model::{
-        AttemptKind, AttemptReservation, ClientInfo, Completion, CompletionUpdate, Effects,
-        FailureOutcome, Flow, Lockout, NewEvent, NewFlow, Opaque, RecoveryCompletion, Timestamp,
+        AttemptKind, AttemptReservation, ClientInfo, Completion, CompletionUpdate, Effects, Flow,
+        Lockout, NewEvent, NewFlow, Opaque, RecoveryCompletion, Timestamp,
     },
 };
 
@@ -70,37 +70,12 @@ impl Storage {
         )
     }
 
-    /// Counts one submission against the flow's `cap` for `kind`, before any comparison.
-    /// Answers the number of submissions used, this one included, or `None` when the cap was
-    /// already reached (or the flow is unknown or completed). The database decides: exactly
-    /// `cap` calls get `Some`, however many race.
-    #[tracing::instrument(name = "db.register_attempt", skip_all)]
-    pub async fn register_attempt(
-        &self,
-        flow_id: &str,
-        kind: AttemptKind,
-        cap: i32,
-    ) -> Result<Option<i32>, StorageError> {
-        let column = match kind {
-            AttemptKind::EmailCode => F::EmailAttempts,
-            AttemptKind::RecoveryCode => F::RecoveryAttempts,
-        };
-        // One statement: the increment, its condition and the new count (RETURNING).
-        let rows = flow::Entity::update_many()
-            .col_expr(column, Expr::col(column).add(1))
-            .filter(F::FlowId.eq(flow_id))
-            .filter(column.lt(cap))
-            .filter(F::CompletedAt.is_null())
-            .exec_with_returning(self.db())
-            .await?;
-        Ok(rows.first().map(|row| match kind {
-            AttemptKind::EmailCode => row.email_attempts,
-            AttemptKind::RecoveryCode => row.recovery_attempts,
-        }))
-    }
-
-    /// [`Storage::register_attempt`] and, in the same transaction, the effects of the counted
-    /// submission (`effects` gets the number used; an empty [`Effects`] writes nothing).
+    /// Counts one submission against the flow's `cap` for `kind`, before any comparison, and,
+    /// in the same transaction, writes the counted submission's effects (`effects` gets the
+    /// number used; an empty [`Effects`] writes nothing). Answers the number of submissions
+    /// used, this one included, or `None` when the cap was already reached (or the flow is
+    /// unknown or completed). The database decides: exactly `cap` calls get `Some`, however
+    /// many race.
     #[tracing::instrument(name = "db.register_attempt_with", skip_all)]
     pub async fn register_attempt_with<R: IntoEffects>(
         &self,
@@ -415,78 +390,6 @@ impl Storage {
             used,
             failure_id: failure.last_insert_id,
             locked_until,
-        })
-    }
-
-    /// Records a failed recovery-code submission against the account. When the failures
-    /// within `window_ms` reach `threshold`, locks the account's recovery until
-    /// `now + lock_ms`; exactly one caller sees `newly_locked_until` and its `on_lock` effects
-    /// (the owner's notice, the audit event) are written with the lock.
-    #[allow(clippy::too_many_arguments)]
-    #[tracing::instrument(name = "db.record_recovery_failure", skip_all)]
-    pub async fn record_recovery_failure<R: IntoEffects>(
-        &self,
-        account_id: &str,
-        flow_id: &str,
-        now: i64,
-        window_ms: i64,
-        threshold: i64,
-        lock_ms: i64,
-        effects: Effects,
-        on_lock: impl FnOnce(crate::model::Timestamp) -> R,
-    ) -> Result<FailureOutcome, ChangeError<R::Error>> {
-        let txn = self.db().begin().await?;
-        // Serialise failures per account: concurrent failures must not each count one short
-        // of the threshold and all miss the lock.
-        super::by_key(
-            enrollment::Entity::find_by_id(account_id.to_owned()).lock_exclusive(),
-            &txn,
-        )
-        .await?;
-        failure::Entity::insert(failure::ActiveModel {
-            account_id: Set(account_id.to_owned()),
-            flow_id: Set(flow_id.to_owned()),
-            failed_at: Set(now),
-            ..Default::default()
-        })
-        .exec(&txn)
-        .await?;
-        let failures_in_window = i64::try_from(
-            failure::Entity::find()
-                .filter(failure::Column::AccountId.eq(account_id))
-                .filter(failure::Column::FailedAt.gt(now - window_ms))
-                .count(&txn)
-                .await?,
-        )
-        .unwrap_or(i64::MAX);
-        let mut newly_locked_until = None;
-        if failures_in_window >= threshold {
-            let until = now + lock_ms;
-            let locked = enrollment::Entity::update_many()
-                .col_expr(E::LockedUntil, Expr::value(Some(until)))
-                .filter(E::AccountId.eq(account_id))
-                .filter(E::LockedUntil.is_null().or(E::LockedUntil.lte(now)))
-                .exec(&txn)
-                .await?;
-            if locked.rows_affected == 1 {
-                newly_locked_until = Some(crate::model::Timestamp::from_ms(until));
-            }
-        }
-        self.apply_effects(&txn, effects, now).await?;
-        if let Some(until) = newly_locked_until {
-            self.apply_effects(
-                &txn,
-                on_lock(until)
-                    .into_effects()
-                    .map_err(ChangeError::Effects)?,
-                now,
-            )
-            .await?;
-        }
-        txn.commit().await?;
-        Ok(FailureOutcome {
-            failures_in_window,
-            newly_locked_until,
         })
     }
 }

@@ -714,7 +714,6 @@ impl Recovery {
         client: &Client,
         now: i64,
     ) -> Result<()> {
-        let p = &self.policy;
         let account_id = enrollment.account_id.as_str();
         let mut effects = Effects {
             messages: vec![],
@@ -730,18 +729,39 @@ impl Recovery {
             )?],
             events: vec![],
         };
-        if let Some(until) = submission.own_lock {
-            effects.messages.push(message(
+        let lock = self.lock_effects(flow, enrollment, submission, client, now)?;
+        effects.messages.extend(lock.messages);
+        effects.audit.extend(lock.audit);
+        self.storage.write_effects(effects, now).await?;
+        self.lock_stands(submission, account_id, now).await
+    }
+
+    /// What a submission that reached the lockout threshold writes: the owner's notice and the
+    /// `RECOVERY_LOCKED` audit event (nothing when it locked nothing).
+    pub(super) fn lock_effects(
+        &self,
+        flow: &Flow,
+        enrollment: &Enrollment,
+        submission: &Submission,
+        client: &Client,
+        now: i64,
+    ) -> Result<Effects> {
+        let Some(until) = submission.own_lock else {
+            return Ok(Effects::none());
+        };
+        let account_id = enrollment.account_id.as_str();
+        Ok(Effects {
+            messages: vec![message(
                 &self.keys,
                 &Notice::RecoveryLocked(notice::RecoveryLocked {
-                    locked_for_hours: p.lockout_ms / HOUR_MS,
+                    locked_for_hours: self.policy.lockout_ms / HOUR_MS,
                     locked_until_ms: Some(until.as_ms()),
                     context: context(now, client),
                 }),
                 Some(account_id),
                 &enrollment.email,
-            )?);
-            effects.audit.push(audit(
+            )?],
+            audit: vec![audit(
                 account_id,
                 AuditKind::RecoveryLocked,
                 now,
@@ -750,11 +770,19 @@ impl Recovery {
                     ("flow_id", flow.flow_id.clone()),
                     ("locked_until_ms", until.as_ms().to_string()),
                 ],
-            )?);
-        }
-        self.storage.write_effects(effects, now).await?;
-        // The lock stands: its event, written with it, goes out now (`mail_enqueued` below
-        // wakes the publisher).
+            )?],
+            events: vec![],
+        })
+    }
+
+    /// After a submission's lock and its effects are written: the lock's event, held with it,
+    /// goes out, the mail worker and publisher are woken, and the lock is counted and logged.
+    pub(super) async fn lock_stands(
+        &self,
+        submission: &Submission,
+        account_id: &str,
+        now: i64,
+    ) -> Result<()> {
         if let Some(event_id) = &submission.held_event {
             self.storage.release_held_event(event_id, now).await?;
         }

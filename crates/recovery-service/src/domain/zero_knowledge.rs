@@ -17,8 +17,7 @@ use zeroize::Zeroizing;
 use super::{
     Error, HOUR_MS, MINUTE_MS, Recovery, RecoveryMode, Result,
     email::Email,
-    notice::{self, Notice},
-    notify::{AuditKind, Client, audit, context, message},
+    notify::{AuditKind, audit},
     recovery_flow::Completed,
     secrets, validate_account_id,
 };
@@ -274,43 +273,25 @@ impl Recovery {
         };
         // A start that reached the lockout threshold locks now (its finish may never come):
         // the owner is told, and the lock's event goes out.
-        if let Some(until) = submission.own_lock {
-            effects.messages.push(self.lock_notice(
-                &enrollment.email,
-                account_id,
-                until,
-                &client,
-                now,
-            )?);
-            effects.audit.push(audit(
-                account_id,
-                AuditKind::RecoveryLocked,
-                now,
-                &client,
-                &[
-                    ("flow_id", flow.flow_id.clone()),
-                    ("locked_until_ms", until.as_ms().to_string()),
-                ],
-            )?);
-        }
+        let lock = self.lock_effects(&flow, &enrollment, &submission, &client, now)?;
+        effects.messages.extend(lock.messages.iter().cloned());
+        effects.audit.extend(lock.audit.iter().cloned());
         let stored_state = self
             .storage
             .store_login_state(&flow.flow_id, Opaque(sealed), now, effects)
             .await?;
-        if let Some(event_id) = &submission.held_event {
-            self.storage.release_held_event(event_id, now).await?;
-        }
-        if submission.own_lock.is_some() {
-            self.mail_enqueued();
-            crate::metrics::get().lockout();
-        }
         if !stored_state {
-            // The flow ended meanwhile; the guess stays counted.
+            // The flow ended meanwhile; the guess stays counted, and a lock it caused is told.
+            if submission.own_lock.is_some() {
+                self.storage.write_effects(lock, now).await?;
+            }
+            self.lock_stands(&submission, account_id, now).await?;
             return Err(match self.storage.find_flow(&flow.flow_id).await? {
                 Some(f) if f.completed_at.is_some() => Error::FlowCompleted,
                 _ => Error::FlowExpired,
             });
         }
+        self.lock_stands(&submission, account_id, now).await?;
         Ok(ke2)
     }
 
@@ -528,27 +509,6 @@ impl Recovery {
             return Err(Error::NotZeroKnowledge);
         }
         Ok((flow, enrollment, stored))
-    }
-
-    /// The owner's "recovery locked" notice.
-    pub(super) fn lock_notice(
-        &self,
-        to: &str,
-        account_id: &str,
-        until: Timestamp,
-        client: &Client,
-        now: i64,
-    ) -> Result<recovery_storage::model::NewMessage> {
-        message(
-            &self.keys,
-            &Notice::RecoveryLocked(notice::RecoveryLocked {
-                locked_for_hours: self.policy.lockout_ms / HOUR_MS,
-                locked_until_ms: Some(until.as_ms()),
-                context: context(now, client),
-            }),
-            Some(account_id),
-            to,
-        )
     }
 }
 

@@ -507,20 +507,13 @@ async fn rotate_on_use_retires_the_enrolment_and_asks_for_a_new_one() {
     let st = status(&mut env.client, "zk-6").await;
     assert!(!st.enrolled);
     assert_eq!(st.mode(), RecoveryMode::Unspecified);
-    // The answer was lost: the same finish gets it again (the enrolment itself is gone), and
-    // nothing else does.
-    let again = device::finish_login(&mut env.client, &flow, ke3.clone())
-        .await
-        .unwrap();
-    assert_eq!(again.sealed_keyset, answer.sealed_keyset);
-    assert!(again.reenrollment_required);
-    let mut other = ke3.clone();
-    other[0] ^= 1;
-    let refused = device::finish_login(&mut env.client, &flow, other)
-        .await
-        .unwrap_err();
-    assert_eq!(reason(&refused), "FLOW_COMPLETED");
-    assert_eq!(status(&mut env.client, "zk-6").await.use_count, 0);
+    // The flow succeeded once: any finish afterwards, the same KE3 included, is over.
+    for finish in [ke3.clone(), vec![7u8; 64]] {
+        let refused = device::finish_login(&mut env.client, &flow, finish)
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&refused), "FLOW_COMPLETED");
+    }
     // The device enrols a new code.
     device::enrol(&mut env.client, "zk-6", "ray@example.com", b"new", KEYSET)
         .await

@@ -112,13 +112,10 @@ pub struct Flow {
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
     pub client: ClientInfo,
-    /// The sealed OPAQUE login state of a pending StartZeroKnowledgeRecovery (kept once the
-    /// flow completed with it).
+    /// The sealed OPAQUE login state of a pending StartZeroKnowledgeRecovery.
     pub zk_login_state: Option<Opaque>,
     /// The login state a newer start replaced.
     pub zk_previous_login_state: Option<Opaque>,
-    /// Once completed by a zero-knowledge finish: the sealed keyset it handed back.
-    pub zk_keyset: Option<Opaque>,
 }
 
 /// What to store for a new flow.
@@ -165,9 +162,6 @@ pub struct CompletionUpdate {
     /// Complete only if the flow's pending zero-knowledge login state is still this one (a
     /// newer start replaced it: completes nothing).
     pub login_state: Option<Opaque>,
-    /// Kept with the completed flow: the sealed keyset handed back, so that a finish whose
-    /// answer was lost gets it again.
-    pub keyset: Option<Opaque>,
 }
 
 /// How `recover_account` ended.

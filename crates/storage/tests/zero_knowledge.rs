@@ -92,7 +92,6 @@ fn completing(state: &str, retire: bool) -> CompletionUpdate {
     CompletionUpdate {
         verified_code_id: "zk_1".to_owned(),
         login_state: Some(Opaque(state.to_owned())),
-        keyset: Some(Opaque("keyset-of-zk_1".to_owned())),
         retire,
         ..CompletionUpdate::default()
     }
@@ -244,12 +243,7 @@ async fn a_pending_login_completes_only_with_the_state_it_was_started_with(db: &
     assert_eq!(done, Completion::Completed { use_count: 1 });
     let flow = s.find_flow("f1").await.unwrap().unwrap();
     assert!(flow.completed_at.is_some());
-    assert_eq!(
-        flow.zk_login_state,
-        Some(Opaque("s2".into())),
-        "the completing login is kept with the flow (a lost answer is answered again)"
-    );
-    assert_eq!(flow.zk_keyset, Some(Opaque("keyset-of-zk_1".into())));
+    assert_eq!(flow.zk_login_state, None, "the logins end with the flow");
     assert_eq!(flow.zk_previous_login_state, None);
     // A completed flow takes no new login.
     assert!(

@@ -296,8 +296,7 @@ impl Recovery {
     }
 
     /// Checks the device's KE3 against the flow's pending login and completes the recovery
-    /// once, handing back the sealed keyset. A finish whose answer was lost is answered again,
-    /// for the flow's lifetime, when it repeats the KE3 that completed it.
+    /// once, handing back the sealed keyset (`FLOW_COMPLETED` afterwards, as API.md says).
     #[tracing::instrument(name = "domain.finish_zero_knowledge_recovery", skip_all)]
     pub async fn finish_zero_knowledge_recovery(
         &self,
@@ -310,15 +309,7 @@ impl Recovery {
             ));
         }
         let now = self.now();
-        let (flow, enrollment, stored) = match self.verified_zero_knowledge_flow(flow_id, now).await
-        {
-            Err(Error::FlowCompleted) => {
-                return self
-                    .repeated_finish(flow_id, credential_finalization, now)
-                    .await;
-            }
-            other => other?,
-        };
+        let (flow, enrollment, stored) = self.verified_zero_knowledge_flow(flow_id, now).await?;
         let Some(sealed) = flow.zk_login_state.clone() else {
             return Err(Error::ZeroKnowledgeNotStarted);
         };
@@ -355,7 +346,6 @@ impl Recovery {
             reservation: Some((login.failure_id, own_lock, None)),
             retire,
             login_state: Some(sealed),
-            keyset: stored.sealed_keyset.clone(),
             ..CompletionUpdate::default()
         };
         let completed = Completed {
@@ -434,55 +424,6 @@ impl Recovery {
         }
         Ok(Error::RecoveryCodeMismatch {
             attempts_left: login.attempts_left,
-        })
-    }
-
-    /// A finish on a flow a zero-knowledge finish completed: the KE3 that completed it gets the
-    /// same answer again until the flow expires (its first answer may have been lost, and
-    /// under `rotate_on_use` the enrolment is gone); anything else is `FLOW_COMPLETED`.
-    async fn repeated_finish(
-        &self,
-        flow_id: &str,
-        credential_finalization: &[u8],
-        now: i64,
-    ) -> Result<RecoveredKeyset> {
-        let Some(flow) = self.storage.find_flow(flow_id).await? else {
-            return Err(Error::FlowCompleted);
-        };
-        let (Some(_), Some(sealed), Some(keyset), Some((account_id, _))) = (
-            flow.completed_at,
-            flow.zk_login_state.as_ref(),
-            flow.zk_keyset.as_ref(),
-            flow.target.as_ref(),
-        ) else {
-            return Err(Error::FlowCompleted);
-        };
-        if now >= flow.expires_at.as_ms() {
-            return Err(Error::FlowExpired);
-        }
-        let login = open_login_state(&self.keys, &flow.flow_id, &sealed.0)
-            .map_err(|_| Error::FlowCompleted)?;
-        if !login_verifies(&login, credential_finalization)? {
-            return Err(Error::FlowCompleted);
-        }
-        let sealed_keyset = STANDARD.decode(&keyset.0).map_err(|_| {
-            tracing::error!(flow_id, "an unreadable sealed keyset in a completed flow");
-            Error::Internal
-        })?;
-        let enrolled = self
-            .storage
-            .find_enrollment(account_id)
-            .await?
-            .and_then(|e| e.code)
-            .is_some_and(|c| c.code_id == login.code_id);
-        tracing::info!(
-            flow_id,
-            "a completed zero-knowledge recovery answered again"
-        );
-        Ok(RecoveredKeyset {
-            account_id: account_id.clone(),
-            sealed_keyset,
-            reenrollment_required: !enrolled,
         })
     }
 

@@ -25,8 +25,6 @@ pub struct Model {
     pub zk_login_state: Option<String>,
     /// The login state a newer start replaced (a right finish of it is not a wrong code).
     pub zk_previous_login_state: Option<String>,
-    /// Once completed: the sealed keyset it handed back, for a finish whose answer was lost.
-    pub zk_keyset: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -4,10 +4,9 @@
 //! (`opaque-3dh,ristretto255-sha512`), and the new `sealed_keyset` holds the keyset the device
 //! sealed under OPAQUE's export key (base64; opaque to the service). A flow keeps the server's
 //! sealed login state between StartZeroKnowledgeRecovery and its finish (and the one a newer
-//! start replaced, so that a right but stale finish is told apart from a wrong code), and, once
-//! completed, a copy of the sealed keyset it handed back, so that a finish whose answer was lost
-//! gets it again for the flow's lifetime. Each finished enrolment is recorded until its
-//! enrollment id expires, so a replayed finish changes nothing.
+//! start replaced, so that a right but stale finish is told apart from a wrong code). Each
+//! finished enrolment is recorded until an hour past its enrollment id's expiry, so a replayed
+//! finish changes nothing.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -25,11 +24,7 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        for column in [
-            Flows::ZkLoginState,
-            Flows::ZkPreviousLoginState,
-            Flows::ZkKeyset,
-        ] {
+        for column in [Flows::ZkLoginState, Flows::ZkPreviousLoginState] {
             manager
                 .alter_table(
                     Table::alter()
@@ -55,11 +50,7 @@ impl MigrationTrait for Migration {
         manager
             .drop_table(Table::drop().table(FinishedEnrollments::Table).to_owned())
             .await?;
-        for column in [
-            Flows::ZkKeyset,
-            Flows::ZkPreviousLoginState,
-            Flows::ZkLoginState,
-        ] {
+        for column in [Flows::ZkPreviousLoginState, Flows::ZkLoginState] {
             manager
                 .alter_table(
                     Table::alter()
@@ -93,7 +84,6 @@ enum Flows {
     Table,
     ZkLoginState,
     ZkPreviousLoginState,
-    ZkKeyset,
 }
 
 #[derive(DeriveIden)]

@@ -50,7 +50,6 @@ impl Storage {
             client_user_agent: Set(new.client.user_agent),
             zk_login_state: Set(None),
             zk_previous_login_state: Set(None),
-            zk_keyset: Set(None),
         })
         .exec(&txn)
         .await?;
@@ -168,8 +167,8 @@ impl Storage {
         }
         let mut completing = flow::Entity::update_many()
             .col_expr(F::CompletedAt, Expr::value(Some(now)))
+            .col_expr(F::ZkLoginState, Expr::value(Option::<String>::None))
             .col_expr(F::ZkPreviousLoginState, Expr::value(Option::<String>::None))
-            .col_expr(F::ZkKeyset, Expr::value(update.keyset.clone().map(|k| k.0)))
             .filter(F::FlowId.eq(flow_id))
             .filter(F::CompletedAt.is_null())
             .filter(F::VerifiedAt.is_not_null())
@@ -443,6 +442,5 @@ fn to_flow(row: flow::Model) -> Flow {
         },
         zk_login_state: row.zk_login_state.map(Opaque),
         zk_previous_login_state: row.zk_previous_login_state.map(Opaque),
-        zk_keyset: row.zk_keyset.map(Opaque),
     }
 }

@@ -18,6 +18,7 @@ use crate::{
     crypto::KeyRing,
     crypto::hasher::HashParams,
     domain::{Policy, ReusePolicy},
+    grpc::auth::{Caller, Role},
 };
 
 pub use layers::{KEYS, Origin, env_name};
@@ -53,23 +54,6 @@ impl ConfigError {
     fn at(origin: &Origin, why: impl Into<String>) -> Self {
         Self::new(origin.to_string(), why)
     }
-}
-
-/// The role a caller's client certificate maps to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Role {
-    /// The auth service: runs the recovery flow and manages codes.
-    Auth,
-    /// Operators: status, revoke, audit.
-    Operator,
-}
-
-/// One `IDENTITY=ROLE` entry of `RECOVERY_CALLERS`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// A client certificate SAN: a URI as written, or `dns:NAME`.
-    pub identity: String,
-    pub role: Role,
 }
 
 /// Server TLS; with `client_ca`, mutual TLS.

@@ -7,10 +7,24 @@ use std::collections::{BTreeSet, HashMap};
 use tonic::Request;
 use x509_parser::{extensions::GeneralName, prelude::FromDer as _};
 
-use crate::{
-    config::{Caller, Role},
-    domain::Error,
-};
+use crate::domain::Error;
+
+/// The role a caller's client certificate maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// The auth service: runs the recovery flow and manages codes.
+    Auth,
+    /// Operators: status, revoke, audit.
+    Operator,
+}
+
+/// One `IDENTITY=ROLE` entry of `RECOVERY_CALLERS` (parsed by the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// A client certificate SAN: a URI as written, or `dns:NAME`.
+    pub identity: String,
+    pub role: Role,
+}
 
 /// Who may call what.
 #[derive(Debug, Clone, Default)]

@@ -19,11 +19,8 @@ use prost_types::Timestamp;
 use recovery_proto::v1::{self as wire, recovery_service_server::RecoveryService};
 use tonic::{Request, Response, Status};
 
-use self::auth::Callers;
-use crate::{
-    config::Role,
-    domain::{self, Recovery},
-};
+use self::auth::{Callers, Role};
+use crate::domain::{self, Recovery};
 
 /// The `identity.recovery.v1.RecoveryService` implementation.
 #[derive(Debug, Clone)]

@@ -574,6 +574,33 @@ async fn a_flow_for_an_unknown_email_never_verifies() {
     assert_eq!(reason(&status), "EMAIL_NOT_VERIFIED");
 }
 
+/// Before the mailbox is proven nothing tells an enrolled address from an unknown one: a flow
+/// whose submissions are used up answers TOO_MANY_ATTEMPTS even after the owner's new code
+/// cancelled it (it answered FLOW_COMPLETED, which an unknown address's flow never does).
+#[tokio::test]
+async fn a_used_up_flow_answers_alike_whether_or_not_the_owner_changed_the_code() {
+    let mut env = Running::start(Options::default()).await;
+    enroll(&mut env.client, "acct-u", "used@example.com").await;
+    let known = begin(&mut env.client, "used@example.com").await.unwrap();
+    let unknown = begin(&mut env.client, "unknown-used@example.com")
+        .await
+        .unwrap();
+    for flow in [&known, &unknown] {
+        for _ in 0..5 {
+            verify(&mut env.client, flow, "000000").await.unwrap_err();
+        }
+    }
+    // The owner replaces their code: the known flow is cancelled.
+    enroll(&mut env.client, "acct-u", "used@example.com").await;
+    let mut answers = Vec::new();
+    for flow in [&known, &unknown] {
+        let status = verify(&mut env.client, flow, "123456").await.unwrap_err();
+        answers.push((status.code(), status.message().to_owned(), reason(&status)));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0].2, "TOO_MANY_ATTEMPTS");
+}
+
 /// The audit trail is hash-chained: an edited row is reported with its event id.
 #[tokio::test]
 async fn an_edited_audit_row_breaks_the_chain_at_that_row() {

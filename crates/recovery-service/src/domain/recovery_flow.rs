@@ -186,7 +186,10 @@ impl Recovery {
     pub async fn verify_email(&self, flow_id: &str, email_code: &str) -> Result<Timestamp> {
         let code = secrets::parse_email_code(email_code)?;
         let now = self.now();
-        let (flow, _) = self.find_open_flow(flow_id, now).await?;
+        let (flow, _) = match self.find_open_flow(flow_id, now).await {
+            Err(Error::FlowCompleted) => return Err(self.why_cancelled(flow_id, now).await),
+            other => other?,
+        };
         if now >= flow.email_code_expires_at.as_ms() && flow.verified_at.is_none() {
             return Err(Error::FlowExpired);
         }
@@ -832,6 +835,26 @@ impl Recovery {
             return Err(Error::FlowExpired);
         }
         Ok((flow, target))
+    }
+
+    /// What VerifyEmail answers for a flow that is over before its mailbox was proven. Nothing
+    /// may depend on the enrolment then: a flow the owner's change cancelled (known addresses
+    /// only) answers as a flow for an unknown address would once it has expired or used up its
+    /// submissions (`FLOW_EXPIRED`, `TOO_MANY_ATTEMPTS`), and `FLOW_COMPLETED` only otherwise.
+    async fn why_cancelled(&self, flow_id: &str, now: i64) -> Error {
+        match self.storage.find_flow(flow_id).await {
+            Ok(Some(f)) if f.completed_at.is_none() && f.verified_at.is_none() => {
+                if now >= f.expires_at.as_ms() || now >= f.email_code_expires_at.as_ms() {
+                    Error::FlowExpired
+                } else if f.email_attempts >= self.policy.email_attempts {
+                    Error::TooManyAttempts
+                } else {
+                    Error::FlowCompleted
+                }
+            }
+            Ok(_) => Error::FlowCompleted,
+            Err(err) => err.into(),
+        }
     }
 
     /// Why `register_attempt_with` refused: the cap, or the flow ended meanwhile.

@@ -121,17 +121,31 @@ impl Storage {
         now: i64,
         effects: Effects,
     ) -> Result<bool, StorageError> {
+        self.update_flow_once(
+            flow::Entity::update_many()
+                .col_expr(F::VerifiedAt, Expr::value(Some(now)))
+                .filter(F::FlowId.eq(flow_id))
+                .filter(F::VerifiedAt.is_null())
+                .filter(F::CompletedAt.is_null())
+                .filter(F::ExpiresAt.gt(now))
+                .filter(F::EmailCodeExpiresAt.gt(now)),
+            now,
+            effects,
+        )
+        .await
+    }
+
+    /// A single-use step on a flow: `update` (conditional, on one flow) and, only when it
+    /// changed the flow, `effects`, in one transaction. `true` for exactly one caller however
+    /// many race; `false` (nothing written) for the others.
+    pub(super) async fn update_flow_once(
+        &self,
+        update: sea_orm::UpdateMany<flow::Entity>,
+        now: i64,
+        effects: Effects,
+    ) -> Result<bool, StorageError> {
         let txn = self.db().begin().await?;
-        let result = flow::Entity::update_many()
-            .col_expr(F::VerifiedAt, Expr::value(Some(now)))
-            .filter(F::FlowId.eq(flow_id))
-            .filter(F::VerifiedAt.is_null())
-            .filter(F::CompletedAt.is_null())
-            .filter(F::ExpiresAt.gt(now))
-            .filter(F::EmailCodeExpiresAt.gt(now))
-            .exec(&txn)
-            .await?;
-        if result.rows_affected != 1 {
+        if update.exec(&txn).await?.rows_affected != 1 {
             return Ok(false);
         }
         self.apply_effects(&txn, effects, now).await?;

@@ -3,9 +3,7 @@
 //! finish. The rest is shared with server-held codes: the enrolment row and its replacement
 //! (`recovery_code.rs`), the reservation and the completion (`recovery_flow.rs`).
 
-use sea_orm::{
-    ColumnTrait as _, EntityTrait as _, QueryFilter as _, TransactionTrait as _, sea_query::Expr,
-};
+use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _, sea_query::Expr};
 
 use super::{ChangeError, IntoEffects};
 use crate::{
@@ -43,23 +41,19 @@ impl Storage {
         now: i64,
         effects: Effects,
     ) -> Result<bool, StorageError> {
-        let txn = self.db().begin().await?;
         // The replaced login is kept beside (the right side reads the row as it was).
-        let stored = flow::Entity::update_many()
-            .col_expr(F::ZkPreviousLoginState, Expr::col(F::ZkLoginState))
-            .col_expr(F::ZkLoginState, Expr::value(Some(state.0)))
-            .filter(F::FlowId.eq(flow_id))
-            .filter(F::CompletedAt.is_null())
-            .filter(F::VerifiedAt.is_not_null())
-            .filter(F::ExpiresAt.gt(now))
-            .exec(&txn)
-            .await?;
-        if stored.rows_affected != 1 {
-            return Ok(false);
-        }
-        self.apply_effects(&txn, effects, now).await?;
-        txn.commit().await?;
-        Ok(true)
+        self.update_flow_once(
+            flow::Entity::update_many()
+                .col_expr(F::ZkPreviousLoginState, Expr::col(F::ZkLoginState))
+                .col_expr(F::ZkLoginState, Expr::value(Some(state.0)))
+                .filter(F::FlowId.eq(flow_id))
+                .filter(F::CompletedAt.is_null())
+                .filter(F::VerifiedAt.is_not_null())
+                .filter(F::ExpiresAt.gt(now)),
+            now,
+            effects,
+        )
+        .await
     }
 
     /// Ends a pending OPAQUE login whose finish did not verify (a wrong code): the state is
@@ -73,18 +67,14 @@ impl Storage {
         now: i64,
         effects: Effects,
     ) -> Result<bool, StorageError> {
-        let txn = self.db().begin().await?;
-        let ended = flow::Entity::update_many()
-            .col_expr(F::ZkLoginState, Expr::value(Option::<String>::None))
-            .filter(F::FlowId.eq(flow_id))
-            .filter(F::ZkLoginState.eq(state.0.as_str()))
-            .exec(&txn)
-            .await?;
-        if ended.rows_affected != 1 {
-            return Ok(false);
-        }
-        self.apply_effects(&txn, effects, now).await?;
-        txn.commit().await?;
-        Ok(true)
+        self.update_flow_once(
+            flow::Entity::update_many()
+                .col_expr(F::ZkLoginState, Expr::value(Option::<String>::None))
+                .filter(F::FlowId.eq(flow_id))
+                .filter(F::ZkLoginState.eq(state.0.as_str())),
+            now,
+            effects,
+        )
+        .await
     }
 }

@@ -231,10 +231,11 @@ pub fn check_opaque_messages(data: &[u8]) {
         if opaque::parse_record(record).is_ok() {
             assert_eq!(record.len(), opaque::REGISTRATION_RECORD_LEN);
         }
-        match opaque::check_credential_request(ke1) {
-            Ok(()) => {
+        match opaque::parse_credential_request(ke1) {
+            Ok(parsed) => {
+                assert_eq!(ke1.len(), opaque::KE1_LEN);
                 let (ke2, state) = keys
-                    .login_start("a", record, ke1, b"zk_fuzz")
+                    .login_start("a", record, parsed, b"zk_fuzz")
                     .expect("a parsed KE1 is answered");
                 assert_eq!(ke2.len(), opaque::KE2_LEN);
                 let finished = opaque::login_finish(&state, ke3);

@@ -579,11 +579,11 @@ proptest! {
         if record.len() != opaque::REGISTRATION_RECORD_LEN {
             prop_assert!(opaque::parse_record(&record).is_err());
         }
-        match opaque::check_credential_request(&ke1) {
-            Ok(()) => {
+        match opaque::parse_credential_request(&ke1) {
+            Ok(parsed) => {
                 prop_assert_eq!(ke1.len(), opaque::KE1_LEN);
                 // Against any stored record (a real one or garbage): a KE2 of the RFC's length.
-                let (ke2, state) = keys.login_start("a", &record, &ke1, b"zk_1").unwrap();
+                let (ke2, state) = keys.login_start("a", &record, parsed, b"zk_1").unwrap();
                 prop_assert_eq!(ke2.len(), opaque::KE2_LEN);
                 let finished = opaque::login_finish(&state, &ke3);
                 if ke3.len() == opaque::KE3_LEN {

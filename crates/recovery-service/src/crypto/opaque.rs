@@ -130,22 +130,17 @@ impl OpaqueKeys {
         Ok(started.message.serialize().to_vec())
     }
 
-    /// Answers KE1 (96 bytes) with KE2 (320 bytes) and the server's login state, for an
-    /// enrolment made under `key_id` with `credential_id` and `record`. A record or key that
-    /// cannot serve (the key left the ring) answers as for a wrong code: a KE2 from a fake
-    /// record under the current key, whose finish never verifies.
+    /// Answers KE1 with KE2 (320 bytes) and the server's login state, for an enrolment made
+    /// under `key_id` with `credential_id` and `record`. A record or key that cannot serve (the
+    /// key left the ring) answers as for a wrong code: a KE2 from a fake record under the
+    /// current key, whose finish never verifies.
     pub fn login_start(
         &self,
         key_id: &str,
         record: &[u8],
-        credential_request: &[u8],
+        credential_request: Ke1,
         credential_id: &[u8],
     ) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), Error> {
-        if credential_request.len() != KE1_LEN {
-            return Err(Error::Malformed);
-        }
-        let ke1 = CredentialRequest::<Suite>::deserialize(credential_request)
-            .map_err(|_| Error::Malformed)?;
         let (setup, record) = match (self.get(key_id), parse_record(record)) {
             (Some(setup), Ok(record)) => (setup, Some(record)),
             _ => (self.current(), None),
@@ -153,7 +148,7 @@ impl OpaqueKeys {
         start_login(
             setup,
             record,
-            ke1,
+            credential_request.0,
             credential_id,
             CONTEXT,
             &mut rand_core_06::OsRng,
@@ -187,14 +182,23 @@ fn start_login<R: rand_core_06::RngCore + rand_core_06::CryptoRng>(
     Ok((ke2, state))
 }
 
-/// Checks KE1 (96 bytes: the blinded element, the client nonce and key share) before any
-/// state is looked up.
-pub fn check_credential_request(credential_request: &[u8]) -> Result<(), Error> {
+/// A parsed KE1 (RFC 9807 `CredentialRequest`: the blinded element, the client nonce and key
+/// share).
+pub struct Ke1(CredentialRequest<Suite>);
+
+impl fmt::Debug for Ke1 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ke1([redacted])")
+    }
+}
+
+/// Parses KE1 (exactly 96 bytes, valid encodings), before any state is looked up.
+pub fn parse_credential_request(credential_request: &[u8]) -> Result<Ke1, Error> {
     if credential_request.len() != KE1_LEN {
         return Err(Error::Malformed);
     }
     CredentialRequest::<Suite>::deserialize(credential_request)
-        .map(|_| ())
+        .map(Ke1)
         .map_err(|_| Error::Malformed)
 }
 

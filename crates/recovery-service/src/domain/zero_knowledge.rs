@@ -208,14 +208,18 @@ impl Recovery {
         credential_request: &[u8],
     ) -> Result<Vec<u8>> {
         // The message is checked before anything is looked up or counted.
-        if let Err(err) = opaque::check_credential_request(credential_request) {
-            // A verified flow of a server-held code says which RPC to use, whatever was sent.
-            if self.enrolment_kind_of_verified_flow(flow_id).await == Some(RecoveryMode::ServerHeld)
-            {
-                return Err(Error::NotZeroKnowledge);
+        let ke1 = match opaque::parse_credential_request(credential_request) {
+            Ok(ke1) => ke1,
+            Err(err) => {
+                // A verified flow of a server-held code says which RPC to use, whatever was sent.
+                if self.enrolment_kind_of_verified_flow(flow_id).await
+                    == Some(RecoveryMode::ServerHeld)
+                {
+                    return Err(Error::NotZeroKnowledge);
+                }
+                return Err(malformed(err, "credential_request"));
             }
-            return Err(malformed(err, "credential_request"));
-        }
+        };
         let now = self.now();
         let (flow, enrollment, stored) = self.verified_zero_knowledge_flow(flow_id, now).await?;
         if self.keys.get(&stored.key_id).is_none() {
@@ -236,7 +240,7 @@ impl Recovery {
             .login_start(
                 &stored.key_id,
                 &record,
-                credential_request,
+                ke1,
                 stored.code_id.as_bytes(),
             )
             .map_err(|e| {

@@ -8,7 +8,8 @@ use crate::crypto::{KeyRing, SecretKey, hmac_sha256};
 
 pub use crate::crypto::{Purpose, subkey};
 
-fn internal(what: &'static str) -> Error {
+/// A cryptographic step's failure, answered as an internal error (the step named in the log).
+pub(super) fn internal(what: &'static str) -> Error {
     tracing::error!(what, "cryptographic operation failed");
     Error::Internal
 }

@@ -11,7 +11,7 @@
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use recovery_storage::model::{CompletionUpdate, Effects, Enrollment, Flow, Opaque, StoredCode};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use zeroize::Zeroizing;
 
 use super::{
@@ -22,7 +22,7 @@ use super::{
     secrets, validate_account_id,
 };
 use crate::{
-    crypto::{Purpose, opaque, seal_for, unseal_for},
+    crypto::{KeyRing, Purpose, opaque, seal_for, unseal_for},
     time::Timestamp,
 };
 
@@ -103,7 +103,7 @@ impl Recovery {
         let registration_response = self
             .opaque
             .registration_response(registration_request, code_id.as_bytes())
-            .map_err(|e| malformed(e, "registration_request"))?;
+            .map_err(|e| malformed(e, REGISTRATION_REQUEST_MALFORMED))?;
         let expires_at = self.now() + ENROLLMENT_TTL_MS;
         let state = EnrollmentState {
             account_id: account_id.to_owned(),
@@ -111,17 +111,7 @@ impl Recovery {
             key_id: self.opaque.current_id().to_owned(),
             expires_at_ms: expires_at,
         };
-        let plaintext = Zeroizing::new(serde_json::to_vec(&state).map_err(|e| {
-            tracing::error!(error = %e, "enrollment state");
-            Error::Internal
-        })?);
-        let sealed = seal_for(
-            Purpose::OpaqueState,
-            self.keys.current(),
-            &enrollment_binding(account_id),
-            &plaintext,
-        )
-        .map_err(crypto_failed)?;
+        let sealed = seal_state(&self.keys, &enrollment_binding(account_id), &state)?;
         Ok(StartedEnrollment {
             enrollment_id: format!("{ENROLLMENT_PREFIX}{sealed}"),
             registration_response,
@@ -143,7 +133,7 @@ impl Recovery {
         let account_id = validate_account_id(account_id)?;
         let email = Email::parse(email)?;
         opaque::parse_record(registration_record)
-            .map_err(|e| malformed(e, "registration_record"))?;
+            .map_err(|e| malformed(e, REGISTRATION_RECORD_MALFORMED))?;
         if sealed_keyset.is_empty() || sealed_keyset.len() > MAX_KEYSET_BYTES {
             return Err(Error::OpaqueMessageMalformed(
                 "sealed_keyset must be 1 to 4096 bytes (no attempt was counted)",
@@ -184,15 +174,9 @@ impl Recovery {
         let sealed = enrollment_id
             .strip_prefix(ENROLLMENT_PREFIX)
             .ok_or(Error::EnrollmentNotFound)?;
-        let plaintext = unseal_for(
-            Purpose::OpaqueState,
-            &self.keys,
-            &enrollment_binding(account_id),
-            sealed,
-        )
-        .map_err(|_| Error::EnrollmentNotFound)?;
         let state: EnrollmentState =
-            serde_json::from_slice(&plaintext).map_err(|_| Error::EnrollmentNotFound)?;
+            open_state(&self.keys, &enrollment_binding(account_id), sealed)
+                .map_err(|_| Error::EnrollmentNotFound)?;
         if state.account_id != account_id || now >= state.expires_at_ms {
             return Err(Error::EnrollmentNotFound);
         }
@@ -217,7 +201,7 @@ impl Recovery {
                 {
                     return Err(Error::NotZeroKnowledge);
                 }
-                return Err(malformed(err, "credential_request"));
+                return Err(malformed(err, CREDENTIAL_REQUEST_MALFORMED));
             }
         };
         let now = self.now();
@@ -248,9 +232,9 @@ impl Recovery {
                 tracing::error!(error = ?e, "OPAQUE login start failed after its guess was counted");
                 Error::Internal
             })?;
-        let sealed = seal_login_state(
+        let sealed = seal_state(
             &self.keys,
-            &flow.flow_id,
+            &login_binding(&flow.flow_id),
             &LoginState {
                 state: Zeroizing::new(STANDARD.encode(&*server_state)),
                 code_id: stored.code_id.clone(),
@@ -309,7 +293,7 @@ impl Recovery {
     ) -> Result<RecoveredKeyset> {
         if credential_finalization.len() != opaque::KE3_LEN {
             return Err(Error::OpaqueMessageMalformed(
-                "credential_finalization must be OPAQUE's KE3 (64 bytes); no attempt was counted",
+                CREDENTIAL_FINALIZATION_MALFORMED,
             ));
         }
         let now = self.now();
@@ -462,22 +446,30 @@ fn enrollment_binding(account_id: &str) -> String {
     format!("zk-enrollment\0{account_id}")
 }
 
-fn seal_login_state(
-    keys: &crate::crypto::KeyRing,
-    flow_id: &str,
-    state: &LoginState,
-) -> Result<String> {
+/// Seals a state the service hands out or keeps (an enrollment id, a login), bound to what it
+/// belongs to, under the current key's OPAQUE-state subkey.
+fn seal_state<T: Serialize>(keys: &KeyRing, bound_to: &str, state: &T) -> Result<String> {
     let plaintext = Zeroizing::new(serde_json::to_vec(state).map_err(|e| {
-        tracing::error!(error = %e, "login state");
+        tracing::error!(error = %e, "a zero-knowledge state could not be written");
         Error::Internal
     })?);
-    seal_for(
-        Purpose::OpaqueState,
-        keys.current(),
-        &format!("zk-login\0{flow_id}"),
-        &plaintext,
-    )
-    .map_err(crypto_failed)
+    seal_for(Purpose::OpaqueState, keys.current(), bound_to, &plaintext).map_err(secrets::internal)
+}
+
+/// Opens what [`seal_state`] sealed for `bound_to`, with any key of the ring; why not when it
+/// cannot (tampered, bound to something else, its key gone, not this service's).
+fn open_state<T: DeserializeOwned>(
+    keys: &KeyRing,
+    bound_to: &str,
+    sealed: &str,
+) -> std::result::Result<T, &'static str> {
+    let plaintext = unseal_for(Purpose::OpaqueState, keys, bound_to, sealed)?;
+    serde_json::from_slice(&plaintext).map_err(|_| "sealed state format")
+}
+
+/// What a login state is bound to: its flow.
+fn login_binding(flow_id: &str) -> String {
+    format!("zk-login\0{flow_id}")
 }
 
 /// Whether KE3 verifies against a login's server state.
@@ -489,56 +481,35 @@ fn login_verifies(login: &LoginState, credential_finalization: &[u8]) -> Result<
     match opaque::login_finish(&server_state, credential_finalization) {
         Ok(()) => Ok(true),
         Err(opaque::Error::NotVerified) => Ok(false),
-        Err(err) => Err(malformed(err, "credential_finalization")),
+        Err(err) => Err(malformed(err, CREDENTIAL_FINALIZATION_MALFORMED)),
     }
 }
 
-fn open_login_state(
-    keys: &crate::crypto::KeyRing,
-    flow_id: &str,
-    sealed: &str,
-) -> Result<LoginState> {
-    let plaintext = unseal_for(
-        Purpose::OpaqueState,
-        keys,
-        &format!("zk-login\0{flow_id}"),
-        sealed,
-    )
-    .map_err(|what| {
+fn open_login_state(keys: &KeyRing, flow_id: &str, sealed: &str) -> Result<LoginState> {
+    open_state(keys, &login_binding(flow_id), sealed).map_err(|what| {
         // Sealed under a key that left the ring since the start: start again.
         tracing::warn!(flow_id, what, "an OPAQUE login state that cannot be opened");
         Error::ZeroKnowledgeNotStarted
-    })?;
-    serde_json::from_slice(&plaintext).map_err(|_| Error::ZeroKnowledgeNotStarted)
+    })
 }
 
-fn crypto_failed(what: &'static str) -> Error {
-    tracing::error!(what, "sealing failed");
-    Error::Internal
-}
+/// What each malformed message is answered with.
+const REGISTRATION_REQUEST_MALFORMED: &str = "registration_request must be OPAQUE's RegistrationRequest (32 bytes, a valid ristretto255 element); no attempt was counted";
+const REGISTRATION_RECORD_MALFORMED: &str = "registration_record must be OPAQUE's RegistrationRecord (192 bytes, valid encodings); no attempt was counted";
+const CREDENTIAL_REQUEST_MALFORMED: &str =
+    "credential_request must be OPAQUE's KE1 (96 bytes, valid encodings); no attempt was counted";
+const CREDENTIAL_FINALIZATION_MALFORMED: &str =
+    "credential_finalization must be OPAQUE's KE3 (64 bytes); no attempt was counted";
 
-/// `OPAQUE_MESSAGE_MALFORMED` for a message the protocol refused; the server's own failures
-/// are internal.
-fn malformed(err: opaque::Error, field: &'static str) -> Error {
+/// `OPAQUE_MESSAGE_MALFORMED` (with `message`) for a message the protocol refused; the
+/// server's own failures are internal.
+fn malformed(err: opaque::Error, message: &'static str) -> Error {
     match err {
         opaque::Error::Malformed | opaque::Error::NotVerified => {
-            Error::OpaqueMessageMalformed(match field {
-                "registration_request" => {
-                    "registration_request must be OPAQUE's RegistrationRequest (32 bytes, a valid ristretto255 element); no attempt was counted"
-                }
-                "registration_record" => {
-                    "registration_record must be OPAQUE's RegistrationRecord (192 bytes, valid encodings); no attempt was counted"
-                }
-                "credential_request" => {
-                    "credential_request must be OPAQUE's KE1 (96 bytes, valid encodings); no attempt was counted"
-                }
-                _ => {
-                    "credential_finalization must be OPAQUE's KE3 (64 bytes); no attempt was counted"
-                }
-            })
+            Error::OpaqueMessageMalformed(message)
         }
         opaque::Error::Internal => {
-            tracing::error!(field, "an OPAQUE step failed on the server's side");
+            tracing::error!("an OPAQUE step failed on the server's side");
             Error::Internal
         }
     }

@@ -300,21 +300,9 @@ impl Recovery {
             }
         };
         let now = self.now();
-        let (flow, enrollment) = self.find_open_flow(flow_id, now).await?;
-        if flow.verified_at.is_none() {
-            return Err(Error::EmailNotVerified);
-        }
-        let Some(enrollment) = enrollment else {
-            // Unknown emails never verify; a verified flow without a target is a bug.
-            tracing::error!(flow_id = %flow.flow_id, "verified flow without an enrollment");
-            return Err(Error::Internal);
-        };
-        let Some(stored) = &enrollment.code else {
-            return Err(Error::FlowCompleted);
-        };
-        if RecoveryMode::of(stored) == RecoveryMode::ZeroKnowledge {
-            return Err(Error::ZeroKnowledgeEnrollment);
-        }
+        let (flow, enrollment, _) = self
+            .verified_flow(flow_id, now, RecoveryMode::ServerHeld)
+            .await?;
         // Before any hashing (the reservation below decides it again, atomically).
         self.refuse_if_locked(&flow, &enrollment, now).await?;
         let permit = self.hasher.admit().await?;
@@ -493,15 +481,48 @@ impl Recovery {
         }
     }
 
+    /// The open flow whose mailbox is proven, with its enrolment and credential, for a
+    /// submission of `mode`: `EMAIL_NOT_VERIFIED` before the mailbox is proven, and for the
+    /// other kind `ZERO_KNOWLEDGE_ENROLLMENT` or `NOT_ZERO_KNOWLEDGE` (which RPCs to use).
+    pub(super) async fn verified_flow(
+        &self,
+        flow_id: &str,
+        now: i64,
+        mode: RecoveryMode,
+    ) -> Result<(Flow, Enrollment, StoredCode)> {
+        let (flow, enrollment) = self.find_open_flow(flow_id, now).await?;
+        if flow.verified_at.is_none() {
+            return Err(Error::EmailNotVerified);
+        }
+        let Some(enrollment) = enrollment else {
+            // Unknown emails never verify; a verified flow without a target is a bug.
+            tracing::error!(flow_id = %flow.flow_id, "verified flow without an enrollment");
+            return Err(Error::Internal);
+        };
+        let Some(stored) = enrollment.code.clone() else {
+            return Err(Error::FlowCompleted);
+        };
+        match RecoveryMode::of(&stored) {
+            kind if kind == mode => Ok((flow, enrollment, stored)),
+            RecoveryMode::ZeroKnowledge => Err(Error::ZeroKnowledgeEnrollment),
+            RecoveryMode::ServerHeld => Err(Error::NotZeroKnowledge),
+        }
+    }
+
     /// The kind of enrolment of an open flow whose mailbox is proven; `None` for any other flow
     /// (or one that cannot be read). Only for choosing between two refusals: it counts nothing.
     pub(super) async fn enrolment_kind_of_verified_flow(
         &self,
         flow_id: &str,
     ) -> Option<RecoveryMode> {
-        let (flow, enrollment) = self.find_open_flow(flow_id, self.now()).await.ok()?;
-        flow.verified_at?;
-        enrollment?.code.as_ref().map(RecoveryMode::of)
+        match self
+            .verified_flow(flow_id, self.now(), RecoveryMode::ServerHeld)
+            .await
+        {
+            Ok(_) => Some(RecoveryMode::ServerHeld),
+            Err(Error::ZeroKnowledgeEnrollment) => Some(RecoveryMode::ZeroKnowledge),
+            Err(_) => None,
+        }
     }
 
     /// `RECOVERY_LOCKED` (audited) while the account's recovery is locked: checked before any

@@ -205,7 +205,9 @@ impl Recovery {
             }
         };
         let now = self.now();
-        let (flow, enrollment, stored) = self.verified_zero_knowledge_flow(flow_id, now).await?;
+        let (flow, enrollment, stored) = self
+            .verified_flow(flow_id, now, RecoveryMode::ZeroKnowledge)
+            .await?;
         if self.keys.get(&stored.key_id).is_none() {
             // Answered as a wrong code would be (API.md), and counted as one: the enrolment
             // cannot recover until the person enrols again (docs/operating.md, key rotation).
@@ -297,7 +299,9 @@ impl Recovery {
             ));
         }
         let now = self.now();
-        let (flow, enrollment, stored) = self.verified_zero_knowledge_flow(flow_id, now).await?;
+        let (flow, enrollment, stored) = self
+            .verified_flow(flow_id, now, RecoveryMode::ZeroKnowledge)
+            .await?;
         let Some(sealed) = flow.zk_login_state.clone() else {
             return Err(Error::ZeroKnowledgeNotStarted);
         };
@@ -413,31 +417,6 @@ impl Recovery {
         Ok(Error::RecoveryCodeMismatch {
             attempts_left: login.attempts_left,
         })
-    }
-
-    /// The open, verified flow of a zero-knowledge enrolment, with the enrolment and its
-    /// credential; `EMAIL_NOT_VERIFIED` before the mailbox is proven, `NOT_ZERO_KNOWLEDGE` for a
-    /// server-held code.
-    async fn verified_zero_knowledge_flow(
-        &self,
-        flow_id: &str,
-        now: i64,
-    ) -> Result<(Flow, Enrollment, StoredCode)> {
-        let (flow, enrollment) = self.find_open_flow(flow_id, now).await?;
-        if flow.verified_at.is_none() {
-            return Err(Error::EmailNotVerified);
-        }
-        let Some(enrollment) = enrollment else {
-            tracing::error!(flow_id = %flow.flow_id, "verified flow without an enrollment");
-            return Err(Error::Internal);
-        };
-        let Some(stored) = enrollment.code.clone() else {
-            return Err(Error::FlowCompleted);
-        };
-        if RecoveryMode::of(&stored) != RecoveryMode::ZeroKnowledge {
-            return Err(Error::NotZeroKnowledge);
-        }
-        Ok((flow, enrollment, stored))
     }
 }
 

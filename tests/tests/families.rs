@@ -606,3 +606,131 @@ async fn the_family_flow_through_grpcurl_json() {
         "false is omitted: no code to revoke"
     );
 }
+
+/// The account's own recovery address hears of every step of the family path, even when the
+/// family address is somebody else's: moved into a family by whoever holds the account
+/// service's mirror, begun, and completed.
+#[tokio::test]
+async fn the_owners_recovery_address_hears_of_every_family_path_into_the_account() {
+    let mut env = Running::start(Options::default()).await;
+    enroll(&mut env.client, "victim", "v@owner.example").await;
+    env.mail
+        .wait_for("v@owner.example", "A recovery code was created")
+        .await
+        .unwrap();
+    put(&mut env.client, "evil", "mallory", FamilyRole::Organizer).await;
+    env.client
+        .put_family_member(api::PutFamilyMemberRequest {
+            family_id: "evil".into(),
+            account_id: "victim".into(),
+            role: FamilyRole::Member.into(),
+            email: "drop@attacker.example".into(),
+        })
+        .await
+        .unwrap();
+    let joined = env
+        .mail
+        .wait_for("v@owner.example", "was added to a family")
+        .await
+        .unwrap();
+    assert!(
+        joined.raw.contains("d***@attacker.example"),
+        "names the address that now gets assisted-recovery mail: {}",
+        joined.raw
+    );
+    assert!(joined.raw.contains("If this wasn't you"), "{}", joined.raw);
+
+    let flow = begin(&mut env.client, "evil", "mallory", "victim")
+        .await
+        .unwrap();
+    let begun = env
+        .mail
+        .wait_for(
+            "v@owner.example",
+            "is being recovered by a family organizer",
+        )
+        .await
+        .unwrap();
+    assert!(begun.code().is_none(), "no code to the recovery address");
+    assert!(
+        begun.raw.contains("m***@evil.example") && begun.raw.contains("cancel"),
+        "names the organizer and says how to stop it: {}",
+        begun.raw
+    );
+    let code = env
+        .mail
+        .wait_for("drop@attacker.example", "A family organizer is recovering")
+        .await
+        .unwrap()
+        .code()
+        .unwrap();
+    verify(&mut env.client, &flow, &code).await.unwrap();
+    complete(&mut env.client, &flow, "mallory").await.unwrap();
+    let done = env
+        .mail
+        .wait_for("v@owner.example", "was recovered by a family organizer")
+        .await
+        .unwrap();
+    assert!(done.raw.contains("m***@evil.example"), "{}", done.raw);
+
+    // Moving it again, or changing only the family address, is told too, to the previous
+    // family address as well; a put that changes nothing is not.
+    enroll(&mut env.client, "victim", "v@owner.example").await;
+    env.client
+        .put_family_member(api::PutFamilyMemberRequest {
+            family_id: "evil".into(),
+            account_id: "victim".into(),
+            role: FamilyRole::Member.into(),
+            email: "drop2@attacker.example".into(),
+        })
+        .await
+        .unwrap();
+    env.mail
+        .wait_for("v@owner.example", "family address")
+        .await
+        .unwrap();
+    env.mail
+        .wait_for("drop@attacker.example", "family address")
+        .await
+        .unwrap();
+}
+
+/// Adding an account to a family, moving it or changing its family address is limited per
+/// account (5 per 24 h); a put that changes nothing, or only the role, is not counted.
+#[tokio::test]
+async fn family_address_changes_are_limited_per_account() {
+    let mut env = Running::start(Options::default()).await;
+    let put_at = |email: String| api::PutFamilyMemberRequest {
+        family_id: "fam".into(),
+        account_id: "kid".into(),
+        role: FamilyRole::Member.into(),
+        email,
+    };
+    for i in 0..5 {
+        let request = put_at(format!("kid{i}@fam.example"));
+        env.client.put_family_member(request.clone()).await.unwrap();
+        // The same put again changes nothing and counts nothing.
+        env.client.put_family_member(request).await.unwrap();
+    }
+    let refused = env
+        .client
+        .put_family_member(put_at("kid5@fam.example".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::ResourceExhausted, "RATE_LIMITED")
+    );
+    // The membership as it was stands.
+    let status = env
+        .client
+        .get_family_recovery_status(api::GetFamilyRecoveryStatusRequest {
+            family_id: "fam".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.members[0].email_hint, "k***@fam.example");
+    // Another account is not limited by this one.
+    put(&mut env.client, "fam", "org", FamilyRole::Organizer).await;
+}

@@ -383,6 +383,8 @@ pub struct PutMemberOutcome {
     pub previous: Option<FamilyMember>,
     pub member: FamilyMember,
     pub ended: Vec<AssistedFlow>,
+    /// The address of the account's live enrolment, if it has one.
+    pub recovery_address: Option<String>,
 }
 
 /// What a removal did: the membership removed and the assisted flows it ended.
@@ -494,6 +496,8 @@ pub struct AssistedStart {
     /// The organizer who began it.
     pub organizer: FamilyMember,
     pub superseded: Vec<AssistedFlow>,
+    /// The address of the member's live enrolment, if it has one.
+    pub recovery_address: Option<String>,
 }
 
 /// What [`crate::Storage::begin_assisted_recovery`] decided.
@@ -519,6 +523,8 @@ pub struct AssistedCompletion {
     pub revoked_code_id: Option<String>,
     /// The member's other assisted flows it ended.
     pub superseded: Vec<AssistedFlow>,
+    /// The address of the member's enrolment that was live until this completion, if any.
+    pub recovery_address: Option<String>,
 }
 
 /// Why an assisted flow could not be completed or cancelled.

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{
     Error, HOUR_MS, Recovery, Result, client,
-    email::mask,
+    email::{mask, same_mailbox},
     event::EventType,
     family::{hint_of, validate_family_id},
     notice::{self, Notice},
@@ -114,6 +114,28 @@ impl Recovery {
                             }),
                             Some(&o.account_id),
                             &o.email,
+                        )?);
+                    }
+                    // The account's own recovery address, unless the code just went there: its
+                    // owner hears of the path whoever reads the family address.
+                    if let Some(address) = started
+                        .recovery_address
+                        .as_ref()
+                        .filter(|a| !same_mailbox(a, &member.email))
+                    {
+                        messages.push(message(
+                            keys,
+                            &Notice::RecoveryByOrganizerStarted(
+                                notice::RecoveryByOrganizerStarted {
+                                    family_id: member.family_id.clone(),
+                                    organizer_hint: mask(&organizer.email),
+                                    family_email_hint: mask(&member.email),
+                                    expires_in_hours: p.assisted_flow_ttl_ms / HOUR_MS,
+                                    context: context(now, &Client::default()),
+                                },
+                            ),
+                            Some(&member.account_id),
+                            address,
                         )?);
                     }
                     let superseded = self.ended_effects(&started.superseded, now)?;
@@ -330,6 +352,26 @@ impl Recovery {
                             }),
                             Some(&member.account_id),
                             &member.email,
+                        )?);
+                    }
+                    if let Some(address) = c.recovery_address.as_ref().filter(|a| {
+                        !c.parties
+                            .member
+                            .as_ref()
+                            .is_some_and(|m| same_mailbox(a, &m.email))
+                    }) {
+                        messages.push(message(
+                            keys,
+                            &Notice::RecoveryByOrganizerCompleted(
+                                notice::RecoveryByOrganizerCompleted {
+                                    family_id: flow.family_id.clone(),
+                                    organizer_hint: hint_of(organizers, organizer_id),
+                                    code_revoked: c.revoked_code_id.is_some(),
+                                    context: context(now, &client),
+                                },
+                            ),
+                            Some(&flow.member_account_id),
+                            address,
                         )?);
                     }
                     for o in organizers {

@@ -85,6 +85,18 @@ impl Email {
     }
 }
 
+/// The lookup form of a stored address (it parsed when it was stored; empty if not).
+pub fn lookup_of(address: &str) -> String {
+    Email::parse(address)
+        .map(|e| e.lookup().to_owned())
+        .unwrap_or_default()
+}
+
+/// Two stored addresses are one mailbox.
+pub fn same_mailbox(a: &str, b: &str) -> bool {
+    lookup_of(a) == lookup_of(b)
+}
+
 /// Unicode default case folding, then NFC again (folding can decompose): `ANN` and `ann`, `ß`
 /// and `ss` are one mailbox for lookup. The storage migration that moved existing rows to this
 /// form applies the same two steps.

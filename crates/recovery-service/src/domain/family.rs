@@ -8,9 +8,10 @@ use recovery_storage::{
 };
 
 use super::{
-    Error, Recovery, Result,
-    email::{Email, mask},
-    notify::{AuditKind, Client, audit},
+    DAY_MS, Error, Recovery, Result,
+    email::{Email, mask, same_mailbox},
+    notice::{self, MembershipChange, Notice},
+    notify::{AuditKind, Client, audit, context, message},
     validate_account_id,
 };
 use crate::time::Timestamp;
@@ -39,6 +40,11 @@ pub struct FamilyStatus {
 impl Recovery {
     /// Puts the account in the family (moving it out of another), with its role and family
     /// address; the assisted flows that involve it end (they answer `FLOW_COMPLETED`).
+    ///
+    /// Joining a family, moving, or a new family address opens a path into the account: each
+    /// is limited per account (`family_changes_per_day`) and told to the account's recovery
+    /// address and to the previous family address. A put that changes nothing, or only the
+    /// role, is neither.
     #[tracing::instrument(name = "domain.put_family_member", skip_all)]
     pub async fn put_family_member(
         &self,
@@ -53,6 +59,18 @@ impl Recovery {
         let email = Email::parse(email)?;
         let now = self.now();
         let client = Client::default();
+        let current = self.storage.find_family_member(account_id).await?;
+        if change_of(current.as_ref(), family_id, email.address()).is_some() {
+            self.limit(
+                &format!("family:day:account:{account_id}"),
+                DAY_MS,
+                self.policy.family_changes_per_day,
+                "family_changes_per_account",
+                now,
+            )
+            .await?;
+        }
+        let keys = &self.keys;
         self.storage
             .put_family_member(
                 NewFamilyMember {
@@ -75,6 +93,47 @@ impl Recovery {
                     {
                         details.push(("previous_family_id", previous.family_id.clone()));
                     }
+                    let mut messages = Vec::new();
+                    let change =
+                        change_of(outcome.previous.as_ref(), family_id, &outcome.member.email);
+                    if let Some(change) = change {
+                        let notice = |to_previous_address| {
+                            Notice::FamilyMembershipChanged(notice::FamilyMembershipChanged {
+                                change,
+                                family_id: family_id.to_owned(),
+                                family_email_hint: mask(&outcome.member.email),
+                                to_previous_address,
+                                context: context(now, &client),
+                            })
+                        };
+                        if let Some(address) = &outcome.recovery_address {
+                            messages.push(message(
+                                keys,
+                                &notice(false),
+                                Some(account_id),
+                                address,
+                            )?);
+                        }
+                        if let Some(previous) = outcome.previous.as_ref().filter(|p| {
+                            !same_mailbox(&p.email, &outcome.member.email)
+                                && !outcome
+                                    .recovery_address
+                                    .as_ref()
+                                    .is_some_and(|a| same_mailbox(a, &p.email))
+                        }) {
+                            messages.push(message(
+                                keys,
+                                &notice(true),
+                                Some(account_id),
+                                &previous.email,
+                            )?);
+                        }
+                        details.push(("change", change.as_str().to_owned()));
+                        details.push((
+                            "recovery_address_told",
+                            outcome.recovery_address.is_some().to_string(),
+                        ));
+                    }
                     let mut events = vec![audit(
                         account_id,
                         AuditKind::FamilyMemberPut,
@@ -85,7 +144,7 @@ impl Recovery {
                     let ended = self.ended_effects(&outcome.ended, now)?;
                     events.extend(ended.audit);
                     Ok(Effects {
-                        messages: vec![],
+                        messages,
                         audit: events,
                         events: ended.events,
                     })
@@ -93,6 +152,7 @@ impl Recovery {
             )
             .await?;
         self.events_written();
+        self.mail_enqueued();
         tracing::info!(
             family_id,
             account_id,
@@ -215,6 +275,21 @@ impl Recovery {
             )?);
         }
         Ok(effects)
+    }
+}
+
+/// What putting the account in `family_id` at `email` changes in the paths into it: `None`
+/// when it stays in the same family at the same mailbox (only the role may change).
+fn change_of(
+    current: Option<&FamilyMember>,
+    family_id: &str,
+    email: &str,
+) -> Option<MembershipChange> {
+    match current {
+        None => Some(MembershipChange::Joined),
+        Some(c) if c.family_id != family_id => Some(MembershipChange::Moved),
+        Some(c) if !same_mailbox(&c.email, email) => Some(MembershipChange::AddressChanged),
+        Some(_) => None,
     }
 }
 

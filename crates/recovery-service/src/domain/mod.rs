@@ -107,6 +107,9 @@ pub struct Policy {
     pub assisted_begins_per_organizer: i64,
     /// BeginAssistedRecovery calls per member within `assisted_flow_ttl_ms`.
     pub assisted_begins_per_member: i64,
+    /// PutFamilyMember calls per account per day that add it to a family, move it, or change
+    /// its family address.
+    pub family_changes_per_day: i64,
 }
 
 impl Default for Policy {
@@ -128,6 +131,7 @@ impl Default for Policy {
             assisted_attempts: 5,
             assisted_begins_per_organizer: 5,
             assisted_begins_per_member: 3,
+            family_changes_per_day: 5,
         }
     }
 }
@@ -263,6 +267,33 @@ impl Recovery {
         self.mail_ready.notify_one();
         if self.events_enabled {
             self.events_ready.notify_one();
+        }
+    }
+
+    /// Counts one hit on a rate limit (`limit` per fixed window of `window_ms`, across
+    /// replicas); over it, `RATE_LIMITED` naming the limit, logged and counted.
+    async fn limit(
+        &self,
+        key: &str,
+        window_ms: i64,
+        limit: i64,
+        name: &'static str,
+        now: i64,
+    ) -> Result<()> {
+        match self
+            .storage
+            .hit_rate_limit(key, window_ms, limit, now)
+            .await?
+        {
+            recovery_storage::model::RateDecision::Allowed { .. } => Ok(()),
+            recovery_storage::model::RateDecision::Limited { retry_after_ms } => {
+                tracing::info!(limit = name, retry_after_ms, "rate-limited");
+                crate::metrics::get().rate_limited(name);
+                Err(Error::RateLimited {
+                    retry_after_ms,
+                    limit: name,
+                })
+            }
         }
     }
 

@@ -30,11 +30,18 @@ pub enum MessageKind {
     FamilyMemberRecovered,
     /// To the member and each organizer: an assisted recovery was cancelled.
     AssistedRecoveryCancelled,
+    /// To the account's recovery address (and a previous family address): the account joined
+    /// a family, moved to another, or its family address changed.
+    FamilyMembershipChanged,
+    /// To the account's recovery address: an organizer began recovering the account.
+    RecoveryByOrganizerStarted,
+    /// To the account's recovery address: an organizer completed recovering the account.
+    RecoveryByOrganizerCompleted,
 }
 
 impl MessageKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 16] = [
         Self::VerificationCode,
         Self::RecoveryStarted,
         Self::CodeCreated,
@@ -48,6 +55,9 @@ impl MessageKind {
         Self::AssistedRecoveryCompleted,
         Self::FamilyMemberRecovered,
         Self::AssistedRecoveryCancelled,
+        Self::FamilyMembershipChanged,
+        Self::RecoveryByOrganizerStarted,
+        Self::RecoveryByOrganizerCompleted,
     ];
 
     /// The name stored in the outbox's `kind` column.
@@ -66,6 +76,9 @@ impl MessageKind {
             Self::AssistedRecoveryCompleted => "assisted_recovery_completed",
             Self::FamilyMemberRecovered => "family_member_recovered",
             Self::AssistedRecoveryCancelled => "assisted_recovery_cancelled",
+            Self::FamilyMembershipChanged => "family_membership_changed",
+            Self::RecoveryByOrganizerStarted => "recovery_by_organizer_started",
+            Self::RecoveryByOrganizerCompleted => "recovery_by_organizer_completed",
         }
     }
 
@@ -206,6 +219,71 @@ pub struct AssistedRecoveryCancelled {
     pub context: Context,
 }
 
+/// How an account's family membership changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MembershipChange {
+    /// It joined a family.
+    Joined,
+    /// It moved from one family to another.
+    Moved,
+    /// Its family address changed, in the same family.
+    AddressChanged,
+}
+
+impl MembershipChange {
+    /// The name audit details use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Joined => "joined",
+            Self::Moved => "moved",
+            Self::AddressChanged => "address_changed",
+        }
+    }
+}
+
+/// The account joined a family, moved, or its family address changed: told to its recovery
+/// address and to the previous family address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FamilyMembershipChanged {
+    pub change: MembershipChange,
+    /// The family, as the account service names it.
+    pub family_id: String,
+    /// The address that now gets assisted-recovery mail, masked.
+    pub family_email_hint: String,
+    /// The recipient is the previous family address (else the recovery address).
+    #[serde(default)]
+    pub to_previous_address: bool,
+    #[serde(flatten)]
+    pub context: Context,
+}
+
+/// To the account's recovery address: an organizer began recovering the account; the code
+/// went to the family address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryByOrganizerStarted {
+    pub family_id: String,
+    /// The organizer who began it: their family address, masked.
+    pub organizer_hint: String,
+    /// Where the code went: the family address, masked.
+    pub family_email_hint: String,
+    pub expires_in_hours: i64,
+    #[serde(flatten)]
+    pub context: Context,
+}
+
+/// To the account's recovery address: an organizer completed recovering the account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryByOrganizerCompleted {
+    pub family_id: String,
+    /// The organizer who completed it: their family address, masked.
+    pub organizer_hint: String,
+    /// The recovery code (of either kind) was revoked.
+    pub code_revoked: bool,
+    #[serde(flatten)]
+    pub context: Context,
+}
+
 /// One notification's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
@@ -222,6 +300,9 @@ pub enum Notice {
     AssistedRecoveryCompleted(AssistedRecoveryCompleted),
     FamilyMemberRecovered(FamilyMemberRecovered),
     AssistedRecoveryCancelled(AssistedRecoveryCancelled),
+    FamilyMembershipChanged(FamilyMembershipChanged),
+    RecoveryByOrganizerStarted(RecoveryByOrganizerStarted),
+    RecoveryByOrganizerCompleted(RecoveryByOrganizerCompleted),
 }
 
 impl Notice {
@@ -240,6 +321,9 @@ impl Notice {
             Self::AssistedRecoveryCompleted(_) => MessageKind::AssistedRecoveryCompleted,
             Self::FamilyMemberRecovered(_) => MessageKind::FamilyMemberRecovered,
             Self::AssistedRecoveryCancelled(_) => MessageKind::AssistedRecoveryCancelled,
+            Self::FamilyMembershipChanged(_) => MessageKind::FamilyMembershipChanged,
+            Self::RecoveryByOrganizerStarted(_) => MessageKind::RecoveryByOrganizerStarted,
+            Self::RecoveryByOrganizerCompleted(_) => MessageKind::RecoveryByOrganizerCompleted,
         }
     }
 
@@ -254,6 +338,9 @@ impl Notice {
             Self::AssistedRecoveryCompleted(n) => &n.context,
             Self::FamilyMemberRecovered(n) => &n.context,
             Self::AssistedRecoveryCancelled(n) => &n.context,
+            Self::FamilyMembershipChanged(n) => &n.context,
+            Self::RecoveryByOrganizerStarted(n) => &n.context,
+            Self::RecoveryByOrganizerCompleted(n) => &n.context,
             Self::RecoveryStarted(c)
             | Self::CodeCreated(c)
             | Self::CodeReplaced(c)
@@ -273,6 +360,9 @@ impl Notice {
             Self::AssistedRecoveryCompleted(n) => serde_json::to_vec(n),
             Self::FamilyMemberRecovered(n) => serde_json::to_vec(n),
             Self::AssistedRecoveryCancelled(n) => serde_json::to_vec(n),
+            Self::FamilyMembershipChanged(n) => serde_json::to_vec(n),
+            Self::RecoveryByOrganizerStarted(n) => serde_json::to_vec(n),
+            Self::RecoveryByOrganizerCompleted(n) => serde_json::to_vec(n),
             Self::RecoveryStarted(c)
             | Self::CodeCreated(c)
             | Self::CodeReplaced(c)
@@ -309,6 +399,15 @@ impl Notice {
             }
             MessageKind::AssistedRecoveryCancelled => {
                 Self::AssistedRecoveryCancelled(serde_json::from_slice(json)?)
+            }
+            MessageKind::FamilyMembershipChanged => {
+                Self::FamilyMembershipChanged(serde_json::from_slice(json)?)
+            }
+            MessageKind::RecoveryByOrganizerStarted => {
+                Self::RecoveryByOrganizerStarted(serde_json::from_slice(json)?)
+            }
+            MessageKind::RecoveryByOrganizerCompleted => {
+                Self::RecoveryByOrganizerCompleted(serde_json::from_slice(json)?)
             }
         })
     }

@@ -17,19 +17,13 @@ use super::{
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use recovery_storage::{
     ChangeError, ConflictKind, StorageError,
-    model::{Effects, NewEnrollment, Opaque, PutOutcome, RateDecision, StoredCode},
+    model::{Effects, NewEnrollment, Opaque, PutOutcome, StoredCode},
 };
 
 const DEFAULT_PAGE_SIZE: i32 = 50;
 /// Tries of a change that conflicted with another writer.
 const MAX_TRIES: u32 = 3;
 
-/// The lookup form of a stored address (it parsed when it was stored).
-fn fold_lookup_of(address: &str) -> String {
-    Email::parse(address)
-        .map(|e| e.lookup().to_owned())
-        .unwrap_or_default()
-}
 const MAX_PAGE_SIZE: i32 = 500;
 const MAX_REASON_BYTES: usize = 256;
 
@@ -340,7 +334,9 @@ impl Recovery {
         now: i64,
     ) -> Result<()> {
         let current = self.storage.find_enrollment(account_id).await?;
-        if current.is_some_and(|e| e.code.is_some() && fold_lookup_of(&e.email) == email.lookup()) {
+        if current.is_some_and(|e| {
+            e.code.is_some() && super::email::lookup_of(&e.email) == email.lookup()
+        }) {
             return Ok(());
         }
         // Per account, and per address (an attacker with many accounts probes one address no
@@ -356,23 +352,8 @@ impl Recovery {
                 "address_claims_per_address",
             ),
         ] {
-            if let RateDecision::Limited { retry_after_ms } = self
-                .storage
-                .hit_rate_limit(&key, DAY_MS, self.policy.address_claims_per_day, now)
-                .await?
-            {
-                tracing::info!(
-                    account_id,
-                    retry_after_ms,
-                    limit,
-                    "address claims rate-limited"
-                );
-                crate::metrics::get().rate_limited(limit);
-                return Err(Error::RateLimited {
-                    retry_after_ms,
-                    limit,
-                });
-            }
+            self.limit(&key, DAY_MS, self.policy.address_claims_per_day, limit, now)
+                .await?;
         }
         Ok(())
     }

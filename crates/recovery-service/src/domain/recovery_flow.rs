@@ -15,7 +15,7 @@ use super::{
 use crate::{crypto::hasher::HashPermit, time::Timestamp};
 use recovery_storage::model::{
     AttemptKind, AttemptReservation, Completion, CompletionUpdate, Effects, Enrollment, Flow,
-    Lockout, NewFlow, Opaque, RateDecision, StoredCode,
+    Lockout, NewFlow, Opaque, StoredCode,
 };
 
 /// A recovery-code submission counted before its check.
@@ -164,18 +164,7 @@ impl Recovery {
             "email_per_hour",
         ));
         for (key, window, limit, name) in checks {
-            if let RateDecision::Limited { retry_after_ms } = self
-                .storage
-                .hit_rate_limit(&key, window, limit, now)
-                .await?
-            {
-                tracing::info!(limit = name, retry_after_ms, "recovery start rate-limited");
-                crate::metrics::get().rate_limited(name);
-                return Err(Error::RateLimited {
-                    retry_after_ms,
-                    limit: name,
-                });
-            }
+            self.limit(&key, window, limit, name, now).await?;
         }
         Ok(())
     }

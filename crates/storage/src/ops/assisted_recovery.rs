@@ -114,7 +114,10 @@ impl Storage {
         .exec(&txn)
         .await?;
         let organizers = organizers_of(&txn, &new.family_id).await?;
+        let recovery_address =
+            super::recovery_code::recovery_address(&txn, &member.account_id).await?;
         let started = BeginAssisted::Started(Box::new(AssistedStart {
+            recovery_address,
             parties: AssistedParties {
                 member: Some(member),
                 organizers,
@@ -275,7 +278,9 @@ impl Storage {
             return Ok(Err(AssistedRefusal::Ended));
         };
         let mut revoked_code_id = None;
+        let mut recovery_address = None;
         if let Some(row) = enrollment.filter(|e| e.code_hash.is_some()) {
+            recovery_address = Some(row.email.clone());
             let revoked =
                 super::recovery_code::retire(&txn, &row.account_id, row.generation, now).await?;
             // The enrollment's row is held: the code cannot have changed. Never complete with
@@ -304,6 +309,7 @@ impl Storage {
             flow,
             revoked_code_id,
             superseded,
+            recovery_address,
         };
         self.apply_effects(
             &txn,

@@ -73,6 +73,7 @@ impl Storage {
             previous,
             member,
             ended,
+            recovery_address: super::recovery_code::recovery_address(&txn, &new.account_id).await?,
         };
         self.apply_effects(
             &txn,

@@ -270,6 +270,22 @@ pub(crate) async fn retire<T: sea_orm::ConnectionTrait>(
     Ok(result.rows_affected == 1)
 }
 
+/// The address of the account's live enrolment, of either kind (`None` without one): where
+/// its owner hears of every path into the account.
+pub(crate) async fn recovery_address<T: sea_orm::ConnectionTrait>(
+    db: &T,
+    account_id: &str,
+) -> Result<Option<String>, StorageError> {
+    let address: Option<(String, Option<String>)> = enrollment::Entity::find_by_id(account_id)
+        .select_only()
+        .column(C::Email)
+        .column(C::CodeHash)
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(address.and_then(|(email, live)| live.map(|_| email)))
+}
+
 /// The account's live enrollment, locked for the rest of the transaction;
 /// [`StorageError::NotFound`] when it has no code.
 async fn lock_live(

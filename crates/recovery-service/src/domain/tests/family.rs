@@ -59,7 +59,8 @@ impl Harness {
 async fn an_organizer_recovers_a_member_by_the_family_records_only() {
     let h = harness(Policy::default()).await;
     family(&h).await;
-    // The member's own recovery address is not where family mail goes.
+    // The member's own recovery address is not where family mail goes, but it hears of every
+    // step, without the code.
     h.enroll("kid", "kid-own@example.com").await;
     h.mail().await;
 
@@ -75,8 +76,12 @@ async fn an_organizer_recovers_a_member_by_the_family_records_only() {
             ("assisted_recovery_code", "kid@family.example"),
             ("assisted_recovery_started", "org@family.example"),
             ("assisted_recovery_started", "org2@family.example"),
+            ("recovery_by_organizer_started", "kid-own@example.com"),
         ]
     );
+    assert!(mail[3].data.get("code").is_none(), "{}", mail[3].data);
+    assert_eq!(mail[3].data["organizer_hint"], "o***@family.example");
+    assert_eq!(mail[3].data["family_email_hint"], "k***@family.example");
     let code = mail[0].data["code"].as_str().unwrap().to_owned();
     assert!(
         !mail[0].data.to_string().contains("org@"),
@@ -142,12 +147,15 @@ async fn an_organizer_recovers_a_member_by_the_family_records_only() {
         to,
         [
             ("assisted_recovery_completed", "kid@family.example"),
+            ("recovery_by_organizer_completed", "kid-own@example.com"),
             ("family_member_recovered", "org@family.example"),
             ("family_member_recovered", "org2@family.example"),
         ]
     );
     assert_eq!(mail[0].data["code_revoked"], true);
-    assert_eq!(mail[2].data["by_you"], true);
+    assert_eq!(mail[1].data["code_revoked"], true);
+    assert_eq!(mail[1].data["organizer_hint"], "o***@family.example");
+    assert_eq!(mail[3].data["by_you"], true);
 
     // Once.
     assert_eq!(
@@ -592,4 +600,127 @@ async fn an_organizer_being_recovered_gets_only_the_members_mail() {
             ),
         ]
     );
+}
+
+/// Joining a family, moving and a new family address are told to the account's recovery
+/// address (and to the previous family address), audited, and limited per account; a put that
+/// changes nothing or only the role is neither told nor counted.
+#[tokio::test]
+async fn every_new_family_path_is_told_to_the_recovery_address_and_limited() {
+    let h = harness(Policy::default()).await;
+    let put = |family: &'static str, role: FamilyRole, email: &'static str| {
+        let recovery = h.recovery.clone();
+        async move {
+            recovery
+                .put_family_member(family, "kid", Some(role), email)
+                .await
+        }
+    };
+    let to = |mail: &[Mail]| -> Vec<(String, String, bool)> {
+        mail.iter()
+            .map(|m| {
+                (
+                    m.data["change"].as_str().unwrap_or_default().to_owned(),
+                    m.recipient.clone(),
+                    m.data["to_previous_address"] == true,
+                )
+            })
+            .collect()
+    };
+    // Without an enrolment there is nobody to tell but nothing is lost.
+    put("fam", FamilyRole::Member, "kid@family.example")
+        .await
+        .unwrap();
+    assert!(h.mail().await.is_empty());
+    h.enroll("kid", "kid-own@example.com").await;
+    h.mail().await;
+
+    // The same put again, and a role change alone: nothing told, nothing counted.
+    put("fam", FamilyRole::Member, "KID@family.example")
+        .await
+        .unwrap();
+    put("fam", FamilyRole::Organizer, "kid@family.example")
+        .await
+        .unwrap();
+    assert!(h.mail().await.is_empty());
+
+    put("fam", FamilyRole::Member, "drop@attacker.example")
+        .await
+        .unwrap();
+    let mail = h.mail().await;
+    assert_eq!(
+        to(&mail),
+        [
+            (
+                "address_changed".into(),
+                "kid-own@example.com".into(),
+                false
+            ),
+            ("address_changed".into(), "kid@family.example".into(), true),
+        ]
+    );
+    assert_eq!(mail[0].data["family_email_hint"], "d***@attacker.example");
+    assert_eq!(mail[0].data["family_id"], "fam");
+
+    put("other", FamilyRole::Member, "drop@attacker.example")
+        .await
+        .unwrap();
+    assert_eq!(
+        to(&h.mail().await),
+        [("moved".into(), "kid-own@example.com".into(), false)],
+        "the family address did not change: only the recovery address is told"
+    );
+    // Back to the recovery address itself: told there once.
+    put("other", FamilyRole::Member, "kid-own@example.com")
+        .await
+        .unwrap();
+    assert_eq!(
+        to(&h.mail().await),
+        [
+            (
+                "address_changed".into(),
+                "kid-own@example.com".into(),
+                false
+            ),
+            (
+                "address_changed".into(),
+                "drop@attacker.example".into(),
+                true
+            ),
+        ]
+    );
+    let page = h.recovery.list_audit_events("kid", 100, "").await.unwrap();
+    let put_events: Vec<_> = page
+        .events
+        .iter()
+        .filter(|e| e.kind == AuditKind::FamilyMemberPut)
+        .filter_map(|e| e.details.get("change").cloned())
+        .collect();
+    assert_eq!(
+        put_events,
+        ["address_changed", "moved", "address_changed", "joined"]
+    );
+
+    // Four changes so far (joined, address, moved, address): one more, then RATE_LIMITED,
+    // and the membership stays as it was.
+    put("fam", FamilyRole::Member, "kid@family.example")
+        .await
+        .unwrap();
+    match put("evil", FamilyRole::Member, "x@attacker.example")
+        .await
+        .unwrap_err()
+    {
+        Error::RateLimited { limit, .. } => assert_eq!(limit, "family_changes_per_account"),
+        other => panic!("expected RATE_LIMITED, got {other:?}"),
+    }
+    // A put that changes nothing is still served.
+    put("fam", FamilyRole::Member, "kid@family.example")
+        .await
+        .unwrap();
+    let status = h.recovery.get_family_recovery_status("fam").await.unwrap();
+    assert_eq!(status.members[0].account_id, "kid");
+    h.clock.advance(DAY);
+    put("evil", FamilyRole::Member, "x@attacker.example")
+        .await
+        .unwrap();
 }

@@ -1,11 +1,15 @@
-//! What family mail says (organizer-assisted recovery). The member's messages name the
-//! organizer's role, never an organizer's address; organizers see masked addresses only.
+//! What family mail says (organizer-assisted recovery). The member's messages at the family
+//! address name the organizer's role, never an organizer's address; organizers see masked
+//! addresses only. The account's own recovery address hears of every family path into the
+//! account (joined, moved, family address changed, recovery begun and completed), with the
+//! organizer's masked address and what to do if it was not them.
 
 use super::{Block, capitalise, printable};
 use crate::{
     domain::notice::{
         AssistedRecoveryCancelled, AssistedRecoveryCode, AssistedRecoveryCompleted,
-        AssistedRecoveryStarted, FamilyMemberRecovered,
+        AssistedRecoveryStarted, FamilyMemberRecovered, FamilyMembershipChanged, MembershipChange,
+        RecoveryByOrganizerCompleted, RecoveryByOrganizerStarted,
     },
     time::human,
 };
@@ -193,4 +197,121 @@ pub(super) fn cancelled(n: &AssistedRecoveryCancelled, p: Parts<'_>) -> (String,
             ],
         )
     }
+}
+
+pub(super) fn membership_changed(
+    n: &FamilyMembershipChanged,
+    p: Parts<'_>,
+) -> (String, Vec<Block>) {
+    let Parts {
+        family: _,
+        account,
+        hint,
+        support,
+        facts,
+    } = p;
+    let when = human(n.context.occurred_at_ms);
+    let family = printable(&n.family_id);
+    let address = printable(&n.family_email_hint);
+    let (subject, first) = match n.change {
+        MembershipChange::Joined => (
+            format!("{} was added to a family", capitalise(account)),
+            format!("On {when} {account} ({hint}) was added to the family {family}."),
+        ),
+        MembershipChange::Moved => (
+            format!("{} was moved to another family", capitalise(account)),
+            format!("On {when} {account} ({hint}) was moved to the family {family}."),
+        ),
+        MembershipChange::AddressChanged => (
+            format!("The family address of {account} changed"),
+            format!("On {when} the family address of {account} in the family {family} changed."),
+        ),
+    };
+    let mut blocks = vec![Block::Para(first)];
+    if n.to_previous_address {
+        blocks.push(Block::Para(format!(
+            "Mail about recovering the account with the help of a family organizer no longer comes here: it goes to {address}."
+        )));
+    } else {
+        blocks.push(Block::Para(format!(
+            "The family's organizers can now start recovering {account}; the code that lets such a recovery go on is sent to {address}, and whoever reads that mailbox can let it go on."
+        )));
+    }
+    blocks.push(facts);
+    blocks.push(Block::Para(format!(
+        "If this wasn't you, or you don't know this family or address, {support} right away: someone may be preparing to take over {account}. Until then, cancel any family recovery you did not ask for."
+    )));
+    (subject, blocks)
+}
+
+pub(super) fn organizer_started(
+    n: &RecoveryByOrganizerStarted,
+    p: Parts<'_>,
+) -> (String, Vec<Block>) {
+    let Parts {
+        family: _,
+        account,
+        hint,
+        support,
+        facts,
+    } = p;
+    let when = human(n.context.occurred_at_ms);
+    let until = human(n.context.occurred_at_ms + n.expires_in_hours * 3_600_000);
+    (
+        format!(
+            "{} is being recovered by a family organizer",
+            capitalise(account)
+        ),
+        vec![
+            Block::Para(format!(
+                "On {when} the family organizer {} of the family {} started recovering {account} ({hint}). A code to let it go on was sent to the family address {}; once it is entered, any organizer of the family can complete the recovery until {until}, and the account's password, keys and recovery code are then replaced.",
+                printable(&n.organizer_hint),
+                printable(&n.family_id),
+                printable(&n.family_email_hint),
+            )),
+            facts,
+            Block::Para(format!(
+                "If you didn't ask for this, cancel the recovery: sign in and cancel it in your account settings (or recover with your own recovery code, which ends it), and {support} right away."
+            )),
+        ],
+    )
+}
+
+pub(super) fn organizer_completed(
+    n: &RecoveryByOrganizerCompleted,
+    p: Parts<'_>,
+) -> (String, Vec<Block>) {
+    let Parts {
+        family: _,
+        account,
+        hint,
+        support,
+        facts,
+    } = p;
+    let when = human(n.context.occurred_at_ms);
+    let mut blocks = vec![Block::Para(format!(
+        "On {when} the family organizer {} of the family {} completed the recovery of {account} ({hint}).",
+        printable(&n.organizer_hint),
+        printable(&n.family_id),
+    ))];
+    if n.code_revoked {
+        blocks.push(Block::Para(
+            "Your recovery code no longer works: create a new one once you are signed in."
+                .to_owned(),
+        ));
+    }
+    blocks.push(Block::Para(
+        "What happens next: a new password and a new secret key are set for the account, and every session and device that was signed in is signed out and has to sign in again.".to_owned(),
+    ));
+    blocks.push(facts);
+    blocks.push(Block::Para(format!(
+        "If you didn't ask for this, {support} right away: someone else may now hold {account}."
+    )));
+    (
+        format!(
+            "{} was recovered by a family organizer",
+            capitalise(account)
+        ),
+        blocks,
+    )
 }

@@ -196,6 +196,14 @@ pub fn render(notice: &Notice, recipient: &str, branding: &Branding) -> Rendered
         Notice::AssistedRecoveryCompleted(n) => family::completed(n, family_parts(&account, &family, &hint, &support, facts, &mut footer)),
         Notice::FamilyMemberRecovered(n) => family::member_recovered(n, family_parts(&account, &family, &hint, &support, facts, &mut footer)),
         Notice::AssistedRecoveryCancelled(n) => family::cancelled(n, family_parts(&account, &family, &hint, &support, facts, &mut footer)),
+        Notice::FamilyMembershipChanged(n) => {
+            if n.to_previous_address {
+                footer = format!("You receive this because {hint} was the family's address for {account}.");
+            }
+            family::membership_changed(n, owner_parts(&account, &family, &hint, &support, facts))
+        }
+        Notice::RecoveryByOrganizerStarted(n) => family::organizer_started(n, owner_parts(&account, &family, &hint, &support, facts)),
+        Notice::RecoveryByOrganizerCompleted(n) => family::organizer_completed(n, owner_parts(&account, &family, &hint, &support, facts)),
     };
     Rendered {
         text: text(&blocks, &footer),
@@ -214,6 +222,23 @@ fn family_parts<'a>(
     footer: &mut String,
 ) -> family::Parts<'a> {
     *footer = format!("You receive this because {hint} is your family's address for {account}.");
+    family::Parts {
+        account,
+        family,
+        hint,
+        support,
+        facts,
+    }
+}
+
+/// The parts of a message to the account's recovery address about its family.
+fn owner_parts<'a>(
+    account: &'a str,
+    family: &'a str,
+    hint: &'a str,
+    support: &'a str,
+    facts: Block,
+) -> family::Parts<'a> {
     family::Parts {
         account,
         family,
@@ -357,8 +382,9 @@ mod tests {
     use super::*;
     use crate::domain::notice::{
         AssistedRecoveryCancelled, AssistedRecoveryCode, AssistedRecoveryCompleted,
-        AssistedRecoveryStarted, EmailChanged, FamilyMemberRecovered, MessageKind, RecoveryLocked,
-        VerificationCode,
+        AssistedRecoveryStarted, EmailChanged, FamilyMemberRecovered, FamilyMembershipChanged,
+        MembershipChange, MessageKind, RecoveryByOrganizerCompleted, RecoveryByOrganizerStarted,
+        RecoveryLocked, VerificationCode,
     };
 
     /// 30 Nov 2026, 21:02 UTC.
@@ -420,6 +446,26 @@ mod tests {
                 cancelled_by_hint: "k***@example.com".into(),
                 to_member: false,
                 by_you: false,
+                context: context(),
+            }),
+            Notice::FamilyMembershipChanged(FamilyMembershipChanged {
+                change: MembershipChange::Joined,
+                family_id: "fam-1".into(),
+                family_email_hint: "d***@example.net".into(),
+                to_previous_address: false,
+                context: context(),
+            }),
+            Notice::RecoveryByOrganizerStarted(RecoveryByOrganizerStarted {
+                family_id: "fam-1".into(),
+                organizer_hint: "o***@example.com".into(),
+                family_email_hint: "d***@example.net".into(),
+                expires_in_hours: 24,
+                context: context(),
+            }),
+            Notice::RecoveryByOrganizerCompleted(RecoveryByOrganizerCompleted {
+                family_id: "fam-1".into(),
+                organizer_hint: "o***@example.com".into(),
+                code_revoked: true,
                 context: context(),
             }),
         ];

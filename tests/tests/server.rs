@@ -447,3 +447,60 @@ async fn grpcurl_lists_describes_and_checks_health() {
     let (ok, out) = grpcurl(&[&addr, "grpc.health.v1.Health/Check"]);
     assert!(ok && out.contains("\"SERVING\""), "{out}");
 }
+
+/// A database that cannot be reached is named on stderr (host and port, so an operator can
+/// act) without its password, in every form a PostgreSQL URL can carry one: the user info,
+/// the `password` query parameter, and a password with a comma in it.
+#[test]
+fn an_unreachable_database_is_named_without_its_password() {
+    let reserved = recovery_e2e::ReservedPort::new().unwrap();
+    let port = reserved.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    for (url, secrets) in [
+        (
+            format!("postgres://app:pw-userinfo-7f3@127.0.0.1:{port}/recovery"),
+            &["pw-userinfo-7f3"][..],
+        ),
+        (
+            format!(
+                "postgres://app@127.0.0.1:{port}/recovery?password=pw-query-7f3&sslmode=disable"
+            ),
+            &["pw-query-7f3"][..],
+        ),
+        (
+            format!("postgres://app:pw,comma-7f3@127.0.0.1:{port}/recovery"),
+            &["pw,comma", "comma-7f3", "app:pw"][..],
+        ),
+        (
+            format!("postgres://127.0.0.1:{port}/recovery?user=app&password=pw%2Cenc-7f3"),
+            &["pw%2Cenc-7f3", "pw,enc-7f3"][..],
+        ),
+    ] {
+        for command in ["migrate", "serve"] {
+            let (status, stdout, stderr) = run(
+                dir.path(),
+                &[
+                    ("RECOVERY_DATABASE_URL".to_owned(), url.clone()),
+                    (
+                        "RECOVERY_SECRET_KEY".to_owned(),
+                        recovery_e2e::TEST_KEY.to_owned(),
+                    ),
+                    ("RECOVERY_LISTEN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+                ],
+                &[command],
+            )
+            .unwrap();
+            assert!(!status.success(), "{command} with {url}: {stdout}{stderr}");
+            assert!(
+                stderr.contains(&format!("127.0.0.1:{port}")),
+                "{command}: the database is named: {stderr}"
+            );
+            for secret in secrets {
+                assert!(
+                    !stdout.contains(secret) && !stderr.contains(secret),
+                    "{command}: {secret:?} of {url} is shown:\n{stdout}{stderr}"
+                );
+            }
+        }
+    }
+}

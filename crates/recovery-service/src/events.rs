@@ -129,7 +129,10 @@ impl Publisher {
             });
         if let Some(ca) = &self.config.tls_ca {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
-        } else if url.starts_with("tls://") {
+        } else if url
+            .split(',')
+            .any(|server| server.trim().starts_with("tls://"))
+        {
             options = options.require_tls(true);
         }
         if let Some(path) = &self.config.credentials_file {

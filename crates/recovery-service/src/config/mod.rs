@@ -347,6 +347,24 @@ fn events_settings(s: &Settings<'_>) -> Result<Option<EventsConfig>, ConfigError
     })?;
     let credentials_file = s.path("events_credentials_file")?;
     let tls_ca = s.path("events_tls_ca")?;
+    // Credentials (user and password, a token, a credentials file) leave this machine only
+    // over TLS, as SMTP AUTH does.
+    let servers: Vec<url::Url> = url
+        .split(',')
+        .filter_map(|server| url::Url::parse(server.trim()).ok())
+        .collect();
+    let with_credentials =
+        credentials_file.is_some() || servers.iter().any(|u| !u.username().is_empty());
+    let tls = tls_ca.is_some() || servers.iter().any(|u| u.scheme() == "tls");
+    let remote = servers
+        .iter()
+        .any(|u| !u.host_str().is_some_and(is_loopback_host));
+    if with_credentials && remote && !tls {
+        return Err(ConfigError::at(
+            &raw.origin,
+            "credentials for a NATS server off this machine are sent only over TLS: use tls://HOST:PORT or set RECOVERY_EVENTS_TLS_CA",
+        ));
+    }
     Ok(Some(EventsConfig {
         url: SecretUrl::new(url),
         stream,
@@ -624,6 +642,15 @@ impl Settings<'_> {
     }
 }
 
+/// `localhost` or a loopback IP address: a relay or server on this machine (or in this pod).
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn check_database_url(url: &str) -> Result<(), String> {
     if url.starts_with("sqlite:") {
         return Ok(());
@@ -664,11 +691,7 @@ fn check_smtp_url(url: &str, with_auth: bool) -> Result<String, String> {
     if parsed.scheme() == "smtps" {
         return Ok(parsed.to_string());
     }
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let loopback = is_loopback_host(&host);
     let tls = parsed
         .query_pairs()
         .find(|(k, _)| k == "tls")

@@ -346,11 +346,61 @@ fn the_dev_key_sits_beside_the_sqlite_file() {
 }
 
 #[test]
+fn nats_credentials_leave_this_machine_only_over_tls() {
+    for (url, creds, ca) in [
+        ("nats://svc:hunter22@nats-1:4222", false, false),
+        ("nats://s3cr3tTOKEN@nats:4222", false, false),
+        ("nats://nats.internal:4222", true, false),
+        (
+            "nats://127.0.0.1:4222,nats://svc:pw@nats-2:4222",
+            false,
+            false,
+        ),
+    ] {
+        let mut env = vec![("RECOVERY_EVENTS_URL", url)];
+        if creds {
+            env.push((
+                "RECOVERY_EVENTS_CREDENTIALS_FILE",
+                "/run/secrets/nats.creds",
+            ));
+        }
+        if ca {
+            env.push(("RECOVERY_EVENTS_TLS_CA", "/run/ca.pem"));
+        }
+        let err = load(&env).unwrap_err().to_string();
+        assert!(
+            err.contains("RECOVERY_EVENTS_URL") && err.contains("only over TLS"),
+            "{url}: {err}"
+        );
+        assert!(
+            !err.contains("hunter22") && !err.contains("s3cr3t"),
+            "{err}"
+        );
+    }
+    // TLS by scheme or by a CA, or credentials to this machine only: accepted.
+    for (url, ca) in [
+        ("tls://svc:hunter22@nats-1:4222", false),
+        ("nats://svc:hunter22@nats-1:4222", true),
+        (
+            "nats://svc:hunter22@127.0.0.1:4222,nats://svc:hunter22@localhost:4223",
+            false,
+        ),
+        ("nats://nats-1:4222", false),
+    ] {
+        let mut env = vec![("RECOVERY_EVENTS_URL", url)];
+        if ca {
+            env.push(("RECOVERY_EVENTS_TLS_CA", "/run/ca.pem"));
+        }
+        assert!(load(&env).is_ok(), "{url}");
+    }
+}
+
+#[test]
 fn events_are_off_unless_a_nats_url_is_given_and_its_password_stays_secret() {
     assert!(load(&[]).unwrap().events.is_none());
     let config = load(&[(
         "RECOVERY_EVENTS_URL",
-        "nats://svc:hunter22@nats-1:4222,nats://svc:hunter22@nats-2:4222",
+        "tls://svc:hunter22@nats-1:4222,tls://svc:hunter22@nats-2:4222",
     )])
     .unwrap();
     let events = config.events.unwrap();
@@ -358,10 +408,10 @@ fn events_are_off_unless_a_nats_url_is_given_and_its_password_stays_secret() {
     assert!(events.credentials_file.is_none());
     assert!(!events.url.to_string().contains("hunter22"));
     assert!(!format!("{events:?}").contains("hunter22"));
-    let token = load(&[("RECOVERY_EVENTS_URL", "nats://s3cr3tTOKEN@nats:4222")]).unwrap();
+    let token = load(&[("RECOVERY_EVENTS_URL", "tls://s3cr3tTOKEN@nats:4222")]).unwrap();
     assert_eq!(
         token.events.unwrap().url.to_string(),
-        "nats://***@nats:4222",
+        "tls://***@nats:4222",
         "a NATS token is hidden like a password"
     );
     let config = load(&[

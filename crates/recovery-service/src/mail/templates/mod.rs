@@ -254,9 +254,32 @@ fn facts(context: &Context) -> Block {
         facts.push(("IP address", printable(ip)));
     }
     if let Some(agent) = &context.user_agent {
-        facts.push(("Browser", printable(agent)));
+        facts.push(("Browser", browser(agent)));
     }
     Block::Facts(facts)
+}
+
+/// The browser a user agent names, in a short form ("Firefox 133 on Linux") built only from
+/// the parser's own names and the major version's digits: never the request's text.
+fn browser(agent: &str) -> String {
+    const UNKNOWN: &str = "UNKNOWN";
+    let Some(parsed) = woothee::parser::Parser::new()
+        .parse(agent)
+        .filter(|p| p.name != UNKNOWN && !p.name.is_empty())
+    else {
+        return "an unknown browser".to_owned();
+    };
+    let mut out = parsed.name.to_owned();
+    let major = parsed.version.split('.').next().unwrap_or_default();
+    if !major.is_empty() && major.len() <= 6 && major.bytes().all(|b| b.is_ascii_digit()) {
+        out.push(' ');
+        out.push_str(major);
+    }
+    if parsed.os != UNKNOWN && !parsed.os.is_empty() {
+        out.push_str(" on ");
+        out.push_str(parsed.os);
+    }
+    printable(&out)
 }
 
 fn capitalise(text: &str) -> String {
@@ -394,7 +417,9 @@ mod tests {
         Context {
             occurred_at_ms: T,
             ip_address: Some("203.0.113.7".into()),
-            user_agent: Some("Firefox".into()),
+            user_agent: Some(
+                "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0".into(),
+            ),
         }
     }
 
@@ -491,7 +516,7 @@ mod tests {
         );
         assert!(r.text.contains("Time: 30 Nov 2026, 21:02 UTC"));
         assert!(r.text.contains("IP address: 203.0.113.7"));
-        assert!(r.text.contains("Browser: Firefox"));
+        assert!(r.text.contains("Browser: Firefox 133 on Linux"), "{}", r.text);
         assert!(r.text.contains("your Acme account (a***@example.com)"));
         assert!(!r.subject.contains("012345"), "no code in the subject");
         assert_eq!(
@@ -505,6 +530,39 @@ mod tests {
     }
 
     #[test]
+    fn the_browser_is_named_in_a_short_parsed_form_never_as_sent() {
+        for (agent, shown) in [
+            (
+                "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+                "Firefox 133 on Linux",
+            ),
+            (
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+                "Chrome 131 on Windows 10",
+            ),
+            ("Firefox", "an unknown browser"),
+            ("", "an unknown browser"),
+            (
+                "Mozilla/5.0 <script>alert(1)</script> Visit http://evil.example to unlock your account now",
+                "an unknown browser",
+            ),
+        ] {
+            assert_eq!(browser(agent), shown, "{agent}");
+        }
+        let r = render(
+            &Notice::RecoveryStarted(Context {
+                occurred_at_ms: T,
+                ip_address: None,
+                user_agent: Some(format!("Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0 {}", "call +1-555-0100 to unlock ".repeat(5))),
+            }),
+            "ann@example.com",
+            &acme(),
+        );
+        assert!(r.text.contains("Browser: Firefox 133 on Linux"), "{}", r.text);
+        assert!(!r.text.contains("555") && !r.html.contains("555"), "{}", r.text);
+    }
+
+    #[test]
     fn request_text_is_neutralised() {
         let notice = Notice::RecoveryStarted(Context {
             occurred_at_ms: 0,
@@ -512,11 +570,25 @@ mod tests {
             user_agent: Some("<script>alert(1)</script>\r\nBcc: eve@evil.example é".into()),
         });
         let r = render(&notice, "ann@example.com", &Branding::default());
-        assert!(!r.html.contains("<script>"));
-        assert!(r.html.contains("&lt;script&gt;"));
+        // The user agent is never shown as sent: only what the parser recognised.
+        assert!(!r.html.contains("script") && !r.text.contains("script"));
+        assert!(r.text.contains("Browser: an unknown browser"), "{}", r.text);
         assert!(!r.text.contains('\r') && !r.text.contains('é'));
         assert!(r.text.is_ascii());
-        assert!(!r.subject.contains("script"));
+        // Other request text (a family id) is reduced to printable ASCII and escaped.
+        let notice = Notice::FamilyMembershipChanged(FamilyMembershipChanged {
+            change: MembershipChange::Joined,
+            family_id: "<b>fam</b>\r\nBcc: eve@evil.example é".into(),
+            family_email_hint: "d***@example.net".into(),
+            to_previous_address: false,
+            context: context(),
+        });
+        let r = render(&notice, "ann@example.com", &Branding::default());
+        assert!(!r.html.contains("<b>fam"));
+        assert!(r.html.contains("&lt;b&gt;fam"));
+        assert!(!r.text.contains('\r') && !r.text.contains('é'));
+        assert!(r.text.is_ascii());
+        assert!(!r.subject.contains("<b>") && !r.subject.contains("evil"));
     }
 
     #[test]

@@ -107,6 +107,9 @@ Recovery rules
   RECOVERY_STARTS_PER_IP_PER_MINUTE BeginRecovery limits [default: 5, 20, 10]
   RECOVERY_ADDRESS_CLAIMS_PER_DAY   new recovery addresses an account may claim
                                     a day, refused or not [default: 10]
+  RECOVERY_CREATES_PER_ACCOUNT_PER_HOUR
+                                    CreateRecoveryCode calls per account an
+                                    hour, before any hashing [default: 10]
 
 Hashing
   RECOVERY_HASH_THREADS             argon2id threads [default: number of cores]

@@ -295,6 +295,21 @@ pub struct NewAuditEvent {
     pub occurred_at: Timestamp,
     pub client: ClientInfo,
     pub details: BTreeMap<String, String>,
+    /// A repeat of the account's newest event (same kind, same values of these details,
+    /// within the window) is folded into it instead of written again: its `count` goes up
+    /// and `last_at` moves, so a flood of one refusal leaves one row with the right count.
+    pub coalesce: Option<Coalesce>,
+}
+
+/// Which repeats of an audit event fold into one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coalesce {
+    /// The details that must be equal (besides the kind), e.g. the flow id and the reason.
+    pub on: &'static [&'static str],
+    /// How long after the row's first occurrence repeats still fold into it.
+    pub window_ms: i64,
+    /// This occurrence's time as the trail shows it (RFC 3339): the folded row's `last_at`.
+    pub at: String,
 }
 
 /// A stored audit event.

@@ -73,6 +73,7 @@ fn audit(account: &str, kind: &str, at: i64) -> NewAuditEvent {
         kind: kind.to_owned(),
         occurred_at: Timestamp::from_ms(at),
         client: ClientInfo::default(),
+        coalesce: None,
         details: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
     }
 }

@@ -54,6 +54,7 @@ pub const KEYS: &[&str] = &[
     "starts_per_ip_per_hour",
     "starts_per_ip_per_minute",
     "address_claims_per_day",
+    "creates_per_account_per_hour",
     "trust_all_callers",
     "health_listen_addr",
     "product_name",

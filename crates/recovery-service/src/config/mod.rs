@@ -524,6 +524,11 @@ fn policy_settings(s: &Settings<'_>, layers: &Layers) -> Result<Policy, ConfigEr
             &d.address_claims_per_day.to_string(),
             |t| count(t, 1, 1_000_000).map(i64::from),
         )?,
+        creates_per_account_per_hour: s.parse(
+            "creates_per_account_per_hour",
+            &d.creates_per_account_per_hour.to_string(),
+            |t| count(t, 1, 1_000_000).map(i64::from),
+        )?,
         // The family rules of the contract (API.md, "Families"): not settings.
         ..d
     };

@@ -613,7 +613,12 @@ impl Recovery {
                 ("account_id", actor.to_owned()),
             ],
         )?;
-        self.storage.append_audit(event).await?;
+        self.storage
+            .append_audit(super::notify::folding(
+                event,
+                &["assisted_flow_id", "reason", "account_id"],
+            ))
+            .await?;
         Ok(())
     }
 

@@ -107,6 +107,9 @@ pub struct Policy {
     pub assisted_begins_per_organizer: i64,
     /// BeginAssistedRecovery calls per member within `assisted_flow_ttl_ms`.
     pub assisted_begins_per_member: i64,
+    /// CreateRecoveryCode calls per account per hour (whatever the address), counted before the
+    /// hashing pool admits the call.
+    pub creates_per_account_per_hour: i64,
     /// PutFamilyMember calls per account per day that add it to a family, move it, or change
     /// its family address.
     pub family_changes_per_day: i64,
@@ -132,6 +135,7 @@ impl Default for Policy {
             assisted_begins_per_organizer: 5,
             assisted_begins_per_member: 3,
             family_changes_per_day: 5,
+            creates_per_account_per_hour: 10,
         }
     }
 }

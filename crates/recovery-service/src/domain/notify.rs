@@ -173,5 +173,18 @@ pub fn audit(
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .chain([("caller".to_owned(), super::caller::current())])
             .collect::<BTreeMap<_, _>>(),
+        coalesce: None,
     })
+}
+
+/// A refusal's audit event that folds its repeats (same kind and same `on` details within an
+/// hour of the first) into one row with a `count`: a flood of one refusal on one flow cannot
+/// flood the trail.
+pub fn folding(mut event: NewAuditEvent, on: &'static [&'static str]) -> NewAuditEvent {
+    event.coalesce = Some(recovery_storage::model::Coalesce {
+        on,
+        window_ms: crate::time::HOUR_MS,
+        at: crate::time::rfc3339(event.occurred_at.as_ms()),
+    });
+    event
 }

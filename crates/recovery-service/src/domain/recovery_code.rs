@@ -6,7 +6,8 @@ use crate::time::Timestamp;
 use serde_json::json;
 
 use super::{
-    AuditEvent, AuditPage, CreatedCode, DAY_MS, Error, Recovery, RecoveryMode, Result, Status,
+    AuditEvent, AuditPage, CreatedCode, DAY_MS, Error, HOUR_MS, Recovery, RecoveryMode, Result,
+    Status,
     code::RecoveryCode,
     email::{Email, mask},
     event::EventType,
@@ -34,7 +35,17 @@ impl Recovery {
     pub async fn create_recovery_code(&self, account_id: &str, email: &str) -> Result<CreatedCode> {
         let account_id = validate_account_id(account_id)?;
         let email = Email::parse(email)?;
-        // Admission first: an overloaded pool refuses at once, before any database work.
+        // The account's limit before admission: a loop on one account is refused with one
+        // statement (that writes nothing once over the limit) and never takes a hashing slot
+        // from other accounts' recoveries.
+        self.limit(
+            &format!("create:hour:account:{account_id}"),
+            HOUR_MS,
+            self.policy.creates_per_account_per_hour,
+            "creates_per_account",
+            self.now(),
+        )
+        .await?;
         let permit = self.hasher.admit().await?;
         self.check_address_claim(account_id, &email, self.now())
             .await?;

@@ -713,7 +713,9 @@ impl Recovery {
                 ("reason", reason.to_owned()),
             ],
         )?;
-        self.storage.append_audit(event).await?;
+        self.storage
+            .append_audit(super::notify::folding(event, &["flow_id", "reason"]))
+            .await?;
         Ok(())
     }
 

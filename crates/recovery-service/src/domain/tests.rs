@@ -80,6 +80,15 @@ impl Harness {
         .unwrap();
     }
 
+    /// How many audit rows the account has.
+    async fn audit_rows(&self, account: &str) -> usize {
+        self.storage
+            .list_audit_events(account, None, 1_000_000)
+            .await
+            .unwrap()
+            .len()
+    }
+
     async fn enroll(&self, account: &str, email: &str) -> String {
         self.recovery
             .create_recovery_code(account, email)
@@ -1115,6 +1124,48 @@ async fn address_claims_are_limited_per_account_and_refusals_audited() {
         .unwrap();
 }
 
+/// CreateRecoveryCode is limited per account (10 per hour) whatever the address, checked
+/// before the hashing pool admits the call: a loop on one account hashes at most 10 codes an
+/// hour, and the code it had stays live when it is refused.
+#[tokio::test]
+async fn creates_are_limited_per_account_before_any_hash() {
+    let h = harness(Policy::default()).await;
+    let mut last = String::new();
+    for _ in 0..10 {
+        last = h.enroll("looper", "looper@example.com").await;
+    }
+    let err = h
+        .recovery
+        .create_recovery_code("looper", "looper@example.com")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::RateLimited {
+                limit: "creates_per_account",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Refused before admission: the pool admitted 10 calls, not 11.
+    let admitted = || {
+        h.recovery
+            .hasher
+            .stats()
+            .admitted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(admitted(), 10);
+    // The last code still recovers; other accounts are not limited by this one.
+    let flow = h.verified_flow("looper@example.com").await;
+    h.recovery.recover_account(&flow, &last).await.unwrap();
+    h.enroll("other", "other@example.com").await;
+    h.clock.advance(HOUR);
+    h.enroll("looper", "looper@example.com").await;
+}
+
 /// Every audit event records who called (the certificate identity, or `trusted`) and, for
 /// the flow's steps, the end user's client the flow was started with.
 #[tokio::test]
@@ -1201,6 +1252,52 @@ async fn refused_recovery_submissions_are_audited() {
             .any(|e| e.kind == AuditKind::RecoveryLocked)
     );
     assert!(page.chain_valid);
+}
+
+/// A flood of one refusal on one flow folds into one audit row with the right count (a new
+/// row once the hour since its first is over); the trail still verifies, and an event of
+/// another kind in between starts a new row.
+#[tokio::test]
+async fn a_flood_of_refusals_leaves_a_handful_of_rows_with_the_right_count() {
+    const FLOOD: u64 = 4_000;
+    // A flow that outlives the hour, so that the second half of the flood is refused alike.
+    let h = harness(Policy {
+        flow_ttl_ms: 3 * HOUR,
+        ..Policy::default()
+    })
+    .await;
+    let code = h.enroll("acct", "acct@example.com").await;
+    let flow = h.verified_flow("acct@example.com").await;
+    let wrong = wrong_code(&code);
+    for _ in 0..5 {
+        let _ = h.recovery.recover_account(&flow, &wrong).await;
+    }
+    let rows_before = h.audit_rows("acct").await;
+    for i in 0..FLOOD {
+        if i == FLOOD / 2 {
+            h.clock.advance(HOUR);
+        }
+        assert_eq!(
+            h.recovery.recover_account(&flow, &code).await.unwrap_err(),
+            Error::TooManyAttempts
+        );
+    }
+    let page = h.recovery.list_audit_events("acct", 0, "").await.unwrap();
+    assert!(page.chain_valid);
+    let refused: Vec<_> = page
+        .events
+        .iter()
+        .filter(|e| e.kind == AuditKind::SubmissionRefused)
+        .collect();
+    assert_eq!(refused.len(), 2, "one row per hour: {refused:?}");
+    let counted: u64 = refused
+        .iter()
+        .map(|e| e.details["count"].parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(counted, FLOOD);
+    assert_eq!(refused[0].details["reason"], "TOO_MANY_ATTEMPTS");
+    assert!(refused[0].details.contains_key("last_at"));
+    assert_eq!(h.audit_rows("acct").await, rows_before + 2);
 }
 
 /// 20 starts per client IP per hour (10 a minute), IPv6 by its /64; a call without an IP

@@ -244,6 +244,11 @@ impl Storage {
             Lock::Shared,
         )
         .await?;
+        // An ended flow answers so first, whoever asks: the caller holds its unguessable id,
+        // and a flood of refused completes on it writes no refusal.
+        if let Some(refusal) = closed(&flow, now) {
+            return Ok(Err(refusal));
+        }
         let find = |id: &str| rows.iter().find(|m| m.account_id == id).cloned();
         let organizer = find(organizer_account_id)
             .filter(|o| o.family_id == flow.family_id && o.role == FamilyRole::Organizer);
@@ -252,9 +257,6 @@ impl Storage {
         }
         if organizer_account_id == flow.member_account_id {
             return Ok(Err(AssistedRefusal::SelfRecovery));
-        }
-        if let Some(refusal) = closed(&flow, now) {
-            return Ok(Err(refusal));
         }
         if flow.verified_at.is_none() {
             return Ok(Err(AssistedRefusal::NotVerified));
@@ -341,13 +343,14 @@ impl Storage {
         .map(to_assisted) else {
             return Ok(Err(AssistedRefusal::NotFound));
         };
+        // Ended first, as for a completion.
+        if let Some(refusal) = closed(&flow, now) {
+            return Ok(Err(refusal));
+        }
         if account_id != flow.member_account_id
             && !is_organizer_of(&txn, account_id, &flow.family_id).await?
         {
             return Ok(Err(AssistedRefusal::NotAllowed));
-        }
-        if let Some(refusal) = closed(&flow, now) {
-            return Ok(Err(refusal));
         }
         let ended = end_flows(
             &txn,

@@ -724,3 +724,61 @@ async fn every_new_family_path_is_told_to_the_recovery_address_and_limited() {
         .await
         .unwrap();
 }
+
+/// On an ended flow, completes and cancels answer that it ended before whether the caller may
+/// act (its id is unguessable: that reveals nothing), so a flood of them writes nothing; a
+/// refusal on an open flow is audited, its repeats folded into one row with a count.
+#[tokio::test]
+async fn refusals_on_ended_flows_write_nothing_and_repeats_fold() {
+    let h = harness(Policy::default()).await;
+    family(&h).await;
+    h.recovery
+        .put_family_member(
+            "other",
+            "stranger",
+            Some(FamilyRole::Organizer),
+            "s@x.example",
+        )
+        .await
+        .unwrap();
+    let flow = h.begin("org", "kid").await.unwrap();
+    for _ in 0..20 {
+        assert!(matches!(
+            h.recovery
+                .complete_assisted_recovery(&flow, "stranger")
+                .await
+                .unwrap_err(),
+            Error::NotFamilyOrganizer(_)
+        ));
+    }
+    let page = h.recovery.list_audit_events("kid", 100, "").await.unwrap();
+    assert!(page.chain_valid);
+    assert_eq!(page.events[0].kind, AuditKind::SubmissionRefused);
+    assert_eq!(page.events[0].details["count"], "20");
+    assert_eq!(page.events[1].kind, AuditKind::AssistedRecoveryStarted);
+    let rows = h.audit_rows("kid").await;
+
+    h.recovery
+        .cancel_assisted_recovery(&flow, "kid")
+        .await
+        .unwrap();
+    let rows = rows + 1;
+    assert_eq!(h.audit_rows("kid").await, rows);
+    for _ in 0..20 {
+        assert_eq!(
+            h.recovery
+                .complete_assisted_recovery(&flow, "stranger")
+                .await
+                .unwrap_err(),
+            Error::AssistedFlowEnded
+        );
+        assert_eq!(
+            h.recovery
+                .cancel_assisted_recovery(&flow, "stranger")
+                .await
+                .unwrap_err(),
+            Error::AssistedFlowEnded
+        );
+    }
+    assert_eq!(h.audit_rows("kid").await, rows, "nothing written");
+}

@@ -516,7 +516,11 @@ mod tests {
         );
         assert!(r.text.contains("Time: 30 Nov 2026, 21:02 UTC"));
         assert!(r.text.contains("IP address: 203.0.113.7"));
-        assert!(r.text.contains("Browser: Firefox 133 on Linux"), "{}", r.text);
+        assert!(
+            r.text.contains("Browser: Firefox 133 on Linux"),
+            "{}",
+            r.text
+        );
         assert!(r.text.contains("your Acme account (a***@example.com)"));
         assert!(!r.subject.contains("012345"), "no code in the subject");
         assert_eq!(
@@ -553,13 +557,24 @@ mod tests {
             &Notice::RecoveryStarted(Context {
                 occurred_at_ms: T,
                 ip_address: None,
-                user_agent: Some(format!("Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0 {}", "call +1-555-0100 to unlock ".repeat(5))),
+                user_agent: Some(format!(
+                    "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0 {}",
+                    "call +1-555-0100 to unlock ".repeat(5)
+                )),
             }),
             "ann@example.com",
             &acme(),
         );
-        assert!(r.text.contains("Browser: Firefox 133 on Linux"), "{}", r.text);
-        assert!(!r.text.contains("555") && !r.html.contains("555"), "{}", r.text);
+        assert!(
+            r.text.contains("Browser: Firefox 133 on Linux"),
+            "{}",
+            r.text
+        );
+        assert!(
+            !r.text.contains("555") && !r.html.contains("555"),
+            "{}",
+            r.text
+        );
     }
 
     #[test]

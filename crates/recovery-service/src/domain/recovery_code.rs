@@ -410,8 +410,17 @@ impl Recovery {
             .storage
             .list_audit_events(account_id, before, limit + 1)
             .await?;
-        let more = records.len() as u64 > limit;
+        let mut more = records.len() as u64 > limit;
         records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        // Bounded by size as well as count: a page always fits the response limit.
+        let mut bytes = 0;
+        if let Some(fit) = records.iter().position(|r| {
+            bytes += encoded_size(r);
+            bytes > MAX_PAGE_BYTES
+        }) {
+            records.truncate(fit.max(1));
+            more = true;
+        }
         let next_page_token = match (more, records.last()) {
             (true, Some(last)) => encode_page_token(last.seq),
             _ => String::new(),
@@ -445,6 +454,21 @@ impl Recovery {
             first_broken_event_id: chain.first_broken_event_id,
         })
     }
+}
+
+/// What a page of the trail may take on the wire: well under the service's 64 KiB response
+/// limit, so the few bytes of the rest of the answer always fit.
+const MAX_PAGE_BYTES: usize = 48 * 1024;
+
+/// An upper bound of one event's protobuf size: its text, and for every field and map entry
+/// a tag and a length (at most 3 bytes each below 16 KiB), the timestamp and the kind.
+fn encoded_size(r: &recovery_storage::model::AuditRecord) -> usize {
+    let text = r.event_id.len()
+        + r.account_id.len()
+        + r.client.ip.as_ref().map_or(0, String::len)
+        + r.client.user_agent.as_ref().map_or(0, String::len)
+        + r.details.iter().map(|(k, v)| k.len() + v.len() + 9).sum::<usize>();
+    text + 64
 }
 
 /// The opaque `next_page_token` that continues after audit position `seq`.

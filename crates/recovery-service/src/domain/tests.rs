@@ -1254,6 +1254,66 @@ async fn refused_recovery_submissions_are_audited() {
     assert!(page.chain_valid);
 }
 
+/// A page of the trail is bounded by size as well as count: 500 of the largest events the
+/// service writes do not fit its 64 KiB response, so the page stops short with a token, and
+/// the pages together hold every event once.
+#[tokio::test]
+async fn every_audit_page_fits_the_response_limit() {
+    use prost::Message as _;
+    let h = harness(Policy::default()).await;
+    for i in 0..600 {
+        h.storage
+            .append_audit(recovery_storage::model::NewAuditEvent {
+                event_id: format!("ev_{i:026}"),
+                account_id: "a".repeat(128),
+                serialize_on: None,
+                kind: "CODE_REVOKED".into(),
+                occurred_at: Timestamp::from_ms(T0 + i),
+                client: recovery_storage::model::ClientInfo {
+                    ip: Some("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".into()),
+                    user_agent: Some("u".repeat(256)),
+                },
+                details: [
+                    ("reason".to_owned(), "r".repeat(256)),
+                    ("code_id".to_owned(), format!("rc_{i:026}")),
+                    ("caller".to_owned(), "spiffe://example.org/ns/auth/sa/auth".into()),
+                ]
+                .into(),
+                coalesce: None,
+            })
+            .await
+            .unwrap();
+    }
+    let account = "a".repeat(128);
+    let mut token = String::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut pages = 0;
+    loop {
+        let page = h
+            .recovery
+            .list_audit_events(&account, 500, &token)
+            .await
+            .unwrap();
+        let wire = crate::grpc::recovery_code::audit_page(page);
+        let bytes = wire.encoded_len();
+        assert!(
+            bytes < crate::server::MAX_MESSAGE_BYTES,
+            "a page of {} events is {bytes} bytes",
+            wire.events.len()
+        );
+        pages += 1;
+        for e in &wire.events {
+            assert!(seen.insert(e.event_id.clone()), "{} twice", e.event_id);
+        }
+        if wire.next_page_token.is_empty() {
+            break;
+        }
+        token = wire.next_page_token;
+    }
+    assert_eq!(seen.len(), 600);
+    assert!(pages > 2, "pages stop short of 500 events: {pages}");
+}
+
 /// A flood of one refusal on one flow folds into one audit row with the right count (a new
 /// row once the hour since its first is over); the trail still verifies, and an event of
 /// another kind in between starts a new row.

@@ -8,7 +8,7 @@ mod assisted_recovery;
 pub mod auth;
 mod family;
 pub mod layer;
-mod recovery_code;
+pub(crate) mod recovery_code;
 mod recovery_flow;
 pub mod status;
 mod zero_knowledge;

@@ -89,29 +89,34 @@ pub(super) async fn audit_events(
         let page = r
             .list_audit_events(&req.account_id, req.page_size, &req.page_token)
             .await?;
-        let events = page
-            .events
-            .into_iter()
-            .map(|e| wire::AuditEvent {
-                event_id: e.event_id,
-                account_id: e.account_id,
-                kind: audit_kind(e.kind).into(),
-                occurred_at: Some(timestamp(e.occurred_at)),
-                client: Some(wire::ClientContext {
-                    ip_address: e.client_ip.unwrap_or_default(),
-                    user_agent: e.client_user_agent.unwrap_or_default(),
-                }),
-                details: e.details.into_iter().collect(),
-            })
-            .collect();
-        Ok(wire::ListAuditEventsResponse {
-            events,
-            next_page_token: page.next_page_token,
-            chain_valid: page.chain_valid,
-            first_broken_event_id: page.first_broken_event_id.unwrap_or_default(),
-        })
+        Ok(audit_page(page))
     })
     .await
+}
+
+/// A page of the trail on the wire.
+pub(crate) fn audit_page(page: crate::domain::AuditPage) -> wire::ListAuditEventsResponse {
+    let events = page
+        .events
+        .into_iter()
+        .map(|e| wire::AuditEvent {
+            event_id: e.event_id,
+            account_id: e.account_id,
+            kind: audit_kind(e.kind).into(),
+            occurred_at: Some(timestamp(e.occurred_at)),
+            client: Some(wire::ClientContext {
+                ip_address: e.client_ip.unwrap_or_default(),
+                user_agent: e.client_user_agent.unwrap_or_default(),
+            }),
+            details: e.details.into_iter().collect(),
+        })
+        .collect();
+    wire::ListAuditEventsResponse {
+        events,
+        next_page_token: page.next_page_token,
+        chain_valid: page.chain_valid,
+        first_broken_event_id: page.first_broken_event_id.unwrap_or_default(),
+    }
 }
 
 fn mode_to_wire(mode: RecoveryMode) -> wire::RecoveryMode {

@@ -23,6 +23,22 @@ pub struct ChainStatus {
     pub first_broken_event_id: Option<String>,
 }
 
+impl ChainStatus {
+    /// A trail that verifies.
+    pub const VALID: Self = Self {
+        valid: true,
+        first_broken_event_id: None,
+    };
+
+    /// `broken` false: valid; else a trail that does not verify, at `at` when a row is to blame.
+    pub(crate) fn broken(broken: bool, at: Option<String>) -> Self {
+        Self {
+            valid: !broken,
+            first_broken_event_id: at.filter(|_| broken),
+        }
+    }
+}
+
 /// The bytes a link covers: every stored field of the event but its position, in a fixed
 /// order and encoding (`details` as stored).
 #[allow(clippy::too_many_arguments)]

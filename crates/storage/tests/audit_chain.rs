@@ -32,6 +32,10 @@ on_every_backend!(
     a_rotated_key_verifies_until_it_leaves_the_ring,
     repeats_fold_into_one_row_with_their_count,
     concurrent_repeats_are_all_counted,
+    cutting_the_newest_rows_breaks_the_trail,
+    a_trail_from_before_anchors_gets_its_anchor_once_it_verifies,
+    a_page_verifies_what_it_shows_and_what_was_appended_since,
+    a_fold_at_the_checkpoint_keeps_the_trail_valid,
 );
 
 /// A key ring for the test: links are a keyed hash of (secret, previous, event). The service
@@ -99,6 +103,13 @@ fn refusal(account: &str, at: i64, flow: &str) -> NewAuditEvent {
     e
 }
 
+/// The trail's status as a page showing every row asks for it.
+async fn chain_of(s: &Storage, account: &str) -> recovery_storage::ChainStatus {
+    let rows = s.list_audit_events(account, None, 1_000_000).await.unwrap();
+    let shown = rows.last().zip(rows.first()).map(|(o, n)| (o.seq, n.seq));
+    s.audit_chain_status(account, shown).await.unwrap()
+}
+
 fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
@@ -125,14 +136,14 @@ async fn a_trail_verifies_and_an_edited_row_breaks_it_there(db: &TestDb) {
     let keys = Keys::new();
     let s = chained(db, &keys);
     let ids = five(&s).await;
-    let status = s.audit_chain_status("acct").await.unwrap();
+    let status = chain_of(&s, "acct").await;
     assert!(status.valid && status.first_broken_event_id.is_none());
     db.execute(&format!(
         "UPDATE {{schema}}.audit_events SET details = '{{\"i\":\"9\"}}' WHERE event_id = '{}'",
         ids[2]
     ))
     .await;
-    let status = s.audit_chain_status("acct").await.unwrap();
+    let status = chain_of(&s, "acct").await;
     assert!(!status.valid);
     assert_eq!(
         status.first_broken_event_id.as_deref(),
@@ -142,7 +153,7 @@ async fn a_trail_verifies_and_an_edited_row_breaks_it_there(db: &TestDb) {
     s.append_audit(event("other", "CODE_CREATED", T0, &[]))
         .await
         .unwrap();
-    assert!(s.audit_chain_status("other").await.unwrap().valid);
+    assert!(chain_of(&s, "other").await.valid);
 }
 
 async fn a_deleted_or_reordered_row_breaks_the_chain(db: &TestDb) {
@@ -154,7 +165,7 @@ async fn a_deleted_or_reordered_row_breaks_the_chain(db: &TestDb) {
         ids[1]
     ))
     .await;
-    let status = s.audit_chain_status("acct").await.unwrap();
+    let status = chain_of(&s, "acct").await;
     assert_eq!(
         status.first_broken_event_id.as_deref(),
         Some(ids[2].as_str())
@@ -177,7 +188,7 @@ async fn a_deleted_or_reordered_row_breaks_the_chain(db: &TestDb) {
         ids[1]
     ))
     .await;
-    let status = s.audit_chain_status("acct2").await.unwrap();
+    let status = chain_of(&s, "acct2").await;
     assert!(!status.valid, "a reordered trail does not verify");
 }
 
@@ -196,12 +207,12 @@ async fn legacy_rows_without_a_link_may_only_come_first(db: &TestDb) {
     s.append_audit(event("acct", "CODE_REPLACED", T0 + MIN, &[]))
         .await
         .unwrap();
-    assert!(s.audit_chain_status("acct").await.unwrap().valid);
+    assert!(chain_of(&s, "acct").await.valid);
     // An unlinked row after linked ones is not legacy: it breaks the chain.
     let late = event("acct", "CODE_REVOKED", T0 + 2 * MIN, &[]);
     let late_id = late.event_id.clone();
     db.storage.append_audit(late).await.unwrap();
-    let status = s.audit_chain_status("acct").await.unwrap();
+    let status = chain_of(&s, "acct").await;
     assert_eq!(
         status.first_broken_event_id.as_deref(),
         Some(late_id.as_str())
@@ -220,9 +231,9 @@ async fn a_rotated_key_verifies_until_it_leaves_the_ring(db: &TestDb) {
     s.append_audit(event("acct", "CODE_REPLACED", T0 + HOUR, &[]))
         .await
         .unwrap();
-    assert!(s.audit_chain_status("acct").await.unwrap().valid);
+    assert!(chain_of(&s, "acct").await.valid);
     keys.ring.lock().unwrap().remove("a");
-    let status = s.audit_chain_status("acct").await.unwrap();
+    let status = chain_of(&s, "acct").await;
     assert_eq!(
         status.first_broken_event_id.as_deref(),
         Some(ids[0].as_str())
@@ -244,7 +255,7 @@ async fn repeats_fold_into_one_row_with_their_count(db: &TestDb) {
     assert_eq!(trail[0].details["count"], "100");
     assert_eq!(trail[0].details["last_at"], format!("t{}", T0 + HOUR + 99));
     assert_eq!(trail[0].occurred_at, Timestamp::from_ms(T0 + HOUR));
-    assert!(s.audit_chain_status("acct").await.unwrap().valid);
+    assert!(chain_of(&s, "acct").await.valid);
 
     // Another flow, another kind in between, or the hour over: a new row each.
     s.append_audit(refusal("acct", T0 + HOUR + 200, "fl_2"))
@@ -262,7 +273,7 @@ async fn repeats_fold_into_one_row_with_their_count(db: &TestDb) {
     let trail = rows(s.clone()).await;
     assert_eq!(trail.len(), 10);
     assert!(trail[..4].iter().all(|e| !e.details.contains_key("count")));
-    assert!(s.audit_chain_status("acct").await.unwrap().valid);
+    assert!(chain_of(&s, "acct").await.valid);
 
     // Folding re-links only the head: an edit of an earlier row still shows.
     db.execute(
@@ -272,7 +283,7 @@ async fn repeats_fold_into_one_row_with_their_count(db: &TestDb) {
     s.append_audit(refusal("acct", T0 + 2 * HOUR + 500, "fl_2"))
         .await
         .unwrap();
-    assert!(!s.audit_chain_status("acct").await.unwrap().valid);
+    assert!(!chain_of(&s, "acct").await.valid);
 }
 
 async fn concurrent_repeats_are_all_counted(db: &TestDb) {
@@ -297,5 +308,113 @@ async fn concurrent_repeats_are_all_counted(db: &TestDb) {
         .sum();
     assert_eq!(counted, 33 - failed, "every written repeat is counted once");
     assert_eq!(failed, 0, "no writer fails");
-    assert!(s.audit_chain_status("acct").await.unwrap().valid);
+    assert!(chain_of(&s, "acct").await.valid);
+}
+
+async fn cutting_the_newest_rows_breaks_the_trail(db: &TestDb) {
+    let keys = Keys::new();
+    let s = chained(db, &keys);
+    let ids = five(&s).await;
+    assert!(chain_of(&s, "acct").await.valid);
+    db.execute(&format!(
+        "DELETE FROM {{schema}}.audit_events WHERE event_id = '{}'",
+        ids[4]
+    ))
+    .await;
+    let status = chain_of(&s, "acct").await;
+    assert!(!status.valid, "the newest row deleted");
+    assert_eq!(status.first_broken_event_id.as_deref(), Some(ids[3].as_str()));
+    db.execute("DELETE FROM {schema}.audit_events WHERE account_id = 'acct'")
+        .await;
+    assert!(!chain_of(&s, "acct").await.valid, "every row deleted");
+    // Deleting the anchor too does not make a trail from after anchors look older.
+    let ids = five(&s).await;
+    db.execute("DELETE FROM {schema}.audit_heads WHERE account_id = 'acct'")
+        .await;
+    let status = chain_of(&s, "acct").await;
+    assert_eq!(status.first_broken_event_id.as_deref(), Some(ids[4].as_str()));
+    // A forged anchor (no key) is no anchor.
+    let _ = five(&s).await;
+    db.execute("UPDATE {schema}.audit_heads SET mac = 'ff' WHERE account_id = 'acct'")
+        .await;
+    assert!(!chain_of(&s, "acct").await.valid);
+}
+
+async fn a_trail_from_before_anchors_gets_its_anchor_once_it_verifies(db: &TestDb) {
+    let keys = Keys::new();
+    let s = chained(db, &keys);
+    let ids = five(&s).await;
+    // As a trail written before anchors: no anchor, every row before `anchored_from_seq`.
+    db.execute("DELETE FROM {schema}.audit_heads").await;
+    db.execute(
+        "UPDATE {schema}.audit_chain_meta SET anchored_from_seq = (SELECT MAX(seq) FROM {schema}.audit_events) WHERE id = 1",
+    )
+    .await;
+    assert!(chain_of(&s, "acct").await.valid);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM {schema}.audit_heads WHERE account_id = 'acct' AND verified_seq IS NOT NULL")
+            .await,
+        1,
+        "anchored and checkpointed at its newest row"
+    );
+    db.execute(&format!(
+        "DELETE FROM {{schema}}.audit_events WHERE event_id = '{}'",
+        ids[4]
+    ))
+    .await;
+    assert!(!chain_of(&s, "acct").await.valid, "from then on a cut shows");
+}
+
+async fn a_page_verifies_what_it_shows_and_what_was_appended_since(db: &TestDb) {
+    let keys = Keys::new();
+    let s = chained(db, &keys);
+    let ids = five(&s).await;
+    let rows = s.list_audit_events("acct", None, 100).await.unwrap();
+    let seq_of = |id: &str| rows.iter().find(|r| r.event_id == id).unwrap().seq;
+    assert!(s.audit_chain_status("acct", None).await.unwrap().valid);
+    // The checkpoint now names the newest row: an edit of an older row shows on the page
+    // that shows it (or the rows after it), not on a page of only newer rows.
+    db.execute(&format!(
+        "UPDATE {{schema}}.audit_events SET details = '{{\"i\":\"9\"}}' WHERE event_id = '{}'",
+        ids[1]
+    ))
+    .await;
+    let newest = (seq_of(&ids[3]), seq_of(&ids[4]));
+    assert!(s.audit_chain_status("acct", Some(newest)).await.unwrap().valid);
+    let older = (seq_of(&ids[0]), seq_of(&ids[2]));
+    let status = s.audit_chain_status("acct", Some(older)).await.unwrap();
+    assert_eq!(status.first_broken_event_id.as_deref(), Some(ids[1].as_str()));
+    // Rows appended after the checkpoint are verified whatever the page.
+    s.append_audit(event("acct", "CODE_REVOKED", T0 + HOUR, &[]))
+        .await
+        .unwrap();
+    s.append_audit(event("acct", "CODE_CREATED", T0 + 2 * HOUR, &[]))
+        .await
+        .unwrap();
+    let rows = s.list_audit_events("acct", None, 100).await.unwrap();
+    db.execute(&format!(
+        "UPDATE {{schema}}.audit_events SET kind = 'CODE_CREATED' WHERE event_id = '{}'",
+        rows[1].event_id
+    ))
+    .await;
+    let status = s.audit_chain_status("acct", Some(newest)).await.unwrap();
+    assert_eq!(
+        status.first_broken_event_id.as_deref(),
+        Some(rows[1].event_id.as_str())
+    );
+}
+
+async fn a_fold_at_the_checkpoint_keeps_the_trail_valid(db: &TestDb) {
+    let keys = Keys::new();
+    let s = chained(db, &keys);
+    five(&s).await;
+    s.append_audit(refusal("acct", T0 + HOUR, "fl_1")).await.unwrap();
+    assert!(s.audit_chain_status("acct", None).await.unwrap().valid);
+    for i in 1..5 {
+        s.append_audit(refusal("acct", T0 + HOUR + i, "fl_1"))
+            .await
+            .unwrap();
+        assert!(s.audit_chain_status("acct", None).await.unwrap().valid);
+    }
+    assert!(chain_of(&s, "acct").await.valid);
 }

@@ -425,7 +425,9 @@ impl Recovery {
             (true, Some(last)) => encode_page_token(last.seq),
             _ => String::new(),
         };
-        let chain = self.storage.audit_chain_status(account_id).await?;
+        // The rows this page shows, and everything appended since the last verification.
+        let shown = records.last().zip(records.first()).map(|(o, n)| (o.seq, n.seq));
+        let chain = self.storage.audit_chain_status(account_id, shown).await?;
         let events = records
             .into_iter()
             .map(|r| {

@@ -3,6 +3,7 @@
 
 pub(crate) mod assisted_flow;
 pub(crate) mod audit_event;
+pub(crate) mod audit_head;
 pub(crate) mod enrollment;
 pub(crate) mod event;
 pub(crate) mod failure;

@@ -13,6 +13,7 @@ mod m20261201_000002_audit_chain;
 mod m20261202_000001_families;
 mod m20261202_000002_event_outbox;
 mod m20261207_000001_zero_knowledge;
+mod m20261207_000002_audit_heads;
 
 /// Every migration this build knows, oldest first.
 #[derive(Debug)]
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_families::Migration),
             Box::new(m20261202_000002_event_outbox::Migration),
             Box::new(m20261207_000001_zero_knowledge::Migration),
+            Box::new(m20261207_000002_audit_heads::Migration),
         ]
     }
 }

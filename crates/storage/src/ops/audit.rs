@@ -1,15 +1,35 @@
-//! The audit trail, newest first.
+//! The audit trail: appended in the transaction of the change it records, linked into the
+//! account's hash chain, anchored outside its rows, and paged newest first.
+//!
+//! Each row's link is `HMAC(key, previous link || canonical event)`. The account's anchor
+//! (`audit_heads`) names the newest row and its link under a MAC, so deleting the newest rows
+//! (or all of them) breaks the trail as editing, deleting or reordering a row does. A
+//! verified checkpoint beside it (also under a MAC) lets a verification check only the rows
+//! appended since and the rows a page shows. Repeats of a refusal fold into the newest row
+//! ([`crate::model::Coalesce`]). Events under no account (requests for unknown addresses) are
+//! each linked on their own: no reader lists them, and concurrent writers share no head.
+
+use std::collections::BTreeMap;
 
 use sea_orm::{
-    ColumnTrait as _, ConnectionTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _,
-    QuerySelect as _, TransactionTrait as _,
+    ActiveValue::Set, ColumnTrait as _, ConnectionTrait, EntityTrait as _, QueryFilter as _,
+    QueryOrder as _, QuerySelect as _, TransactionTrait as _,
+    sea_query::{Expr, OnConflict},
 };
 
 use crate::{
-    ChainStatus, Storage, StorageError,
-    entity::audit_event::{self, Column as A},
+    AuditChainKeys, ChainStatus, Storage, StorageError,
+    entity::{
+        audit_event::{self, Column as A},
+        audit_head::{self, Column as H},
+    },
     model::{AuditRecord, ClientInfo, Effects, NewAuditEvent},
 };
+
+/// The detail a folded row counts its occurrences in (absent: once).
+const COUNT: &str = "count";
+/// The detail a folded row keeps its latest occurrence in.
+const LAST_AT: &str = "last_at";
 
 impl Storage {
     /// Writes notifications and audit events that go with no other change, in one transaction.
@@ -36,65 +56,190 @@ impl Storage {
         Ok(())
     }
 
-    /// Whether the account's trail verifies: every linked row's link is right and follows the
-    /// row before it; rows without a link (written before the chain existed) may only come
-    /// first. Without chain keys every trail counts as valid.
-    #[tracing::instrument(name = "db.audit_chain_status", skip_all)]
-    pub async fn audit_chain_status(&self, account_id: &str) -> Result<ChainStatus, StorageError> {
-        let Some(keys) = self.audit_chain() else {
-            return Ok(ChainStatus {
-                valid: true,
-                first_broken_event_id: None,
-            });
+    /// Appends `e` inside `txn` (the account's writers are serialised by the caller: the
+    /// advisory lock on PostgreSQL, the writer lock on SQLite): linked after the account's
+    /// newest row, or folded into it, and the anchor moved.
+    pub(crate) async fn append_one<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        e: NewAuditEvent,
+    ) -> Result<(), StorageError> {
+        let chained = !e.account_id.is_empty();
+        let head = if chained {
+            audit_event::Entity::find()
+                .filter(A::AccountId.eq(e.account_id.as_str()))
+                .order_by_desc(A::Seq)
+                .one(txn)
+                .await?
+        } else {
+            None
         };
-        let rows = audit_event::Entity::find()
-            .filter(A::AccountId.eq(account_id))
-            .order_by_asc(A::Seq)
-            .all(self.reader())
-            .await?;
-        let legacy_max_seq = self
-            .reader()
-            .query_one_raw(sea_orm::Statement::from_string(
-                self.reader().get_database_backend(),
-                "SELECT legacy_max_seq FROM audit_chain_meta WHERE id = 1",
-            ))
-            .await?
-            .and_then(|row| row.try_get::<i64>("", "legacy_max_seq").ok())
-            .unwrap_or(0);
-        let mut previous = String::new();
-        let mut linked = false;
-        for row in rows {
-            let event = crate::chain::canonical(
-                &row.event_id,
-                &row.account_id,
-                &row.kind,
-                row.occurred_at,
-                row.client_ip.as_deref(),
-                row.client_user_agent.as_deref(),
-                &row.details,
-            );
-            let ok = match (&row.chain_key_id, &row.chain_hash) {
-                (Some(key_id), Some(stored)) => {
-                    linked = true;
-                    keys.link(key_id, &previous, &event)
-                        .is_some_and(|expected| expected == *stored)
-                }
-                // Unlinked rows are legacy rows: written before the chain, before every
-                // linked one.
-                _ => !linked && row.seq <= legacy_max_seq,
-            };
-            if !ok {
-                return Ok(ChainStatus {
-                    valid: false,
-                    first_broken_event_id: Some(row.event_id),
-                });
-            }
-            previous = row.chain_hash.unwrap_or_default();
+        if let Some(head) = head.as_ref().filter(|head| folds_into(&e, head)) {
+            return self.fold_into(txn, &e, head).await;
         }
-        Ok(ChainStatus {
-            valid: true,
-            first_broken_event_id: None,
+        let details = serde_json::to_string(&e.details)
+            .map_err(|err| StorageError::Other(format!("audit details: {err}")))?;
+        let keys = self.audit_chain();
+        let link = match keys {
+            Some(keys) => {
+                let previous = head.and_then(|row| row.chain_hash).unwrap_or_default();
+                let event = crate::chain::canonical(
+                    &e.event_id,
+                    &e.account_id,
+                    &e.kind,
+                    e.occurred_at.as_ms(),
+                    e.client.ip.as_deref(),
+                    e.client.user_agent.as_deref(),
+                    &details,
+                );
+                Some(current_link(keys, &previous, &event)?)
+            }
+            None => None,
+        };
+        let account_id = e.account_id.clone();
+        let inserted = audit_event::Entity::insert(audit_event::ActiveModel {
+            event_id: Set(e.event_id),
+            account_id: Set(e.account_id),
+            kind: Set(e.kind),
+            occurred_at: Set(e.occurred_at.as_ms()),
+            client_ip: Set(e.client.ip),
+            client_user_agent: Set(e.client.user_agent),
+            details: Set(details),
+            chain_key_id: Set(link.as_ref().map(|(key_id, _)| key_id.clone())),
+            chain_hash: Set(link.as_ref().map(|(_, link)| link.clone())),
+            ..Default::default()
         })
+        .exec(txn)
+        .await?;
+        if let (Some(keys), Some((_, link)), true) = (keys, link, chained) {
+            anchor(txn, keys, &account_id, inserted.last_insert_id, &link, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Folds a repeat into the account's newest row: `count` up, `last_at` moved, the row's
+    /// link made again over its new content (it is the head: no link follows it yet), and the
+    /// anchor (and a checkpoint at that row) moved with it.
+    async fn fold_into<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        repeat: &NewAuditEvent,
+        head: &audit_event::Model,
+    ) -> Result<(), StorageError> {
+        let mut details: BTreeMap<String, String> = serde_json::from_str(&head.details)
+            .map_err(|err| StorageError::Other(format!("audit details: {err}")))?;
+        let count = details
+            .get(COUNT)
+            .and_then(|c| c.parse::<u64>().ok())
+            .unwrap_or(1);
+        details.insert(COUNT.to_owned(), (count + 1).to_string());
+        if let Some(coalesce) = &repeat.coalesce {
+            details.insert(LAST_AT.to_owned(), coalesce.at.clone());
+        }
+        let details = serde_json::to_string(&details)
+            .map_err(|err| StorageError::Other(format!("audit details: {err}")))?;
+        let mut link = None;
+        if let Some(keys) = self.audit_chain() {
+            let previous = audit_event::Entity::find()
+                .filter(A::AccountId.eq(head.account_id.as_str()))
+                .filter(A::Seq.lt(head.seq))
+                .order_by_desc(A::Seq)
+                .one(txn)
+                .await?
+                .and_then(|row| row.chain_hash)
+                .unwrap_or_default();
+            let event = crate::chain::canonical(
+                &head.event_id,
+                &head.account_id,
+                &head.kind,
+                head.occurred_at,
+                head.client_ip.as_deref(),
+                head.client_user_agent.as_deref(),
+                &details,
+            );
+            link = Some(current_link(keys, &previous, &event)?);
+        }
+        audit_event::Entity::update_many()
+            .col_expr(A::Details, Expr::value(details))
+            .col_expr(
+                A::ChainKeyId,
+                Expr::value(link.as_ref().map(|(key_id, _)| key_id.clone())),
+            )
+            .col_expr(
+                A::ChainHash,
+                Expr::value(link.as_ref().map(|(_, link)| link.clone())),
+            )
+            .filter(A::Seq.eq(head.seq))
+            .exec(txn)
+            .await?;
+        if let (Some(keys), Some((_, link))) = (self.audit_chain(), link) {
+            anchor(txn, keys, &head.account_id, head.seq, &link, Some(head.seq)).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the account's trail verifies. The anchor must name a row that is there with
+    /// its link (else the newest rows were cut), or, for a trail written before anchors, every
+    /// row must date from then; the rows from the verified checkpoint to the newest, and the
+    /// rows `shown` (a page's `seq` range) from the one before them, must each verify and
+    /// follow the one before. Rows without a link (written before the chain) may only come
+    /// first. Without chain keys every trail counts as valid. A trail that verifies to its
+    /// newest row moves the checkpoint there.
+    #[tracing::instrument(name = "db.audit_chain_status", skip_all)]
+    pub async fn audit_chain_status(
+        &self,
+        account_id: &str,
+        shown: Option<(i64, i64)>,
+    ) -> Result<ChainStatus, StorageError> {
+        let Some(keys) = self.audit_chain() else {
+            return Ok(ChainStatus::VALID);
+        };
+        // One snapshot: an append or a fold between two reads is not a cut.
+        let txn = match self.backend() {
+            crate::Backend::Postgres => {
+                self.reader()
+                    .begin_with_config(
+                        Some(sea_orm::IsolationLevel::RepeatableRead),
+                        Some(sea_orm::AccessMode::ReadOnly),
+                    )
+                    .await?
+            }
+            crate::Backend::Sqlite => self.reader().begin().await?,
+        };
+        let (verdict, checkpoint) = verify(&txn, keys, account_id, shown).await?;
+        txn.commit().await?;
+        if let Some(Checkpoint { seq, link, anchor }) = checkpoint {
+            if anchor {
+                let (key_id, mac) = head_mac(keys, "audit-head/v1", account_id, seq, &link)?;
+                audit_head::Entity::insert(audit_head::ActiveModel {
+                    account_id: Set(account_id.to_owned()),
+                    head_seq: Set(seq),
+                    head_link: Set(link.clone()),
+                    key_id: Set(key_id),
+                    mac: Set(mac),
+                    verified_seq: Set(None),
+                    verified_link: Set(None),
+                    verified_key_id: Set(None),
+                    verified_mac: Set(None),
+                })
+                .on_conflict_do_nothing()
+                .exec(self.db())
+                .await?;
+            }
+            // Only while the anchor still names the row that was verified.
+            let (key_id, mac) = head_mac(keys, "audit-checkpoint/v1", account_id, seq, &link)?;
+            audit_head::Entity::update_many()
+                .col_expr(H::VerifiedSeq, Expr::value(seq))
+                .col_expr(H::VerifiedLink, Expr::value(link.clone()))
+                .col_expr(H::VerifiedKeyId, Expr::value(key_id))
+                .col_expr(H::VerifiedMac, Expr::value(mac))
+                .filter(H::AccountId.eq(account_id))
+                .filter(H::HeadSeq.eq(seq))
+                .filter(H::HeadLink.eq(link.as_str()))
+                .exec(self.db())
+                .await?;
+        }
+        Ok(verdict)
     }
 
     /// Up to `limit` of the account's events older than `before_seq` (all when `None`),
@@ -135,4 +280,328 @@ impl Storage {
             })
             .collect()
     }
+}
+
+/// The link of `event` after `previous` under the current key, with that key's id.
+fn current_link(
+    keys: &dyn AuditChainKeys,
+    previous: &str,
+    event: &[u8],
+) -> Result<(String, String), StorageError> {
+    let key_id = keys.current_key_id();
+    let link = keys
+        .link(&key_id, previous, event)
+        .ok_or_else(|| StorageError::Other("the current audit chain key is not configured".into()))?;
+    Ok((key_id, link))
+}
+
+/// The MAC of an anchor or checkpoint (`label`) naming row `seq` with `link`, under the
+/// current key.
+fn head_mac(
+    keys: &dyn AuditChainKeys,
+    label: &str,
+    account_id: &str,
+    seq: i64,
+    link: &str,
+) -> Result<(String, String), StorageError> {
+    let bytes = serde_json::to_vec(&(label, account_id, seq, link))
+        .map_err(|err| StorageError::Other(format!("audit anchor: {err}")))?;
+    current_link(keys, "", &bytes)
+}
+
+/// Whether a stored anchor or checkpoint MAC is right (under whichever key made it).
+fn head_mac_ok(
+    keys: &dyn AuditChainKeys,
+    label: &str,
+    account_id: &str,
+    seq: i64,
+    link: &str,
+    key_id: &str,
+    mac: &str,
+) -> bool {
+    serde_json::to_vec(&(label, account_id, seq, link))
+        .ok()
+        .and_then(|bytes| keys.link(key_id, "", &bytes))
+        .is_some_and(|expected| expected == mac)
+}
+
+/// Moves the account's anchor to row `seq` with `link`; a checkpoint at `checkpoint_at` (a
+/// folded row whose link changed) moves with it.
+async fn anchor<C: ConnectionTrait>(
+    txn: &C,
+    keys: &dyn AuditChainKeys,
+    account_id: &str,
+    seq: i64,
+    link: &str,
+    checkpoint_at: Option<i64>,
+) -> Result<(), StorageError> {
+    let (key_id, mac) = head_mac(keys, "audit-head/v1", account_id, seq, link)?;
+    audit_head::Entity::insert(audit_head::ActiveModel {
+        account_id: Set(account_id.to_owned()),
+        head_seq: Set(seq),
+        head_link: Set(link.to_owned()),
+        key_id: Set(key_id),
+        mac: Set(mac),
+        verified_seq: Set(None),
+        verified_link: Set(None),
+        verified_key_id: Set(None),
+        verified_mac: Set(None),
+    })
+    .on_conflict(
+        OnConflict::column(H::AccountId)
+            .update_columns([H::HeadSeq, H::HeadLink, H::KeyId, H::Mac])
+            .to_owned(),
+    )
+    .exec(txn)
+    .await?;
+    if let Some(at) = checkpoint_at {
+        let (key_id, mac) = head_mac(keys, "audit-checkpoint/v1", account_id, at, link)?;
+        audit_head::Entity::update_many()
+            .col_expr(H::VerifiedLink, Expr::value(link.to_owned()))
+            .col_expr(H::VerifiedKeyId, Expr::value(key_id))
+            .col_expr(H::VerifiedMac, Expr::value(mac))
+            .filter(H::AccountId.eq(account_id))
+            .filter(H::VerifiedSeq.eq(at))
+            .exec(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The verdict on an account's trail, and the row a new checkpoint may name (the newest, when
+/// everything from the old checkpoint to it verified).
+async fn verify<C: ConnectionTrait>(
+    db: &C,
+    keys: &dyn AuditChainKeys,
+    account_id: &str,
+    shown: Option<(i64, i64)>,
+) -> Result<(ChainStatus, Option<Checkpoint>), StorageError> {
+    let (legacy_max_seq, anchored_from_seq) = chain_meta(db).await?;
+    let newest = audit_event::Entity::find()
+        .filter(A::AccountId.eq(account_id))
+        .order_by_desc(A::Seq)
+        .one(db)
+        .await?;
+    let Some(newest) = newest else {
+        // No rows: valid unless an anchor says there were some.
+        let anchored = audit_head::Entity::find_by_id(account_id.to_owned())
+            .one(db)
+            .await?
+            .is_some();
+        return Ok((ChainStatus::broken(anchored, None), None));
+    };
+    let head = audit_head::Entity::find_by_id(account_id.to_owned())
+        .one(db)
+        .await?;
+    let checkpoint = match &head {
+        Some(h) => {
+            let anchored = head_mac_ok(
+                keys,
+                "audit-head/v1",
+                account_id,
+                h.head_seq,
+                &h.head_link,
+                &h.key_id,
+                &h.mac,
+            );
+            // The anchor names the newest row, as it is.
+            if !anchored || h.head_seq != newest.seq {
+                return Ok((ChainStatus::broken(true, Some(newest.event_id)), None));
+            }
+            if newest.chain_hash.as_deref() != Some(h.head_link.as_str()) {
+                return Ok((ChainStatus::broken(true, Some(newest.event_id)), None));
+            }
+            match (&h.verified_seq, &h.verified_link, &h.verified_key_id, &h.verified_mac) {
+                (Some(seq), Some(link), Some(key_id), Some(mac))
+                    if head_mac_ok(
+                        keys,
+                        "audit-checkpoint/v1",
+                        account_id,
+                        *seq,
+                        link,
+                        key_id,
+                        mac,
+                    ) =>
+                {
+                    Some((*seq, link.clone()))
+                }
+                _ => None,
+            }
+        }
+        // A trail with a row from after anchors began has lost its anchor.
+        None if newest.seq > anchored_from_seq => {
+            return Ok((ChainStatus::broken(true, Some(newest.event_id)), None));
+        }
+        None => None,
+    };
+    // From the checkpoint (whose row must still be there as it was) to the newest.
+    let from = match &checkpoint {
+        Some((seq, link)) => {
+            let row = audit_event::Entity::find_by_id(*seq).one(db).await?;
+            match row {
+                Some(r) if r.account_id == account_id && r.chain_hash.as_deref() == Some(link) => {
+                    Some(Start {
+                        after_seq: *seq,
+                        previous: link.clone(),
+                        linked: true,
+                    })
+                }
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    let from = from.unwrap_or(Start {
+        after_seq: i64::MIN,
+        previous: String::new(),
+        linked: false,
+    });
+    if let Some(broken) = verify_after(db, keys, account_id, &from, None, legacy_max_seq).await? {
+        return Ok((ChainStatus::broken(true, Some(broken)), None));
+    }
+    // The rows shown, from the one before them, when the checkpoint does not cover them.
+    if let Some((oldest, newest_shown)) = shown.filter(|(oldest, _)| *oldest <= from.after_seq) {
+        let before = audit_event::Entity::find()
+            .filter(A::AccountId.eq(account_id))
+            .filter(A::Seq.lt(oldest))
+            .order_by_desc(A::Seq)
+            .one(db)
+            .await?;
+        let start = match before {
+            Some(row) => Start {
+                after_seq: row.seq,
+                linked: row.chain_hash.is_some(),
+                previous: row.chain_hash.unwrap_or_default(),
+            },
+            None => Start {
+                after_seq: i64::MIN,
+                previous: String::new(),
+                linked: false,
+            },
+        };
+        if let Some(broken) =
+            verify_after(db, keys, account_id, &start, Some(newest_shown), legacy_max_seq).await?
+        {
+            return Ok((ChainStatus::broken(true, Some(broken)), None));
+        }
+    }
+    let moved = newest
+        .chain_hash
+        .filter(|_| checkpoint.as_ref().is_none_or(|(seq, _)| *seq != newest.seq))
+        .map(|link| Checkpoint {
+            seq: newest.seq,
+            link,
+            // A trail from before anchors gets its anchor once it verified.
+            anchor: head.is_none(),
+        });
+    Ok((ChainStatus::VALID, moved))
+}
+
+/// Where a verified trail's checkpoint moves to.
+struct Checkpoint {
+    seq: i64,
+    link: String,
+    /// The account has no anchor yet (a trail from before anchors): write one.
+    anchor: bool,
+}
+
+/// Where a walk along the chain starts: after row `after_seq`, whose link is `previous`.
+struct Start {
+    after_seq: i64,
+    previous: String,
+    /// A linked row came before.
+    linked: bool,
+}
+
+/// Walks the account's rows after `start` (up to `until`, inclusive), in pages; the first row
+/// that does not verify, if any.
+async fn verify_after<C: ConnectionTrait>(
+    db: &C,
+    keys: &dyn AuditChainKeys,
+    account_id: &str,
+    start: &Start,
+    until: Option<i64>,
+    legacy_max_seq: i64,
+) -> Result<Option<String>, StorageError> {
+    const PAGE: u64 = 1000;
+    let mut after = start.after_seq;
+    let mut previous = start.previous.clone();
+    let mut linked = start.linked;
+    loop {
+        let mut query = audit_event::Entity::find()
+            .filter(A::AccountId.eq(account_id))
+            .filter(A::Seq.gt(after));
+        if let Some(until) = until {
+            query = query.filter(A::Seq.lte(until));
+        }
+        let rows = query.order_by_asc(A::Seq).limit(PAGE).all(db).await?;
+        let full = rows.len() as u64 == PAGE;
+        for row in rows {
+            let event = crate::chain::canonical(
+                &row.event_id,
+                &row.account_id,
+                &row.kind,
+                row.occurred_at,
+                row.client_ip.as_deref(),
+                row.client_user_agent.as_deref(),
+                &row.details,
+            );
+            let ok = match (&row.chain_key_id, &row.chain_hash) {
+                (Some(key_id), Some(stored)) => {
+                    linked = true;
+                    keys.link(key_id, &previous, &event)
+                        .is_some_and(|expected| expected == *stored)
+                }
+                // Unlinked rows are legacy rows: written before the chain, before every
+                // linked one.
+                _ => !linked && row.seq <= legacy_max_seq,
+            };
+            if !ok {
+                return Ok(Some(row.event_id));
+            }
+            previous = row.chain_hash.unwrap_or_default();
+            after = row.seq;
+        }
+        if !full {
+            return Ok(None);
+        }
+    }
+}
+
+/// The last row written before the chain, and the last written before anchors.
+async fn chain_meta<C: ConnectionTrait>(db: &C) -> Result<(i64, i64), StorageError> {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT legacy_max_seq, anchored_from_seq FROM audit_chain_meta WHERE id = 1",
+        ))
+        .await?;
+    let get = |name: &str| {
+        row.as_ref()
+            .and_then(|r| r.try_get::<Option<i64>>("", name).ok().flatten())
+            .unwrap_or(0)
+    };
+    Ok((get("legacy_max_seq"), get("anchored_from_seq")))
+}
+
+/// Whether `e` is a repeat of the account's newest row: it asks to fold, same kind, same
+/// values of the named details, within the window of the row's first occurrence.
+fn folds_into(e: &NewAuditEvent, head: &audit_event::Model) -> bool {
+    let Some(coalesce) = &e.coalesce else {
+        return false;
+    };
+    if e.account_id.is_empty()
+        || head.kind != e.kind
+        || e.occurred_at.as_ms() - head.occurred_at >= coalesce.window_ms
+        || e.occurred_at.as_ms() < head.occurred_at
+    {
+        return false;
+    }
+    let Ok(stored) = serde_json::from_str::<BTreeMap<String, String>>(&head.details) else {
+        return false;
+    };
+    coalesce
+        .on
+        .iter()
+        .all(|name| stored.get(*name).is_some_and(|v| Some(v) == e.details.get(*name)))
 }

@@ -16,13 +16,12 @@ mod recovery_flow;
 mod zero_knowledge;
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DbBackend, EntityTrait as _,
-    QueryFilter as _, QueryOrder as _, Statement, Value, sea_query::Expr,
+    ActiveValue::Set, ConnectionTrait, DbBackend, EntityTrait as _, Statement, Value,
 };
 
 use crate::{
     StorageError,
-    entity::{audit_event, event as event_entity, outbox as outbox_entity},
+    entity::{event as event_entity, outbox as outbox_entity},
     model::{Effects, OutboxStatus},
 };
 
@@ -181,138 +180,8 @@ impl crate::Storage {
             event_entity::Entity::insert_many(rows).exec(txn).await?;
         }
         for e in effects.audit {
-            let head = audit_event::Entity::find()
-                .filter(audit_event::Column::AccountId.eq(e.account_id.as_str()))
-                .order_by_desc(audit_event::Column::Seq)
-                .one(txn)
-                .await?;
-            if let Some(head) = head.as_ref().filter(|head| folds_into(&e, head)) {
-                self.fold_into(txn, &e, head).await?;
-                continue;
-            }
-            let details = serde_json::to_string(&e.details)
-                .map_err(|err| StorageError::Other(format!("audit details: {err}")))?;
-            let (chain_key_id, chain_hash) = match self.audit_chain() {
-                Some(keys) => {
-                    let previous = head.and_then(|row| row.chain_hash).unwrap_or_default();
-                    let key_id = keys.current_key_id();
-                    let event = crate::chain::canonical(
-                        &e.event_id,
-                        &e.account_id,
-                        &e.kind,
-                        e.occurred_at.as_ms(),
-                        e.client.ip.as_deref(),
-                        e.client.user_agent.as_deref(),
-                        &details,
-                    );
-                    let link = keys.link(&key_id, &previous, &event).ok_or_else(|| {
-                        StorageError::Other("the current audit chain key is not configured".into())
-                    })?;
-                    (Some(key_id), Some(link))
-                }
-                None => (None, None),
-            };
-            audit_event::Entity::insert(audit_event::ActiveModel {
-                event_id: Set(e.event_id),
-                account_id: Set(e.account_id),
-                kind: Set(e.kind),
-                occurred_at: Set(e.occurred_at.as_ms()),
-                client_ip: Set(e.client.ip),
-                client_user_agent: Set(e.client.user_agent),
-                details: Set(details),
-                chain_key_id: Set(chain_key_id),
-                chain_hash: Set(chain_hash),
-                ..Default::default()
-            })
-            .exec(txn)
-            .await?;
+            self.append_one(txn, e).await?;
         }
         Ok(())
     }
-
-    /// Folds a repeat into the account's newest row: `count` up, `last_at` moved, and the
-    /// row's link made again over its new content (it is the head: no link follows it yet).
-    async fn fold_into<C: ConnectionTrait>(
-        &self,
-        txn: &C,
-        repeat: &crate::model::NewAuditEvent,
-        head: &audit_event::Model,
-    ) -> Result<(), StorageError> {
-        let mut details: std::collections::BTreeMap<String, String> =
-            serde_json::from_str(&head.details)
-                .map_err(|err| StorageError::Other(format!("audit details: {err}")))?;
-        let count = details
-            .get(COUNT)
-            .and_then(|c| c.parse::<u64>().ok())
-            .unwrap_or(1);
-        details.insert(COUNT.to_owned(), (count + 1).to_string());
-        if let Some(coalesce) = &repeat.coalesce {
-            details.insert(LAST_AT.to_owned(), coalesce.at.clone());
-        }
-        let details = serde_json::to_string(&details)
-            .map_err(|err| StorageError::Other(format!("audit details: {err}")))?;
-        let (mut chain_key_id, mut chain_hash) = (None, None);
-        if let Some(keys) = self.audit_chain() {
-            let previous = audit_event::Entity::find()
-                .filter(audit_event::Column::AccountId.eq(head.account_id.as_str()))
-                .filter(audit_event::Column::Seq.lt(head.seq))
-                .order_by_desc(audit_event::Column::Seq)
-                .one(txn)
-                .await?
-                .and_then(|row| row.chain_hash)
-                .unwrap_or_default();
-            let key_id = keys.current_key_id();
-            let event = crate::chain::canonical(
-                &head.event_id,
-                &head.account_id,
-                &head.kind,
-                head.occurred_at,
-                head.client_ip.as_deref(),
-                head.client_user_agent.as_deref(),
-                &details,
-            );
-            chain_hash = Some(keys.link(&key_id, &previous, &event).ok_or_else(|| {
-                StorageError::Other("the current audit chain key is not configured".into())
-            })?);
-            chain_key_id = Some(key_id);
-        }
-        audit_event::Entity::update_many()
-            .col_expr(audit_event::Column::Details, Expr::value(details))
-            .col_expr(audit_event::Column::ChainKeyId, Expr::value(chain_key_id))
-            .col_expr(audit_event::Column::ChainHash, Expr::value(chain_hash))
-            .filter(audit_event::Column::Seq.eq(head.seq))
-            .exec(txn)
-            .await?;
-        Ok(())
-    }
-}
-
-/// The detail a folded row counts its occurrences in (absent: once).
-const COUNT: &str = "count";
-/// The detail a folded row keeps its latest occurrence in (RFC 3339).
-const LAST_AT: &str = "last_at";
-
-/// Whether `e` is a repeat of the account's newest row: it asks to fold, same kind, same
-/// values of the named details, within the window of the row's first occurrence.
-fn folds_into(e: &crate::model::NewAuditEvent, head: &audit_event::Model) -> bool {
-    let Some(coalesce) = &e.coalesce else {
-        return false;
-    };
-    if e.account_id.is_empty()
-        || head.kind != e.kind
-        || e.occurred_at.as_ms() - head.occurred_at >= coalesce.window_ms
-        || e.occurred_at.as_ms() < head.occurred_at
-    {
-        return false;
-    }
-    let Ok(stored) =
-        serde_json::from_str::<std::collections::BTreeMap<String, String>>(&head.details)
-    else {
-        return false;
-    };
-    coalesce.on.iter().all(|name| {
-        stored
-            .get(*name)
-            .is_some_and(|v| Some(v) == e.details.get(*name))
-    })
 }

@@ -22,6 +22,12 @@ test-all:
 bench:
 	cargo build --release -p recovery-service
 	cargo bench -p recovery-e2e --bench startup
+	cargo bench -p recovery-e2e --bench flows
+	cargo bench -p recovery-e2e --bench begin_timing
+	cargo bench -p recovery-e2e --bench mail
+	cargo bench -p recovery-e2e --bench telemetry
+	cargo bench -p recovery-e2e --bench events
+	cargo bench -p recovery-storage --bench ops
 
 run:
 	cargo run --release -p recovery-service

@@ -1,4 +1,4 @@
-"""Every property the production overlay promises (issue 15, point 2), asserted on the RENDERED
+"""Every property the production overlay promises, asserted on the RENDERED
 YAML (target/k8s/production.yaml), so an edit to the base or the overlay cannot silently drop
 one. Each `check_*` takes the rendered objects and raises AssertionError naming what is wrong;
 `test_mutations` proves the checks catch the edits they guard against."""

@@ -1,7 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
-//! The end-to-end hostile suite of issue 11 ("Proof that hostile input is harmless"), through
-//! the real binary: every RPC × caller role under mutual TLS, 10,000 malformed calls from 64
-//! connections, 5 MiB messages, 1,000 streams on one HTTP/2 connection, header floods, invalid
+//! The end-to-end hostile suite (hostile input is harmless), through the real binary: every
+//! RPC × caller role under mutual TLS, 10,000 malformed calls from 64 connections, 5 MiB messages, 1,000 streams on one HTTP/2 connection, header floods, invalid
 //! UTF-8 in string fields, a burst of expiring deadlines and a rapid-reset flood. After each:
 //! health is SERVING, a normal recovery still works and the server's RSS stays under 128 MiB.
 
@@ -66,9 +65,20 @@ enum Rpc {
     RevokeRecoveryCode,
     UpdateRecoveryEmail,
     ListAuditEvents,
+    PutFamilyMember,
+    RemoveFamilyMember,
+    GetFamilyRecoveryStatus,
+    BeginAssistedRecovery,
+    VerifyAssistedRecovery,
+    CompleteAssistedRecovery,
+    CancelAssistedRecovery,
+    StartZeroKnowledgeEnrollment,
+    FinishZeroKnowledgeEnrollment,
+    StartZeroKnowledgeRecovery,
+    FinishZeroKnowledgeRecovery,
 }
 
-const RPCS: [Rpc; 8] = [
+const RPCS: [Rpc; 19] = [
     Rpc::CreateRecoveryCode,
     Rpc::BeginRecovery,
     Rpc::VerifyEmail,
@@ -77,6 +87,17 @@ const RPCS: [Rpc; 8] = [
     Rpc::RevokeRecoveryCode,
     Rpc::UpdateRecoveryEmail,
     Rpc::ListAuditEvents,
+    Rpc::PutFamilyMember,
+    Rpc::RemoveFamilyMember,
+    Rpc::GetFamilyRecoveryStatus,
+    Rpc::BeginAssistedRecovery,
+    Rpc::VerifyAssistedRecovery,
+    Rpc::CompleteAssistedRecovery,
+    Rpc::CancelAssistedRecovery,
+    Rpc::StartZeroKnowledgeEnrollment,
+    Rpc::FinishZeroKnowledgeEnrollment,
+    Rpc::StartZeroKnowledgeRecovery,
+    Rpc::FinishZeroKnowledgeRecovery,
 ];
 
 impl Rpc {
@@ -92,8 +113,20 @@ impl Rpc {
             | Rpc::BeginRecovery
             | Rpc::VerifyEmail
             | Rpc::RecoverAccount
-            | Rpc::UpdateRecoveryEmail => (true, false),
-            Rpc::GetRecoveryStatus | Rpc::RevokeRecoveryCode => (true, true),
+            | Rpc::UpdateRecoveryEmail
+            | Rpc::PutFamilyMember
+            | Rpc::RemoveFamilyMember
+            | Rpc::BeginAssistedRecovery
+            | Rpc::VerifyAssistedRecovery
+            | Rpc::CompleteAssistedRecovery
+            | Rpc::CancelAssistedRecovery
+            | Rpc::StartZeroKnowledgeEnrollment
+            | Rpc::FinishZeroKnowledgeEnrollment
+            | Rpc::StartZeroKnowledgeRecovery
+            | Rpc::FinishZeroKnowledgeRecovery => (true, false),
+            Rpc::GetRecoveryStatus | Rpc::RevokeRecoveryCode | Rpc::GetFamilyRecoveryStatus => {
+                (true, true)
+            }
             Rpc::ListAuditEvents => (false, true),
         }
     }
@@ -109,6 +142,33 @@ impl Rpc {
             Rpc::RevokeRecoveryCode => api::RevokeRecoveryCodeRequest::decode(body).map(drop),
             Rpc::UpdateRecoveryEmail => api::UpdateRecoveryEmailRequest::decode(body).map(drop),
             Rpc::ListAuditEvents => api::ListAuditEventsRequest::decode(body).map(drop),
+            Rpc::PutFamilyMember => api::PutFamilyMemberRequest::decode(body).map(drop),
+            Rpc::RemoveFamilyMember => api::RemoveFamilyMemberRequest::decode(body).map(drop),
+            Rpc::GetFamilyRecoveryStatus => {
+                api::GetFamilyRecoveryStatusRequest::decode(body).map(drop)
+            }
+            Rpc::BeginAssistedRecovery => api::BeginAssistedRecoveryRequest::decode(body).map(drop),
+            Rpc::VerifyAssistedRecovery => {
+                api::VerifyAssistedRecoveryRequest::decode(body).map(drop)
+            }
+            Rpc::CompleteAssistedRecovery => {
+                api::CompleteAssistedRecoveryRequest::decode(body).map(drop)
+            }
+            Rpc::CancelAssistedRecovery => {
+                api::CancelAssistedRecoveryRequest::decode(body).map(drop)
+            }
+            Rpc::StartZeroKnowledgeEnrollment => {
+                api::StartZeroKnowledgeEnrollmentRequest::decode(body).map(drop)
+            }
+            Rpc::FinishZeroKnowledgeEnrollment => {
+                api::FinishZeroKnowledgeEnrollmentRequest::decode(body).map(drop)
+            }
+            Rpc::StartZeroKnowledgeRecovery => {
+                api::StartZeroKnowledgeRecoveryRequest::decode(body).map(drop)
+            }
+            Rpc::FinishZeroKnowledgeRecovery => {
+                api::FinishZeroKnowledgeRecoveryRequest::decode(body).map(drop)
+            }
         }
     }
 }
@@ -1342,7 +1402,12 @@ async fn invalid_utf8_in_strings_is_refused_and_the_connection_survives() {
         // the ClientContext whose field 1 is a string; for ListAuditEvents field 3).
         let second = match rpc {
             Rpc::BeginRecovery => Some(len_field(2, &len_field(1, &invalid))),
-            Rpc::GetRecoveryStatus => None,
+            // One string field, or bytes after it (any bytes are valid there).
+            Rpc::GetRecoveryStatus
+            | Rpc::GetFamilyRecoveryStatus
+            | Rpc::StartZeroKnowledgeEnrollment
+            | Rpc::StartZeroKnowledgeRecovery
+            | Rpc::FinishZeroKnowledgeRecovery => None,
             Rpc::ListAuditEvents => Some(len_field(3, &invalid)),
             _ => Some(len_field(2, &invalid)),
         };

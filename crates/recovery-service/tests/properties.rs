@@ -1,6 +1,5 @@
-//! Property tests: hostile input to the parsers that face callers is harmless (issue 11, "Proof
-//! that hostile input is harmless"). Each property runs a few hundred to a few thousand cases, so
-//! the file stays fast in a debug build; `PROPTEST_CASES=100000 cargo test -p recovery-service
+//! Property tests: hostile input to the parsers that face callers is harmless. Each property
+//! runs a few hundred to a few thousand cases, so the file stays fast in a debug build; `PROPTEST_CASES=100000 cargo test -p recovery-service
 //! --test properties` runs them harder. The `cargo fuzz` targets under `fuzz/` cover the same
 //! parsers with coverage guidance.
 

@@ -114,7 +114,10 @@ async fn run(label: &str, database_url: Option<String>) {
             after_unknown.push(after);
         }
     }
-    println!("{label:<9} BeginRecovery, {PER_KIND} calls each: {}", welch(&known, &unknown));
+    println!(
+        "{label:<9} BeginRecovery, {PER_KIND} calls each: {}",
+        welch(&known, &unknown)
+    );
     println!(
         "{label:<9} the call right after:             {}",
         welch(&after_known, &after_unknown)

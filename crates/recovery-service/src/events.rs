@@ -127,13 +127,19 @@ impl Publisher {
                     other => tracing::debug!(event = %other, "NATS"),
                 }
             });
+        let tls = self.config.tls_ca.is_some()
+            || url
+                .split(',')
+                .any(|server| server.trim().starts_with("tls://"));
         if let Some(ca) = &self.config.tls_ca {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
-        } else if url
-            .split(',')
-            .any(|server| server.trim().starts_with("tls://"))
-        {
+        } else if tls {
             options = options.require_tls(true);
+        }
+        if !tls {
+            // Without TLS, only the servers configured (credentials to loopback only, as the
+            // configuration checked): never servers a cluster announces, which may be remote.
+            options = options.ignore_discovered_servers();
         }
         if let Some(path) = &self.config.credentials_file {
             options = options.credentials_file(path).await.map_err(|err| {

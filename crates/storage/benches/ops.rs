@@ -15,8 +15,8 @@ use std::{
 use recovery_storage::{
     AuditChainKeys, ConnectOptions, Storage,
     model::{
-        AttemptKind, ClientInfo, CompletionUpdate, Effects, NewAuditEvent, NewEnrollment,
-        NewFlow, Opaque, StoredCode, Timestamp,
+        AttemptKind, ClientInfo, CompletionUpdate, Effects, NewAuditEvent, NewEnrollment, NewFlow,
+        Opaque, StoredCode, Timestamp,
     },
 };
 use sea_orm::{ConnectionTrait as _, Database, Statement};
@@ -271,7 +271,10 @@ async fn audit_pages(backend: &str, storage: Storage) {
             t.elapsed().as_secs_f64() * 1e3
         );
     }
-    for (name, account) in [("audit page, 100,000 events", &big), ("audit page, 10 events", &small)] {
+    for (name, account) in [
+        ("audit page, 100,000 events", &big),
+        ("audit page, 10 events", &small),
+    ] {
         let st = s.clone();
         let account = account.clone();
         report(

@@ -304,8 +304,11 @@ pub struct NewAuditEvent {
 /// Which repeats of an audit event fold into one row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Coalesce {
-    /// The details that must be equal (besides the kind), e.g. the flow id and the reason.
+    /// The details that must be equal (besides the kind), e.g. the reason and the caller.
     pub on: &'static [&'static str],
+    /// Details that may differ: the folded row keeps the latest value of each as
+    /// `last_<name>` (e.g. `last_flow_id`).
+    pub carry: &'static [&'static str],
     /// How long after the row's first occurrence repeats still fold into it.
     pub window_ms: i64,
     /// This occurrence's time as the trail shows it (RFC 3339): the folded row's `last_at`.

@@ -33,6 +33,8 @@ on_every_backend!(
     repeats_fold_into_one_row_with_their_count,
     concurrent_repeats_are_all_counted,
     cutting_the_newest_rows_breaks_the_trail,
+    a_cut_stays_visible_after_the_next_append,
+    a_repeat_never_folds_into_an_edited_row,
     a_trail_from_before_anchors_gets_its_anchor_once_it_verifies,
     a_page_verifies_what_it_shows_and_what_was_appended_since,
     a_fold_at_the_checkpoint_keeps_the_trail_valid,
@@ -97,6 +99,7 @@ fn refusal(account: &str, at: i64, flow: &str) -> NewAuditEvent {
     );
     e.coalesce = Some(Coalesce {
         on: &["flow_id", "reason"],
+        carry: &[],
         window_ms: HOUR,
         at: format!("t{at}"),
     });
@@ -323,7 +326,10 @@ async fn cutting_the_newest_rows_breaks_the_trail(db: &TestDb) {
     .await;
     let status = chain_of(&s, "acct").await;
     assert!(!status.valid, "the newest row deleted");
-    assert_eq!(status.first_broken_event_id.as_deref(), Some(ids[3].as_str()));
+    assert_eq!(
+        status.first_broken_event_id.as_deref(),
+        Some(ids[3].as_str())
+    );
     db.execute("DELETE FROM {schema}.audit_events WHERE account_id = 'acct'")
         .await;
     assert!(!chain_of(&s, "acct").await.valid, "every row deleted");
@@ -332,7 +338,10 @@ async fn cutting_the_newest_rows_breaks_the_trail(db: &TestDb) {
     db.execute("DELETE FROM {schema}.audit_heads WHERE account_id = 'acct'")
         .await;
     let status = chain_of(&s, "acct").await;
-    assert_eq!(status.first_broken_event_id.as_deref(), Some(ids[4].as_str()));
+    assert_eq!(
+        status.first_broken_event_id.as_deref(),
+        Some(ids[4].as_str())
+    );
     // A forged anchor (no key) is no anchor.
     let _ = five(&s).await;
     db.execute("UPDATE {schema}.audit_heads SET mac = 'ff' WHERE account_id = 'acct'")
@@ -362,7 +371,10 @@ async fn a_trail_from_before_anchors_gets_its_anchor_once_it_verifies(db: &TestD
         ids[4]
     ))
     .await;
-    assert!(!chain_of(&s, "acct").await.valid, "from then on a cut shows");
+    assert!(
+        !chain_of(&s, "acct").await.valid,
+        "from then on a cut shows"
+    );
 }
 
 async fn a_page_verifies_what_it_shows_and_what_was_appended_since(db: &TestDb) {
@@ -380,10 +392,18 @@ async fn a_page_verifies_what_it_shows_and_what_was_appended_since(db: &TestDb) 
     ))
     .await;
     let newest = (seq_of(&ids[3]), seq_of(&ids[4]));
-    assert!(s.audit_chain_status("acct", Some(newest)).await.unwrap().valid);
+    assert!(
+        s.audit_chain_status("acct", Some(newest))
+            .await
+            .unwrap()
+            .valid
+    );
     let older = (seq_of(&ids[0]), seq_of(&ids[2]));
     let status = s.audit_chain_status("acct", Some(older)).await.unwrap();
-    assert_eq!(status.first_broken_event_id.as_deref(), Some(ids[1].as_str()));
+    assert_eq!(
+        status.first_broken_event_id.as_deref(),
+        Some(ids[1].as_str())
+    );
     // Rows appended after the checkpoint are verified whatever the page.
     s.append_audit(event("acct", "CODE_REVOKED", T0 + HOUR, &[]))
         .await
@@ -408,7 +428,9 @@ async fn a_fold_at_the_checkpoint_keeps_the_trail_valid(db: &TestDb) {
     let keys = Keys::new();
     let s = chained(db, &keys);
     five(&s).await;
-    s.append_audit(refusal("acct", T0 + HOUR, "fl_1")).await.unwrap();
+    s.append_audit(refusal("acct", T0 + HOUR, "fl_1"))
+        .await
+        .unwrap();
     assert!(s.audit_chain_status("acct", None).await.unwrap().valid);
     for i in 1..5 {
         s.append_audit(refusal("acct", T0 + HOUR + i, "fl_1"))
@@ -417,4 +439,54 @@ async fn a_fold_at_the_checkpoint_keeps_the_trail_valid(db: &TestDb) {
         assert!(s.audit_chain_status("acct", None).await.unwrap().valid);
     }
     assert!(chain_of(&s, "acct").await.valid);
+}
+
+async fn a_cut_stays_visible_after_the_next_append(db: &TestDb) {
+    let keys = Keys::new();
+    let s = chained(db, &keys);
+    let ids = five(&s).await;
+    db.execute(&format!(
+        "DELETE FROM {{schema}}.audit_events WHERE event_id IN ('{}', '{}')",
+        ids[3], ids[4]
+    ))
+    .await;
+    // The next write links after the row the anchor names, not after what is left.
+    s.append_audit(event("acct", "CODE_REPLACED", T0 + HOUR, &[]))
+        .await
+        .unwrap();
+    assert!(!chain_of(&s, "acct").await.valid, "the cut is still seen");
+    s.append_audit(refusal("acct", T0 + 2 * HOUR, "fl_1"))
+        .await
+        .unwrap();
+    assert!(!chain_of(&s, "acct").await.valid);
+    // Every row deleted: the next write does not start a fresh, valid trail either.
+    db.execute("DELETE FROM {schema}.audit_events WHERE account_id = 'acct'")
+        .await;
+    s.append_audit(event("acct", "CODE_CREATED", T0 + 3 * HOUR, &[]))
+        .await
+        .unwrap();
+    assert!(!chain_of(&s, "acct").await.valid);
+}
+
+async fn a_repeat_never_folds_into_an_edited_row(db: &TestDb) {
+    let keys = Keys::new();
+    let s = chained(db, &keys);
+    five(&s).await;
+    for i in 0..5 {
+        s.append_audit(refusal("acct", T0 + HOUR + i, "fl_1"))
+            .await
+            .unwrap();
+    }
+    // Someone lowers the count of the newest row; the next repeat must not sign that.
+    db.execute(
+        "UPDATE {schema}.audit_events SET details = REPLACE(details, '\"count\":\"5\"', '\"count\":\"1\"') WHERE seq = (SELECT MAX(seq) FROM {schema}.audit_events)",
+    )
+    .await;
+    assert!(!chain_of(&s, "acct").await.valid);
+    s.append_audit(refusal("acct", T0 + HOUR + 10, "fl_1"))
+        .await
+        .unwrap();
+    let rows = s.list_audit_events("acct", None, 100).await.unwrap();
+    assert_eq!(rows.len(), 7, "a new row, not a fold into the edited one");
+    assert!(!chain_of(&s, "acct").await.valid, "the edit still shows");
 }

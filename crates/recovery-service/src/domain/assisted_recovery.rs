@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{
     Error, HOUR_MS, Recovery, Result, client,
-    email::{mask, same_mailbox},
+    email::{mask, same_address},
     event::EventType,
     family::{hint_of, validate_family_id},
     notice::{self, Notice},
@@ -121,7 +121,7 @@ impl Recovery {
                     if let Some(address) = started
                         .recovery_address
                         .as_ref()
-                        .filter(|a| !same_mailbox(a, &member.email))
+                        .filter(|a| !same_address(a, &member.email))
                     {
                         messages.push(message(
                             keys,
@@ -261,6 +261,7 @@ impl Recovery {
             let why = self.why_assisted_closed(&flow.assisted_flow_id, now).await;
             if why == Error::TooManyAttempts {
                 self.audit_refusal_of(
+                    "VerifyAssistedRecovery",
                     &flow.assisted_flow_id,
                     AssistedRefusal::TooManyAttempts,
                     &member,
@@ -358,7 +359,7 @@ impl Recovery {
                         !c.parties
                             .member
                             .as_ref()
-                            .is_some_and(|m| same_mailbox(a, &m.email))
+                            .is_some_and(|m| same_address(a, &m.email))
                     }) {
                         messages.push(message(
                             keys,
@@ -470,8 +471,13 @@ impl Recovery {
                 })
             }
             Err(refusal) => {
-                self.audit_refusal_of(assisted_flow_id, refusal, organizer_id)
-                    .await?;
+                self.audit_refusal_of(
+                    "CompleteAssistedRecovery",
+                    assisted_flow_id,
+                    refusal,
+                    organizer_id,
+                )
+                .await?;
                 Err(refused(
                     refusal,
                     "organizer_account_id is not an organizer of this assisted flow's family",
@@ -552,7 +558,7 @@ impl Recovery {
                 Ok(Timestamp::from_ms(now))
             }
             Err(refusal) => {
-                self.audit_refusal_of(assisted_flow_id, refusal, actor)
+                self.audit_refusal_of("CancelAssistedRecovery", assisted_flow_id, refusal, actor)
                     .await?;
                 Err(refused(
                     refusal,
@@ -589,6 +595,7 @@ impl Recovery {
     /// submissions being used up (not for a flow that simply ended).
     async fn audit_refusal_of(
         &self,
+        call: &'static str,
         assisted_flow_id: &str,
         refusal: AssistedRefusal,
         actor: &str,
@@ -611,12 +618,14 @@ impl Recovery {
                 ("assisted_flow_id", flow.assisted_flow_id.clone()),
                 ("reason", reason.to_owned()),
                 ("account_id", actor.to_owned()),
+                ("call", call.to_owned()),
             ],
         )?;
         self.storage
             .append_audit(super::notify::folding(
                 event,
-                &["assisted_flow_id", "reason", "account_id"],
+                &["reason", "caller", "call"],
+                &["assisted_flow_id", "account_id"],
             ))
             .await?;
         Ok(())

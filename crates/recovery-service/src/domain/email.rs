@@ -92,9 +92,11 @@ pub fn lookup_of(address: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Two stored addresses are one mailbox.
-pub fn same_mailbox(a: &str, b: &str) -> bool {
-    lookup_of(a) == lookup_of(b)
+/// Two stored addresses deliver to the same place: the same string but for ASCII case. Where
+/// mail goes is decided exactly: the lookup form folds `ß` to `ss` to find one account, but a
+/// mail server may deliver the two to different mailboxes.
+pub fn same_address(a: &str, b: &str) -> bool {
+    a.trim().eq_ignore_ascii_case(b.trim())
 }
 
 /// Unicode default case folding, then NFC again (folding can decompose): `ANN` and `ann`, `ß`

@@ -9,7 +9,7 @@ use recovery_storage::{
 
 use super::{
     DAY_MS, Error, Recovery, Result,
-    email::{Email, mask, same_mailbox},
+    email::{Email, mask, same_address},
     notice::{self, MembershipChange, Notice},
     notify::{AuditKind, Client, audit, context, message},
     validate_account_id,
@@ -59,98 +59,122 @@ impl Recovery {
         let email = Email::parse(email)?;
         let now = self.now();
         let client = Client::default();
-        let current = self.storage.find_family_member(account_id).await?;
-        if change_of(current.as_ref(), family_id, email.address()).is_some() {
-            self.limit(
-                &format!("family:day:account:{account_id}"),
-                DAY_MS,
-                self.policy.family_changes_per_day,
-                "family_changes_per_account",
-                now,
-            )
-            .await?;
-        }
         let keys = &self.keys;
-        self.storage
-            .put_family_member(
-                NewFamilyMember {
-                    family_id: family_id.to_owned(),
-                    account_id: account_id.to_owned(),
-                    role,
-                    email: email.address().to_owned(),
-                },
-                now,
-                |outcome| -> Result<Effects> {
-                    let mut details = vec![
-                        ("family_id", family_id.to_owned()),
-                        ("role", role.as_str().to_owned()),
-                        ("email_hint", mask(&outcome.member.email)),
-                    ];
-                    if let Some(previous) = outcome
-                        .previous
-                        .as_ref()
-                        .filter(|p| p.family_id != family_id)
-                    {
-                        details.push(("previous_family_id", previous.family_id.clone()));
-                    }
-                    let mut messages = Vec::new();
-                    let change =
-                        change_of(outcome.previous.as_ref(), family_id, &outcome.member.email);
-                    if let Some(change) = change {
-                        let notice = |to_previous_address| {
-                            Notice::FamilyMembershipChanged(notice::FamilyMembershipChanged {
-                                change,
-                                family_id: family_id.to_owned(),
-                                family_email_hint: mask(&outcome.member.email),
-                                to_previous_address,
-                                context: context(now, &client),
-                            })
-                        };
-                        if let Some(address) = &outcome.recovery_address {
-                            messages.push(message(
-                                keys,
-                                &notice(false),
-                                Some(account_id),
-                                address,
-                            )?);
+        // A change is counted before the transaction, from the membership as read then; if the
+        // transaction finds a change that read did not (a concurrent put), it rolls back and
+        // the put starts again, counted this time.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let current = self.storage.find_family_member(account_id).await?;
+            let counted = change_of(current.as_ref(), family_id, email.address()).is_some();
+            if counted {
+                self.limit(
+                    &format!("family:day:account:{account_id}"),
+                    DAY_MS,
+                    self.policy.family_changes_per_day,
+                    "family_changes_per_account",
+                    now,
+                )
+                .await?;
+            }
+            let uncounted = std::sync::atomic::AtomicBool::new(false);
+            let put = self
+                .storage
+                .put_family_member(
+                    NewFamilyMember {
+                        family_id: family_id.to_owned(),
+                        account_id: account_id.to_owned(),
+                        role,
+                        email: email.address().to_owned(),
+                    },
+                    now,
+                    |outcome| -> Result<Effects> {
+                        let mut details = vec![
+                            ("family_id", family_id.to_owned()),
+                            ("role", role.as_str().to_owned()),
+                            ("email_hint", mask(&outcome.member.email)),
+                        ];
+                        if let Some(previous) = outcome
+                            .previous
+                            .as_ref()
+                            .filter(|p| p.family_id != family_id)
+                        {
+                            details.push(("previous_family_id", previous.family_id.clone()));
                         }
-                        if let Some(previous) = outcome.previous.as_ref().filter(|p| {
-                            !same_mailbox(&p.email, &outcome.member.email)
-                                && !outcome
-                                    .recovery_address
-                                    .as_ref()
-                                    .is_some_and(|a| same_mailbox(a, &p.email))
-                        }) {
-                            messages.push(message(
-                                keys,
-                                &notice(true),
-                                Some(account_id),
-                                &previous.email,
-                            )?);
+                        let mut messages = Vec::new();
+                        let change =
+                            change_of(outcome.previous.as_ref(), family_id, &outcome.member.email);
+                        if change.is_some() && !counted {
+                            uncounted.store(true, std::sync::atomic::Ordering::Relaxed);
+                            return Err(Error::Unavailable);
                         }
-                        details.push(("change", change.as_str().to_owned()));
-                        details.push((
-                            "recovery_address_told",
-                            outcome.recovery_address.is_some().to_string(),
-                        ));
-                    }
-                    let mut events = vec![audit(
-                        account_id,
-                        AuditKind::FamilyMemberPut,
-                        now,
-                        &client,
-                        &details,
-                    )?];
-                    let ended = self.ended_effects(&outcome.ended, now)?;
-                    events.extend(ended.audit);
-                    Ok(Effects {
-                        messages,
-                        audit: events,
-                        events: ended.events,
-                    })
-                },
-            )
-            .await?;
+                        if let Some(change) = change {
+                            let notice = |to_previous_address| {
+                                Notice::FamilyMembershipChanged(notice::FamilyMembershipChanged {
+                                    change,
+                                    family_id: family_id.to_owned(),
+                                    family_email_hint: mask(&outcome.member.email),
+                                    to_previous_address,
+                                    context: context(now, &client),
+                                })
+                            };
+                            if let Some(address) = &outcome.recovery_address {
+                                messages.push(message(
+                                    keys,
+                                    &notice(false),
+                                    Some(account_id),
+                                    address,
+                                )?);
+                            }
+                            if let Some(previous) = outcome.previous.as_ref().filter(|p| {
+                                !same_address(&p.email, &outcome.member.email)
+                                    && !outcome
+                                        .recovery_address
+                                        .as_ref()
+                                        .is_some_and(|a| same_address(a, &p.email))
+                            }) {
+                                messages.push(message(
+                                    keys,
+                                    &notice(true),
+                                    Some(account_id),
+                                    &previous.email,
+                                )?);
+                            }
+                            details.push(("change", change.as_str().to_owned()));
+                            details.push((
+                                "recovery_address_told",
+                                outcome.recovery_address.is_some().to_string(),
+                            ));
+                        }
+                        let mut events = vec![audit(
+                            account_id,
+                            AuditKind::FamilyMemberPut,
+                            now,
+                            &client,
+                            &details,
+                        )?];
+                        let ended = self.ended_effects(&outcome.ended, now)?;
+                        events.extend(ended.audit);
+                        Ok(Effects {
+                            messages,
+                            audit: events,
+                            events: ended.events,
+                        })
+                    },
+                )
+                .await;
+            match put {
+                Err(_) if uncounted.load(std::sync::atomic::Ordering::Relaxed) && tries < 3 => {
+                    continue;
+                }
+                Err(_) if uncounted.load(std::sync::atomic::Ordering::Relaxed) => {
+                    return Err(Error::Unavailable);
+                }
+                other => other?,
+            };
+            break;
+        }
         self.events_written();
         self.mail_enqueued();
         tracing::info!(
@@ -288,7 +312,7 @@ fn change_of(
     match current {
         None => Some(MembershipChange::Joined),
         Some(c) if c.family_id != family_id => Some(MembershipChange::Moved),
-        Some(c) if !same_mailbox(&c.email, email) => Some(MembershipChange::AddressChanged),
+        Some(c) if !same_address(&c.email, email) => Some(MembershipChange::AddressChanged),
         Some(_) => None,
     }
 }

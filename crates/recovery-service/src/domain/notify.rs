@@ -178,11 +178,17 @@ pub fn audit(
 }
 
 /// A refusal's audit event that folds its repeats (same kind and same `on` details within an
-/// hour of the first) into one row with a `count`: a flood of one refusal on one flow cannot
-/// flood the trail.
-pub fn folding(mut event: NewAuditEvent, on: &'static [&'static str]) -> NewAuditEvent {
+/// hour of the first) into one row with a `count`, keeping the latest value of each `carry`
+/// detail as `last_<name>`: a flood of one refusal cannot flood the trail, even spread over
+/// several flows.
+pub fn folding(
+    mut event: NewAuditEvent,
+    on: &'static [&'static str],
+    carry: &'static [&'static str],
+) -> NewAuditEvent {
     event.coalesce = Some(recovery_storage::model::Coalesce {
         on,
+        carry,
         window_ms: crate::time::HOUR_MS,
         at: crate::time::rfc3339(event.occurred_at.as_ms()),
     });

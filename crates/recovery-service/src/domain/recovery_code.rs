@@ -405,10 +405,11 @@ impl Recovery {
         };
         let before = decode_page_token(page_token)?;
         let limit = u64::try_from(size).unwrap_or(50);
-        // One extra row tells whether another page follows.
-        let mut records = self
+        // One extra row tells whether another page follows. The page and the verdict on the
+        // trail come from one snapshot: the rows shown are the rows verified.
+        let (mut records, chain) = self
             .storage
-            .list_audit_events(account_id, before, limit + 1)
+            .audit_page(account_id, before, limit + 1)
             .await?;
         let mut more = records.len() as u64 > limit;
         records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
@@ -425,9 +426,6 @@ impl Recovery {
             (true, Some(last)) => encode_page_token(last.seq),
             _ => String::new(),
         };
-        // The rows this page shows, and everything appended since the last verification.
-        let shown = records.last().zip(records.first()).map(|(o, n)| (o.seq, n.seq));
-        let chain = self.storage.audit_chain_status(account_id, shown).await?;
         let events = records
             .into_iter()
             .map(|r| {
@@ -469,7 +467,10 @@ fn encoded_size(r: &recovery_storage::model::AuditRecord) -> usize {
         + r.account_id.len()
         + r.client.ip.as_ref().map_or(0, String::len)
         + r.client.user_agent.as_ref().map_or(0, String::len)
-        + r.details.iter().map(|(k, v)| k.len() + v.len() + 9).sum::<usize>();
+        + r.details
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 9)
+            .sum::<usize>();
     text + 64
 }
 

@@ -714,7 +714,11 @@ impl Recovery {
             ],
         )?;
         self.storage
-            .append_audit(super::notify::folding(event, &["flow_id", "reason"]))
+            .append_audit(super::notify::folding(
+                event,
+                &["reason", "caller"],
+                &["flow_id"],
+            ))
             .await?;
         Ok(())
     }

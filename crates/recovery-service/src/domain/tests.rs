@@ -1276,7 +1276,10 @@ async fn every_audit_page_fits_the_response_limit() {
                 details: [
                     ("reason".to_owned(), "r".repeat(256)),
                     ("code_id".to_owned(), format!("rc_{i:026}")),
-                    ("caller".to_owned(), "spiffe://example.org/ns/auth/sa/auth".into()),
+                    (
+                        "caller".to_owned(),
+                        "spiffe://example.org/ns/auth/sa/auth".into(),
+                    ),
                 ]
                 .into(),
                 coalesce: None,
@@ -1312,6 +1315,44 @@ async fn every_audit_page_fits_the_response_limit() {
     }
     assert_eq!(seen.len(), 600);
     assert!(pages > 2, "pages stop short of 500 events: {pages}");
+}
+
+/// Alternating the refused call between two flows does not defeat the fold: repeats of one
+/// refusal fold whatever the flow, keeping the latest flow as `last_flow_id`.
+#[tokio::test]
+async fn refusals_alternating_between_flows_fold_too() {
+    let h = harness(Policy {
+        lockout_threshold: 2,
+        ..Policy::default()
+    })
+    .await;
+    let code = h.enroll("acct", "acct@example.com").await;
+    let a = h.verified_flow("acct@example.com").await;
+    let b = h.verified_flow("acct@example.com").await;
+    let wrong = wrong_code(&code);
+    for _ in 0..2 {
+        let _ = h.recovery.recover_account(&a, &wrong).await;
+    }
+    let rows = h.audit_rows("acct").await;
+    for i in 0..40 {
+        let flow = if i % 2 == 0 { &a } else { &b };
+        assert!(matches!(
+            h.recovery.recover_account(flow, &code).await.unwrap_err(),
+            Error::RecoveryLocked { .. }
+        ));
+    }
+    assert!(h.audit_rows("acct").await <= rows + 1);
+    let page = h.recovery.list_audit_events("acct", 0, "").await.unwrap();
+    assert!(page.chain_valid);
+    let refused = &page.events[0];
+    assert_eq!(refused.kind, AuditKind::SubmissionRefused);
+    assert_eq!(refused.details["reason"], "RECOVERY_LOCKED");
+    assert_eq!(refused.details["last_flow_id"], b);
+    let count: u32 = refused
+        .details
+        .get("count")
+        .map_or(1, |c| c.parse().unwrap());
+    assert!(count >= 40, "{count}");
 }
 
 /// A flood of one refusal on one flow folds into one audit row with the right count (a new

@@ -12,8 +12,9 @@
 use std::collections::BTreeMap;
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait as _, ConnectionTrait, EntityTrait as _, QueryFilter as _,
-    QueryOrder as _, QuerySelect as _, TransactionTrait as _,
+    ActiveValue::Set,
+    ColumnTrait as _, ConnectionTrait, EntityTrait as _, QueryFilter as _, QueryOrder as _,
+    QuerySelect as _, TransactionTrait as _,
     sea_query::{Expr, OnConflict},
 };
 
@@ -74,15 +75,36 @@ impl Storage {
         } else {
             None
         };
+        let anchored = match (chained, self.audit_chain()) {
+            (true, Some(_)) => {
+                audit_head::Entity::find_by_id(e.account_id.clone())
+                    .one(txn)
+                    .await?
+            }
+            _ => None,
+        };
         if let Some(head) = head.as_ref().filter(|head| folds_into(&e, head)) {
-            return self.fold_into(txn, &e, head).await;
+            // Only into a head that is intact: the one the anchor names, its link right over
+            // its content. Folding into an edited row would sign the edit.
+            let previous = self.link_before(txn, head).await?;
+            if self.intact(head, anchored.as_ref(), &previous) {
+                return self.fold_into(txn, &e, head, &previous).await;
+            }
         }
+        // After the row the anchor names when that row is gone (the newest rows were cut): the
+        // new row then does not follow what is left, and the cut stays visible.
+        let previous = match (&anchored, &head) {
+            (Some(a), Some(h)) if h.seq >= a.head_seq => h.chain_hash.clone(),
+            (Some(a), _) => Some(a.head_link.clone()),
+            (None, Some(h)) => h.chain_hash.clone(),
+            (None, None) => None,
+        };
         let details = serde_json::to_string(&e.details)
             .map_err(|err| StorageError::Other(format!("audit details: {err}")))?;
         let keys = self.audit_chain();
         let link = match keys {
             Some(keys) => {
-                let previous = head.and_then(|row| row.chain_hash).unwrap_or_default();
+                let previous = previous.unwrap_or_default();
                 let event = crate::chain::canonical(
                     &e.event_id,
                     &e.account_id,
@@ -117,14 +139,62 @@ impl Storage {
         Ok(())
     }
 
-    /// Folds a repeat into the account's newest row: `count` up, `last_at` moved, the row's
-    /// link made again over its new content (it is the head: no link follows it yet), and the
+    /// The link of the row before `row` in its account's chain (empty for the first).
+    async fn link_before<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        row: &audit_event::Model,
+    ) -> Result<String, StorageError> {
+        Ok(audit_event::Entity::find()
+            .filter(A::AccountId.eq(row.account_id.as_str()))
+            .filter(A::Seq.lt(row.seq))
+            .order_by_desc(A::Seq)
+            .one(txn)
+            .await?
+            .and_then(|row| row.chain_hash)
+            .unwrap_or_default())
+    }
+
+    /// Whether the newest row is as it was written: its link right after `previous`, and the
+    /// anchor naming it (a trail from before anchors has none). Without chain keys, yes.
+    fn intact(
+        &self,
+        head: &audit_event::Model,
+        anchor: Option<&audit_head::Model>,
+        previous: &str,
+    ) -> bool {
+        let Some(keys) = self.audit_chain() else {
+            return true;
+        };
+        let (Some(key_id), Some(link)) = (&head.chain_key_id, &head.chain_hash) else {
+            return false;
+        };
+        let event = crate::chain::canonical(
+            &head.event_id,
+            &head.account_id,
+            &head.kind,
+            head.occurred_at,
+            head.client_ip.as_deref(),
+            head.client_user_agent.as_deref(),
+            &head.details,
+        );
+        let anchored = anchor.is_none_or(|a| a.head_seq == head.seq && a.head_link == *link);
+        anchored
+            && keys
+                .link(key_id, previous, &event)
+                .is_some_and(|expected| expected == *link)
+    }
+
+    /// Folds a repeat into the account's newest row (checked intact): `count` up, `last_at`
+    /// moved, the latest values of the `carry` details kept as `last_<name>`, the row's link
+    /// made again over its new content (it is the head: no link follows it yet), and the
     /// anchor (and a checkpoint at that row) moved with it.
     async fn fold_into<C: ConnectionTrait>(
         &self,
         txn: &C,
         repeat: &NewAuditEvent,
         head: &audit_event::Model,
+        previous: &str,
     ) -> Result<(), StorageError> {
         let mut details: BTreeMap<String, String> = serde_json::from_str(&head.details)
             .map_err(|err| StorageError::Other(format!("audit details: {err}")))?;
@@ -135,19 +205,16 @@ impl Storage {
         details.insert(COUNT.to_owned(), (count + 1).to_string());
         if let Some(coalesce) = &repeat.coalesce {
             details.insert(LAST_AT.to_owned(), coalesce.at.clone());
+            for name in coalesce.carry {
+                if let Some(value) = repeat.details.get(*name) {
+                    details.insert(format!("last_{name}"), value.clone());
+                }
+            }
         }
         let details = serde_json::to_string(&details)
             .map_err(|err| StorageError::Other(format!("audit details: {err}")))?;
         let mut link = None;
         if let Some(keys) = self.audit_chain() {
-            let previous = audit_event::Entity::find()
-                .filter(A::AccountId.eq(head.account_id.as_str()))
-                .filter(A::Seq.lt(head.seq))
-                .order_by_desc(A::Seq)
-                .one(txn)
-                .await?
-                .and_then(|row| row.chain_hash)
-                .unwrap_or_default();
             let event = crate::chain::canonical(
                 &head.event_id,
                 &head.account_id,
@@ -157,7 +224,7 @@ impl Storage {
                 head.client_user_agent.as_deref(),
                 &details,
             );
-            link = Some(current_link(keys, &previous, &event)?);
+            link = Some(current_link(keys, previous, &event)?);
         }
         audit_event::Entity::update_many()
             .col_expr(A::Details, Expr::value(details))
@@ -194,8 +261,77 @@ impl Storage {
         let Some(keys) = self.audit_chain() else {
             return Ok(ChainStatus::VALID);
         };
-        // One snapshot: an append or a fold between two reads is not a cut.
-        let txn = match self.backend() {
+        let txn = self.snapshot().await?;
+        let (verdict, checkpoint) = verify(&txn, keys, account_id, shown).await?;
+        txn.commit().await?;
+        self.checkpoint_best_effort(keys, account_id, checkpoint)
+            .await;
+        Ok(verdict)
+    }
+
+    /// Moves the checkpoint, best effort: a verification that succeeded stands even if its
+    /// checkpoint cannot be written now (the next one walks a little further).
+    async fn checkpoint_best_effort(
+        &self,
+        keys: &dyn AuditChainKeys,
+        account_id: &str,
+        checkpoint: Option<Checkpoint>,
+    ) {
+        let Some(checkpoint) = checkpoint else {
+            return;
+        };
+        if let Err(err) = self.move_checkpoint(keys, account_id, checkpoint).await {
+            tracing::warn!(error = %err, "the audit checkpoint could not be moved");
+        }
+    }
+
+    /// Anchors a trail from before anchors, and moves the checkpoint forward to the row that
+    /// was verified. A fold may since have changed that row's link: the next verification then
+    /// finds the checkpoint stale and walks from the start, so a stale one costs time only.
+    async fn move_checkpoint(
+        &self,
+        keys: &dyn AuditChainKeys,
+        account_id: &str,
+        Checkpoint { seq, link, anchor }: Checkpoint,
+    ) -> Result<(), StorageError> {
+        if anchor {
+            let (key_id, mac) = head_mac(keys, "audit-head/v1", account_id, seq, &link)?;
+            audit_head::Entity::insert(audit_head::ActiveModel {
+                account_id: Set(account_id.to_owned()),
+                head_seq: Set(seq),
+                head_link: Set(link.clone()),
+                key_id: Set(key_id),
+                mac: Set(mac),
+                verified_seq: Set(None),
+                verified_link: Set(None),
+                verified_key_id: Set(None),
+                verified_mac: Set(None),
+            })
+            .on_conflict_do_nothing()
+            .exec(self.db())
+            .await?;
+        }
+        let (key_id, mac) = head_mac(keys, "audit-checkpoint/v1", account_id, seq, &link)?;
+        audit_head::Entity::update_many()
+            .col_expr(H::VerifiedSeq, Expr::value(seq))
+            .col_expr(H::VerifiedLink, Expr::value(link))
+            .col_expr(H::VerifiedKeyId, Expr::value(key_id))
+            .col_expr(H::VerifiedMac, Expr::value(mac))
+            .filter(H::AccountId.eq(account_id))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(H::VerifiedSeq.is_null())
+                    .add(H::VerifiedSeq.lte(seq)),
+            )
+            .exec(self.db())
+            .await?;
+        Ok(())
+    }
+
+    /// One read-only snapshot (repeatable read on PostgreSQL): an append or a fold between
+    /// two of its reads is not taken for a cut, and the rows a page shows are the rows verified.
+    async fn snapshot(&self) -> Result<sea_orm::DatabaseTransaction, StorageError> {
+        Ok(match self.backend() {
             crate::Backend::Postgres => {
                 self.reader()
                     .begin_with_config(
@@ -205,41 +341,35 @@ impl Storage {
                     .await?
             }
             crate::Backend::Sqlite => self.reader().begin().await?,
-        };
-        let (verdict, checkpoint) = verify(&txn, keys, account_id, shown).await?;
-        txn.commit().await?;
-        if let Some(Checkpoint { seq, link, anchor }) = checkpoint {
-            if anchor {
-                let (key_id, mac) = head_mac(keys, "audit-head/v1", account_id, seq, &link)?;
-                audit_head::Entity::insert(audit_head::ActiveModel {
-                    account_id: Set(account_id.to_owned()),
-                    head_seq: Set(seq),
-                    head_link: Set(link.clone()),
-                    key_id: Set(key_id),
-                    mac: Set(mac),
-                    verified_seq: Set(None),
-                    verified_link: Set(None),
-                    verified_key_id: Set(None),
-                    verified_mac: Set(None),
-                })
-                .on_conflict_do_nothing()
-                .exec(self.db())
-                .await?;
+        })
+    }
+
+    /// A page of the trail (as [`Storage::list_audit_events`]) and the verdict on the trail
+    /// over exactly those rows (as [`Storage::audit_chain_status`]), read in one snapshot.
+    #[tracing::instrument(name = "db.audit_page", skip_all)]
+    pub async fn audit_page(
+        &self,
+        account_id: &str,
+        before_seq: Option<i64>,
+        limit: u64,
+    ) -> Result<(Vec<AuditRecord>, ChainStatus), StorageError> {
+        let txn = self.snapshot().await?;
+        let rows = list_rows(&txn, account_id, before_seq, limit).await?;
+        let verdict = match self.audit_chain() {
+            Some(keys) => {
+                let shown = rows.last().zip(rows.first()).map(|(o, n)| (o.seq, n.seq));
+                let (verdict, checkpoint) = verify(&txn, keys, account_id, shown).await?;
+                txn.commit().await?;
+                self.checkpoint_best_effort(keys, account_id, checkpoint)
+                    .await;
+                verdict
             }
-            // Only while the anchor still names the row that was verified.
-            let (key_id, mac) = head_mac(keys, "audit-checkpoint/v1", account_id, seq, &link)?;
-            audit_head::Entity::update_many()
-                .col_expr(H::VerifiedSeq, Expr::value(seq))
-                .col_expr(H::VerifiedLink, Expr::value(link.clone()))
-                .col_expr(H::VerifiedKeyId, Expr::value(key_id))
-                .col_expr(H::VerifiedMac, Expr::value(mac))
-                .filter(H::AccountId.eq(account_id))
-                .filter(H::HeadSeq.eq(seq))
-                .filter(H::HeadLink.eq(link.as_str()))
-                .exec(self.db())
-                .await?;
-        }
-        Ok(verdict)
+            None => {
+                txn.commit().await?;
+                ChainStatus::VALID
+            }
+        };
+        Ok((rows, verdict))
     }
 
     /// Up to `limit` of the account's events older than `before_seq` (all when `None`),
@@ -251,35 +381,41 @@ impl Storage {
         before_seq: Option<i64>,
         limit: u64,
     ) -> Result<Vec<AuditRecord>, StorageError> {
-        let mut query = audit_event::Entity::find().filter(A::AccountId.eq(account_id));
-        if let Some(seq) = before_seq {
-            query = query.filter(A::Seq.lt(seq));
-        }
-        let rows = query
-            .order_by_desc(A::Seq)
-            .limit(limit)
-            .all(self.reader())
-            .await?;
-        rows.into_iter()
-            .map(|row| {
-                let details = serde_json::from_str(&row.details).map_err(|e| {
-                    StorageError::Other(format!("audit details of {}: {e}", row.event_id))
-                })?;
-                Ok(AuditRecord {
-                    seq: row.seq,
-                    event_id: row.event_id,
-                    account_id: row.account_id,
-                    kind: row.kind,
-                    occurred_at: crate::model::Timestamp::from_ms(row.occurred_at),
-                    client: ClientInfo {
-                        ip: row.client_ip,
-                        user_agent: row.client_user_agent,
-                    },
-                    details,
-                })
-            })
-            .collect()
+        list_rows(self.reader(), account_id, before_seq, limit).await
     }
+}
+
+/// Up to `limit` of the account's events older than `before_seq`, newest first.
+async fn list_rows<C: ConnectionTrait>(
+    db: &C,
+    account_id: &str,
+    before_seq: Option<i64>,
+    limit: u64,
+) -> Result<Vec<AuditRecord>, StorageError> {
+    let mut query = audit_event::Entity::find().filter(A::AccountId.eq(account_id));
+    if let Some(seq) = before_seq {
+        query = query.filter(A::Seq.lt(seq));
+    }
+    let rows = query.order_by_desc(A::Seq).limit(limit).all(db).await?;
+    rows.into_iter()
+        .map(|row| {
+            let details = serde_json::from_str(&row.details).map_err(|e| {
+                StorageError::Other(format!("audit details of {}: {e}", row.event_id))
+            })?;
+            Ok(AuditRecord {
+                seq: row.seq,
+                event_id: row.event_id,
+                account_id: row.account_id,
+                kind: row.kind,
+                occurred_at: crate::model::Timestamp::from_ms(row.occurred_at),
+                client: ClientInfo {
+                    ip: row.client_ip,
+                    user_agent: row.client_user_agent,
+                },
+                details,
+            })
+        })
+        .collect()
 }
 
 /// The link of `event` after `previous` under the current key, with that key's id.
@@ -289,9 +425,9 @@ fn current_link(
     event: &[u8],
 ) -> Result<(String, String), StorageError> {
     let key_id = keys.current_key_id();
-    let link = keys
-        .link(&key_id, previous, event)
-        .ok_or_else(|| StorageError::Other("the current audit chain key is not configured".into()))?;
+    let link = keys.link(&key_id, previous, event).ok_or_else(|| {
+        StorageError::Other("the current audit chain key is not configured".into())
+    })?;
     Ok((key_id, link))
 }
 
@@ -404,14 +540,26 @@ async fn verify<C: ConnectionTrait>(
                 &h.key_id,
                 &h.mac,
             );
-            // The anchor names the newest row, as it is.
-            if !anchored || h.head_seq != newest.seq {
+            // The row the anchor names is there, as it was. (Rows after it, which a replica of
+            // the release before anchors may have written, are verified by the walk below.)
+            let named = if h.head_seq == newest.seq {
+                Some(newest.clone())
+            } else {
+                audit_event::Entity::find_by_id(h.head_seq).one(db).await?
+            };
+            let there = named.is_some_and(|row| {
+                row.account_id == account_id
+                    && row.chain_hash.as_deref() == Some(h.head_link.as_str())
+            });
+            if !anchored || !there || newest.seq < h.head_seq {
                 return Ok((ChainStatus::broken(true, Some(newest.event_id)), None));
             }
-            if newest.chain_hash.as_deref() != Some(h.head_link.as_str()) {
-                return Ok((ChainStatus::broken(true, Some(newest.event_id)), None));
-            }
-            match (&h.verified_seq, &h.verified_link, &h.verified_key_id, &h.verified_mac) {
+            match (
+                &h.verified_seq,
+                &h.verified_link,
+                &h.verified_key_id,
+                &h.verified_mac,
+            ) {
                 (Some(seq), Some(link), Some(key_id), Some(mac))
                     if head_mac_ok(
                         keys,
@@ -479,15 +627,23 @@ async fn verify<C: ConnectionTrait>(
                 linked: false,
             },
         };
-        if let Some(broken) =
-            verify_after(db, keys, account_id, &start, Some(newest_shown), legacy_max_seq).await?
+        if let Some(broken) = verify_after(
+            db,
+            keys,
+            account_id,
+            &start,
+            Some(newest_shown),
+            legacy_max_seq,
+        )
+        .await?
         {
             return Ok((ChainStatus::broken(true, Some(broken)), None));
         }
     }
+    // Unless the walk started at the newest row already (a stale checkpoint is replaced too).
     let moved = newest
         .chain_hash
-        .filter(|_| checkpoint.as_ref().is_none_or(|(seq, _)| *seq != newest.seq))
+        .filter(|link| !(from.after_seq == newest.seq && from.previous == *link))
         .map(|link| Checkpoint {
             seq: newest.seq,
             link,
@@ -600,8 +756,9 @@ fn folds_into(e: &NewAuditEvent, head: &audit_event::Model) -> bool {
     let Ok(stored) = serde_json::from_str::<BTreeMap<String, String>>(&head.details) else {
         return false;
     };
-    coalesce
-        .on
-        .iter()
-        .all(|name| stored.get(*name).is_some_and(|v| Some(v) == e.details.get(*name)))
+    coalesce.on.iter().all(|name| {
+        stored
+            .get(*name)
+            .is_some_and(|v| Some(v) == e.details.get(*name))
+    })
 }

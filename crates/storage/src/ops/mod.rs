@@ -15,9 +15,7 @@ mod recovery_code;
 mod recovery_flow;
 mod zero_knowledge;
 
-use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, DbBackend, EntityTrait as _, Statement, Value,
-};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DbBackend, EntityTrait as _, Statement, Value};
 
 use crate::{
     StorageError,

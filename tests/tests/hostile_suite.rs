@@ -667,6 +667,73 @@ fn hostile_message(rpc: Rpc, rng: &mut Rng, strings: &[String]) -> Vec<u8> {
             }
             .encode_to_vec()
         }
+        Rpc::PutFamilyMember => {
+            let (family_id, account_id, email) = (s(), s(), s());
+            let role = *rng.pick(&[0, 1, 2, 3, -1, i32::MAX]);
+            api::PutFamilyMemberRequest {
+                family_id,
+                account_id,
+                role,
+                email,
+            }
+            .encode_to_vec()
+        }
+        Rpc::RemoveFamilyMember => api::RemoveFamilyMemberRequest {
+            family_id: s(),
+            account_id: s(),
+        }
+        .encode_to_vec(),
+        Rpc::GetFamilyRecoveryStatus => {
+            api::GetFamilyRecoveryStatusRequest { family_id: s() }.encode_to_vec()
+        }
+        Rpc::BeginAssistedRecovery => api::BeginAssistedRecoveryRequest {
+            family_id: s(),
+            organizer_account_id: s(),
+            member_account_id: s(),
+            client: Some(ClientContext {
+                ip_address: s(),
+                user_agent: s(),
+            }),
+        }
+        .encode_to_vec(),
+        Rpc::VerifyAssistedRecovery => api::VerifyAssistedRecoveryRequest {
+            assisted_flow_id: s(),
+            email_code: s(),
+        }
+        .encode_to_vec(),
+        Rpc::CompleteAssistedRecovery => api::CompleteAssistedRecoveryRequest {
+            assisted_flow_id: s(),
+            organizer_account_id: s(),
+        }
+        .encode_to_vec(),
+        Rpc::CancelAssistedRecovery => api::CancelAssistedRecoveryRequest {
+            assisted_flow_id: s(),
+            account_id: s(),
+        }
+        .encode_to_vec(),
+        Rpc::StartZeroKnowledgeEnrollment => api::StartZeroKnowledgeEnrollmentRequest {
+            account_id: s(),
+            registration_request: s().into_bytes(),
+        }
+        .encode_to_vec(),
+        Rpc::FinishZeroKnowledgeEnrollment => api::FinishZeroKnowledgeEnrollmentRequest {
+            enrollment_id: s(),
+            account_id: s(),
+            email: s(),
+            registration_record: s().into_bytes(),
+            sealed_keyset: s().into_bytes(),
+        }
+        .encode_to_vec(),
+        Rpc::StartZeroKnowledgeRecovery => api::StartZeroKnowledgeRecoveryRequest {
+            flow_id: s(),
+            credential_request: s().into_bytes(),
+        }
+        .encode_to_vec(),
+        Rpc::FinishZeroKnowledgeRecovery => api::FinishZeroKnowledgeRecoveryRequest {
+            flow_id: s(),
+            credential_finalization: s().into_bytes(),
+        }
+        .encode_to_vec(),
     }
 }
 

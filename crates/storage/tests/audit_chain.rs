@@ -333,14 +333,32 @@ async fn cutting_the_newest_rows_breaks_the_trail(db: &TestDb) {
     db.execute("DELETE FROM {schema}.audit_events WHERE account_id = 'acct'")
         .await;
     assert!(!chain_of(&s, "acct").await.valid, "every row deleted");
-    // Deleting the anchor too does not make a trail from after anchors look older.
+    // Rows written after the wipe follow the anchored row that is gone: still broken, at the
+    // first of them.
     let ids = five(&s).await;
-    db.execute("DELETE FROM {schema}.audit_heads WHERE account_id = 'acct'")
-        .await;
     let status = chain_of(&s, "acct").await;
     assert_eq!(
         status.first_broken_event_id.as_deref(),
-        Some(ids[4].as_str())
+        Some(ids[0].as_str())
+    );
+    // Deleting the anchor of an intact trail does not make a trail from after anchors look
+    // older: the newest row is named.
+    let other = {
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let e = event("acct3", "CODE_CREATED", T0 + i * MIN, &[]);
+            ids.push(e.event_id.clone());
+            s.append_audit(e).await.unwrap();
+        }
+        ids
+    };
+    assert!(chain_of(&s, "acct3").await.valid);
+    db.execute("DELETE FROM {schema}.audit_heads WHERE account_id = 'acct3'")
+        .await;
+    let status = chain_of(&s, "acct3").await;
+    assert_eq!(
+        status.first_broken_event_id.as_deref(),
+        Some(other[2].as_str())
     );
     // A forged anchor (no key) is no anchor.
     let _ = five(&s).await;

@@ -529,6 +529,7 @@ async fn verify<C: ConnectionTrait>(
     let head = audit_head::Entity::find_by_id(account_id.to_owned())
         .one(db)
         .await?;
+    let mut cut = false;
     let checkpoint = match &head {
         Some(h) => {
             let anchored = head_mac_ok(
@@ -552,33 +553,38 @@ async fn verify<C: ConnectionTrait>(
                     && row.chain_hash.as_deref() == Some(h.head_link.as_str())
             });
             if !anchored || !there || newest.seq < h.head_seq {
-                return Ok((ChainStatus::broken(true, Some(newest.event_id)), None));
-            }
-            match (
-                &h.verified_seq,
-                &h.verified_link,
-                &h.verified_key_id,
-                &h.verified_mac,
-            ) {
-                (Some(seq), Some(link), Some(key_id), Some(mac))
-                    if head_mac_ok(
-                        keys,
-                        "audit-checkpoint/v1",
-                        account_id,
-                        *seq,
-                        link,
-                        key_id,
-                        mac,
-                    ) =>
-                {
-                    Some((*seq, link.clone()))
+                // Cut: walk the whole trail to name the first row that does not verify, if
+                // one does not; else the newest that is left.
+                cut = true;
+                None
+            } else {
+                match (
+                    &h.verified_seq,
+                    &h.verified_link,
+                    &h.verified_key_id,
+                    &h.verified_mac,
+                ) {
+                    (Some(seq), Some(link), Some(key_id), Some(mac))
+                        if head_mac_ok(
+                            keys,
+                            "audit-checkpoint/v1",
+                            account_id,
+                            *seq,
+                            link,
+                            key_id,
+                            mac,
+                        ) =>
+                    {
+                        Some((*seq, link.clone()))
+                    }
+                    _ => None,
                 }
-                _ => None,
             }
         }
         // A trail with a row from after anchors began has lost its anchor.
         None if newest.seq > anchored_from_seq => {
-            return Ok((ChainStatus::broken(true, Some(newest.event_id)), None));
+            cut = true;
+            None
         }
         None => None,
     };
@@ -639,6 +645,9 @@ async fn verify<C: ConnectionTrait>(
         {
             return Ok((ChainStatus::broken(true, Some(broken)), None));
         }
+    }
+    if cut {
+        return Ok((ChainStatus::broken(true, Some(newest.event_id)), None));
     }
     // Unless the walk started at the newest row already (a stale checkpoint is replaced too).
     let moved = newest

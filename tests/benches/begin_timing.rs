@@ -48,7 +48,7 @@ async fn run(label: &str, database_url: Option<String>) {
         .env("RECOVERY_STARTS_PER_EMAIL_PER_HOUR", "1000000")
         .env("RECOVERY_STARTS_PER_IP_PER_HOUR", "1000000")
         .env("RECOVERY_STARTS_PER_IP_PER_MINUTE", "1000000")
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn,recovery_service::server=info");
     if let Some(url) = database_url {
         options = options.env("RECOVERY_DATABASE_URL", url);
     }
@@ -94,7 +94,7 @@ async fn run(label: &str, database_url: Option<String>) {
         let email = if is_known {
             format!("rec{}@example.com", i % ACCOUNTS)
         } else {
-            format!("ghost{i}@example.com")
+            format!("ghost{}@example.com", i % ACCOUNTS)
         };
         let t = Instant::now();
         c.begin_recovery(begin(email, i)).await.unwrap();

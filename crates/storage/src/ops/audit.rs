@@ -65,7 +65,18 @@ impl Storage {
         txn: &C,
         e: NewAuditEvent,
     ) -> Result<(), StorageError> {
+        // An event under no account (a request for an unknown address) goes through the same
+        // statements as a known account's, for equal work and timing: its head query finds
+        // nothing (it is linked on its own), and its anchor, never read back, is one of 256
+        // rows picked by the typed address's keyed hash, so that it is updated as an
+        // account's is, not inserted anew for every address.
         let chained = !e.account_id.is_empty();
+        let anchor_key = if chained {
+            e.account_id.clone()
+        } else {
+            let key = e.serialize_on.as_deref().unwrap_or(&e.event_id);
+            format!("~{}", key.get(..2).unwrap_or(key))
+        };
         let head = if chained {
             audit_event::Entity::find()
                 .filter(A::AccountId.eq(e.account_id.as_str()))
@@ -73,15 +84,20 @@ impl Storage {
                 .one(txn)
                 .await?
         } else {
-            None
+            // By the event's own (unique, not yet written) id alone: one probe of the unique
+            // index, as the account's newest row is one probe, however many such events there
+            // are (with the empty account id beside it, PostgreSQL walked every one of them).
+            audit_event::Entity::find()
+                .filter(A::EventId.eq(e.event_id.as_str()))
+                .one(txn)
+                .await?
         };
-        let anchored = match (chained, self.audit_chain()) {
-            (true, Some(_)) => {
-                audit_head::Entity::find_by_id(e.account_id.clone())
-                    .one(txn)
-                    .await?
-            }
-            _ => None,
+        let anchored = match self.audit_chain() {
+            Some(_) => audit_head::Entity::find_by_id(anchor_key.clone())
+                .one(txn)
+                .await?
+                .filter(|_| chained),
+            None => None,
         };
         if let Some(head) = head.as_ref().filter(|head| folds_into(&e, head)) {
             // Only into a head that is intact: the one the anchor names, its link right over
@@ -118,7 +134,6 @@ impl Storage {
             }
             None => None,
         };
-        let account_id = e.account_id.clone();
         let inserted = audit_event::Entity::insert(audit_event::ActiveModel {
             event_id: Set(e.event_id),
             account_id: Set(e.account_id),
@@ -133,8 +148,8 @@ impl Storage {
         })
         .exec(txn)
         .await?;
-        if let (Some(keys), Some((_, link)), true) = (keys, link, chained) {
-            anchor(txn, keys, &account_id, inserted.last_insert_id, &link, None).await?;
+        if let (Some(keys), Some((_, link))) = (keys, link) {
+            anchor(txn, keys, &anchor_key, inserted.last_insert_id, &link, None).await?;
         }
         Ok(())
     }

@@ -24,7 +24,7 @@ from common import (
 
 READY_SERVICE = "identity.recovery.v1.RecoveryService"
 # Measured (README / the issue): idle RSS and the argon2 block buffer each hashing thread holds.
-IDLE_RSS_MIB = 15.6
+IDLE_RSS_MIB = 19.0
 # Secrets, by the setting that names their file. TLS settings are paths by definition.
 SECRET_FILE_SETTINGS = {
     "RECOVERY_DATABASE_URL_FILE",

@@ -24,6 +24,7 @@ bench:
 	cargo bench -p recovery-e2e --bench startup
 	cargo bench -p recovery-e2e --bench flows
 	cargo bench -p recovery-e2e --bench begin_timing
+	cargo bench -p recovery-e2e --bench abuse
 	cargo bench -p recovery-e2e --bench mail
 	cargo bench -p recovery-e2e --bench telemetry
 	cargo bench -p recovery-e2e --bench events

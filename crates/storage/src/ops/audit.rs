@@ -310,21 +310,10 @@ impl Storage {
         Checkpoint { seq, link, anchor }: Checkpoint,
     ) -> Result<(), StorageError> {
         if anchor {
-            let (key_id, mac) = head_mac(keys, "audit-head/v1", account_id, seq, &link)?;
-            audit_head::Entity::insert(audit_head::ActiveModel {
-                account_id: Set(account_id.to_owned()),
-                head_seq: Set(seq),
-                head_link: Set(link.clone()),
-                key_id: Set(key_id),
-                mac: Set(mac),
-                verified_seq: Set(None),
-                verified_link: Set(None),
-                verified_key_id: Set(None),
-                verified_mac: Set(None),
-            })
-            .on_conflict_do_nothing()
-            .exec(self.db())
-            .await?;
+            audit_head::Entity::insert(new_anchor(keys, account_id, seq, &link)?)
+                .on_conflict_do_nothing()
+                .exec(self.db())
+                .await?;
         }
         let (key_id, mac) = head_mac(keys, "audit-checkpoint/v1", account_id, seq, &link)?;
         audit_head::Entity::update_many()
@@ -476,18 +465,15 @@ fn head_mac_ok(
         .is_some_and(|expected| expected == mac)
 }
 
-/// Moves the account's anchor to row `seq` with `link`; a checkpoint at `checkpoint_at` (a
-/// folded row whose link changed) moves with it.
-async fn anchor<C: ConnectionTrait>(
-    txn: &C,
+/// A new anchor naming row `seq` with `link`, under its MAC, without a checkpoint.
+fn new_anchor(
     keys: &dyn AuditChainKeys,
     account_id: &str,
     seq: i64,
     link: &str,
-    checkpoint_at: Option<i64>,
-) -> Result<(), StorageError> {
+) -> Result<audit_head::ActiveModel, StorageError> {
     let (key_id, mac) = head_mac(keys, "audit-head/v1", account_id, seq, link)?;
-    audit_head::Entity::insert(audit_head::ActiveModel {
+    Ok(audit_head::ActiveModel {
         account_id: Set(account_id.to_owned()),
         head_seq: Set(seq),
         head_link: Set(link.to_owned()),
@@ -498,13 +484,26 @@ async fn anchor<C: ConnectionTrait>(
         verified_key_id: Set(None),
         verified_mac: Set(None),
     })
-    .on_conflict(
-        OnConflict::column(H::AccountId)
-            .update_columns([H::HeadSeq, H::HeadLink, H::KeyId, H::Mac])
-            .to_owned(),
-    )
-    .exec(txn)
-    .await?;
+}
+
+/// Moves the account's anchor to row `seq` with `link`; a checkpoint at `checkpoint_at` (a
+/// folded row whose link changed) moves with it.
+async fn anchor<C: ConnectionTrait>(
+    txn: &C,
+    keys: &dyn AuditChainKeys,
+    account_id: &str,
+    seq: i64,
+    link: &str,
+    checkpoint_at: Option<i64>,
+) -> Result<(), StorageError> {
+    audit_head::Entity::insert(new_anchor(keys, account_id, seq, link)?)
+        .on_conflict(
+            OnConflict::column(H::AccountId)
+                .update_columns([H::HeadSeq, H::HeadLink, H::KeyId, H::Mac])
+                .to_owned(),
+        )
+        .exec(txn)
+        .await?;
     if let Some(at) = checkpoint_at {
         let (key_id, mac) = head_mac(keys, "audit-checkpoint/v1", account_id, at, link)?;
         audit_head::Entity::update_many()

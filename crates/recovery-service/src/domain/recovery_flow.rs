@@ -827,22 +827,19 @@ impl Recovery {
         if !valid_flow_id(flow_id) {
             return Err(Error::FlowNotFound);
         }
-        let flow = self
+        // One statement, for flows of known and unknown addresses alike.
+        let (flow, current) = self
             .storage
-            .find_flow(flow_id)
+            .find_flow_with_enrollment(flow_id)
             .await?
             .ok_or(Error::FlowNotFound)?;
         if flow.completed_at.is_some() {
             return Err(Error::FlowCompleted);
         }
-        // The same lookup for flows of unknown emails (under no account), so that both take
-        // the same work.
-        let (account_id, generation) = flow.target.clone().unwrap_or_default();
-        let current = self.storage.find_enrollment(&account_id).await?;
-        let target = match flow.target {
-            Some(_) => Some(
+        let target = match &flow.target {
+            Some((_, generation)) => Some(
                 current
-                    .filter(|e| e.generation == generation && e.code.is_some())
+                    .filter(|e| e.generation == *generation && e.code.is_some())
                     .ok_or(Error::FlowCompleted)?,
             ),
             None => None,

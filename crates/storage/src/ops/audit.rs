@@ -66,10 +66,9 @@ impl Storage {
         e: NewAuditEvent,
     ) -> Result<(), StorageError> {
         // An event under no account (a request for an unknown address) goes through the same
-        // statements as a known account's, for equal work and timing: its head query finds
-        // nothing (it is linked on its own), and its anchor, never read back, is one of 256
-        // rows picked by the typed address's keyed hash, so that it is updated as an
-        // account's is, not inserted anew for every address.
+        // statements as a known account's, for equal work and timing: its anchor, never read
+        // back, is one of 256 rows picked by the typed address's keyed hash, read and updated
+        // as an account's is, not inserted anew for every address.
         let chained = !e.account_id.is_empty();
         let anchor_key = if chained {
             e.account_id.clone()
@@ -77,27 +76,25 @@ impl Storage {
             let key = e.serialize_on.as_deref().unwrap_or(&e.event_id);
             format!("~{}", key.get(..2).unwrap_or(key))
         };
-        let head = if chained {
-            audit_event::Entity::find()
-                .filter(A::AccountId.eq(e.account_id.as_str()))
-                .order_by_desc(A::Seq)
-                .one(txn)
-                .await?
-        } else {
-            // By the event's own (unique, not yet written) id alone: one probe of the unique
-            // index, as the account's newest row is one probe, however many such events there
-            // are (with the empty account id beside it, PostgreSQL walked every one of them).
-            audit_event::Entity::find()
-                .filter(A::EventId.eq(e.event_id.as_str()))
-                .one(txn)
-                .await?
-        };
         let anchored = match self.audit_chain() {
             Some(_) => audit_head::Entity::find_by_id(anchor_key.clone())
                 .one(txn)
                 .await?
                 .filter(|_| chained),
             None => None,
+        };
+        // The newest row is read only when it is needed: to fold a repeat into, or to link
+        // after when no anchor names it (no chain keys, or a trail from before anchors). An
+        // anchor is moved by every append, so otherwise its link is the newest row's. An event
+        // under no account links on its own and reads nothing more.
+        let head = if chained && (e.coalesce.is_some() || anchored.is_none()) {
+            audit_event::Entity::find()
+                .filter(A::AccountId.eq(e.account_id.as_str()))
+                .order_by_desc(A::Seq)
+                .one(txn)
+                .await?
+        } else {
+            None
         };
         if let Some(head) = head.as_ref().filter(|head| folds_into(&e, head)) {
             // Only into a head that is intact: the one the anchor names, its link right over

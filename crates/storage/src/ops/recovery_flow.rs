@@ -3,7 +3,7 @@
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _, QuerySelect as _,
-    TransactionTrait as _,
+    QueryTrait as _, TransactionTrait as _,
     sea_query::{Expr, ExprTrait as _},
 };
 
@@ -67,6 +67,32 @@ impl Storage {
                 .await?
                 .map(to_flow),
         )
+    }
+
+    /// The flow with this id and, in the same statement, the enrollment of its account (live
+    /// or revoked; `None` for a flow of an unknown address, or one whose row is gone).
+    #[tracing::instrument(name = "db.find_flow_with_enrollment", skip_all)]
+    pub async fn find_flow_with_enrollment(
+        &self,
+        flow_id: &str,
+    ) -> Result<Option<(Flow, Option<crate::model::Enrollment>)>, StorageError> {
+        let its_account: sea_orm::RelationDef = flow::Entity::belongs_to(enrollment::Entity)
+            .from(F::AccountId)
+            .to(E::AccountId)
+            .into();
+        let row = flow::Entity::find_by_id(flow_id.to_owned())
+            .select_also(enrollment::Entity)
+            .join(sea_orm::JoinType::LeftJoin, its_account)
+            .all(self.reader())
+            .await?
+            .into_iter()
+            .next();
+        Ok(row.map(|(flow, enrollment)| {
+            (
+                to_flow(flow),
+                enrollment.map(super::recovery_code::to_enrollment),
+            )
+        }))
     }
 
     /// Counts one submission against the flow's `cap` for `kind`, before any comparison, and,
@@ -168,16 +194,22 @@ impl Storage {
     ) -> Result<Completion, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
         // Lock order: the enrollment, then the flow (as every other operation), so that a
-        // completion never deadlocks with a submission being counted.
-        if let Some(account_id) = super::by_key(flow::Entity::find_by_id(flow_id.to_owned()), &txn)
-            .await?
-            .and_then(|f| f.account_id)
-        {
-            super::by_key(
-                enrollment::Entity::find_by_id(account_id).lock_exclusive(),
-                &txn,
-            )
-            .await?;
+        // completion never deadlocks with a submission being counted. One statement finds the
+        // flow's account and locks its row; SQLite has one writer and no row locks.
+        if self.backend() == crate::Backend::Postgres {
+            enrollment::Entity::find()
+                .filter(
+                    E::AccountId.in_subquery(
+                        flow::Entity::find()
+                            .select_only()
+                            .column(F::AccountId)
+                            .filter(F::FlowId.eq(flow_id))
+                            .into_query(),
+                    ),
+                )
+                .lock_exclusive()
+                .all(&txn)
+                .await?;
         }
         let mut completing = flow::Entity::update_many()
             .col_expr(F::CompletedAt, Expr::value(Some(now)))
@@ -211,15 +243,6 @@ impl Storage {
             )
             .await?;
         }
-        let locked = super::by_key(enrollment::Entity::find_by_id(account_id.clone()), &txn)
-            .await?
-            .and_then(|e| e.locked_until)
-            .filter(|until| *until > now);
-        if let Some(until) = locked {
-            return Ok(Completion::Locked {
-                until: crate::model::Timestamp::from_ms(until),
-            });
-        }
         let mut used = enrollment::Entity::update_many()
             .col_expr(E::UseCount, Expr::col(E::UseCount).add(1))
             .col_expr(E::LastUsedAt, Expr::value(Some(now)))
@@ -235,16 +258,32 @@ impl Storage {
             used = used.col_expr(E::Generation, Expr::col(E::Generation).add(1));
         }
         // Conditional on the code that was checked: two flows racing on one code complete
-        // once when the first rotates it (its generation and code id both move on).
+        // once when the first rotates it (its generation and code id both move on). A lock
+        // set by another submission fails this one.
         let used = used
             .filter(E::AccountId.eq(account_id.as_str()))
             .filter(E::Generation.eq(generation))
             .filter(E::CodeId.eq(update.verified_code_id.as_str()))
             .filter(E::CodeHash.is_not_null())
+            .filter(
+                sea_orm::Condition::any()
+                    .add(E::LockedUntil.is_null())
+                    .add(E::LockedUntil.lte(now)),
+            )
             .exec_with_returning(&txn)
             .await?;
         let Some(use_count) = used.first().map(|e| e.use_count) else {
-            return Ok(Completion::Cancelled);
+            // Which condition failed: a standing lock, or a code that moved on.
+            let locked = super::by_key(enrollment::Entity::find_by_id(account_id.clone()), &txn)
+                .await?
+                .and_then(|e| e.locked_until)
+                .filter(|until| *until > now);
+            return Ok(match locked {
+                Some(until) => Completion::Locked {
+                    until: crate::model::Timestamp::from_ms(until),
+                },
+                None => Completion::Cancelled,
+            });
         };
         if update.retire
             && !super::recovery_code::retire(&txn, &account_id, generation, now).await?

@@ -7,8 +7,13 @@
 //! admission. A queued job whose caller is gone is skipped before hashing; a hash already
 //! running when its caller leaves finishes and is counted (`recovery.hash.pool.abandoned`).
 //! Nothing here blocks a runtime thread: jobs are queued with `try_send`.
+//!
+//! Admission is fair between accounts: an account holds at most one permit at a time, and its
+//! next call waits for that one (within the admission wait) before it queues for the pool, so
+//! a loop on one account takes one permit of the pool's, never the pool.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -118,6 +123,75 @@ struct Inner {
     started: std::time::Instant,
     /// Milliseconds after `started` of the latest refusal, plus one; 0: none yet.
     last_refusal_ms: AtomicU64,
+    /// Each account's turn, while one of its calls holds or awaits it (see [`Turns`]).
+    turns: Arc<Turns>,
+}
+
+/// One gate per account with a call in the pool or waiting for its turn; an entry lives as
+/// long as someone holds or awaits it, so the map holds at most the calls in flight.
+#[derive(Debug, Default)]
+struct Turns(Mutex<HashMap<String, Arc<Semaphore>>>);
+
+/// A reference to an account's gate: the last one dropped removes the gate from [`Turns`].
+#[derive(Debug)]
+struct Gate {
+    account: String,
+    gate: Arc<Semaphore>,
+    turns: Arc<Turns>,
+}
+
+impl Turns {
+    fn gate(self: &Arc<Self>, account: &str) -> Gate {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let gate = map
+            .entry(account.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(1)));
+        Gate {
+            account: account.to_owned(),
+            gate: Arc::clone(gate),
+            turns: Arc::clone(self),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let mut map = self
+            .turns
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The map's reference and this one: nobody else holds or awaits the account's turn.
+        if Arc::strong_count(&self.gate) == 2 {
+            map.remove(&self.account);
+        }
+    }
+}
+
+/// An account's turn: its one permit of the pool at a time.
+#[derive(Debug)]
+struct Turn {
+    permit: Option<OwnedSemaphorePermit>,
+    _gate: Gate,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        // The permit (and its reference to the gate) goes first, so that the gate sees
+        // whether anyone else still needs it.
+        self.permit.take();
+    }
 }
 
 /// The right to run one hash on the pool, held across the calls of one request and by each
@@ -132,6 +206,8 @@ pub struct HashPermit {
 #[derive(Debug)]
 struct Held {
     _permit: OwnedSemaphorePermit,
+    /// Dropped after the permit: the account's next call queues once this one is done.
+    _turn: Turn,
     since: std::time::Instant,
     stats: Arc<PoolStats>,
 }
@@ -205,6 +281,7 @@ impl Hasher {
                 params,
                 started: std::time::Instant::now(),
                 last_refusal_ms: AtomicU64::new(0),
+                turns: Arc::default(),
             }),
         })
     }
@@ -255,8 +332,12 @@ impl Hasher {
     /// the pool's average permit hold, cannot be through in time) is refused at once rather
     /// than after waiting for nothing; so is one who finds a full turn of the pool queued
     /// ahead of it within a second of a refusal ([`OVERLOADED_FOR`]).
+    ///
+    /// Each `account` has one permit at a time: its next call first waits (within the same
+    /// admission wait) for the one it holds to be done.
     #[tracing::instrument(name = "argon2.admit", skip_all)]
-    pub async fn admit(&self) -> Result<HashPermit, Error> {
+    pub async fn admit(&self, account: &str) -> Result<HashPermit, Error> {
+        let turn = self.turn(account).await?;
         let stats = self.stats();
         let ahead = stats.waiting.fetch_add(1, Ordering::Relaxed);
         // Whatever ends the wait (admitted, refused, or the caller gone and this future
@@ -285,6 +366,7 @@ impl Hasher {
                 Ok(HashPermit {
                     permit: Arc::new(Held {
                         _permit: permit,
+                        _turn: turn,
                         since: std::time::Instant::now(),
                         stats: Arc::clone(&self.inner.stats_shared),
                     }),
@@ -292,6 +374,30 @@ impl Hasher {
             }
             _ => Err(self.refuse()),
         }
+    }
+
+    /// The account's turn: at once when none of its calls holds a permit, else once the one
+    /// that does is done; refused after the admission wait.
+    async fn turn(&self, account: &str) -> Result<Turn, Error> {
+        let gate = self.inner.turns.gate(account);
+        let waited = tokio::time::timeout(
+            self.inner.admission_wait,
+            Arc::clone(&gate.gate).acquire_owned(),
+        )
+        .await;
+        match waited {
+            Ok(Ok(permit)) => Ok(Turn {
+                permit: Some(permit),
+                _gate: gate,
+            }),
+            _ => Err(self.refuse()),
+        }
+    }
+
+    /// Accounts with a call holding or awaiting its turn.
+    #[cfg(test)]
+    fn accounts_in_flight(&self) -> usize {
+        self.inner.turns.len()
     }
 
     /// Hashes `secret` with a fresh salt under `key`'s pepper: a PHC string.
@@ -450,6 +556,12 @@ mod tests {
     use super::*;
     use crate::crypto::KeyRing;
 
+    /// An account no other call of the test uses.
+    fn fresh() -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        format!("account-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
     /// RFC 9106, section 5.3: the Argon2id test vector (secret and associated data included),
     /// through the same calls the pool makes (`new_with_secret`, a reused block buffer).
     #[test]
@@ -494,20 +606,26 @@ mod tests {
     async fn a_hopeless_wait_is_refused_at_once() {
         let pool = Hasher::new(1, small(), Duration::from_millis(200)).unwrap();
         // Teach the pool that a permit is held 300 ms.
-        let (a, b) = (pool.admit().await.unwrap(), pool.admit().await.unwrap());
+        let (a, b) = (
+            pool.admit(&fresh()).await.unwrap(),
+            pool.admit(&fresh()).await.unwrap(),
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop((a, b));
         assert!(pool.stats().hold_us.load(Ordering::Relaxed) >= 300_000);
-        let (a, b) = (pool.admit().await.unwrap(), pool.admit().await.unwrap());
+        let (a, b) = (
+            pool.admit(&fresh()).await.unwrap(),
+            pool.admit(&fresh()).await.unwrap(),
+        );
         // First in line: expected 300 ms / 2 permits = 150 ms, within the wait: it waits.
         let first = {
             let pool = pool.clone();
-            tokio::spawn(async move { pool.admit().await.map(drop) })
+            tokio::spawn(async move { pool.admit(&fresh()).await.map(drop) })
         };
         until_waiting(&pool, 1).await;
         // Second in line: 300 ms: hopeless, refused at once.
         let asked = std::time::Instant::now();
-        assert_eq!(pool.admit().await.unwrap_err(), Error::Overloaded);
+        assert_eq!(pool.admit(&fresh()).await.unwrap_err(), Error::Overloaded);
         assert!(
             asked.elapsed() < Duration::from_millis(100),
             "{:?}",
@@ -533,7 +651,7 @@ mod tests {
         for _ in 0..64 {
             let (pool, ring, peak) = (pool.clone(), Arc::clone(&ring), Arc::clone(&peak));
             calls.spawn(async move {
-                let permit = pool.admit().await?;
+                let permit = pool.admit(&fresh()).await?;
                 peak.fetch_max(pool.in_use() as u64, Ordering::Relaxed);
                 pool.hash(&permit, b"secret", ring.current())
                     .await
@@ -574,7 +692,7 @@ mod tests {
         let hasher = Hasher::new(2, small(), Duration::from_secs(1)).unwrap();
         let a = KeyRing::parse(A).unwrap();
         let b = KeyRing::parse(B).unwrap();
-        let permit = hasher.admit().await.unwrap();
+        let permit = hasher.admit(&fresh()).await.unwrap();
         let phc = hasher.hash(&permit, b"SECRET", a.current()).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{phc}");
         assert!(
@@ -604,7 +722,7 @@ mod tests {
     async fn hashes_made_under_other_parameters_still_verify() {
         let keys = KeyRing::parse(A).unwrap();
         let old = Hasher::new(1, small(), Duration::from_secs(1)).unwrap();
-        let permit = old.admit().await.unwrap();
+        let permit = old.admit(&fresh()).await.unwrap();
         let phc = old.hash(&permit, b"code", keys.current()).await.unwrap();
         drop(permit);
         let new = Hasher::new(
@@ -617,7 +735,7 @@ mod tests {
             Duration::from_secs(1),
         )
         .unwrap();
-        let permit = new.admit().await.unwrap();
+        let permit = new.admit(&fresh()).await.unwrap();
         assert!(
             new.verify(&permit, b"code", &phc, keys.current())
                 .await
@@ -629,7 +747,7 @@ mod tests {
     async fn a_malformed_stored_hash_is_an_internal_error() {
         let keys = KeyRing::parse(A).unwrap();
         let hasher = Hasher::new(1, small(), Duration::from_secs(1)).unwrap();
-        let permit = hasher.admit().await.unwrap();
+        let permit = hasher.admit(&fresh()).await.unwrap();
         for bad in [
             "",
             "$argon2i$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA",
@@ -674,11 +792,14 @@ mod tests {
             (0..n)
                 .map(|_| {
                     let pool = pool.clone();
-                    tokio::spawn(async move { pool.admit().await.map(drop) })
+                    tokio::spawn(async move { pool.admit(&fresh()).await.map(drop) })
                 })
                 .collect::<Vec<_>>()
         };
-        let (a, b) = (pool.admit().await.unwrap(), pool.admit().await.unwrap());
+        let (a, b) = (
+            pool.admit(&fresh()).await.unwrap(),
+            pool.admit(&fresh()).await.unwrap(),
+        );
         // No refusal yet: a third in line queues like the first two.
         let waiting = queue(3);
         all_queued(&pool, &waiting).await;
@@ -689,7 +810,7 @@ mod tests {
         let waiting = queue(2);
         all_queued(&pool, &waiting).await;
         let asked = std::time::Instant::now();
-        assert_eq!(pool.admit().await.unwrap_err(), Error::Overloaded);
+        assert_eq!(pool.admit(&fresh()).await.unwrap_err(), Error::Overloaded);
         assert!(
             asked.elapsed() < Duration::from_millis(200),
             "refused without waiting: {:?}",
@@ -704,10 +825,13 @@ mod tests {
         // so that the average hold no longer makes a third in line hopeless).
         tokio::time::sleep(OVERLOADED_FOR).await;
         for _ in 0..40 {
-            drop(pool.admit().await.unwrap());
+            drop(pool.admit(&fresh()).await.unwrap());
         }
         assert!(pool.stats().hold_us.load(Ordering::Relaxed) < 20_000);
-        let (a, b) = (pool.admit().await.unwrap(), pool.admit().await.unwrap());
+        let (a, b) = (
+            pool.admit(&fresh()).await.unwrap(),
+            pool.admit(&fresh()).await.unwrap(),
+        );
         let waiting = queue(3);
         all_queued(&pool, &waiting).await;
         drop((a, b));
@@ -722,39 +846,94 @@ mod tests {
     #[tokio::test]
     async fn a_caller_gone_while_waiting_no_longer_counts() {
         let pool = Hasher::new(1, small(), Duration::from_millis(300)).unwrap();
-        let held = (pool.admit().await.unwrap(), pool.admit().await.unwrap());
+        let held = (
+            pool.admit(&fresh()).await.unwrap(),
+            pool.admit(&fresh()).await.unwrap(),
+        );
         // A refusal (the wait ran out): the pool is overloaded for a second.
-        assert_eq!(pool.admit().await.unwrap_err(), Error::Overloaded);
+        assert_eq!(pool.admit(&fresh()).await.unwrap_err(), Error::Overloaded);
         for _ in 0..5 {
-            let gone = tokio::time::timeout(Duration::from_millis(10), pool.admit()).await;
+            let gone = tokio::time::timeout(Duration::from_millis(10), pool.admit(&fresh())).await;
             assert!(gone.is_err(), "the caller gave up first");
         }
         assert_eq!(pool.stats().waiting.load(Ordering::Relaxed), 0);
         // The five who left do not crowd the next caller out: it queues.
         let next = {
             let pool = pool.clone();
-            tokio::spawn(async move { pool.admit().await.map(drop) })
+            tokio::spawn(async move { pool.admit(&fresh()).await.map(drop) })
         };
         all_queued(&pool, std::slice::from_ref(&next)).await;
         drop(held);
         assert_eq!(next.await.unwrap(), Ok(()));
-        assert!(pool.admit().await.is_ok());
+        assert!(pool.admit(&fresh()).await.is_ok());
         assert_eq!(pool.stats().waiting.load(Ordering::Relaxed), 0);
+    }
+
+    /// Fair between accounts: an account holds one permit at a time. Its second call waits
+    /// for the first to be done while other accounts are admitted beside it, and no account
+    /// is remembered once its calls are done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_account_holds_one_permit_at_a_time() {
+        let pool = Hasher::new(2, small(), Duration::from_secs(10)).unwrap();
+        let first = pool.admit("looper").await.unwrap();
+        let second = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.admit("looper").await })
+        };
+        let others = (
+            pool.admit("ann").await.unwrap(),
+            pool.admit("bob").await.unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!second.is_finished(), "the account's second call waits");
+        assert_eq!(
+            pool.in_use(),
+            3,
+            "one permit is free, but not for the looper"
+        );
+        assert_eq!(pool.accounts_in_flight(), 3);
+        drop(first);
+        let second = second.await.unwrap().unwrap();
+        assert_eq!(pool.in_use(), 3);
+        drop((second, others));
+        assert_eq!(pool.in_use(), 0);
+        assert_eq!(pool.accounts_in_flight(), 0, "nothing is remembered");
+    }
+
+    /// An account whose call holds its permit beyond the admission wait has its next call
+    /// refused (`OVERLOADED`, counted); one that gave up waiting leaves nothing behind.
+    #[tokio::test]
+    async fn an_accounts_second_call_is_refused_after_the_admission_wait() {
+        let pool = Hasher::new(2, small(), Duration::from_millis(20)).unwrap();
+        let first = pool.admit("looper").await.unwrap();
+        assert_eq!(pool.admit("looper").await.unwrap_err(), Error::Overloaded);
+        assert_eq!(pool.stats().rejected.load(Ordering::Relaxed), 1);
+        let gone = tokio::time::timeout(Duration::from_millis(5), pool.admit("looper")).await;
+        assert!(gone.is_err(), "the caller gave up first");
+        assert_eq!(pool.accounts_in_flight(), 1, "only the holder's");
+        assert!(
+            pool.admit("ann").await.is_ok(),
+            "other accounts are admitted"
+        );
+        drop(first);
+        assert_eq!(pool.accounts_in_flight(), 0);
+        drop(pool.admit("looper").await.unwrap());
+        assert_eq!(pool.accounts_in_flight(), 0);
     }
 
     #[tokio::test]
     async fn a_full_pool_answers_overloaded_after_the_admission_wait() {
         let hasher = Hasher::new(1, small(), Duration::from_millis(20)).unwrap();
-        let first = hasher.admit().await.unwrap();
-        let _second = hasher.admit().await.unwrap();
+        let first = hasher.admit(&fresh()).await.unwrap();
+        let _second = hasher.admit(&fresh()).await.unwrap();
         let started = std::time::Instant::now();
-        assert_eq!(hasher.admit().await.unwrap_err(), Error::Overloaded);
+        assert_eq!(hasher.admit(&fresh()).await.unwrap_err(), Error::Overloaded);
         // Refused after the short wait, never left waiting (a generous bound: no timing test).
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(hasher.stats().rejected.load(Ordering::Relaxed), 1);
         drop(first);
         assert!(
-            hasher.admit().await.is_ok(),
+            hasher.admit(&fresh()).await.is_ok(),
             "a released permit admits the next call"
         );
     }

@@ -46,7 +46,7 @@ impl Recovery {
             self.now(),
         )
         .await?;
-        let permit = self.hasher.admit().await?;
+        let permit = self.hasher.admit(account_id).await?;
         self.check_address_claim(account_id, &email, self.now())
             .await?;
         let code = RecoveryCode::generate()?;

@@ -294,7 +294,7 @@ impl Recovery {
             .await?;
         // Before any hashing (the reservation below decides it again, atomically).
         self.refuse_if_locked(&flow, &enrollment, now).await?;
-        let permit = self.hasher.admit().await?;
+        let permit = self.hasher.admit(&enrollment.account_id).await?;
         let submission = self.reserve_submission(&flow, &enrollment, now).await?;
         // Counted: from here the outcome is recorded even if the caller goes away (a call
         // cancelled after hashing still leaves its failure, its lock and their notices).

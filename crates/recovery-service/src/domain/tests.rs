@@ -915,7 +915,10 @@ async fn a_full_hashing_pool_answers_overloaded() {
         Policy::default(),
     )
     .unwrap();
-    let held = (hasher.admit().await.unwrap(), hasher.admit().await.unwrap());
+    let held = (
+        hasher.admit("held-1").await.unwrap(),
+        hasher.admit("held-2").await.unwrap(),
+    );
     assert_eq!(
         recovery
             .create_recovery_code("acct", "ann@example.com")

@@ -939,3 +939,81 @@ async fn a_right_finish_of_a_replaced_start_is_no_failure_and_the_newer_one_comp
             .is_some()
     );
 }
+
+/// Every start that is counted is recorded, whenever the device hangs up (before, while or
+/// after it is counted): the audited starts of a flow carry each of its 5 submissions once,
+/// with no gap a silent guess would leave.
+#[tokio::test]
+async fn every_counted_start_is_audited_whenever_the_device_hangs_up() {
+    let mut env = Running::start(
+        Options::default()
+            .env("RECOVERY_LOCKOUT_THRESHOLD", "1000")
+            .env("RECOVERY_STARTS_PER_EMAIL_PER_HOUR", "50"),
+    )
+    .await;
+    device::enrol(&mut env.client, "zk-hang", "hal@example.com", CODE, KEYSET)
+        .await
+        .unwrap();
+    let mut flows = Vec::new();
+    for f in 0..4u64 {
+        let flow = verified(&mut env.client, &env.mail, "hal@example.com").await;
+        for i in 0..4u64 {
+            // A different moment each time, from at once to 4.5 ms in.
+            let mut c = env.client.clone();
+            let prepared = device::prepare_login(b"a guess");
+            let _ = tokio::time::timeout(
+                Duration::from_micros((f * 4 + i) * 300),
+                device::start_prepared_login(&mut c, &flow, prepared),
+            )
+            .await;
+        }
+        // Starts the device sees through, until the flow's 5 are used.
+        loop {
+            match device::start_login(&mut env.client, &flow, b"a guess").await {
+                Ok(_) => {}
+                Err(err) => {
+                    assert_eq!(reason(&err), "TOO_MANY_ATTEMPTS");
+                    break;
+                }
+            }
+        }
+        flows.push(flow);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = env
+            .client
+            .list_audit_events(api::ListAuditEventsRequest {
+                account_id: "zk-hang".into(),
+                page_size: 200,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        let mut complete = true;
+        for flow in &flows {
+            let mut left: Vec<String> = events
+                .iter()
+                .filter(|e| {
+                    e.kind == api::AuditEventKind::ZeroKnowledgeRecoveryStarted as i32
+                        && e.details.get("flow_id") == Some(flow)
+                })
+                .filter_map(|e| e.details.get("attempts_left").cloned())
+                .collect();
+            left.sort();
+            if left != ["0", "1", "2", "3", "4"] {
+                complete = false;
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "flow {flow}: starts audited with attempts_left {left:?}"
+                );
+            }
+        }
+        if complete {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

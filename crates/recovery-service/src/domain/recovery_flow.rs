@@ -295,14 +295,15 @@ impl Recovery {
         // Before any hashing (the reservation below decides it again, atomically).
         self.refuse_if_locked(&flow, &enrollment, now).await?;
         let permit = self.hasher.admit(&enrollment.account_id).await?;
-        let submission = self.reserve_submission(&flow, &enrollment, now).await?;
-        // Counted: from here the outcome is recorded even if the caller goes away (a call
-        // cancelled after hashing still leaves its failure, its lock and their notices).
+        // From here the submission belongs to a task of its own: it is counted, checked and
+        // recorded even if the caller goes away, at any moment (a caller that hung up between
+        // the count and the check once left a counted failure that nothing recorded).
         let this = self.clone();
         let caller = super::caller::current();
         // Dropped with this future: tells the task its caller went away.
         let (_waiting, caller_gone) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(super::caller::scope(caller, async move {
+            let submission = this.reserve_submission(&flow, &enrollment, now).await?;
             this.check_and_finish(flow, enrollment, code, permit, submission, caller_gone, now)
                 .await
         }))

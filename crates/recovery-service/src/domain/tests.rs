@@ -1568,3 +1568,58 @@ async fn abandoned_submissions_still_count_toward_the_lock() {
 }
 
 mod family;
+
+/// Every submission that is counted is checked and recorded, whenever its caller hangs up:
+/// before, while or after it is counted. A caller who hung up between the count and the check
+/// once left a counted failure that nothing recorded (no audit event, no notice of the lock it
+/// could cause).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_counted_submission_is_checked_whenever_its_caller_hangs_up() {
+    let h = harness(Policy {
+        lockout_threshold: 1_000,
+        starts_per_email_per_hour: 100,
+        ..Policy::default()
+    })
+    .await;
+    let code = h.enroll("acct", "ann@example.com").await;
+    let mut flows = Vec::new();
+    for f in 0..4u64 {
+        let flow = h.verified_flow("ann@example.com").await;
+        for i in 0..5u64 {
+            let recovery = h.recovery.clone();
+            let (flow_id, bad) = (flow.clone(), wrong_code(&code));
+            let call = tokio::spawn(async move { recovery.recover_account(&flow_id, &bad).await });
+            // A different moment each time, from at once to 4 ms in.
+            tokio::time::sleep(Duration::from_micros((f * 5 + i) * 200)).await;
+            call.abort();
+        }
+        flows.push(flow);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut counted = 0;
+        for flow in &flows {
+            counted += h
+                .storage
+                .find_flow(flow)
+                .await
+                .unwrap()
+                .unwrap()
+                .recovery_attempts;
+        }
+        let page = h.recovery.list_audit_events("acct", 100, "").await.unwrap();
+        let recorded = page
+            .events
+            .iter()
+            .filter(|e| e.kind == AuditKind::RecoveryCodeFailed)
+            .count();
+        if usize::try_from(counted).unwrap() == recorded {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{counted} submissions counted, {recorded} recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -218,7 +218,31 @@ impl Recovery {
             );
         }
         self.refuse_if_locked(&flow, &enrollment, now).await?;
-        // Counted before any work: every start is a guess.
+        // From the count on, the start belongs to a task of its own: a caller that hangs up
+        // between the count and the stored login state must not leave a counted guess (or the
+        // lock it caused) that nothing records.
+        let this = self.clone();
+        let caller = super::caller::current();
+        tokio::spawn(super::caller::scope(caller, async move {
+            this.counted_start(flow, enrollment, stored, ke1, now).await
+        }))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "the zero-knowledge start task failed");
+            Error::Internal
+        })?
+    }
+
+    /// Counts the start as a guess (before any work), answers KE1 with KE2 and keeps the
+    /// sealed login state in the flow, with the start's audit event and any lock it caused.
+    async fn counted_start(
+        &self,
+        flow: Flow,
+        enrollment: Enrollment,
+        stored: StoredCode,
+        ke1: opaque::Ke1,
+        now: i64,
+    ) -> Result<Vec<u8>> {
         let submission = self.reserve_submission(&flow, &enrollment, now).await?;
         let record = STANDARD.decode(&stored.hash.0).unwrap_or_default();
         let (ke2, server_state) = self

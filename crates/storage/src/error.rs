@@ -35,21 +35,9 @@ pub enum StorageError {
         "the database schema is newer than this build: it has migrations this binary does not know ({0}); run a release that knows them"
     )]
     SchemaTooNew(String),
-    /// The database has migrations that are not applied yet.
-    #[error(
-        "the database schema is out of date: {0} migration(s) pending; run `recovery-service migrate`"
-    )]
-    SchemaOutdated(usize),
     /// Anything else: a bug or an unexpected database answer.
     #[error("database error: {0}")]
     Other(String),
-}
-
-impl StorageError {
-    /// Whether this error means the database could not be reached.
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
-    }
 }
 
 impl From<DbErr> for StorageError {

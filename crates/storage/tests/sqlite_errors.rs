@@ -94,7 +94,7 @@ async fn a_write_lock_held_past_the_busy_timeout_is_unavailable() {
             .await
             .unwrap_err(),
     );
-    assert!(err.is_unavailable(), "{err:?}");
+    assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
     txn.commit().await.unwrap();
     b.execute_unprepared("INSERT INTO t VALUES (2)")
         .await

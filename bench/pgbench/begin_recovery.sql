@@ -8,7 +8,8 @@
 --   4.   the enrollment lookup by canonical email;
 --   5.   one transaction: the flow; the advisory lock that orders one address's audit events
 --        (the keyed hash of the typed address: apply_effects in ops/mod.rs); its outbox row
---        (the verification code, written `void` for an unknown email); the anchor row the
+--        (the verification code, written `void` for an unknown email); the head probe (by the
+--        event's own id, as a known account's newest row is one probe), the anchor row the
 --        address's keyed hash picks (one of 256, `~xx`: ops/audit.rs), the audit event linked
 --        on its own, and the anchor moved to it.
 -- Keys are random so that, like the tool's calls, no two transactions share a row; they have the
@@ -50,6 +51,8 @@ SELECT pg_advisory_xact_lock(hashtextextended(md5('pgb' || :mail::text || '.' ||
 INSERT INTO "notification_outbox" ("message_id", "kind", "account_id", "recipient", "payload", "status", "attempts", "next_attempt_at", "lease_owner", "lease_until", "last_error", "created_at", "sent_at")
 VALUES ('msg_' || substr(md5(:salt::text || 'v' || :client_id::text || clock_timestamp()::text), 1, 26), 'verification_code', NULL, 'void-' || md5('pgb' || :mail::text || '.' || :client_id::text), 'v1.k0f656f71.' || repeat(md5(:salt::text || 'p'), 5), 'void', 0, (extract(epoch from now()) * 1000)::bigint, NULL, NULL, NULL, (extract(epoch from now()) * 1000)::bigint, NULL)
 RETURNING "id";
+SELECT "seq", "event_id", "account_id", "kind", "occurred_at", "client_ip", "client_user_agent", "details", "chain_key_id", "chain_hash"
+FROM "audit_events" WHERE "event_id" = 'ev_' || substr(md5(:salt::text || 'e' || :client_id::text), 1, 26) LIMIT 1;
 SELECT "account_id", "head_seq", "head_link", "key_id", "mac", "verified_seq", "verified_link", "verified_key_id", "verified_mac"
 FROM "audit_heads" WHERE "account_id" = '~' || substr(md5('pgb' || :mail::text || '.' || :client_id::text), 1, 2) LIMIT 1;
 INSERT INTO "audit_events" ("event_id", "account_id", "kind", "occurred_at", "client_ip", "client_user_agent", "details", "chain_key_id", "chain_hash")

@@ -100,6 +100,7 @@ latency average = 1.754 ms\ninitial connection time = 12.3 ms\ntps = 4561.012345
             r#"INSERT INTO "recovery_flows""#,
             "SELECT pg_advisory_xact_lock(hashtextextended(",
             r#"INSERT INTO "notification_outbox""#,
+            r#"FROM "audit_events" WHERE "event_id" = 'ev_'"#,
             r#"FROM "audit_heads" WHERE "account_id" = '~'"#,
             r#""details", "chain_key_id", "chain_hash")"#,
             r#"INSERT INTO "audit_heads""#,

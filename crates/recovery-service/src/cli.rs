@@ -386,6 +386,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let (stop_worker, worker_stop) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(worker.run(worker_stop));
 
+    let submissions = recovery.submissions();
     let served = server::run(
         listener,
         server::ServeOptions {
@@ -402,6 +403,14 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         shutdown,
     )
     .await;
+    // Submissions whose callers hung up finish (their count checked and recorded) before
+    // the database closes.
+    if !submissions
+        .drained(std::time::Duration::from_secs(10))
+        .await
+    {
+        tracing::warn!("submissions still running after 10 s at shutdown");
+    }
     // Mail enqueued by the last calls is still delivered by the next start if not now.
     let _ = stop_worker.send(true);
     let _ = stop_publisher.send(true);

@@ -35,6 +35,7 @@ on_every_backend!(
     cutting_the_newest_rows_breaks_the_trail,
     a_cut_stays_visible_after_the_next_append,
     a_repeat_never_folds_into_an_edited_row,
+    an_append_never_signs_a_forged_anchor,
     a_trail_from_before_anchors_gets_its_anchor_once_it_verifies,
     a_page_verifies_what_it_shows_and_what_was_appended_since,
     a_fold_at_the_checkpoint_keeps_the_trail_valid,
@@ -507,4 +508,41 @@ async fn a_repeat_never_folds_into_an_edited_row(db: &TestDb) {
     let rows = s.list_audit_events("acct", None, 100).await.unwrap();
     assert_eq!(rows.len(), 7, "a new row, not a fold into the edited one");
     assert!(!chain_of(&s, "acct").await.valid, "the edit still shows");
+}
+
+/// Someone who can write the database but has no key cuts the newest rows and points the
+/// anchor at what is left (its MAC unchanged, so wrong): the next appends must not re-sign
+/// that anchor and launder the cut, neither a new row nor a repeat folded into the newest.
+async fn an_append_never_signs_a_forged_anchor(db: &TestDb) {
+    let keys = Keys::new();
+    let s = chained(db, &keys);
+    let ids = five(&s).await;
+    db.execute(&format!(
+        "DELETE FROM {{schema}}.audit_events WHERE event_id IN ('{}', '{}')",
+        ids[3], ids[4]
+    ))
+    .await;
+    db.execute(&format!(
+        "UPDATE {{schema}}.audit_heads SET head_seq = (SELECT seq FROM {{schema}}.audit_events WHERE event_id = '{0}'), \
+         head_link = (SELECT chain_hash FROM {{schema}}.audit_events WHERE event_id = '{0}') WHERE account_id = 'acct'",
+        ids[2]
+    ))
+    .await;
+    assert!(
+        !chain_of(&s, "acct").await.valid,
+        "the forged anchor does not verify"
+    );
+    s.append_audit(event("acct", "CODE_REPLACED", T0 + HOUR, &[]))
+        .await
+        .unwrap();
+    assert!(
+        !chain_of(&s, "acct").await.valid,
+        "a new row did not launder the cut"
+    );
+    for i in 0..3 {
+        s.append_audit(refusal("acct", T0 + 2 * HOUR + i, "fl_1"))
+            .await
+            .unwrap();
+    }
+    assert!(!chain_of(&s, "acct").await.valid, "nor did repeats");
 }

@@ -136,7 +136,8 @@ struct Turns(Mutex<HashMap<String, Arc<Semaphore>>>);
 #[derive(Debug)]
 struct Gate {
     account: String,
-    gate: Arc<Semaphore>,
+    /// Always `Some` until dropped: given up under the map's lock.
+    gate: Option<Arc<Semaphore>>,
     turns: Arc<Turns>,
 }
 
@@ -151,7 +152,7 @@ impl Turns {
             .or_insert_with(|| Arc::new(Semaphore::new(1)));
         Gate {
             account: account.to_owned(),
-            gate: Arc::clone(gate),
+            gate: Some(Arc::clone(gate)),
             turns: Arc::clone(self),
         }
     }
@@ -172,8 +173,14 @@ impl Drop for Gate {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // The map's reference and this one: nobody else holds or awaits the account's turn.
-        if Arc::strong_count(&self.gate) == 2 {
+        // This reference goes under the lock, so that of two gates dropped at once the second
+        // sees the first gone. A permit or a wait holds a reference too, and always goes
+        // before its gate: the map's alone left means nobody holds or awaits the turn.
+        drop(self.gate.take());
+        if map
+            .get(&self.account)
+            .is_some_and(|gate| Arc::strong_count(gate) == 1)
+        {
             map.remove(&self.account);
         }
     }
@@ -337,7 +344,9 @@ impl Hasher {
     /// admission wait) for the one it holds to be done.
     #[tracing::instrument(name = "argon2.admit", skip_all)]
     pub async fn admit(&self, account: &str) -> Result<HashPermit, Error> {
-        let turn = self.turn(account).await?;
+        // One wait in all: for the account's turn, then for the pool.
+        let deadline = tokio::time::Instant::now() + self.inner.admission_wait;
+        let turn = self.turn(account, deadline).await?;
         let stats = self.stats();
         let ahead = stats.waiting.fetch_add(1, Ordering::Relaxed);
         // Whatever ends the wait (admitted, refused, or the caller gone and this future
@@ -349,17 +358,16 @@ impl Hasher {
             let rounds = u32::try_from(ahead).unwrap_or(u32::MAX).saturating_add(1);
             let expected =
                 hold.saturating_mul(rounds) / u32::try_from(permits).unwrap_or(u32::MAX).max(1);
-            let hopeless = expected > self.inner.admission_wait;
+            let hopeless =
+                expected > deadline.saturating_duration_since(tokio::time::Instant::now());
             let crowded = ahead >= permits as u64 && self.overloaded();
             if hopeless || crowded {
                 return Err(self.refuse());
             }
         }
-        let acquired = tokio::time::timeout(
-            self.inner.admission_wait,
-            Arc::clone(&self.inner.permits).acquire_owned(),
-        )
-        .await;
+        let acquired =
+            tokio::time::timeout_at(deadline, Arc::clone(&self.inner.permits).acquire_owned())
+                .await;
         match acquired {
             Ok(Ok(permit)) => {
                 stats.admitted.fetch_add(1, Ordering::Relaxed);
@@ -377,20 +385,22 @@ impl Hasher {
     }
 
     /// The account's turn: at once when none of its calls holds a permit, else once the one
-    /// that does is done; refused after the admission wait.
-    async fn turn(&self, account: &str) -> Result<Turn, Error> {
+    /// that does is done; refused at `deadline`. One account waiting on itself says nothing
+    /// of the pool: the refusal is counted, but the pool does not turn overloaded for it.
+    async fn turn(&self, account: &str, deadline: tokio::time::Instant) -> Result<Turn, Error> {
         let gate = self.inner.turns.gate(account);
-        let waited = tokio::time::timeout(
-            self.inner.admission_wait,
-            Arc::clone(&gate.gate).acquire_owned(),
-        )
-        .await;
-        match waited {
+        let Some(semaphore) = gate.gate.clone() else {
+            return Err(Error::Failed);
+        };
+        match tokio::time::timeout_at(deadline, semaphore.acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Turn {
                 permit: Some(permit),
                 _gate: gate,
             }),
-            _ => Err(self.refuse()),
+            _ => {
+                self.stats().rejected.fetch_add(1, Ordering::Relaxed);
+                Err(Error::Overloaded)
+            }
         }
     }
 
@@ -908,6 +918,10 @@ mod tests {
         let first = pool.admit("looper").await.unwrap();
         assert_eq!(pool.admit("looper").await.unwrap_err(), Error::Overloaded);
         assert_eq!(pool.stats().rejected.load(Ordering::Relaxed), 1);
+        assert!(
+            !pool.overloaded(),
+            "one account waiting on itself does not make the pool overloaded for others"
+        );
         let gone = tokio::time::timeout(Duration::from_millis(5), pool.admit("looper")).await;
         assert!(gone.is_err(), "the caller gave up first");
         assert_eq!(pool.accounts_in_flight(), 1, "only the holder's");
@@ -919,6 +933,26 @@ mod tests {
         assert_eq!(pool.accounts_in_flight(), 0);
         drop(pool.admit("looper").await.unwrap());
         assert_eq!(pool.accounts_in_flight(), 0);
+    }
+
+    /// However the calls of a few accounts interleave across threads (admitted, refused,
+    /// dropped at once), no account is remembered once they are all done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn no_gate_is_left_behind_however_calls_interleave() {
+        let pool = Hasher::new(2, small(), Duration::from_millis(2)).unwrap();
+        let mut calls = tokio::task::JoinSet::new();
+        for n in 0..4_000 {
+            let pool = pool.clone();
+            calls.spawn(async move {
+                if let Ok(permit) = pool.admit(&format!("account-{}", n % 3)).await {
+                    tokio::task::yield_now().await;
+                    drop(permit);
+                }
+            });
+        }
+        while calls.join_next().await.is_some() {}
+        assert_eq!(pool.accounts_in_flight(), 0);
+        assert_eq!(pool.in_use(), 0);
     }
 
     #[tokio::test]

@@ -154,6 +154,66 @@ pub struct Recovery {
     /// Platform events are written (RECOVERY_EVENTS_URL is set).
     events_enabled: bool,
     events_ready: Arc<tokio::sync::Notify>,
+    /// Counted submissions running in tasks of their own.
+    submissions: Submissions,
+}
+
+/// Submissions of a recovery code (either kind) run from their count on in a task of their
+/// own, so that a caller hanging up at any moment cannot leave a counted guess unchecked or
+/// unrecorded. At most [`SUBMISSIONS_IN_FLIGHT`] run at once on a replica (beyond them a call
+/// is `OVERLOADED`), since a task outlives a caller that resets its stream; shutdown waits for
+/// them before the database closes.
+#[derive(Debug, Clone)]
+pub struct Submissions(Arc<tokio::sync::Semaphore>);
+
+/// Submission tasks a replica runs at once.
+const SUBMISSIONS_IN_FLIGHT: u32 = 256;
+
+impl Default for Submissions {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(
+            SUBMISSIONS_IN_FLIGHT as usize,
+        )))
+    }
+}
+
+impl Submissions {
+    /// Runs `work` (a counted submission) in a task of its own, in the caller's identity and
+    /// span, and answers what it answers, unless too many already run.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        use tracing::Instrument as _;
+        let Ok(slot) = Arc::clone(&self.0).try_acquire_owned() else {
+            tracing::warn!(
+                in_flight = SUBMISSIONS_IN_FLIGHT,
+                "too many submissions in flight: OVERLOADED"
+            );
+            return Err(Error::Overloaded);
+        };
+        let caller = caller::current();
+        let task = async move {
+            let answer = work.await;
+            drop(slot);
+            answer
+        };
+        tokio::spawn(caller::scope(caller, task).in_current_span())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "a submission task failed");
+                Error::Internal
+            })?
+    }
+
+    /// Whether every submission task finished within `limit` (at shutdown, before the
+    /// database closes; no new call arrives by then).
+    pub async fn drained(&self, limit: std::time::Duration) -> bool {
+        matches!(
+            tokio::time::timeout(limit, self.0.acquire_many(SUBMISSIONS_IN_FLIGHT)).await,
+            Ok(Ok(_))
+        )
+    }
 }
 
 /// A code just created: shown once.
@@ -240,7 +300,13 @@ impl Recovery {
             mail_ready: Arc::new(tokio::sync::Notify::new()),
             events_enabled: false,
             events_ready: Arc::new(tokio::sync::Notify::new()),
+            submissions: Submissions::default(),
         })
+    }
+
+    /// The submissions running in tasks of their own, for shutdown to wait on.
+    pub fn submissions(&self) -> Submissions {
+        self.submissions.clone()
     }
 
     /// This service with platform events written to the event outbox for every change.

@@ -299,19 +299,15 @@ impl Recovery {
         // recorded even if the caller goes away, at any moment (a caller that hung up between
         // the count and the check once left a counted failure that nothing recorded).
         let this = self.clone();
-        let caller = super::caller::current();
         // Dropped with this future: tells the task its caller went away.
         let (_waiting, caller_gone) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(super::caller::scope(caller, async move {
-            let submission = this.reserve_submission(&flow, &enrollment, now).await?;
-            this.check_and_finish(flow, enrollment, code, permit, submission, caller_gone, now)
-                .await
-        }))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "the recovery task failed");
-            Error::Internal
-        })?
+        self.submissions
+            .run(async move {
+                let submission = this.reserve_submission(&flow, &enrollment, now).await?;
+                this.check_and_finish(flow, enrollment, code, permit, submission, caller_gone, now)
+                    .await
+            })
+            .await
     }
 
     /// Checks the code of a counted submission and completes the recovery, or records the

@@ -1623,3 +1623,50 @@ async fn every_counted_submission_is_checked_whenever_its_caller_hangs_up() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// At most `SUBMISSIONS_IN_FLIGHT` submission tasks run at once on a replica (beyond them a
+/// call is `OVERLOADED` at once); a task runs on after its caller hangs up, and shutdown waits
+/// for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_in_flight_are_bounded_and_drained_at_shutdown() {
+    let submissions = super::Submissions::default();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let finished = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut callers = Vec::new();
+    for _ in 0..super::SUBMISSIONS_IN_FLIGHT {
+        let (submissions, mut released, finished) =
+            (submissions.clone(), released.clone(), Arc::clone(&finished));
+        callers.push(tokio::spawn(async move {
+            submissions
+                .run(async move {
+                    let _ = released.wait_for(|go| *go).await;
+                    finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok(())
+                })
+                .await
+        }));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while submissions.0.available_permits() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tasks never started"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(matches!(
+        submissions.run(async { Ok(()) }).await,
+        Err(Error::Overloaded)
+    ));
+    // Every caller hangs up: the tasks run on, and shutdown waits for them.
+    for caller in callers {
+        caller.abort();
+    }
+    assert!(!submissions.drained(Duration::from_millis(50)).await);
+    release.send(true).unwrap();
+    assert!(submissions.drained(Duration::from_secs(10)).await);
+    assert_eq!(
+        finished.load(std::sync::atomic::Ordering::SeqCst),
+        super::SUBMISSIONS_IN_FLIGHT
+    );
+}

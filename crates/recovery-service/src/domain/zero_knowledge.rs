@@ -222,15 +222,9 @@ impl Recovery {
         // between the count and the stored login state must not leave a counted guess (or the
         // lock it caused) that nothing records.
         let this = self.clone();
-        let caller = super::caller::current();
-        tokio::spawn(super::caller::scope(caller, async move {
-            this.counted_start(flow, enrollment, stored, ke1, now).await
-        }))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "the zero-knowledge start task failed");
-            Error::Internal
-        })?
+        self.submissions
+            .run(async move { this.counted_start(flow, enrollment, stored, ke1, now).await })
+            .await
     }
 
     /// Counts the start as a guess (before any work), answers KE1 with KE2 and keeps the

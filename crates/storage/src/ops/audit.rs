@@ -66,15 +66,31 @@ impl Storage {
         e: NewAuditEvent,
     ) -> Result<(), StorageError> {
         // An event under no account (a request for an unknown address) goes through the same
-        // statements as a known account's, for equal work and timing: its anchor, never read
-        // back, is one of 256 rows picked by the typed address's keyed hash, read and updated
-        // as an account's is, not inserted anew for every address.
+        // statements as a known account's, for equal work and timing: its head query finds
+        // nothing (it is linked on its own), and its anchor, never read back, is one of 256
+        // rows picked by the typed address's keyed hash, so that it is updated as an
+        // account's is, not inserted anew for every address.
         let chained = !e.account_id.is_empty();
         let anchor_key = if chained {
             e.account_id.clone()
         } else {
             let key = e.serialize_on.as_deref().unwrap_or(&e.event_id);
             format!("~{}", key.get(..2).unwrap_or(key))
+        };
+        let head = if chained {
+            audit_event::Entity::find()
+                .filter(A::AccountId.eq(e.account_id.as_str()))
+                .order_by_desc(A::Seq)
+                .one(txn)
+                .await?
+        } else {
+            // By the event's own (unique, not yet written) id alone: one probe of the unique
+            // index, as the account's newest row is one probe, however many such events there
+            // are (with the empty account id beside it, PostgreSQL walked every one of them).
+            audit_event::Entity::find()
+                .filter(A::EventId.eq(e.event_id.as_str()))
+                .one(txn)
+                .await?
         };
         let anchored = match self.audit_chain() {
             Some(_) => audit_head::Entity::find_by_id(anchor_key.clone())
@@ -83,20 +99,23 @@ impl Storage {
                 .filter(|_| chained),
             None => None,
         };
-        // The newest row is read only when it is needed: to fold a repeat into, or to link
-        // after when no anchor names it (no chain keys, or a trail from before anchors). An
-        // anchor is moved by every append, so otherwise its link is the newest row's. An event
-        // under no account links on its own and reads nothing more.
-        let head = if chained && (e.coalesce.is_some() || anchored.is_none()) {
-            audit_event::Entity::find()
-                .filter(A::AccountId.eq(e.account_id.as_str()))
-                .order_by_desc(A::Seq)
-                .one(txn)
-                .await?
-        } else {
-            None
+        // An anchor whose MAC does not verify was written without the key (a cut pointed at
+        // what is left): appends leave it as it is, so that the trail keeps answering
+        // `chain_valid = false`, and never fold into the row it names. Re-signing it would
+        // launder the cut.
+        let forged = match (self.audit_chain(), &anchored) {
+            (Some(keys), Some(a)) => !head_mac_ok(
+                keys,
+                "audit-head/v1",
+                &a.account_id,
+                a.head_seq,
+                &a.head_link,
+                &a.key_id,
+                &a.mac,
+            ),
+            _ => false,
         };
-        if let Some(head) = head.as_ref().filter(|head| folds_into(&e, head)) {
+        if let Some(head) = head.as_ref().filter(|head| !forged && folds_into(&e, head)) {
             // Only into a head that is intact: the one the anchor names, its link right over
             // its content. Folding into an edited row would sign the edit.
             let previous = self.link_before(txn, head).await?;
@@ -145,7 +164,7 @@ impl Storage {
         })
         .exec(txn)
         .await?;
-        if let (Some(keys), Some((_, link))) = (keys, link) {
+        if let (Some(keys), Some((_, link)), false) = (keys, link, forged) {
             anchor(txn, keys, &anchor_key, inserted.last_insert_id, &link, None).await?;
         }
         Ok(())

@@ -14,9 +14,28 @@ use crate::{
     model::{EventStats, OutboxEvent, Timestamp},
 };
 
-pub(crate) const PENDING: &str = "pending";
-const SENDING: &str = "sending";
-const SENT: &str = "sent";
+/// Where an event of the outbox stands (the `status` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventStatus {
+    /// Waiting for its turn (`next_attempt_at`), or for a retry.
+    Pending,
+    /// Claimed by a publisher until its lease runs out.
+    Sending,
+    /// Published; deleted after the retention.
+    Sent,
+}
+
+impl EventStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+        }
+    }
+}
+
+use EventStatus::{Pending, Sending, Sent};
 
 #[derive(Debug, FromQueryResult)]
 struct Due {
@@ -47,16 +66,17 @@ impl Storage {
              WHERE ((e.status = {p1} AND e.next_attempt_at <= {p3}) \
                  OR (e.status = {p2} AND e.lease_until <= {p3})) \
                AND NOT EXISTS (SELECT 1 FROM event_outbox o \
-                   WHERE o.account_id = e.account_id AND o.seq < e.seq AND o.status <> 'sent') \
-             ORDER BY e.seq LIMIT {p4}{lock}"
+                   WHERE o.account_id = e.account_id AND o.seq < e.seq AND o.status <> '{sent}') \
+             ORDER BY e.seq LIMIT {p4}{lock}",
+            sent = Sent.as_str()
         );
         let txn = self.db().begin().await?;
         let due = Due::find_by_statement(Statement::from_sql_and_values(
             backend,
             sql,
             [
-                Value::from(PENDING),
-                Value::from(SENDING),
+                Value::from(Pending.as_str()),
+                Value::from(Sending.as_str()),
                 Value::from(now),
                 Value::from(i64::from(limit)),
             ],
@@ -68,7 +88,7 @@ impl Storage {
             return Ok(Vec::new());
         }
         event::Entity::update_many()
-            .col_expr(V::Status, Expr::value(SENDING))
+            .col_expr(V::Status, Expr::value(Sending.as_str()))
             .col_expr(V::LeaseOwner, Expr::value(Some(owner.to_owned())))
             .col_expr(V::LeaseUntil, Expr::value(Some(now + lease_ms)))
             .col_expr(V::Attempts, Expr::col(V::Attempts).add(1))
@@ -106,13 +126,13 @@ impl Storage {
         now: i64,
     ) -> Result<bool, StorageError> {
         let result = event::Entity::update_many()
-            .col_expr(V::Status, Expr::value(SENT))
+            .col_expr(V::Status, Expr::value(Sent.as_str()))
             .col_expr(V::PublishedAt, Expr::value(Some(now)))
             .col_expr(V::LeaseOwner, Expr::value(Option::<String>::None))
             .col_expr(V::LeaseUntil, Expr::value(Option::<i64>::None))
             .col_expr(V::LastError, Expr::value(Option::<String>::None))
             .filter(V::Seq.eq(seq))
-            .filter(V::Status.eq(SENDING))
+            .filter(V::Status.eq(Sending.as_str()))
             .filter(V::LeaseOwner.eq(owner))
             .exec(self.db())
             .await?;
@@ -130,13 +150,13 @@ impl Storage {
     ) -> Result<bool, StorageError> {
         let error: String = error.chars().take(1000).collect();
         let result = event::Entity::update_many()
-            .col_expr(V::Status, Expr::value(PENDING))
+            .col_expr(V::Status, Expr::value(Pending.as_str()))
             .col_expr(V::NextAttemptAt, Expr::value(next_attempt_at))
             .col_expr(V::LeaseOwner, Expr::value(Option::<String>::None))
             .col_expr(V::LeaseUntil, Expr::value(Option::<i64>::None))
             .col_expr(V::LastError, Expr::value(Some(error)))
             .filter(V::Seq.eq(seq))
-            .filter(V::Status.eq(SENDING))
+            .filter(V::Status.eq(Sending.as_str()))
             .filter(V::LeaseOwner.eq(owner))
             .exec(self.db())
             .await?;
@@ -149,7 +169,7 @@ impl Storage {
         event::Entity::update_many()
             .col_expr(V::NextAttemptAt, Expr::value(now))
             .filter(V::EventId.eq(event_id))
-            .filter(V::Status.eq(PENDING))
+            .filter(V::Status.eq(Pending.as_str()))
             .filter(V::NextAttemptAt.gt(now))
             .exec(self.db())
             .await?;
@@ -163,7 +183,7 @@ impl Storage {
             .select_only()
             .column_as(Expr::col(V::Seq).count(), "backlog")
             .column_as(Expr::col(V::CreatedAt).min(), "oldest")
-            .filter(V::Status.ne(SENT))
+            .filter(V::Status.ne(Sent.as_str()))
             .into_tuple()
             .one(self.reader())
             .await?
@@ -184,7 +204,7 @@ impl Storage {
         let seqs: Vec<i64> = event::Entity::find()
             .select_only()
             .column(V::Seq)
-            .filter(V::Status.eq(SENT))
+            .filter(V::Status.eq(Sent.as_str()))
             .filter(V::PublishedAt.lt(published_before))
             .limit(batch)
             .into_tuple()

@@ -165,7 +165,7 @@ impl crate::Storage {
                     account_id: Set(e.account_id),
                     event_type: Set(e.event_type),
                     payload: Set(e.payload),
-                    status: Set(events::PENDING.to_owned()),
+                    status: Set(events::EventStatus::Pending.as_str().to_owned()),
                     attempts: Set(0),
                     next_attempt_at: Set(now),
                     lease_owner: Set(None),

@@ -423,7 +423,7 @@ impl Storage {
                     account_id: Set(event.account_id),
                     event_type: Set(event.event_type),
                     payload: Set(event.payload),
-                    status: Set(super::events::PENDING.to_owned()),
+                    status: Set(super::events::EventStatus::Pending.as_str().to_owned()),
                     attempts: Set(0),
                     next_attempt_at: Set(now + LOCK_EVENT_HOLD_MS),
                     lease_owner: Set(None),
@@ -460,7 +460,10 @@ async fn give_back<C: sea_orm::ConnectionTrait>(
     if let Some(event_id) = held_event {
         crate::entity::event::Entity::delete_many()
             .filter(crate::entity::event::Column::EventId.eq(event_id))
-            .filter(crate::entity::event::Column::Status.eq(super::events::PENDING))
+            .filter(
+                crate::entity::event::Column::Status
+                    .eq(super::events::EventStatus::Pending.as_str()),
+            )
             .exec(txn)
             .await?;
     }

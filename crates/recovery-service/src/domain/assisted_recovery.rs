@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::{
     Error, HOUR_MS, Recovery, Result, client,
+    code::EmailCode,
     email::{mask, same_address},
     event::EventType,
     family::{hint_of, validate_family_id},
@@ -55,7 +56,7 @@ impl Recovery {
         let now = self.now();
         let p = &self.policy;
         let assisted_flow_id = secrets::random_id(ASSISTED_PREFIX)?;
-        let code = secrets::email_code()?;
+        let code = EmailCode::generate()?;
         let key = self.keys.current();
         let mac = secrets::email_code_mac(key, &assisted_flow_id, &code);
         let expires_at = now + p.assisted_flow_ttl_ms;
@@ -89,7 +90,7 @@ impl Recovery {
                     let mut messages = vec![message(
                         keys,
                         &Notice::AssistedRecoveryCode(notice::AssistedRecoveryCode {
-                            code: code.clone(),
+                            code: zeroize::Zeroizing::new(code.digits().to_owned()),
                             expires_in_hours: p.assisted_flow_ttl_ms / HOUR_MS,
                             // When, not from where: the organizer's IP address and browser
                             // are not the member's to see.
@@ -213,7 +214,7 @@ impl Recovery {
         assisted_flow_id: &str,
         email_code: &str,
     ) -> Result<Timestamp> {
-        let code = secrets::parse_email_code(email_code)?;
+        let code = EmailCode::parse(email_code)?;
         let now = self.now();
         let flow = self.find_open_assisted(assisted_flow_id, now).await?;
         let matches = secrets::verify_email_code(

@@ -117,6 +117,58 @@ fn check_char(chars: &[u8]) -> u8 {
     ALPHABET[(N - sum % N) % N]
 }
 
+/// A 6-digit email code: what proves that a person reads the mailbox. Zeroized on drop; never
+/// printed.
+pub struct EmailCode(Zeroizing<String>);
+
+impl std::fmt::Debug for EmailCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EmailCode([redacted])")
+    }
+}
+
+impl EmailCode {
+    /// A uniformly random code from the operating system's CSPRNG.
+    pub fn generate() -> Result<Self, Error> {
+        // Rejection sampling over u32: values at or above the largest multiple of 10^6 are
+        // redrawn.
+        const LIMIT: u32 = u32::MAX - (u32::MAX % 1_000_000);
+        loop {
+            let mut bytes = Zeroizing::new([0u8; 4]);
+            crate::crypto::getrandom_fill(&mut *bytes).map_err(|err| {
+                tracing::error!(error = %err, "random source failed");
+                Error::Internal
+            })?;
+            let n = u32::from_le_bytes(*bytes);
+            if n < LIMIT {
+                return Ok(Self(Zeroizing::new(format!("{:06}", n % 1_000_000))));
+            }
+        }
+    }
+
+    /// The 6 digits as a person types them: surrounding spaces trimmed, and one space or dash
+    /// between the two halves accepted (`584 895`, `584-895`). Errors never echo the input.
+    pub fn parse(input: &str) -> Result<Self, Error> {
+        let bytes = input.trim().as_bytes();
+        let code: Zeroizing<Vec<u8>> = Zeroizing::new(match bytes {
+            [a, b, c, b' ' | b'-', d, e, f] => vec![*a, *b, *c, *d, *e, *f],
+            [_, _, _, _, _, _] => bytes.to_vec(),
+            _ => return Err(Error::EmailCodeMalformed),
+        });
+        if !code.iter().all(u8::is_ascii_digit) {
+            return Err(Error::EmailCodeMalformed);
+        }
+        // Six ASCII digits: valid UTF-8.
+        let digits = std::str::from_utf8(&code).map_err(|_| Error::EmailCodeMalformed)?;
+        Ok(Self(Zeroizing::new(digits.to_owned())))
+    }
+
+    /// The six digits: for the mail that carries them and the MAC that keeps them.
+    pub fn digits(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +284,56 @@ mod tests {
         let code = RecoveryCode::generate().unwrap();
         let shown = format!("{code:?}");
         assert!(!shown.contains(std::str::from_utf8(&code.canonical()[..8]).unwrap()));
+    }
+    #[test]
+    fn email_codes_are_six_digits_and_vary() {
+        let codes: std::collections::BTreeSet<String> = (0..200)
+            .map(|_| EmailCode::generate().unwrap().digits().to_owned())
+            .collect();
+        assert!(
+            codes
+                .iter()
+                .all(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()))
+        );
+        assert!(
+            codes.len() > 190,
+            "200 draws from a million should rarely collide"
+        );
+    }
+
+    #[test]
+    fn an_email_code_is_never_printed() {
+        let code = EmailCode::parse("012345").unwrap();
+        assert_eq!(format!("{code:?}"), "EmailCode([redacted])");
+    }
+
+    #[test]
+    fn email_code_format_is_checked_before_anything_else() {
+        for good in [" 012345 ", "012 345", "012-345", "\t012345\n", " 012 345 "] {
+            assert_eq!(
+                EmailCode::parse(good).unwrap().digits(),
+                "012345",
+                "{good:?}"
+            );
+        }
+        for bad in [
+            "",
+            "12345",
+            "1234567",
+            "12a456",
+            "１２３４５６",
+            "12 345",
+            "0123 45",
+            "012  345",
+            "012_345",
+            "012--345",
+            "01-2345",
+            "0-1-2-3-4-5",
+        ] {
+            assert!(
+                matches!(EmailCode::parse(bad), Err(Error::EmailCodeMalformed)),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::{
     Error, HOUR_MS, MINUTE_MS, Recovered, Recovery, RecoveryMode, Result, StartedFlow, client,
-    code::RecoveryCode,
+    code::{EmailCode, RecoveryCode},
     email::{Email, mask},
     event::EventType,
     ip_limit_key,
@@ -70,7 +70,7 @@ impl Recovery {
             .find_enrollment_by_email(email.lookup())
             .await?;
         let flow_id = secrets::random_id(FLOW_PREFIX)?;
-        let code = secrets::email_code()?;
+        let code = EmailCode::generate()?;
         let key = self.keys.current();
         let mac = secrets::email_code_mac(key, &flow_id, &code);
         let expires_at = now + self.policy.flow_ttl_ms;
@@ -85,7 +85,7 @@ impl Recovery {
         let mut verification = message(
             &self.keys,
             &Notice::VerificationCode(notice::VerificationCode {
-                code: code.clone(),
+                code: zeroize::Zeroizing::new(code.digits().to_owned()),
                 expires_in_minutes: self.policy.email_code_ttl_ms / MINUTE_MS,
                 context: context(now, &client),
             }),
@@ -173,7 +173,7 @@ impl Recovery {
     /// accepts its right code again (a retried call succeeds) and nothing else.
     #[tracing::instrument(name = "domain.verify_email", skip_all)]
     pub async fn verify_email(&self, flow_id: &str, email_code: &str) -> Result<Timestamp> {
-        let code = secrets::parse_email_code(email_code)?;
+        let code = EmailCode::parse(email_code)?;
         let now = self.now();
         let (flow, _) = match self.find_open_flow(flow_id, now).await {
             Err(Error::FlowCompleted) => return Err(self.why_cancelled(flow_id, now).await),

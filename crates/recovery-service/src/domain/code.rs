@@ -134,12 +134,7 @@ impl EmailCode {
         // redrawn.
         const LIMIT: u32 = u32::MAX - (u32::MAX % 1_000_000);
         loop {
-            let mut bytes = Zeroizing::new([0u8; 4]);
-            crate::crypto::getrandom_fill(&mut *bytes).map_err(|err| {
-                tracing::error!(error = %err, "random source failed");
-                Error::Internal
-            })?;
-            let n = u32::from_le_bytes(*bytes);
+            let n = u32::from_le_bytes(super::secrets::random_bytes()?);
             if n < LIMIT {
                 return Ok(Self(Zeroizing::new(format!("{:06}", n % 1_000_000))));
             }

@@ -104,15 +104,7 @@ impl Storage {
         // `chain_valid = false`, and never fold into the row it names. Re-signing it would
         // launder the cut.
         let forged = match (self.audit_chain(), &anchored) {
-            (Some(keys), Some(a)) => !head_mac_ok(
-                keys,
-                "audit-head/v1",
-                &a.account_id,
-                a.head_seq,
-                &a.head_link,
-                &a.key_id,
-                &a.mac,
-            ),
+            (Some(keys), Some(a)) => !anchor_mac_ok(keys, a),
             _ => false,
         };
         if let Some(head) = head.as_ref().filter(|head| !forged && folds_into(&e, head)) {
@@ -465,6 +457,19 @@ fn head_mac(
     current_link(keys, "", &bytes)
 }
 
+/// Whether an anchor's MAC is right: it names the row it says, as the key made it.
+fn anchor_mac_ok(keys: &dyn AuditChainKeys, anchor: &audit_head::Model) -> bool {
+    head_mac_ok(
+        keys,
+        "audit-head/v1",
+        &anchor.account_id,
+        anchor.head_seq,
+        &anchor.head_link,
+        &anchor.key_id,
+        &anchor.mac,
+    )
+}
+
 /// Whether a stored anchor or checkpoint MAC is right (under whichever key made it).
 fn head_mac_ok(
     keys: &dyn AuditChainKeys,
@@ -562,15 +567,7 @@ async fn verify<C: ConnectionTrait>(
     let mut cut = false;
     let checkpoint = match &head {
         Some(h) => {
-            let anchored = head_mac_ok(
-                keys,
-                "audit-head/v1",
-                account_id,
-                h.head_seq,
-                &h.head_link,
-                &h.key_id,
-                &h.mac,
-            );
+            let anchored = anchor_mac_ok(keys, h);
             // The row the anchor names is there, as it was. (Rows after it, which a replica of
             // the release before anchors may have written, are verified by the walk below.)
             let named = if h.head_seq == newest.seq {

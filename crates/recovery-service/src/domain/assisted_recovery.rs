@@ -58,7 +58,7 @@ impl Recovery {
         let assisted_flow_id = secrets::random_id(ASSISTED_PREFIX)?;
         let code = EmailCode::generate()?;
         let key = self.keys.current();
-        let mac = secrets::email_code_mac(key, &assisted_flow_id, &code);
+        let mac = code.mac(key, &assisted_flow_id);
         let expires_at = now + p.assisted_flow_ttl_ms;
         let keys = &self.keys;
         let flow_id = assisted_flow_id.clone();
@@ -217,11 +217,10 @@ impl Recovery {
         let code = EmailCode::parse(email_code)?;
         let now = self.now();
         let flow = self.find_open_assisted(assisted_flow_id, now).await?;
-        let matches = secrets::verify_email_code(
+        let matches = code.matches(
             &self.keys,
             &flow.mac_key_id,
             &flow.assisted_flow_id,
-            &code,
             &flow.email_code_mac.0,
         );
         let cap = self.policy.assisted_attempts;

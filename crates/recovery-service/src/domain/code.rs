@@ -8,7 +8,8 @@
 
 use zeroize::Zeroizing;
 
-use super::Error;
+use super::{Error, secrets::random_bytes};
+use crate::crypto::{KeyRing, Purpose, SecretKey, hmac_sha256, subkey};
 
 /// Crockford's base32 alphabet.
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -134,7 +135,7 @@ impl EmailCode {
         // redrawn.
         const LIMIT: u32 = u32::MAX - (u32::MAX % 1_000_000);
         loop {
-            let n = u32::from_le_bytes(super::secrets::random_bytes()?);
+            let n = u32::from_le_bytes(random_bytes()?);
             if n < LIMIT {
                 return Ok(Self(Zeroizing::new(format!("{:06}", n % 1_000_000))));
             }
@@ -158,9 +159,31 @@ impl EmailCode {
         Ok(Self(Zeroizing::new(digits.to_owned())))
     }
 
-    /// The six digits: for the mail that carries them and the MAC that keeps them.
+    /// The six digits: for the mail that carries them.
     pub fn digits(&self) -> &str {
         &self.0
+    }
+
+    /// HMAC-SHA-256 of the code, bound to its flow, under `key`'s MAC subkey (hex): what the
+    /// flow keeps instead of the code.
+    pub fn mac(&self, key: &SecretKey, flow_id: &str) -> String {
+        hex::encode(self.mac_bytes(key, flow_id))
+    }
+
+    fn mac_bytes(&self, key: &SecretKey, flow_id: &str) -> [u8; 32] {
+        let subkey = subkey(key, Purpose::EmailCodeMac);
+        hmac_sha256(&*subkey, &[flow_id.as_bytes(), b"\0", self.0.as_bytes()])
+    }
+
+    /// Whether the code is the one a flow keeps the MAC of (`stored_hex`, made under
+    /// `key_id`), compared in constant time.
+    pub fn matches(&self, keys: &KeyRing, key_id: &str, flow_id: &str, stored_hex: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
+        let (Some(key), Ok(stored)) = (keys.get(key_id), hex::decode(stored_hex)) else {
+            return false;
+        };
+        let computed = self.mac_bytes(key, flow_id);
+        computed.len() == stored.len() && bool::from(computed.ct_eq(&stored))
     }
 }
 
@@ -330,5 +353,21 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn macs_verify_under_any_listed_key_and_bind_the_flow() {
+        let code = |digits: &str| EmailCode::parse(digits).unwrap();
+        let ring = |text: &str| KeyRing::parse(text).unwrap();
+        const A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        const B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+        let old = ring(&format!("old:{A}"));
+        let mac = code("123456").mac(old.current(), "flow-1");
+        assert!(code("123456").matches(&old, "old", "flow-1", &mac));
+        assert!(!code("123457").matches(&old, "old", "flow-1", &mac));
+        assert!(!code("123456").matches(&old, "old", "flow-2", &mac));
+        let rotated = ring(&format!("new:{B},old:{A}"));
+        assert!(code("123456").matches(&rotated, "old", "flow-1", &mac));
+        assert!(!code("123456").matches(&rotated, "gone", "flow-1", &mac));
     }
 }

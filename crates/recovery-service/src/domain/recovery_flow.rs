@@ -72,7 +72,7 @@ impl Recovery {
         let flow_id = secrets::random_id(FLOW_PREFIX)?;
         let code = EmailCode::generate()?;
         let key = self.keys.current();
-        let mac = secrets::email_code_mac(key, &flow_id, &code);
+        let mac = code.mac(key, &flow_id);
         let expires_at = now + self.policy.flow_ttl_ms;
         let code_expires_at = now + self.policy.email_code_ttl_ms;
 
@@ -187,11 +187,10 @@ impl Recovery {
         // The MAC is checked for every flow, so that both take the same work; a flow for an
         // unknown email never verifies, whatever code it is given, and answers exactly as a
         // wrong code on a known flow (docs/design.md).
-        let code_matches = secrets::verify_email_code(
+        let code_matches = code.matches(
             &self.keys,
             &flow.mac_key_id,
             &flow.flow_id,
-            &code,
             &flow.email_code_mac.0,
         ) && account.is_some();
         let cap = self.policy.email_attempts;

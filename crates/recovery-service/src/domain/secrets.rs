@@ -1,7 +1,6 @@
-//! The domain's keyed secrets, built on [`crate::crypto`]: the MACs of email codes, address
-//! keys, audit-chain links, random identifiers, and outbox sealing with the domain's error.
+//! The domain's keyed secrets, built on [`crate::crypto`]: address keys, audit-chain links, random identifiers, and outbox sealing with the domain's error.
 
-use super::{Error, code::EmailCode};
+use super::Error;
 use crate::crypto::{KeyRing, SecretKey, hmac_sha256};
 
 pub use crate::crypto::{Purpose, subkey};
@@ -61,35 +60,6 @@ impl recovery_storage::AuditChainKeys for AuditChain {
     }
 }
 
-/// HMAC-SHA-256 of an email code, bound to its flow, under `key`'s MAC subkey (hex).
-pub fn email_code_mac(key: &SecretKey, flow_id: &str, code: &EmailCode) -> String {
-    hex::encode(email_code_mac_bytes(key, flow_id, code))
-}
-
-fn email_code_mac_bytes(key: &SecretKey, flow_id: &str, code: &EmailCode) -> [u8; 32] {
-    let subkey = subkey(key, Purpose::EmailCodeMac);
-    hmac_sha256(
-        &*subkey,
-        &[flow_id.as_bytes(), b"\0", code.digits().as_bytes()],
-    )
-}
-
-/// Compares `code` with a stored MAC in constant time.
-pub fn verify_email_code(
-    keys: &KeyRing,
-    key_id: &str,
-    flow_id: &str,
-    code: &EmailCode,
-    stored_hex: &str,
-) -> bool {
-    use subtle::ConstantTimeEq as _;
-    let (Some(key), Ok(stored)) = (keys.get(key_id), hex::decode(stored_hex)) else {
-        return false;
-    };
-    let computed = email_code_mac_bytes(key, flow_id, code);
-    computed.len() == stored.len() && bool::from(computed.ct_eq(&stored))
-}
-
 /// [`crate::crypto::seal`], failures answered as internal errors (the cause logged).
 pub fn seal(key: &SecretKey, message_id: &str, plaintext: &[u8]) -> Result<String, Error> {
     crate::crypto::seal(key, message_id, plaintext).map_err(internal)
@@ -105,49 +75,6 @@ mod tests {
 
     const A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
     const B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
-
-    #[test]
-    fn macs_verify_under_any_listed_key_and_bind_the_flow() {
-        let code = |digits: &str| EmailCode::parse(digits).unwrap();
-        let old = ring(&format!("old:{A}"));
-        let mac = email_code_mac(old.current(), "flow-1", &code("123456"));
-        assert!(verify_email_code(
-            &old,
-            "old",
-            "flow-1",
-            &code("123456"),
-            &mac
-        ));
-        assert!(!verify_email_code(
-            &old,
-            "old",
-            "flow-1",
-            &code("123457"),
-            &mac
-        ));
-        assert!(!verify_email_code(
-            &old,
-            "old",
-            "flow-2",
-            &code("123456"),
-            &mac
-        ));
-        let rotated = ring(&format!("new:{B},old:{A}"));
-        assert!(verify_email_code(
-            &rotated,
-            "old",
-            "flow-1",
-            &code("123456"),
-            &mac
-        ));
-        assert!(!verify_email_code(
-            &rotated,
-            "gone",
-            "flow-1",
-            &code("123456"),
-            &mac
-        ));
-    }
 
     #[test]
     fn sealed_payloads_open_only_with_their_key_and_message_id() {

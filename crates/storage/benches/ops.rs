@@ -222,6 +222,7 @@ async fn fill_trail(s: &Storage, account: &str, n: usize) {
     for start in (0..n).step_by(1000) {
         let audit = (start..n.min(start + 1000))
             .map(|i| NewAuditEvent {
+                personal: Default::default(),
                 event_id: format!("ev-{account}-{i}"),
                 account_id: account.into(),
                 serialize_on: None,

@@ -40,7 +40,9 @@ impl ChainStatus {
 }
 
 /// The bytes a link covers: every stored field of the event but its position, in a fixed
-/// order and encoding (`details` as stored).
+/// order and encoding (`details` as stored). A row whose personal details are sealed is
+/// covered with its ciphertext (`audit/v2`), so destroying the data key leaves its link
+/// verifiable.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn canonical(
     event_id: &str,
@@ -50,16 +52,44 @@ pub(crate) fn canonical(
     client_ip: Option<&str>,
     client_user_agent: Option<&str>,
     details: &str,
+    sealed: Option<&str>,
 ) -> Vec<u8> {
-    serde_json::to_vec(&(
-        "audit/v1",
-        event_id,
-        account_id,
-        kind,
-        occurred_at,
-        client_ip,
-        client_user_agent,
-        details,
-    ))
+    match sealed {
+        None => serde_json::to_vec(&(
+            "audit/v1",
+            event_id,
+            account_id,
+            kind,
+            occurred_at,
+            client_ip,
+            client_user_agent,
+            details,
+        )),
+        Some(sealed) => serde_json::to_vec(&(
+            "audit/v2",
+            event_id,
+            account_id,
+            kind,
+            occurred_at,
+            client_ip,
+            client_user_agent,
+            details,
+            sealed,
+        )),
+    }
     .unwrap_or_default()
+}
+
+/// [`canonical`] of a stored row, with `details` as given (a fold rewrites them).
+pub(crate) fn canonical_row(row: &crate::entity::audit_event::Model, details: &str) -> Vec<u8> {
+    canonical(
+        &row.event_id,
+        &row.account_id,
+        &row.kind,
+        row.occurred_at,
+        row.client_ip.as_deref(),
+        row.client_user_agent.as_deref(),
+        details,
+        row.sealed.as_deref(),
+    )
 }

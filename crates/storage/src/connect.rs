@@ -79,6 +79,7 @@ pub struct Storage {
     readers: Option<DatabaseConnection>,
     backend: Backend,
     chain: Option<std::sync::Arc<dyn crate::AuditChainKeys>>,
+    personal: Option<std::sync::Arc<dyn crate::PersonalDataKeys>>,
 }
 
 impl Storage {
@@ -107,6 +108,10 @@ impl Storage {
                             .synchronous(SqliteSynchronous::Normal)
                             .busy_timeout(busy)
                             .foreign_keys(true)
+                            // Deleted rows are overwritten, not left in free pages: what
+                            // ForgetAccount removes is gone from the file once the WAL is
+                            // checkpointed (at the latest at a clean stop).
+                            .pragma("secure_delete", "ON")
                     });
                 if options.sqlite_readers > 0 && sqlite_file_path(&options.url).is_some() {
                     let mut read = sea_orm::ConnectOptions::new(options.url.clone());
@@ -152,6 +157,7 @@ impl Storage {
             readers,
             backend,
             chain: None,
+            personal: None,
         })
     }
 
@@ -166,6 +172,19 @@ impl Storage {
 
     pub(crate) fn audit_chain(&self) -> Option<&dyn crate::AuditChainKeys> {
         self.chain.as_deref()
+    }
+
+    /// This handle with the keys that seal the personal details of each account's audit
+    /// events under a data key of that account (destroyed when it is forgotten). Without
+    /// them, those details are written in clear.
+    #[must_use]
+    pub fn with_personal_data(mut self, keys: std::sync::Arc<dyn crate::PersonalDataKeys>) -> Self {
+        self.personal = Some(keys);
+        self
+    }
+
+    pub(crate) fn personal_data(&self) -> Option<&dyn crate::PersonalDataKeys> {
+        self.personal.as_deref()
     }
 
     /// The sea-orm connection, for the operations of this crate.

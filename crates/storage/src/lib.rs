@@ -12,8 +12,10 @@ mod error;
 pub mod migration;
 pub mod model;
 mod ops;
+mod personal;
 
 pub use chain::{AuditChainKeys, ChainStatus};
 pub use connect::{Backend, ConnectOptions, SchemaStatus, Storage, sqlite_file_path};
 pub use error::{ConflictKind, StorageError};
 pub use ops::{ChangeError, CleanupReport, IntoEffects};
+pub use personal::{KeyState, PersonalDataKeys};

@@ -295,6 +295,9 @@ pub struct NewAuditEvent {
     pub occurred_at: Timestamp,
     pub client: ClientInfo,
     pub details: BTreeMap<String, String>,
+    /// Details about the person (address hints, free-text reasons): sealed with the client
+    /// under the account's data key, and unreadable once the account is forgotten.
+    pub personal: BTreeMap<String, String>,
     /// A repeat of the account's newest event (same kind, same values of these details,
     /// within the window) is folded into it instead of written again: its `count` goes up
     /// and `last_at` moves, so a flood of one refusal leaves one row with the right count.
@@ -325,7 +328,11 @@ pub struct AuditRecord {
     pub kind: String,
     pub occurred_at: Timestamp,
     pub client: ClientInfo,
+    /// The event's details, its personal ones included while they can be read.
     pub details: BTreeMap<String, String>,
+    /// The account was forgotten: the event's personal details (client, personal details)
+    /// were sealed under its destroyed data key and are left out.
+    pub forgotten: bool,
 }
 
 /// Notifications and audit events written in the same transaction as a change.
@@ -623,4 +630,30 @@ pub struct EventStats {
     pub backlog: i64,
     /// Creation time of the oldest of them.
     pub oldest_backlog_at: Option<Timestamp>,
+}
+
+/// What [`crate::Storage::forget_account`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forgotten {
+    /// The account had an enrolment (live or revoked) of either kind.
+    pub had_enrolment: bool,
+    /// Its family membership, as it was.
+    pub family: Option<FamilyMember>,
+    /// The other organizers of that family (to be told that a member left).
+    pub organizers: Vec<FamilyMember>,
+    /// Recovery and assisted flows removed.
+    pub removed_flows: u64,
+    /// Messages to the account or its addresses removed, sent or not.
+    pub removed_messages: u64,
+}
+
+/// How a forget ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForgetOutcome {
+    /// The account was forgotten now.
+    Forgotten(Forgotten),
+    /// Nothing was left to remove: the account was forgotten at this time.
+    AlreadyForgotten(Timestamp),
+    /// Nothing was ever kept about the account.
+    Unknown,
 }

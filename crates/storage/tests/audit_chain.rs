@@ -77,6 +77,7 @@ fn chained(db: &TestDb, keys: &Arc<Keys>) -> Storage {
 
 fn event(account: &str, kind: &str, at: i64, details: &[(&str, &str)]) -> NewAuditEvent {
     NewAuditEvent {
+        personal: Default::default(),
         event_id: format!("ev-{kind}-{at}-{}", rand_suffix()),
         account_id: account.to_owned(),
         serialize_on: None,

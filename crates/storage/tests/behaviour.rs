@@ -67,6 +67,7 @@ fn enrollment(account: &str, email: &str, code_id: &str) -> NewEnrollment {
 
 fn audit(account: &str, kind: &str, at: i64) -> NewAuditEvent {
     NewAuditEvent {
+        personal: Default::default(),
         event_id: format!("{account}-{kind}-{at}-{}", rand_suffix()),
         account_id: account.to_owned(),
         serialize_on: None,

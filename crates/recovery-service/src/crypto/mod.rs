@@ -10,7 +10,7 @@ pub mod opaque;
 mod seal;
 
 pub use keys::{KeyRing, SecretKey, getrandom_fill};
-pub use seal::{seal, seal_for, unseal, unseal_for};
+pub use seal::{seal, seal_for, unseal, unseal_for, unseal_with};
 
 use hmac::{Hmac, Mac as _, digest::KeyInit};
 use sha2::{Digest as _, Sha256};
@@ -26,6 +26,10 @@ pub enum Purpose {
     AddressKey,
     /// Zero-knowledge enrollment ids and the server's OPAQUE login state in a flow.
     OpaqueState,
+    /// Wrapping each account's data key (for the personal details of its audit trail).
+    DataKeyWrap,
+    /// Sealing personal details under an account's data key.
+    PersonalData,
 }
 
 impl Purpose {
@@ -37,6 +41,8 @@ impl Purpose {
             Self::AuditChain => b"recovery-service v1 audit chain",
             Self::AddressKey => b"recovery-service v1 address key",
             Self::OpaqueState => b"recovery-service v1 opaque state",
+            Self::DataKeyWrap => b"recovery-service v1 data key wrap",
+            Self::PersonalData => b"recovery-service v1 personal data",
         }
     }
 }

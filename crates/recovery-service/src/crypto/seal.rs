@@ -58,11 +58,25 @@ pub fn unseal_for(
     bound_to: &str,
     sealed: &str,
 ) -> Result<Zeroizing<Vec<u8>>, &'static str> {
+    let key_id = sealed.split('.').nth(1).ok_or("sealed payload format")?;
+    let key = keys.get(key_id).ok_or("sealed payload key id")?;
+    unseal_with(purpose, key, bound_to, sealed)
+}
+
+/// Opens what [`seal_for`] sealed for `purpose` and `bound_to` under `key` itself.
+pub fn unseal_with(
+    purpose: Purpose,
+    key: &SecretKey,
+    bound_to: &str,
+    sealed: &str,
+) -> Result<Zeroizing<Vec<u8>>, &'static str> {
     let mut parts = sealed.splitn(3, '.');
     let (Some("v1"), Some(key_id), Some(body)) = (parts.next(), parts.next(), parts.next()) else {
         return Err("sealed payload format");
     };
-    let key = keys.get(key_id).ok_or("sealed payload key id")?;
+    if key_id != key.id() {
+        return Err("sealed payload key id");
+    }
     let blob = URL_SAFE_NO_PAD
         .decode(body)
         .map_err(|_| "sealed payload encoding")?;

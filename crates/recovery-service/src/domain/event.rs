@@ -26,10 +26,12 @@ pub enum EventType {
     RecoveryLocked,
     AssistedRecoveryStarted,
     AssistedRecoveryCancelled,
+    /// Everything about the account was erased here (`data.account_id`).
+    AccountForgotten,
 }
 
 impl EventType {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::AccountRecovered,
         Self::RecoveryCodeCreated,
         Self::RecoveryCodeReplaced,
@@ -38,6 +40,7 @@ impl EventType {
         Self::RecoveryLocked,
         Self::AssistedRecoveryStarted,
         Self::AssistedRecoveryCancelled,
+        Self::AccountForgotten,
     ];
 
     /// The short name, e.g. `account.recovered` (the subject is `identity.recovery.v1.` + it).
@@ -51,6 +54,7 @@ impl EventType {
             Self::RecoveryLocked => "recovery.locked",
             Self::AssistedRecoveryStarted => "assisted_recovery.started",
             Self::AssistedRecoveryCancelled => "assisted_recovery.cancelled",
+            Self::AccountForgotten => "account.forgotten",
         }
     }
 }

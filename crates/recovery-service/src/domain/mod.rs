@@ -9,6 +9,7 @@ pub mod email;
 mod error;
 pub mod event;
 pub mod family;
+mod forget_account;
 pub mod notice;
 pub mod notify;
 mod recovery_code;
@@ -264,6 +265,8 @@ pub struct AuditEvent {
     pub client_ip: Option<String>,
     pub client_user_agent: Option<String>,
     pub details: std::collections::BTreeMap<String, String>,
+    /// The account was forgotten after this event: its personal details are gone.
+    pub forgotten: bool,
 }
 
 /// One page of an audit trail, and whether the account's whole trail verifies.
@@ -288,7 +291,9 @@ impl Recovery {
         policy: Policy,
     ) -> std::result::Result<Self, String> {
         // Every audit event this service writes is linked into its account's hash chain.
-        let storage = storage.with_audit_chain(Arc::new(secrets::AuditChain(Arc::clone(&keys))));
+        let storage = storage
+            .with_audit_chain(Arc::new(secrets::AuditChain(Arc::clone(&keys))))
+            .with_personal_data(Arc::new(secrets::PersonalData(Arc::clone(&keys))));
         let opaque = Arc::new(OpaqueKeys::derive(&keys)?);
         Ok(Self {
             storage,
@@ -437,7 +442,8 @@ pub fn truncate(text: &str, max: usize) -> String {
     text[..end].to_owned()
 }
 
-/// The rate-limit key of an address: IPv4 as is, IPv6 by its /64.
+/// The network a client's limits count under: IPv4 as is, IPv6 by its /64 (the bucket key is
+/// a keyed hash of it).
 pub fn ip_limit_key(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => format!("ip:{v4}"),

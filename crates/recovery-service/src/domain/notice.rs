@@ -37,11 +37,13 @@ pub enum MessageKind {
     RecoveryByOrganizerStarted,
     /// To the account's recovery address: an organizer completed recovering the account.
     RecoveryByOrganizerCompleted,
+    /// To each organizer: a member was forgotten (left the family); nothing about them.
+    FamilyMemberLeft,
 }
 
 impl MessageKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::VerificationCode,
         Self::RecoveryStarted,
         Self::CodeCreated,
@@ -58,6 +60,7 @@ impl MessageKind {
         Self::FamilyMembershipChanged,
         Self::RecoveryByOrganizerStarted,
         Self::RecoveryByOrganizerCompleted,
+        Self::FamilyMemberLeft,
     ];
 
     /// The name stored in the outbox's `kind` column.
@@ -79,6 +82,7 @@ impl MessageKind {
             Self::FamilyMembershipChanged => "family_membership_changed",
             Self::RecoveryByOrganizerStarted => "recovery_by_organizer_started",
             Self::RecoveryByOrganizerCompleted => "recovery_by_organizer_completed",
+            Self::FamilyMemberLeft => "family_member_left",
         }
     }
 
@@ -303,6 +307,9 @@ pub enum Notice {
     FamilyMembershipChanged(FamilyMembershipChanged),
     RecoveryByOrganizerStarted(RecoveryByOrganizerStarted),
     RecoveryByOrganizerCompleted(RecoveryByOrganizerCompleted),
+    /// To each organizer: a member of the family was forgotten. Only when: nothing of the
+    /// member, whose every detail is being erased.
+    FamilyMemberLeft(Context),
 }
 
 impl Notice {
@@ -324,6 +331,7 @@ impl Notice {
             Self::FamilyMembershipChanged(_) => MessageKind::FamilyMembershipChanged,
             Self::RecoveryByOrganizerStarted(_) => MessageKind::RecoveryByOrganizerStarted,
             Self::RecoveryByOrganizerCompleted(_) => MessageKind::RecoveryByOrganizerCompleted,
+            Self::FamilyMemberLeft(_) => MessageKind::FamilyMemberLeft,
         }
     }
 
@@ -345,7 +353,8 @@ impl Notice {
             | Self::CodeCreated(c)
             | Self::CodeReplaced(c)
             | Self::CodeRevoked(c)
-            | Self::RecoveryCompleted(c) => c,
+            | Self::RecoveryCompleted(c)
+            | Self::FamilyMemberLeft(c) => c,
         }
     }
 
@@ -367,7 +376,8 @@ impl Notice {
             | Self::CodeCreated(c)
             | Self::CodeReplaced(c)
             | Self::CodeRevoked(c)
-            | Self::RecoveryCompleted(c) => serde_json::to_vec(c),
+            | Self::RecoveryCompleted(c)
+            | Self::FamilyMemberLeft(c) => serde_json::to_vec(c),
         }?;
         Ok(Zeroizing::new(json))
     }
@@ -409,6 +419,7 @@ impl Notice {
             MessageKind::RecoveryByOrganizerCompleted => {
                 Self::RecoveryByOrganizerCompleted(serde_json::from_slice(json)?)
             }
+            MessageKind::FamilyMemberLeft => Self::FamilyMemberLeft(serde_json::from_slice(json)?),
         })
     }
 }

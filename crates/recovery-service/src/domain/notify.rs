@@ -46,11 +46,13 @@ pub enum AuditKind {
     AssistedRecoveryCancelled,
     /// StartZeroKnowledgeRecovery counted a guess of the code.
     ZeroKnowledgeRecoveryStarted,
+    /// ForgetAccount erased the person; the trail's last event.
+    AccountForgotten,
 }
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::CodeCreated,
         Self::CodeReplaced,
         Self::CodeRevoked,
@@ -71,6 +73,7 @@ impl AuditKind {
         Self::AssistedRecoveryCompleted,
         Self::AssistedRecoveryCancelled,
         Self::ZeroKnowledgeRecoveryStarted,
+        Self::AccountForgotten,
     ];
 
     /// The kind a stored name stands for; `None` for a name this build does not know.
@@ -101,6 +104,7 @@ impl AuditKind {
             Self::AssistedRecoveryCompleted => "ASSISTED_RECOVERY_COMPLETED",
             Self::AssistedRecoveryCancelled => "ASSISTED_RECOVERY_CANCELLED",
             Self::ZeroKnowledgeRecoveryStarted => "ZERO_KNOWLEDGE_RECOVERY_STARTED",
+            Self::AccountForgotten => "ACCOUNT_FORGOTTEN",
         }
     }
 }
@@ -153,7 +157,11 @@ pub fn context(now_ms: i64, client: &Client) -> Context {
     }
 }
 
-/// An audit event with `details`.
+/// The details that are about the person (masked addresses): wherever an event carries them,
+/// they are sealed with its client under the account's data key (see [`personal`]).
+const PERSONAL_DETAILS: &[&str] = &["email_hint", "old_email_hint"];
+
+/// An audit event with `details`; those of [`PERSONAL_DETAILS`], and the client, are personal.
 pub fn audit(
     account_id: &str,
     kind: AuditKind,
@@ -161,6 +169,10 @@ pub fn audit(
     client: &Client,
     details: &[(&str, String)],
 ) -> Result<NewAuditEvent, Error> {
+    let (personal, details): (Vec<_>, Vec<_>) = details
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .partition(|(k, _)| PERSONAL_DETAILS.contains(&k.as_str()));
     Ok(NewAuditEvent {
         event_id: secrets::random_id("ev_")?,
         account_id: account_id.to_owned(),
@@ -169,12 +181,25 @@ pub fn audit(
         occurred_at: crate::time::Timestamp::from_ms(now_ms),
         client: client.to_info(),
         details: details
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .into_iter()
             .chain([("caller".to_owned(), super::caller::current())])
             .collect::<BTreeMap<_, _>>(),
+        personal: personal.into_iter().collect(),
         coalesce: None,
     })
+}
+
+/// `event` with more personal details (free text a person or operator typed, such as a
+/// revocation's reason): stored sealed under the account's data key, gone once the account is
+/// forgotten.
+pub fn personal(mut event: NewAuditEvent, details: &[(&str, String)]) -> NewAuditEvent {
+    event.personal.extend(
+        details
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| ((*k).to_owned(), v.clone())),
+    );
+    event
 }
 
 /// A refusal's audit event that folds its repeats (same kind and same `on` details within an

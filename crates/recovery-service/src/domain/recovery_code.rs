@@ -12,7 +12,7 @@ use super::{
     email::{Email, mask},
     event::EventType,
     notice::{self, Notice},
-    notify::{AuditKind, Client, audit, context, message},
+    notify::{AuditKind, Client, audit, context, message, personal},
     secrets, truncate, validate_account_id,
 };
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -241,13 +241,16 @@ impl Recovery {
                         Some(account_id),
                         &before.email,
                     )?],
-                    audit: vec![audit(
-                        account_id,
-                        AuditKind::CodeRevoked,
-                        now,
-                        &client,
-                        &[("code_id", code_id.clone()), ("reason", reason.clone())],
-                    )?],
+                    audit: vec![personal(
+                        audit(
+                            account_id,
+                            AuditKind::CodeRevoked,
+                            now,
+                            &client,
+                            &[("code_id", code_id.clone())],
+                        )?,
+                        &[("reason", reason.clone())],
+                    )],
                     events: self.event(
                         EventType::RecoveryCodeRevoked,
                         account_id,
@@ -441,6 +444,7 @@ impl Recovery {
                     client_ip: r.client.ip,
                     client_user_agent: r.client.user_agent,
                     details: r.details,
+                    forgotten: r.forgotten,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -143,7 +143,12 @@ impl Recovery {
         let p = &self.policy;
         let mut checks = Vec::with_capacity(3);
         if let Some(ip) = client.ip {
-            let key = ip_limit_key(ip);
+            // A keyed hash of the client's network, as addresses are: the buckets never
+            // hold an IP address in clear.
+            let key = format!(
+                "net:{}",
+                secrets::address_key(&self.keys, &ip_limit_key(ip))
+            );
             checks.push((
                 format!("begin:min:{key}"),
                 MINUTE_MS,

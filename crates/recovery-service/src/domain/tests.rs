@@ -1267,6 +1267,7 @@ async fn every_audit_page_fits_the_response_limit() {
     for i in 0..600 {
         h.storage
             .append_audit(recovery_storage::model::NewAuditEvent {
+                personal: Default::default(),
                 event_id: format!("ev_{i:026}"),
                 account_id: "a".repeat(128),
                 serialize_on: None,

@@ -1,5 +1,6 @@
 //! The thin adapter between the wire (tonic) and the domain, one file per RPC family
-//! (`recovery_code`, `recovery_flow`, `family`, `assisted_recovery`, `zero_knowledge`), each
+//! (`recovery_code`, `recovery_flow`, `family`, `assisted_recovery`, `zero_knowledge`,
+//! `forget_account`), each
 //! named as its domain and storage files are. Every RPC goes through [`RecoveryApi::handle`]:
 //! the caller's role is checked, the request converted, [`Recovery`] called, the answer
 //! converted, and every failure mapped by [`status::to_status`]. No `unwrap` on a request path.
@@ -7,6 +8,7 @@
 mod assisted_recovery;
 pub mod auth;
 mod family;
+mod forget_account;
 pub mod layer;
 pub(crate) mod recovery_code;
 mod recovery_flow;
@@ -220,5 +222,12 @@ impl RecoveryService for RecoveryApi {
         request: Request<wire::FinishZeroKnowledgeRecoveryRequest>,
     ) -> Answer<wire::FinishZeroKnowledgeRecoveryResponse> {
         zero_knowledge::finish_recovery(self, request).await
+    }
+
+    async fn forget_account(
+        &self,
+        request: Request<wire::ForgetAccountRequest>,
+    ) -> Answer<wire::ForgetAccountResponse> {
+        forget_account::forget(self, request).await
     }
 }

@@ -109,6 +109,7 @@ pub(crate) fn audit_page(page: crate::domain::AuditPage) -> wire::ListAuditEvent
                 user_agent: e.client_user_agent.unwrap_or_default(),
             }),
             details: e.details.into_iter().collect(),
+            forgotten: e.forgotten,
         })
         .collect();
     wire::ListAuditEventsResponse {
@@ -149,5 +150,6 @@ fn audit_kind(kind: AuditKind) -> AuditEventKind {
         AuditKind::AssistedRecoveryCompleted => AuditEventKind::AssistedRecoveryCompleted,
         AuditKind::AssistedRecoveryCancelled => AuditEventKind::AssistedRecoveryCancelled,
         AuditKind::ZeroKnowledgeRecoveryStarted => AuditEventKind::ZeroKnowledgeRecoveryStarted,
+        AuditKind::AccountForgotten => AuditEventKind::AccountForgotten,
     }
 }

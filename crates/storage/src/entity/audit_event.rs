@@ -19,6 +19,10 @@ pub struct Model {
     pub chain_key_id: Option<String>,
     /// `HMAC(key, previous chain_hash || canonical event)`, hex.
     pub chain_hash: Option<String>,
+    /// The event's personal details (client IP address and user agent, personal details),
+    /// sealed under the account's data key: `<data key id>.<sealed>`. `None` on rows written
+    /// in clear (before forgetting existed, or without a sealer).
+    pub sealed: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

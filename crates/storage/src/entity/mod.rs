@@ -1,6 +1,7 @@
 //! sea-orm entities, one file per table. Private to this crate: callers get the plain types of
 //! [`crate::model`], which redact hashes in `Debug`.
 
+pub(crate) mod account_data_key;
 pub(crate) mod assisted_flow;
 pub(crate) mod audit_event;
 pub(crate) mod audit_head;
@@ -10,5 +11,6 @@ pub(crate) mod failure;
 pub(crate) mod family_member;
 pub(crate) mod finished_enrollment;
 pub(crate) mod flow;
+pub(crate) mod forgotten_account;
 pub(crate) mod outbox;
 pub(crate) mod rate_limit;

@@ -14,6 +14,7 @@ mod m20261202_000001_families;
 mod m20261202_000002_event_outbox;
 mod m20261207_000001_zero_knowledge;
 mod m20261207_000002_audit_heads;
+mod m20261208_000001_forgetting;
 
 /// Every migration this build knows, oldest first.
 #[derive(Debug)]
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000002_event_outbox::Migration),
             Box::new(m20261207_000001_zero_knowledge::Migration),
             Box::new(m20261207_000002_audit_heads::Migration),
+            Box::new(m20261208_000001_forgetting::Migration),
         ]
     }
 }

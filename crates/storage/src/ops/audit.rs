@@ -123,7 +123,38 @@ impl Storage {
             (None, Some(h)) => h.chain_hash.clone(),
             (None, None) => None,
         };
-        let details = serde_json::to_string(&e.details)
+        // The personal details go sealed under the account's data key; without a sealer, or
+        // under no account, in clear.
+        let mut details = e.details;
+        let mut personal = crate::personal::Personal {
+            ip: e.client.ip,
+            ua: e.client.user_agent,
+            details: e.personal,
+        };
+        let sealed = match self.personal_data() {
+            Some(sealer) if chained && !personal.is_empty() => Some(
+                crate::personal::seal(
+                    txn,
+                    sealer,
+                    &e.account_id,
+                    &e.event_id,
+                    &personal,
+                    e.occurred_at.as_ms(),
+                )
+                .await?,
+            ),
+            _ => None,
+        };
+        let client = if sealed.is_some() {
+            ClientInfo::default()
+        } else {
+            details.append(&mut personal.details);
+            ClientInfo {
+                ip: personal.ip,
+                user_agent: personal.ua,
+            }
+        };
+        let details = serde_json::to_string(&details)
             .map_err(|err| StorageError::Other(format!("audit details: {err}")))?;
         let keys = self.audit_chain();
         let link = match keys {
@@ -134,9 +165,10 @@ impl Storage {
                     &e.account_id,
                     &e.kind,
                     e.occurred_at.as_ms(),
-                    e.client.ip.as_deref(),
-                    e.client.user_agent.as_deref(),
+                    client.ip.as_deref(),
+                    client.user_agent.as_deref(),
                     &details,
+                    sealed.as_deref(),
                 );
                 Some(current_link(keys, &previous, &event)?)
             }
@@ -147,9 +179,10 @@ impl Storage {
             account_id: Set(e.account_id),
             kind: Set(e.kind),
             occurred_at: Set(e.occurred_at.as_ms()),
-            client_ip: Set(e.client.ip),
-            client_user_agent: Set(e.client.user_agent),
+            client_ip: Set(client.ip),
+            client_user_agent: Set(client.user_agent),
             details: Set(details),
+            sealed: Set(sealed),
             chain_key_id: Set(link.as_ref().map(|(key_id, _)| key_id.clone())),
             chain_hash: Set(link.as_ref().map(|(_, link)| link.clone())),
             ..Default::default()
@@ -192,15 +225,7 @@ impl Storage {
         let (Some(key_id), Some(link)) = (&head.chain_key_id, &head.chain_hash) else {
             return false;
         };
-        let event = crate::chain::canonical(
-            &head.event_id,
-            &head.account_id,
-            &head.kind,
-            head.occurred_at,
-            head.client_ip.as_deref(),
-            head.client_user_agent.as_deref(),
-            &head.details,
-        );
+        let event = crate::chain::canonical_row(head, &head.details);
         let anchored = anchor.is_none_or(|a| a.head_seq == head.seq && a.head_link == *link);
         anchored
             && keys
@@ -238,15 +263,7 @@ impl Storage {
             .map_err(|err| StorageError::Other(format!("audit details: {err}")))?;
         let mut link = None;
         if let Some(keys) = self.audit_chain() {
-            let event = crate::chain::canonical(
-                &head.event_id,
-                &head.account_id,
-                &head.kind,
-                head.occurred_at,
-                head.client_ip.as_deref(),
-                head.client_user_agent.as_deref(),
-                &details,
-            );
+            let event = crate::chain::canonical_row(head, &details);
             link = Some(current_link(keys, previous, &event)?);
         }
         audit_event::Entity::update_many()
@@ -366,7 +383,7 @@ impl Storage {
         limit: u64,
     ) -> Result<(Vec<AuditRecord>, ChainStatus), StorageError> {
         let txn = self.snapshot().await?;
-        let rows = list_rows(&txn, account_id, before_seq, limit).await?;
+        let rows = list_rows(&txn, self.personal_data(), account_id, before_seq, limit).await?;
         let verdict = match self.audit_chain() {
             Some(keys) => {
                 let shown = rows.last().zip(rows.first()).map(|(o, n)| (o.seq, n.seq));
@@ -393,13 +410,23 @@ impl Storage {
         before_seq: Option<i64>,
         limit: u64,
     ) -> Result<Vec<AuditRecord>, StorageError> {
-        list_rows(self.reader(), account_id, before_seq, limit).await
+        list_rows(
+            self.reader(),
+            self.personal_data(),
+            account_id,
+            before_seq,
+            limit,
+        )
+        .await
     }
 }
 
-/// Up to `limit` of the account's events older than `before_seq`, newest first.
+/// Up to `limit` of the account's events older than `before_seq`, newest first, their
+/// personal details opened with the account's data keys (left out, `forgotten`, when the key
+/// was destroyed).
 async fn list_rows<C: ConnectionTrait>(
     db: &C,
+    sealer: Option<&dyn crate::PersonalDataKeys>,
     account_id: &str,
     before_seq: Option<i64>,
     limit: u64,
@@ -409,22 +436,66 @@ async fn list_rows<C: ConnectionTrait>(
         query = query.filter(A::Seq.lt(seq));
     }
     let rows = query.order_by_desc(A::Seq).limit(limit).all(db).await?;
+    let data_key = if rows.iter().any(|r| r.sealed.is_some()) {
+        crate::personal::account_key(db, account_id).await?
+    } else {
+        None
+    };
+    // Every event up to the account's forgetting is marked, whether or not it held anything
+    // personal.
+    let forgotten_at = match rows.last() {
+        Some(_) => super::by_key(
+            crate::entity::forgotten_account::Entity::find_by_id(account_id.to_owned()),
+            db,
+        )
+        .await?
+        .map(|f| f.forgotten_at),
+        None => None,
+    };
     rows.into_iter()
         .map(|row| {
-            let details = serde_json::from_str(&row.details).map_err(|e| {
-                StorageError::Other(format!("audit details of {}: {e}", row.event_id))
-            })?;
+            let mut details: std::collections::BTreeMap<String, String> =
+                serde_json::from_str(&row.details).map_err(|e| {
+                    StorageError::Other(format!("audit details of {}: {e}", row.event_id))
+                })?;
+            let mut client = ClientInfo {
+                ip: row.client_ip,
+                user_agent: row.client_user_agent,
+            };
+            let forgotten = forgotten_at.is_some_and(|at| row.occurred_at <= at);
+            if let Some(sealed) = &row.sealed {
+                // Opened with the account's key; under another key (destroyed when the
+                // account was forgotten, or lost with its ring key) the details stay out.
+                let live = data_key
+                    .as_ref()
+                    .filter(|(key_id, _)| key_id == crate::personal::key_of(sealed));
+                match live.and_then(|(key_id, wrapped)| {
+                    let sealer = sealer?;
+                    crate::personal::open(sealer, (key_id, wrapped), &row.event_id, sealed)
+                }) {
+                    Some((opened, mut personal)) => {
+                        client = opened;
+                        details.append(&mut personal);
+                    }
+                    None if live.is_some() => tracing::warn!(
+                        event_id = %row.event_id,
+                        "an audit event's personal details do not open with its account's data key"
+                    ),
+                    None => {}
+                }
+            }
+            if forgotten {
+                client = ClientInfo::default();
+            }
             Ok(AuditRecord {
                 seq: row.seq,
                 event_id: row.event_id,
                 account_id: row.account_id,
                 kind: row.kind,
                 occurred_at: crate::model::Timestamp::from_ms(row.occurred_at),
-                client: ClientInfo {
-                    ip: row.client_ip,
-                    user_agent: row.client_user_agent,
-                },
+                client,
                 details,
+                forgotten,
             })
         })
         .collect()
@@ -729,15 +800,7 @@ async fn verify_after<C: ConnectionTrait>(
         let rows = query.order_by_asc(A::Seq).limit(PAGE).all(db).await?;
         let full = rows.len() as u64 == PAGE;
         for row in rows {
-            let event = crate::chain::canonical(
-                &row.event_id,
-                &row.account_id,
-                &row.kind,
-                row.occurred_at,
-                row.client_ip.as_deref(),
-                row.client_user_agent.as_deref(),
-                &row.details,
-            );
+            let event = crate::chain::canonical_row(&row, &row.details);
             let ok = match (&row.chain_key_id, &row.chain_hash) {
                 (Some(key_id), Some(stored)) => {
                     linked = true;

@@ -9,6 +9,7 @@ mod audit;
 mod cleanup;
 mod events;
 mod family;
+mod forget_account;
 mod limits;
 mod outbox;
 mod recovery_code;
@@ -88,6 +89,31 @@ impl<E> ChangeError<E> {
     }
 }
 
+/// On PostgreSQL, takes the transaction-scoped advisory lock of each of these accounts (or
+/// other serialisation keys), in one order; SQLite has one writer. Re-entrant within a
+/// transaction.
+pub(crate) async fn lock_accounts<'a, C: ConnectionTrait>(
+    backend: crate::Backend,
+    txn: &C,
+    keys: impl IntoIterator<Item = &'a str>,
+) -> Result<(), StorageError> {
+    if backend != crate::Backend::Postgres {
+        return Ok(());
+    }
+    let mut keys: Vec<&str> = keys.into_iter().collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 7242))",
+            [Value::from(key)],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 impl crate::Storage {
     /// Writes a change's notifications, platform events and audit events inside its
     /// transaction. Each audit event is linked to the account's previous one (see
@@ -104,30 +130,19 @@ impl crate::Storage {
         // sees a later event of an account before an earlier one, and two links never share a
         // predecessor. Events under no account lock the typed address's keyed hash instead, so
         // that concurrent requests for one address queue exactly as a known account's do.
-        if self.backend() == crate::Backend::Postgres {
-            let mut keys: Vec<String> = effects
+        let keys =
+            effects
                 .events
                 .iter()
-                .map(|e| e.account_id.clone())
+                .map(|e| e.account_id.as_str())
                 .chain(effects.audit.iter().map(|e| {
                     if e.account_id.is_empty() {
-                        e.serialize_on.clone().unwrap_or_else(|| e.event_id.clone())
+                        e.serialize_on.as_deref().unwrap_or(&e.event_id)
                     } else {
-                        e.account_id.clone()
+                        e.account_id.as_str()
                     }
-                }))
-                .collect();
-            keys.sort();
-            keys.dedup();
-            for key in keys {
-                txn.execute_raw(Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 7242))",
-                    [Value::from(key)],
-                ))
-                .await?;
-            }
-        }
+                }));
+        lock_accounts(self.backend(), txn, keys).await?;
         if !effects.messages.is_empty() {
             let rows = effects
                 .messages

@@ -8,8 +8,8 @@ use super::{Block, capitalise, printable};
 use crate::{
     domain::notice::{
         AssistedRecoveryCancelled, AssistedRecoveryCode, AssistedRecoveryCompleted,
-        AssistedRecoveryStarted, FamilyMemberRecovered, FamilyMembershipChanged, MembershipChange,
-        RecoveryByOrganizerCompleted, RecoveryByOrganizerStarted,
+        AssistedRecoveryStarted, Context, FamilyMemberRecovered, FamilyMembershipChanged,
+        MembershipChange, RecoveryByOrganizerCompleted, RecoveryByOrganizerStarted,
     },
     time::human,
 };
@@ -148,6 +148,30 @@ pub(super) fn member_recovered(n: &FamilyMemberRecovered, p: Parts<'_>) -> (Stri
             Block::Para(first),
             facts,
             Block::Para(format!("If you didn't expect this, {support}.")),
+        ],
+    )
+}
+
+/// A member was forgotten: the organizer hears that one left and when, nothing that could say
+/// who (every detail of the member is being erased).
+pub(super) fn member_left(c: &Context, p: Parts<'_>) -> (String, Vec<Block>) {
+    let Parts {
+        family,
+        account,
+        hint: _,
+        support,
+        facts: _,
+    } = p;
+    let when = human(c.occurred_at_ms);
+    (
+        format!("A member left {family}"),
+        vec![
+            Block::Para(format!(
+                "On {when}, a member of {family} left it: their account was closed, and nothing of theirs is kept for account recovery any more. An assisted recovery that was pending for them, or begun by them, is over."
+            )),
+            Block::Para(format!(
+                "This changes nothing for {account}, and there is nothing you need to do. If you didn't expect this, {support}."
+            )),
         ],
     )
 }

@@ -204,6 +204,7 @@ pub fn render(notice: &Notice, recipient: &str, branding: &Branding) -> Rendered
         }
         Notice::RecoveryByOrganizerStarted(n) => family::organizer_started(n, owner_parts(&account, &family, &hint, &support, facts)),
         Notice::RecoveryByOrganizerCompleted(n) => family::organizer_completed(n, owner_parts(&account, &family, &hint, &support, facts)),
+        Notice::FamilyMemberLeft(c) => family::member_left(c, family_parts(&account, &family, &hint, &support, facts, &mut footer)),
     };
     Rendered {
         text: text(&blocks, &footer),
@@ -493,6 +494,7 @@ mod tests {
                 code_revoked: true,
                 context: context(),
             }),
+            Notice::FamilyMemberLeft(context()),
         ];
         let kinds: Vec<MessageKind> = notices.iter().map(Notice::kind).collect();
         assert_eq!(kinds, MessageKind::ALL, "one sample per kind");

@@ -253,6 +253,14 @@ async fn every_event_type_is_published_once_with_the_contract_envelope_and_no_se
     .await
     .unwrap();
 
+    // account.forgotten
+    c.forget_account(api::ForgetAccountRequest {
+        account_id: "acct-1".into(),
+        reason: "closed".into(),
+    })
+    .await
+    .unwrap();
+
     let expected = [
         ("acct-1", "recovery_code.created"),
         ("acct-1", "recovery_code.replaced"),
@@ -264,6 +272,7 @@ async fn every_event_type_is_published_once_with_the_contract_envelope_and_no_se
         ("kid", "assisted_recovery.cancelled"),
         ("kid", "assisted_recovery.started"),
         ("kid", "account.recovered"),
+        ("acct-1", "account.forgotten"),
     ];
     let published = wait_for_messages(&nats, expected.len(), Duration::from_secs(30)).await;
     let got: Vec<(String, String)> = published
@@ -328,6 +337,14 @@ async fn every_event_type_is_published_once_with_the_contract_envelope_and_no_se
         .map(|p| &p.event["data"])
         .collect();
     assert_eq!(recovered[0]["method"], "recovery_code");
+    let forgotten = published
+        .iter()
+        .find(|p| p.event["type"] == "identity.recovery.v1.account.forgotten")
+        .unwrap();
+    assert_eq!(
+        forgotten.event["data"],
+        serde_json::json!({"account_id": "acct-1"})
+    );
     assert_eq!(recovered[0]["revoke_all_sessions"], true);
     assert_eq!(recovered[0]["account_id"], "acct-1");
     assert!(recovered[0]["flow_id"].as_str().unwrap().starts_with("fl_"));

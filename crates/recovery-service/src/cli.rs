@@ -82,6 +82,12 @@ Mail
                                     another worker sends it once this runs out
                                     [default: 60s]
 
+Audit trail
+  RECOVERY_AUDIT_RETENTION          how long audit events are kept; older ones
+                                    are pruned oldest first behind a MAC'd base,
+                                    so the trail still verifies [default: 400d;
+                                    at least 1d]
+
 Platform events (NATS JetStream)
   RECOVERY_EVENTS_URL               nats://[USER:PASS@]HOST:PORT or tls://...,
                                     comma-separated for a cluster
@@ -364,6 +370,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     delivery.max_attempts = config.mail_max_attempts;
     delivery.backoff_base = config.mail_retry_base;
     delivery.lease = config.mail_lease;
+    delivery.audit_retention = config.audit_retention;
     if let config::MailTransport::Smtp { timeout, .. } = &config.mail {
         delivery.send_timeout = *timeout;
     }

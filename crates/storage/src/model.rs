@@ -282,8 +282,8 @@ pub struct OutboxStats {
     pub oldest_backlog_at: Option<Timestamp>,
 }
 
-/// An audit event to append.
-#[derive(Debug, Clone)]
+/// An audit event to append. `Debug` leaves out the client and the personal details.
+#[derive(Clone)]
 pub struct NewAuditEvent {
     pub event_id: String,
     /// Empty for events under no account (requests for unknown emails).
@@ -641,6 +641,8 @@ pub struct Forgotten {
     pub family: Option<FamilyMember>,
     /// The other organizers of that family (to be told that a member left).
     pub organizers: Vec<FamilyMember>,
+    /// Assisted flows of other members it had begun as an organizer, now ended.
+    pub ended: Vec<AssistedFlow>,
     /// Recovery and assisted flows removed.
     pub removed_flows: u64,
     /// Messages to the account or its addresses removed, sent or not.
@@ -656,4 +658,19 @@ pub enum ForgetOutcome {
     AlreadyForgotten(Timestamp),
     /// Nothing was ever kept about the account.
     Unknown,
+}
+
+impl std::fmt::Debug for NewAuditEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewAuditEvent")
+            .field("event_id", &self.event_id)
+            .field("account_id", &self.account_id)
+            .field("kind", &self.kind)
+            .field("occurred_at", &self.occurred_at)
+            .field("client", &"<redacted>")
+            .field("details", &self.details)
+            .field("personal", &"<redacted>")
+            .field("coalesce", &self.coalesce)
+            .finish_non_exhaustive()
+    }
 }

@@ -435,8 +435,16 @@ async fn a_flow_is_verified_once_and_completed_once(db: &TestDb) {
         Completion::NotCompletable
     );
 
+    // A flow for an enrolment that changed meanwhile is not stored.
+    assert!(matches!(
+        s.begin_recovery(flow("f-stale", Some(("acct", 1)), T0), Effects::none())
+            .await,
+        Err(recovery_storage::StorageError::NotFound)
+    ));
+    assert!(s.find_flow("f-stale").await.unwrap().is_none());
     // A verified flow past its 30-minute lifetime cannot complete.
-    s.begin_recovery(flow("f2", Some(("acct", 1)), T0), Effects::none())
+    let generation = s.find_enrollment("acct").await.unwrap().unwrap().generation;
+    s.begin_recovery(flow("f2", Some(("acct", generation)), T0), Effects::none())
         .await
         .unwrap();
     assert!(

@@ -29,6 +29,7 @@ pub const KEYS: &[&str] = &[
     "mail_max_attempts",
     "mail_retry_base",
     "mail_lease",
+    "audit_retention",
     "secret_key",
     "secret_key_file",
     "reuse_policy",

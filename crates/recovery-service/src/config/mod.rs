@@ -101,6 +101,9 @@ pub struct Config {
     pub mail_retry_base: Duration,
     /// How long a worker's claim on a message lasts before another worker may take it over.
     pub mail_lease: Duration,
+    /// How long audit events are kept (`RECOVERY_AUDIT_RETENTION`); older ones are pruned
+    /// in chain order behind a MAC'd base.
+    pub audit_retention: Duration,
     pub keys: KeySource,
     pub tls: Option<TlsConfig>,
     pub callers: Vec<Caller>,
@@ -165,6 +168,13 @@ impl Config {
         let (tls, callers, trust_all_callers, health_listen_addr) =
             caller_settings(&s, &layers, listen_addr)?;
         let shutdown_grace = s.parse("shutdown_grace", defaults::SHUTDOWN_GRACE, parse_duration)?;
+        let audit_retention = s.parse("audit_retention", "400d", |t| {
+            let d = parse_duration(t)?;
+            if d < Duration::from_secs(24 * 3600) {
+                return Err("must be at least 1d: the trail is the owner's record of what happened to the account".to_owned());
+            }
+            Ok(d)
+        })?;
         let log_format = s.parse("log_format", "text", |t| match t {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
@@ -183,6 +193,7 @@ impl Config {
             mail_max_attempts,
             mail_retry_base,
             mail_lease,
+            audit_retention,
             keys,
             tls,
             callers,

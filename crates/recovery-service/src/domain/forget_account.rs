@@ -2,7 +2,7 @@
 //! transaction, the personal details of its audit trail with its data key, while the trail
 //! (what happened, when, by which service) stays and still verifies.
 
-use recovery_storage::model::{Effects, ForgetOutcome};
+use recovery_storage::model::ForgetOutcome;
 use serde_json::json;
 
 use super::{
@@ -35,7 +35,7 @@ impl Recovery {
         let client = Client::default();
         let outcome = self
             .storage
-            .forget_account(account_id, now, |f| -> Result<Effects> {
+            .forget_account(account_id, now, |f| -> Result<_> {
                 let messages = f
                     .organizers
                     .iter()
@@ -62,16 +62,19 @@ impl Recovery {
                     &client,
                     &details,
                 )?;
-                Ok(Effects {
-                    messages,
-                    audit: vec![personal(event, &[("reason", reason.clone())])],
-                    events: self.event(
-                        EventType::AccountForgotten,
-                        account_id,
-                        now,
-                        json!({ "account_id": account_id }),
-                    )?,
-                })
+                // The assisted flows it had begun as an organizer end, on each member's trail.
+                let mut effects = self.ended_effects(&f.ended, now)?;
+                effects.messages.extend(messages);
+                effects
+                    .audit
+                    .push(personal(event, &[("reason", reason.clone())]));
+                effects.events.extend(self.event(
+                    EventType::AccountForgotten,
+                    account_id,
+                    now,
+                    json!({ "account_id": account_id }),
+                )?);
+                Ok(effects)
             })
             .await?;
         match outcome {

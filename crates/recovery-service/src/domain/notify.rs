@@ -161,6 +161,17 @@ pub fn context(now_ms: i64, client: &Client) -> Context {
 /// they are sealed with its client under the account's data key (see [`personal`]).
 const PERSONAL_DETAILS: &[&str] = &["email_hint", "old_email_hint"];
 
+/// Whether detail `name` of an audit event of `kind` is about the person: the masked addresses
+/// of [`PERSONAL_DETAILS`], and the free-text reason of a revocation or a forget (the reasons
+/// of refusals and ended flows are codes).
+pub fn is_personal_detail(kind: &str, name: &str) -> bool {
+    PERSONAL_DETAILS.contains(&name)
+        || (name == "reason"
+            && [AuditKind::CodeRevoked, AuditKind::AccountForgotten]
+                .iter()
+                .any(|k| k.as_str() == kind))
+}
+
 /// An audit event with `details`; those of [`PERSONAL_DETAILS`], and the client, are personal.
 pub fn audit(
     account_id: &str,

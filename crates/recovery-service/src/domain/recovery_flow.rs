@@ -65,74 +65,88 @@ impl Recovery {
         let address_key = secrets::address_key(&self.keys, email.lookup());
         self.check_start_limits(&address_key, &client, now).await?;
 
-        let enrollment = self
-            .storage
-            .find_enrollment_by_email(email.lookup())
-            .await?;
-        let flow_id = secrets::random_id(FLOW_PREFIX)?;
-        let code = EmailCode::generate()?;
-        let key = self.keys.current();
-        let mac = code.mac(key, &flow_id);
-        let expires_at = now + self.policy.flow_ttl_ms;
-        let code_expires_at = now + self.policy.email_code_ttl_ms;
+        let mut first_try = true;
+        let (flow_id, expires_at) = loop {
+            let enrollment = self
+                .storage
+                .find_enrollment_by_email(email.lookup())
+                .await?;
+            let flow_id = secrets::random_id(FLOW_PREFIX)?;
+            let code = EmailCode::generate()?;
+            let key = self.keys.current();
+            let mac = code.mac(key, &flow_id);
+            let expires_at = now + self.policy.flow_ttl_ms;
+            let code_expires_at = now + self.policy.email_code_ttl_ms;
 
-        let void_recipient = format!("void:{address_key}");
-        let (recipient, account_id, deliver) = match &enrollment {
-            Some(e) => (e.email.as_str(), e.account_id.as_str(), true),
-            None => (void_recipient.as_str(), "", false),
+            let void_recipient = format!("void:{address_key}");
+            let (recipient, account_id, deliver) = match &enrollment {
+                Some(e) => (e.email.as_str(), e.account_id.as_str(), true),
+                None => (void_recipient.as_str(), "", false),
+            };
+            // One message: the code, with who asked and from where.
+            let mut verification = message(
+                &self.keys,
+                &Notice::VerificationCode(notice::VerificationCode {
+                    code: zeroize::Zeroizing::new(code.digits().to_owned()),
+                    expires_in_minutes: self.policy.email_code_ttl_ms / MINUTE_MS,
+                    context: context(now, &client),
+                }),
+                Some(account_id).filter(|a| !a.is_empty()),
+                recipient,
+            )?;
+            verification.deliver = deliver;
+            // The masked typed address only for a known account: nothing of an unknown one is kept.
+            let mut details = vec![("flow_id", flow_id.clone())];
+            if enrollment.is_some() {
+                details.push(("email_hint", mask(email.address())));
+            }
+            let mut event = audit(
+                account_id,
+                AuditKind::RecoveryStarted,
+                now,
+                &client,
+                &details,
+            )?;
+            if enrollment.is_none() {
+                event.serialize_on = Some(address_key.clone());
+            }
+            let stored = self
+                .storage
+                .begin_recovery(
+                    NewFlow {
+                        flow_id: flow_id.clone(),
+                        email_lookup: address_key.clone(),
+                        target: enrollment
+                            .as_ref()
+                            .map(|e| (e.account_id.clone(), e.generation)),
+                        email_code_mac: Opaque(mac),
+                        mac_key_id: key.id().to_owned(),
+                        email_code_expires_at: Timestamp::from_ms(code_expires_at),
+                        created_at: Timestamp::from_ms(now),
+                        expires_at: Timestamp::from_ms(expires_at),
+                        client: client.to_info(),
+                    },
+                    Effects {
+                        messages: vec![verification],
+                        audit: vec![event],
+                        events: vec![],
+                    },
+                )
+                .await;
+            match stored {
+                // The enrolment went (forgotten, revoked, replaced) between the lookup and
+                // the write: start over once, with what is there now.
+                Err(recovery_storage::StorageError::NotFound) if first_try => {
+                    first_try = false;
+                    continue;
+                }
+                other => other?,
+            }
+            if enrollment.is_some() {
+                self.mail_enqueued();
+            }
+            break (flow_id, expires_at);
         };
-        // One message: the code, with who asked and from where.
-        let mut verification = message(
-            &self.keys,
-            &Notice::VerificationCode(notice::VerificationCode {
-                code: zeroize::Zeroizing::new(code.digits().to_owned()),
-                expires_in_minutes: self.policy.email_code_ttl_ms / MINUTE_MS,
-                context: context(now, &client),
-            }),
-            Some(account_id).filter(|a| !a.is_empty()),
-            recipient,
-        )?;
-        verification.deliver = deliver;
-        // The masked typed address only for a known account: nothing of an unknown one is kept.
-        let mut details = vec![("flow_id", flow_id.clone())];
-        if enrollment.is_some() {
-            details.push(("email_hint", mask(email.address())));
-        }
-        let mut event = audit(
-            account_id,
-            AuditKind::RecoveryStarted,
-            now,
-            &client,
-            &details,
-        )?;
-        if enrollment.is_none() {
-            event.serialize_on = Some(address_key.clone());
-        }
-        self.storage
-            .begin_recovery(
-                NewFlow {
-                    flow_id: flow_id.clone(),
-                    email_lookup: address_key.clone(),
-                    target: enrollment
-                        .as_ref()
-                        .map(|e| (e.account_id.clone(), e.generation)),
-                    email_code_mac: Opaque(mac),
-                    mac_key_id: key.id().to_owned(),
-                    email_code_expires_at: Timestamp::from_ms(code_expires_at),
-                    created_at: Timestamp::from_ms(now),
-                    expires_at: Timestamp::from_ms(expires_at),
-                    client: client.to_info(),
-                },
-                Effects {
-                    messages: vec![verification],
-                    audit: vec![event],
-                    events: vec![],
-                },
-            )
-            .await?;
-        if enrollment.is_some() {
-            self.mail_enqueued();
-        }
         Ok(StartedFlow {
             flow_id,
             expires_at: Timestamp::from_ms(expires_at),

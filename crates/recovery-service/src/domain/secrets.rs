@@ -61,42 +61,62 @@ impl recovery_storage::AuditChainKeys for AuditChain {
 }
 
 /// Seals the personal details of each account's audit events under a data key of that account
-/// alone (32 random bytes), itself sealed by the key ring (so it rotates as the other keys do);
-/// see `recovery_storage::PersonalDataKeys`. Forgetting deletes the wrapped key.
+/// alone (32 random bytes), itself sealed by the key ring bound to the account and the key id
+/// (so it rotates as the other keys do, and a key row moved to another account does not
+/// open); see `recovery_storage::PersonalDataKeys`. Forgetting deletes the wrapped keys.
 #[derive(Debug, Clone)]
 pub struct PersonalData(pub std::sync::Arc<KeyRing>);
 
+/// What a data key's wrapping is bound to.
+fn wrap_binding(account_id: &str, key_id: &str) -> String {
+    format!("{account_id}\n{key_id}")
+}
+
 impl PersonalData {
-    /// The data key `key_id`, unwrapped.
-    fn unwrap(&self, key_id: &str, wrapped: &str) -> Option<SecretKey> {
-        let bytes = crate::crypto::unseal_for(Purpose::DataKeyWrap, &self.0, key_id, wrapped)
-            .map_err(|what| tracing::warn!(what, key_id, "an account data key does not unwrap"))
-            .ok()?;
+    /// The data key `key_id` of `account_id`, unwrapped.
+    fn unwrap(&self, account_id: &str, key_id: &str, wrapped: &str) -> Option<SecretKey> {
+        let bytes = crate::crypto::unseal_for(
+            Purpose::DataKeyWrap,
+            &self.0,
+            &wrap_binding(account_id, key_id),
+            wrapped,
+        )
+        .map_err(|what| tracing::warn!(what, key_id, "an account data key does not unwrap"))
+        .ok()?;
         let bytes: [u8; 32] = bytes.as_slice().try_into().ok()?;
         Some(SecretKey::new(Some(key_id.to_owned()), bytes))
     }
 }
 
 impl recovery_storage::PersonalDataKeys for PersonalData {
-    fn new_key(&self) -> Result<(String, String), String> {
+    fn new_key(&self, account_id: &str) -> Result<(String, String), String> {
         let key_id = random_id("dk_").map_err(|_| "random source failed".to_owned())?;
-        let mut bytes: [u8; 32] = crate::crypto::random_bytes()?;
-        let wrapped =
-            crate::crypto::seal_for(Purpose::DataKeyWrap, self.0.current(), &key_id, &bytes);
-        zeroize::Zeroize::zeroize(&mut bytes);
-        Ok((key_id, wrapped.map_err(str::to_owned)?))
+        let bytes = zeroize::Zeroizing::new(crate::crypto::random_bytes::<32>()?);
+        let wrapped = crate::crypto::seal_for(
+            Purpose::DataKeyWrap,
+            self.0.current(),
+            &wrap_binding(account_id, &key_id),
+            &*bytes,
+        )
+        .map_err(str::to_owned)?;
+        Ok((key_id, wrapped))
     }
 
-    fn check(&self, key_id: &str, wrapped: &str) -> recovery_storage::KeyState {
+    fn check(&self, account_id: &str, key_id: &str, wrapped: &str) -> recovery_storage::KeyState {
         use recovery_storage::KeyState;
-        if wrapped.split('.').nth(1) == Some(self.0.current().id()) {
+        let current = self.0.current();
+        if wrapped.split('.').nth(1) == Some(current.id()) {
             return KeyState::Current;
         }
-        let Some(key) = self.unwrap(key_id, wrapped) else {
+        let Some(key) = self.unwrap(account_id, key_id, wrapped) else {
             return KeyState::Lost;
         };
-        match crate::crypto::seal_for(Purpose::DataKeyWrap, self.0.current(), key_id, key.expose())
-        {
+        match crate::crypto::seal_for(
+            Purpose::DataKeyWrap,
+            current,
+            &wrap_binding(account_id, key_id),
+            key.expose(),
+        ) {
             Ok(rewrapped) => KeyState::Rewrapped(rewrapped),
             Err(what) => {
                 tracing::warn!(
@@ -111,23 +131,33 @@ impl recovery_storage::PersonalDataKeys for PersonalData {
 
     fn seal(
         &self,
-        key_id: &str,
-        wrapped: &str,
+        account_id: &str,
+        (key_id, wrapped): (&str, &str),
         bound_to: &str,
         plaintext: &[u8],
     ) -> Result<String, String> {
         let key = self
-            .unwrap(key_id, wrapped)
+            .unwrap(account_id, key_id, wrapped)
             .ok_or_else(|| format!("the data key {key_id} does not unwrap"))?;
         crate::crypto::seal_for(Purpose::PersonalData, &key, bound_to, plaintext)
             .map_err(str::to_owned)
     }
 
-    fn open(&self, key_id: &str, wrapped: &str, bound_to: &str, sealed: &str) -> Option<Vec<u8>> {
-        let key = self.unwrap(key_id, wrapped)?;
+    fn open(
+        &self,
+        account_id: &str,
+        (key_id, wrapped): (&str, &str),
+        bound_to: &str,
+        sealed: &str,
+    ) -> Option<Vec<u8>> {
+        let key = self.unwrap(account_id, key_id, wrapped)?;
         crate::crypto::unseal_with(Purpose::PersonalData, &key, bound_to, sealed)
             .map(|p| p.to_vec())
             .ok()
+    }
+
+    fn personal_detail(&self, kind: &str, name: &str) -> bool {
+        super::notify::is_personal_detail(kind, name)
     }
 }
 

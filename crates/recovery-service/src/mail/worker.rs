@@ -55,6 +55,8 @@ pub struct DeliveryOptions {
     pub send_timeout: Duration,
     /// How long lockout failures are kept (at least the lockout window).
     pub failure_retention: Duration,
+    /// How long audit events are kept.
+    pub audit_retention: Duration,
     /// Product name and support contact the messages use.
     pub branding: Branding,
 }
@@ -71,6 +73,7 @@ impl DeliveryOptions {
             batch: 16,
             send_timeout: Duration::from_secs(20),
             failure_retention: Duration::from_secs(2 * 24 * 3600),
+            audit_retention: Duration::from_secs(400 * 24 * 3600),
             branding: Branding::default(),
         }
     }
@@ -125,6 +128,7 @@ impl Worker {
         loop {
             if tokio::time::Instant::now() >= next_cleanup {
                 self.cleanup().await;
+                self.audit_upkeep().await;
                 next_cleanup = tokio::time::Instant::now() + CLEANUP_INTERVAL;
             }
             if tokio::time::Instant::now() >= next_stats {
@@ -212,6 +216,52 @@ impl Worker {
                 Err(err) => {
                     tracing::warn!(error = %err, "cleanup failed");
                     return;
+                }
+            }
+        }
+    }
+
+    /// Keeps the audit trail: seals rows still written in clear (from before personal details
+    /// were sealed), then prunes events past `RECOVERY_AUDIT_RETENTION`; bounded batches.
+    pub async fn audit_upkeep(&self) {
+        let storage = &self.inner.storage;
+        let now = self.inner.clock.now_ms();
+        for _ in 0..10 {
+            match storage.reseal_clear_trails(now, 200).await {
+                Ok(Some(sealed)) => {
+                    tracing::info!(
+                        sealed,
+                        "sealed the personal details of audit events written in clear"
+                    );
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "sealing audit events written in clear failed");
+                    break;
+                }
+            }
+        }
+        let before = now
+            - i64::try_from(self.inner.options.audit_retention.as_millis()).unwrap_or(i64::MAX / 2);
+        for _ in 0..10 {
+            match storage.prune_audit(before, 500).await {
+                Ok(report) => {
+                    let pruned = report.account_events + report.unattached_events;
+                    if pruned > 0 || report.kept_broken > 0 {
+                        tracing::info!(
+                            account_events = report.account_events,
+                            unattached_events = report.unattached_events,
+                            kept_broken = report.kept_broken,
+                            "pruned audit events past their retention"
+                        );
+                    }
+                    if pruned == 0 {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "pruning audit events failed");
+                    break;
                 }
             }
         }

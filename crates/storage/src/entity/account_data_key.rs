@@ -1,5 +1,6 @@
 //! `account_data_keys`: each account's key for the personal details of its audit events,
-//! wrapped by the service's key ring; deleted when the account is forgotten.
+//! wrapped by the service's key ring (the newest is current); deleted when the account is
+//! forgotten.
 
 use sea_orm::entity::prelude::*;
 
@@ -8,7 +9,6 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub key_id: String,
-    #[sea_orm(unique)]
     pub account_id: String,
     /// The data key sealed by the service's key ring.
     pub wrapped: String,

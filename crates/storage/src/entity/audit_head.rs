@@ -19,6 +19,12 @@ pub struct Model {
     pub verified_link: Option<String>,
     pub verified_key_id: Option<String>,
     pub verified_mac: Option<String>,
+    /// Where a pruned trail begins: the last pruned row (`seq`), its link, and a MAC over
+    /// them; `None` while nothing was pruned.
+    pub base_seq: Option<i64>,
+    pub base_link: Option<String>,
+    pub base_key_id: Option<String>,
+    pub base_mac: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

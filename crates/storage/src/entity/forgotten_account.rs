@@ -9,6 +9,8 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub account_id: String,
     pub forgotten_at: i64,
+    /// The `seq` of its `ACCOUNT_FORGOTTEN` event: every event up to it is forgotten.
+    pub through_seq: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -436,21 +436,24 @@ async fn list_rows<C: ConnectionTrait>(
         query = query.filter(A::Seq.lt(seq));
     }
     let rows = query.order_by_desc(A::Seq).limit(limit).all(db).await?;
-    let data_key = if rows.iter().any(|r| r.sealed.is_some()) {
-        crate::personal::account_key(db, account_id).await?
-    } else {
-        None
-    };
-    // Every event up to the account's forgetting is marked, whether or not it held anything
-    // personal.
-    let forgotten_at = match rows.last() {
+    // Every event up to the account's ACCOUNT_FORGOTTEN is forgotten: nothing of it is
+    // opened, whether or not a key survived.
+    let forgotten_through = match rows.last() {
         Some(_) => super::by_key(
             crate::entity::forgotten_account::Entity::find_by_id(account_id.to_owned()),
             db,
         )
         .await?
-        .map(|f| f.forgotten_at),
+        .map(|f| f.through_seq),
         None => None,
+    };
+    let data_keys = if rows
+        .iter()
+        .any(|r| r.sealed.is_some() && forgotten_through.is_none_or(|through| r.seq > through))
+    {
+        crate::personal::account_keys(db, account_id).await?
+    } else {
+        Vec::new()
     };
     rows.into_iter()
         .map(|row| {
@@ -462,30 +465,28 @@ async fn list_rows<C: ConnectionTrait>(
                 ip: row.client_ip,
                 user_agent: row.client_user_agent,
             };
-            let forgotten = forgotten_at.is_some_and(|at| row.occurred_at <= at);
-            if let Some(sealed) = &row.sealed {
-                // Opened with the account's key; under another key (destroyed when the
-                // account was forgotten, or lost with its ring key) the details stay out.
-                let live = data_key
-                    .as_ref()
-                    .filter(|(key_id, _)| key_id == crate::personal::key_of(sealed));
-                match live.and_then(|(key_id, wrapped)| {
-                    let sealer = sealer?;
-                    crate::personal::open(sealer, (key_id, wrapped), &row.event_id, sealed)
+            let forgotten = forgotten_through.is_some_and(|through| row.seq <= through);
+            if let (Some(sealed), false) = (&row.sealed, forgotten) {
+                match sealer.and_then(|s| {
+                    crate::personal::open(s, &data_keys, account_id, &row.event_id, sealed)
                 }) {
                     Some((opened, mut personal)) => {
                         client = opened;
                         details.append(&mut personal);
                     }
-                    None if live.is_some() => tracing::warn!(
+                    None => tracing::warn!(
                         event_id = %row.event_id,
-                        "an audit event's personal details do not open with its account's data key"
+                        "an audit event's personal details do not open with its account's data keys"
                     ),
-                    None => {}
                 }
             }
             if forgotten {
+                // A row left in clear (its trail was broken when the account was forgotten)
+                // shows nothing personal either.
                 client = ClientInfo::default();
+                if let Some(sealer) = sealer {
+                    details.retain(|name, _| !sealer.personal_detail(&row.kind, name));
+                }
             }
             Ok(AuditRecord {
                 seq: row.seq,
@@ -502,7 +503,7 @@ async fn list_rows<C: ConnectionTrait>(
 }
 
 /// The link of `event` after `previous` under the current key, with that key's id.
-fn current_link(
+pub(super) fn current_link(
     keys: &dyn AuditChainKeys,
     previous: &str,
     event: &[u8],
@@ -516,7 +517,7 @@ fn current_link(
 
 /// The MAC of an anchor or checkpoint (`label`) naming row `seq` with `link`, under the
 /// current key.
-fn head_mac(
+pub(super) fn head_mac(
     keys: &dyn AuditChainKeys,
     label: &str,
     account_id: &str,
@@ -542,7 +543,7 @@ fn anchor_mac_ok(keys: &dyn AuditChainKeys, anchor: &audit_head::Model) -> bool 
 }
 
 /// Whether a stored anchor or checkpoint MAC is right (under whichever key made it).
-fn head_mac_ok(
+pub(super) fn head_mac_ok(
     keys: &dyn AuditChainKeys,
     label: &str,
     account_id: &str,
@@ -558,7 +559,7 @@ fn head_mac_ok(
 }
 
 /// A new anchor naming row `seq` with `link`, under its MAC, without a checkpoint.
-fn new_anchor(
+pub(super) fn new_anchor(
     keys: &dyn AuditChainKeys,
     account_id: &str,
     seq: i64,
@@ -575,12 +576,13 @@ fn new_anchor(
         verified_link: Set(None),
         verified_key_id: Set(None),
         verified_mac: Set(None),
+        ..Default::default()
     })
 }
 
 /// Moves the account's anchor to row `seq` with `link`; a checkpoint at `checkpoint_at` (a
 /// folded row whose link changed) moves with it.
-async fn anchor<C: ConnectionTrait>(
+pub(super) async fn anchor<C: ConnectionTrait>(
     txn: &C,
     keys: &dyn AuditChainKeys,
     account_id: &str,
@@ -612,7 +614,7 @@ async fn anchor<C: ConnectionTrait>(
 
 /// The verdict on an account's trail, and the row a new checkpoint may name (the newest, when
 /// everything from the old checkpoint to it verified).
-async fn verify<C: ConnectionTrait>(
+pub(super) async fn verify<C: ConnectionTrait>(
     db: &C,
     keys: &dyn AuditChainKeys,
     account_id: &str,
@@ -703,11 +705,10 @@ async fn verify<C: ConnectionTrait>(
         }
         None => None,
     };
-    let from = from.unwrap_or(Start {
-        after_seq: i64::MIN,
-        previous: String::new(),
-        linked: false,
-    });
+    let Some(beginning) = trail_start(keys, account_id, head.as_ref()) else {
+        return Ok((ChainStatus::broken(true, Some(newest.event_id)), None));
+    };
+    let from = from.unwrap_or(beginning.clone());
     if let Some(broken) = verify_after(db, keys, account_id, &from, None, legacy_max_seq).await? {
         return Ok((ChainStatus::broken(true, Some(broken)), None));
     }
@@ -725,11 +726,7 @@ async fn verify<C: ConnectionTrait>(
                 linked: row.chain_hash.is_some(),
                 previous: row.chain_hash.unwrap_or_default(),
             },
-            None => Start {
-                after_seq: i64::MIN,
-                previous: String::new(),
-                linked: false,
-            },
+            None => beginning,
         };
         if let Some(broken) = verify_after(
             db,
@@ -761,24 +758,62 @@ async fn verify<C: ConnectionTrait>(
 }
 
 /// Where a verified trail's checkpoint moves to.
-struct Checkpoint {
-    seq: i64,
-    link: String,
+pub(super) struct Checkpoint {
+    pub seq: i64,
+    pub link: String,
     /// The account has no anchor yet (a trail from before anchors): write one.
-    anchor: bool,
+    pub anchor: bool,
 }
 
 /// Where a walk along the chain starts: after row `after_seq`, whose link is `previous`.
-struct Start {
-    after_seq: i64,
-    previous: String,
+#[derive(Clone)]
+pub(super) struct Start {
+    pub after_seq: i64,
+    pub previous: String,
     /// A linked row came before.
-    linked: bool,
+    pub linked: bool,
+}
+
+/// Where the account's trail begins: after the last pruned row (its link under the anchor's
+/// base MAC), or at the start. `None` when the base's MAC does not verify (a forged base).
+pub(super) fn trail_start(
+    keys: &dyn AuditChainKeys,
+    account_id: &str,
+    head: Option<&audit_head::Model>,
+) -> Option<Start> {
+    let Some(h) = head else {
+        return Some(Start::BEGINNING);
+    };
+    match (&h.base_seq, &h.base_link, &h.base_key_id, &h.base_mac) {
+        (None, None, None, None) => Some(Start::BEGINNING),
+        (Some(seq), Some(link), Some(key_id), Some(mac))
+            if head_mac_ok(keys, BASE_LABEL, account_id, *seq, link, key_id, mac) =>
+        {
+            Some(Start {
+                after_seq: *seq,
+                previous: link.clone(),
+                linked: true,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// What the MAC of a pruned trail's base covers.
+pub(super) const BASE_LABEL: &str = "audit-base/v1";
+
+impl Start {
+    /// Before the first row.
+    pub const BEGINNING: Self = Self {
+        after_seq: i64::MIN,
+        previous: String::new(),
+        linked: false,
+    };
 }
 
 /// Walks the account's rows after `start` (up to `until`, inclusive), in pages; the first row
 /// that does not verify, if any.
-async fn verify_after<C: ConnectionTrait>(
+pub(super) async fn verify_after<C: ConnectionTrait>(
     db: &C,
     keys: &dyn AuditChainKeys,
     account_id: &str,
@@ -824,7 +859,7 @@ async fn verify_after<C: ConnectionTrait>(
 }
 
 /// The last row written before the chain, and the last written before anchors.
-async fn chain_meta<C: ConnectionTrait>(db: &C) -> Result<(i64, i64), StorageError> {
+pub(super) async fn chain_meta<C: ConnectionTrait>(db: &C) -> Result<(i64, i64), StorageError> {
     let row = db
         .query_one_raw(sea_orm::Statement::from_string(
             db.get_database_backend(),

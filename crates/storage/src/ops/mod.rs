@@ -6,6 +6,7 @@
 
 mod assisted_recovery;
 mod audit;
+mod audit_upkeep;
 mod cleanup;
 mod events;
 mod family;
@@ -24,6 +25,7 @@ use crate::{
     model::{Effects, OutboxStatus},
 };
 
+pub use audit_upkeep::PruneReport;
 pub use cleanup::CleanupReport;
 
 /// The row a primary-key lookup finds, if any. `Select::one` appends `LIMIT ?`, and SQLite's

@@ -35,7 +35,7 @@ impl Storage {
         flow::Entity::insert(flow::ActiveModel {
             flow_id: Set(new.flow_id),
             email_lookup: Set(new.email_lookup),
-            account_id: Set(account_id),
+            account_id: Set(account_id.clone()),
             generation: Set(generation),
             email_code_mac: Set(new.email_code_mac.0),
             mac_key_id: Set(new.mac_key_id),
@@ -55,6 +55,21 @@ impl Storage {
         .await?;
         self.apply_effects(&txn, effects, new.created_at.as_ms())
             .await?;
+        // Under the account's lock (taken with its audit event): the enrolment the flow was
+        // made for is still there as it was, not forgotten, revoked or replaced meanwhile.
+        // Else nothing is written: [`StorageError::NotFound`], and the caller starts over.
+        // (The same lookup for an unknown address, by an id no account has: the same work.)
+        let current = super::by_key(
+            enrollment::Entity::find_by_id(account_id.clone().unwrap_or_default()),
+            &txn,
+        )
+        .await?
+        .filter(|e| e.code_hash.is_some())
+        .map(|e| e.generation);
+        if account_id.is_some() && current != generation {
+            txn.rollback().await?;
+            return Err(StorageError::NotFound);
+        }
         txn.commit().await?;
         Ok(())
     }

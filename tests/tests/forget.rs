@@ -4,7 +4,8 @@
 //! still verifies with every personal detail gone, closed by `ACCOUNT_FORGOTTEN`; a second
 //! forget changes nothing; the database files, after a clean stop (SQLite) or as a dump
 //! (PostgreSQL), hold none of the person's IP address, user agent, family address or reason
-//! text; and forgets racing each other and a recovery leave one consistent outcome.
+//! text; and forgets racing each other, a recovery, an assisted completion, new flows and an
+//! enrolment leave one consistent outcome.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
@@ -309,15 +310,41 @@ async fn forgetting_erases_the_person_on_postgres_down_to_a_dump() {
     drop(db);
 }
 
-/// Rounds of 32 concurrent forgets racing a RecoverAccount on a verified flow: every forget
-/// answers OK with one time, the trail holds one ACCOUNT_FORGOTTEN as its newest event, and a
-/// recovery that answered OK committed before it (its RECOVERY_COMPLETED is older).
-async fn forgets_race_each_other_and_a_recovery(env: &mut Running) -> (u32, u32) {
-    let (mut recovered, mut refused) = (0, 0);
+/// Rounds of 32 concurrent forgets racing a RecoverAccount and an organizer's
+/// CompleteAssistedRecovery (both on verified flows), BeginRecovery calls for the address, and a
+/// CreateRecoveryCode at another address: every forget answers OK with the time of a forget
+/// that closed the trail (one, or a second one after the racing re-enrolment); a completion
+/// that answered OK committed before the first (its event is older), at most one of the two
+/// did; nothing but a new enrolment's CODE_CREATED comes after it, and the account is enrolled
+/// exactly when one follows the newest forget. Answers (recoveries, assisted
+/// completions, enrolments after the forget) over the rounds.
+async fn forgets_race_everything_to_one_outcome(env: &mut Running) -> (u32, u32, u32) {
+    let (mut recovered, mut assisted_won, mut enrolled_after) = (0, 0, 0);
     for round in 0..6 {
         let account = format!("racer-{round}");
+        let organizer = format!("org-{round}");
+        let family = format!("race-fam-{round}");
         let email = format!("racer-{round}@race.example");
+        let family_email = format!("racer-{round}@{family}.example");
         let code = enroll(&mut env.client, &account, &email).await;
+        for (who, role, address) in [
+            (
+                &organizer,
+                FamilyRole::Organizer,
+                format!("{organizer}@{family}.example"),
+            ),
+            (&account, FamilyRole::Member, family_email.clone()),
+        ] {
+            env.client
+                .put_family_member(api::PutFamilyMemberRequest {
+                    family_id: family.clone(),
+                    account_id: who.clone(),
+                    role: role.into(),
+                    email: address,
+                })
+                .await
+                .unwrap();
+        }
         let flow = begin(&mut env.client, &email, &format!("192.0.2.{round}")).await;
         let mail = env
             .mail
@@ -331,84 +358,164 @@ async fn forgets_race_each_other_and_a_recovery(env: &mut Running) -> (u32, u32)
             })
             .await
             .unwrap();
+        let assisted = env
+            .client
+            .begin_assisted_recovery(api::BeginAssistedRecoveryRequest {
+                family_id: family.clone(),
+                organizer_account_id: organizer.clone(),
+                member_account_id: account.clone(),
+                client: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .assisted_flow_id;
+        let assisted_code = env
+            .mail
+            .wait_for(&family_email, "A family organizer is recovering")
+            .await
+            .unwrap()
+            .code()
+            .unwrap();
+        env.client
+            .verify_assisted_recovery(api::VerifyAssistedRecoveryRequest {
+                assisted_flow_id: assisted.clone(),
+                email_code: assisted_code,
+            })
+            .await
+            .unwrap();
+
+        #[derive(Debug)]
+        enum Call {
+            Recover,
+            Assisted,
+            Enrol,
+            Begin,
+            Forget(prost_types::Timestamp),
+        }
         let mut tasks = tokio::task::JoinSet::new();
         {
             let mut c = env.client.clone();
             let (flow, code) = (flow.clone(), code.clone());
             tasks.spawn(async move {
-                let r = c
-                    .recover_account(api::RecoverAccountRequest {
-                        flow_id: flow,
-                        recovery_code: code,
-                    })
-                    .await;
-                (true, r.map(|_| None).map_err(|e| e.code()))
+                c.recover_account(api::RecoverAccountRequest {
+                    flow_id: flow,
+                    recovery_code: code,
+                })
+                .await
+                .map(|_| Call::Recover)
             });
         }
-        // A start of a new flow for the address races too: one that loses must not add to
-        // the forgotten account's trail.
+        {
+            let mut c = env.client.clone();
+            let (assisted, organizer) = (assisted.clone(), organizer.clone());
+            tasks.spawn(async move {
+                c.complete_assisted_recovery(api::CompleteAssistedRecoveryRequest {
+                    assisted_flow_id: assisted,
+                    organizer_account_id: organizer,
+                })
+                .await
+                .map(|_| Call::Assisted)
+            });
+        }
+        {
+            let mut c = env.client.clone();
+            let account = account.clone();
+            tasks.spawn(async move {
+                c.create_recovery_code(api::CreateRecoveryCodeRequest {
+                    account_id: account,
+                    email: format!("again-{round}@race.example"),
+                })
+                .await
+                .map(|_| Call::Enrol)
+            });
+        }
         for _ in 0..4 {
             let mut c = env.client.clone();
             let email = email.clone();
             tasks.spawn(async move {
-                let r = c
-                    .begin_recovery(api::BeginRecoveryRequest {
-                        email,
-                        client: None,
-                    })
-                    .await;
-                assert!(r.is_ok(), "{r:?}");
-                (false, Ok(None))
+                c.begin_recovery(api::BeginRecoveryRequest {
+                    email,
+                    client: None,
+                })
+                .await
+                .map(|_| Call::Begin)
             });
         }
         for _ in 0..32 {
             let mut c = env.client.clone();
             let account = account.clone();
-            tasks.spawn(async move {
-                (
-                    false,
-                    forget(&mut c, &account, "race")
-                        .await
-                        .map(Some)
-                        .map_err(|e| e.code()),
-                )
-            });
+            tasks.spawn(async move { forget(&mut c, &account, "race").await.map(Call::Forget) });
         }
         let mut times = std::collections::BTreeSet::new();
-        let mut recovery_ok = false;
+        let (mut recovery_ok, mut assisted_ok) = (false, false);
         while let Some(done) = tasks.join_next().await {
             match done.unwrap() {
-                (true, Ok(_)) => recovery_ok = true,
-                (true, Err(code)) => assert_ne!(code, Code::Internal),
-                (false, Ok(Some(at))) => {
+                Ok(Call::Recover) => recovery_ok = true,
+                Ok(Call::Assisted) => assisted_ok = true,
+                Ok(Call::Enrol | Call::Begin) => {}
+                Ok(Call::Forget(at)) => {
                     times.insert((at.seconds, at.nanos));
                 }
-                (false, Ok(None)) => {}
-                (false, Err(code)) => panic!("a forget failed: {code:?}"),
+                // A completion that lost answers why; nothing fails inside.
+                Err(status) => assert!(
+                    !matches!(
+                        status.code(),
+                        Code::Internal | Code::Unknown | Code::Unavailable
+                    ),
+                    "{status:?}"
+                ),
             }
         }
-        assert_eq!(
-            times.len(),
-            1,
-            "every forget answers the one forget's time: {times:?}"
-        );
+        assert!(!(recovery_ok && assisted_ok), "one completion at most");
         let t = trail(&mut env.client, &account).await;
         assert!(t.chain_valid);
         let kinds: Vec<AuditEventKind> = t.events.iter().map(|e| e.kind()).collect();
-        assert_eq!(kinds[0], AuditEventKind::AccountForgotten, "{kinds:?}");
+        // Each forget that did something closed the trail once; the others answered one of
+        // those times. Between and after them only a new enrolment (the racing create, which
+        // a later forget may have forgotten in turn).
+        let forgets: Vec<usize> = kinds
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| **k == AuditEventKind::AccountForgotten)
+            .map(|(i, _)| i)
+            .collect();
+        let closed: std::collections::BTreeSet<(i64, i32)> = forgets
+            .iter()
+            .map(|i| {
+                let at = t.events[*i].occurred_at.unwrap();
+                (at.seconds, at.nanos)
+            })
+            .collect();
+        assert!(!forgets.is_empty(), "{kinds:?}");
         assert_eq!(
-            kinds
-                .iter()
-                .filter(|k| **k == AuditEventKind::AccountForgotten)
-                .count(),
-            1,
+            times, closed,
+            "each forget answers the time of a forget that closed the trail"
+        );
+        assert!(
+            forgets.len() <= 2,
+            "a forget after the re-enrolment at most: {kinds:?}"
+        );
+        let (after, before) = kinds.split_at(*forgets.last().unwrap());
+        assert!(
+            after.iter().all(|k| matches!(
+                k,
+                AuditEventKind::CodeCreated | AuditEventKind::AccountForgotten
+            )),
+            "only a new enrolment follows the forget: {kinds:?}"
+        );
+        assert_eq!(
+            before.contains(&AuditEventKind::RecoveryCompleted),
+            recovery_ok,
             "{kinds:?}"
         );
-        let completed = kinds.contains(&AuditEventKind::RecoveryCompleted);
         assert_eq!(
-            completed, recovery_ok,
-            "a recovery answered OK iff it is in the trail, before the forget: {kinds:?}"
+            before.contains(&AuditEventKind::AssistedRecoveryCompleted),
+            assisted_ok,
+            "{kinds:?}"
         );
+        // Enrolled exactly when a new enrolment follows the newest forget.
+        let after = &kinds[..forgets[0]];
         let status = env
             .client
             .get_recovery_status(api::GetRecoveryStatusRequest {
@@ -417,21 +524,25 @@ async fn forgets_race_each_other_and_a_recovery(env: &mut Running) -> (u32, u32)
             .await
             .unwrap()
             .into_inner();
-        assert!(!status.enrolled, "round {round}: enrolled after the forget");
-        if recovery_ok {
-            recovered += 1;
-        } else {
-            refused += 1;
-        }
+        assert_eq!(
+            status.enrolled,
+            !after.is_empty(),
+            "round {round}: {kinds:?}"
+        );
+        recovered += u32::from(recovery_ok);
+        assisted_won += u32::from(assisted_ok);
+        enrolled_after += u32::from(!after.is_empty());
     }
-    (recovered, refused)
+    (recovered, assisted_won, enrolled_after)
 }
 
 #[tokio::test]
 async fn forgets_race_to_one_outcome_on_sqlite() {
     let mut env = Running::start(Options::default()).await;
-    let (recovered, refused) = forgets_race_each_other_and_a_recovery(&mut env).await;
-    eprintln!("sqlite: recovery first {recovered}, forget first {refused} of 6 rounds");
+    let (recovered, assisted, enrolled) = forgets_race_everything_to_one_outcome(&mut env).await;
+    eprintln!(
+        "sqlite, 6 rounds: recovery before the forget {recovered}, assisted completion before it {assisted}, enrolled after it {enrolled}"
+    );
 }
 
 #[tokio::test]
@@ -440,8 +551,10 @@ async fn forgets_race_to_one_outcome_on_postgres() {
     let db = PgDatabase::create().await;
     let mut env =
         Running::start(Options::default().env("RECOVERY_DATABASE_URL", db.url.clone())).await;
-    let (recovered, refused) = forgets_race_each_other_and_a_recovery(&mut env).await;
-    eprintln!("postgres: recovery first {recovered}, forget first {refused} of 6 rounds");
+    let (recovered, assisted, enrolled) = forgets_race_everything_to_one_outcome(&mut env).await;
+    eprintln!(
+        "postgres, 6 rounds: recovery before the forget {recovered}, assisted completion before it {assisted}, enrolled after it {enrolled}"
+    );
     drop(env);
     drop(db);
 }

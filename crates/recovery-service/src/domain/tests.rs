@@ -1671,3 +1671,55 @@ async fn submissions_in_flight_are_bounded_and_drained_at_shutdown() {
         super::SUBMISSIONS_IN_FLIGHT
     );
 }
+
+/// A forget with mail still queued: nothing more reaches the person (their queued messages are
+/// gone), the family's organizer gets one message that says only that a member left, and the
+/// platform hears `account.forgotten`.
+#[tokio::test]
+async fn a_forgotten_person_gets_no_more_mail_and_the_organizer_hears_only_that_a_member_left() {
+    let h = harness(Policy::default()).await;
+    h.enroll("kid", "kid@example.com").await;
+    h.recovery
+        .put_family_member(
+            "fam",
+            "org",
+            Some(recovery_storage::model::FamilyRole::Organizer),
+            "org@fam.example",
+        )
+        .await
+        .unwrap();
+    h.recovery
+        .put_family_member(
+            "fam",
+            "kid",
+            Some(recovery_storage::model::FamilyRole::Member),
+            "kid@fam.example",
+        )
+        .await
+        .unwrap();
+    h.recovery
+        .begin_recovery("kid@example.com", "198.51.100.7", "Agent/1")
+        .await
+        .unwrap();
+    // Queued, not yet delivered: the verification code, the created and family notices.
+    h.recovery.forget_account("kid", "asked").await.unwrap();
+    let mail = h.mail().await;
+    assert!(
+        mail.iter()
+            .all(|m| !m.recipient.contains("kid@") && !m.recipient.contains("kid@fam")),
+        "{mail:?}"
+    );
+    let left: Vec<&Mail> = mail
+        .iter()
+        .filter(|m| m.kind == "family_member_left")
+        .collect();
+    assert_eq!(left.len(), 1, "{mail:?}");
+    assert_eq!(left[0].recipient, "org@fam.example");
+    let told = left[0].data.to_string();
+    for personal in ["kid", "198.51.100.7", "Agent/1"] {
+        assert!(!told.contains(personal), "{told}");
+    }
+    // A second forget sends nothing.
+    h.recovery.forget_account("kid", "again").await.unwrap();
+    assert!(h.mail().await.is_empty());
+}

@@ -132,18 +132,7 @@ pub(crate) async fn seal<C: ConnectionTrait>(
     };
     let (key_id, wrapped) = match current {
         Some(current) => current,
-        None => {
-            let (key_id, wrapped) = keys.new_key(account_id).map_err(StorageError::Other)?;
-            key::Entity::insert(key::ActiveModel {
-                key_id: Set(key_id.clone()),
-                account_id: Set(account_id.to_owned()),
-                wrapped: Set(wrapped.clone()),
-                created_at: Set(now),
-            })
-            .exec(db)
-            .await?;
-            (key_id, wrapped)
-        }
+        None => new_key(db, keys, account_id, now).await?,
     };
     let plaintext = zeroize::Zeroizing::new(
         serde_json::to_vec(personal)
@@ -156,21 +145,32 @@ pub(crate) async fn seal<C: ConnectionTrait>(
             // A stored key that does not unwrap (damaged) must not stop every change of the
             // account: a new key takes over, and the old one stays for inspection.
             tracing::error!(account_id, key_id = %key_id, error = %why, "an account's data key does not unwrap: a new one takes over");
-            let (key_id, wrapped) = keys.new_key(account_id).map_err(StorageError::Other)?;
-            key::Entity::insert(key::ActiveModel {
-                key_id: Set(key_id.clone()),
-                account_id: Set(account_id.to_owned()),
-                wrapped: Set(wrapped.clone()),
-                created_at: Set(now),
-            })
-            .exec(db)
-            .await?;
+            let (key_id, wrapped) = new_key(db, keys, account_id, now).await?;
             let sealed = keys
                 .seal(account_id, (&key_id, &wrapped), &bound_to, &plaintext)
                 .map_err(StorageError::Other)?;
             Ok(format!("{key_id}.{sealed}"))
         }
     }
+}
+
+/// A new data key of the account, stored: its id and wrapped form.
+async fn new_key<C: ConnectionTrait>(
+    db: &C,
+    keys: &dyn PersonalDataKeys,
+    account_id: &str,
+    now: i64,
+) -> Result<(String, String), StorageError> {
+    let (key_id, wrapped) = keys.new_key(account_id).map_err(StorageError::Other)?;
+    key::Entity::insert(key::ActiveModel {
+        key_id: Set(key_id.clone()),
+        account_id: Set(account_id.to_owned()),
+        wrapped: Set(wrapped.clone()),
+        created_at: Set(now),
+    })
+    .exec(db)
+    .await?;
+    Ok((key_id, wrapped))
 }
 
 /// The account's data keys, newest first: `(key id, wrapped)`. None once forgotten.

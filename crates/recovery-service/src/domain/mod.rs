@@ -293,7 +293,10 @@ impl Recovery {
         // Every audit event this service writes is linked into its account's hash chain.
         let storage = storage
             .with_audit_chain(Arc::new(secrets::AuditChain(Arc::clone(&keys))))
-            .with_personal_data(Arc::new(secrets::PersonalData(Arc::clone(&keys))));
+            .with_personal_data(Arc::new(secrets::PersonalData {
+                keys: Arc::clone(&keys),
+                personal_detail: notify::is_personal_detail,
+            }));
         let opaque = Arc::new(OpaqueKeys::derive(&keys)?);
         Ok(Self {
             storage,

@@ -65,7 +65,11 @@ impl recovery_storage::AuditChainKeys for AuditChain {
 /// (so it rotates as the other keys do, and a key row moved to another account does not
 /// open); see `recovery_storage::PersonalDataKeys`. Forgetting deletes the wrapped keys.
 #[derive(Debug, Clone)]
-pub struct PersonalData(pub std::sync::Arc<KeyRing>);
+pub struct PersonalData {
+    pub keys: std::sync::Arc<KeyRing>,
+    /// Which details of an event kind are personal (the audit trail's rule, passed in).
+    pub personal_detail: fn(kind: &str, name: &str) -> bool,
+}
 
 /// What a data key's wrapping is bound to.
 fn wrap_binding(account_id: &str, key_id: &str) -> String {
@@ -77,7 +81,7 @@ impl PersonalData {
     fn unwrap(&self, account_id: &str, key_id: &str, wrapped: &str) -> Option<SecretKey> {
         let bytes = crate::crypto::unseal_for(
             Purpose::DataKeyWrap,
-            &self.0,
+            &self.keys,
             &wrap_binding(account_id, key_id),
             wrapped,
         )
@@ -94,7 +98,7 @@ impl recovery_storage::PersonalDataKeys for PersonalData {
         let bytes = zeroize::Zeroizing::new(crate::crypto::random_bytes::<32>()?);
         let wrapped = crate::crypto::seal_for(
             Purpose::DataKeyWrap,
-            self.0.current(),
+            self.keys.current(),
             &wrap_binding(account_id, &key_id),
             &*bytes,
         )
@@ -104,7 +108,7 @@ impl recovery_storage::PersonalDataKeys for PersonalData {
 
     fn check(&self, account_id: &str, key_id: &str, wrapped: &str) -> recovery_storage::KeyState {
         use recovery_storage::KeyState;
-        let current = self.0.current();
+        let current = self.keys.current();
         if wrapped.split('.').nth(1) == Some(current.id()) {
             return KeyState::Current;
         }
@@ -157,7 +161,7 @@ impl recovery_storage::PersonalDataKeys for PersonalData {
     }
 
     fn personal_detail(&self, kind: &str, name: &str) -> bool {
-        super::notify::is_personal_detail(kind, name)
+        (self.personal_detail)(kind, name)
     }
 }
 

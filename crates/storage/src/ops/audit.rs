@@ -340,20 +340,17 @@ impl Storage {
                 .exec(self.db())
                 .await?;
         }
-        let (key_id, mac) = head_mac(keys, "audit-checkpoint/v1", account_id, seq, &link)?;
-        audit_head::Entity::update_many()
-            .col_expr(H::VerifiedSeq, Expr::value(seq))
-            .col_expr(H::VerifiedLink, Expr::value(link))
-            .col_expr(H::VerifiedKeyId, Expr::value(key_id))
-            .col_expr(H::VerifiedMac, Expr::value(mac))
-            .filter(H::AccountId.eq(account_id))
-            .filter(
-                sea_orm::Condition::any()
-                    .add(H::VerifiedSeq.is_null())
-                    .add(H::VerifiedSeq.lte(seq)),
-            )
-            .exec(self.db())
-            .await?;
+        set_checkpoint(
+            self.db(),
+            keys,
+            account_id,
+            seq,
+            &link,
+            sea_orm::Condition::any()
+                .add(H::VerifiedSeq.is_null())
+                .add(H::VerifiedSeq.lte(seq)),
+        )
+        .await?;
         Ok(())
     }
 
@@ -609,6 +606,29 @@ pub(super) async fn anchor<C: ConnectionTrait>(
             .exec(txn)
             .await?;
     }
+    Ok(())
+}
+
+/// Moves the account's checkpoint to row `seq` with `link`, under its MAC, where `only_if`
+/// holds.
+pub(super) async fn set_checkpoint<C: ConnectionTrait>(
+    db: &C,
+    keys: &dyn AuditChainKeys,
+    account_id: &str,
+    seq: i64,
+    link: &str,
+    only_if: sea_orm::Condition,
+) -> Result<(), StorageError> {
+    let (key_id, mac) = head_mac(keys, "audit-checkpoint/v1", account_id, seq, link)?;
+    audit_head::Entity::update_many()
+        .col_expr(H::VerifiedSeq, Expr::value(seq))
+        .col_expr(H::VerifiedLink, Expr::value(link.to_owned()))
+        .col_expr(H::VerifiedKeyId, Expr::value(key_id))
+        .col_expr(H::VerifiedMac, Expr::value(mac))
+        .filter(H::AccountId.eq(account_id))
+        .filter(only_if)
+        .exec(db)
+        .await?;
     Ok(())
 }
 

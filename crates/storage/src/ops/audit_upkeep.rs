@@ -14,8 +14,8 @@ use sea_orm::{
 };
 
 use super::audit::{
-    BASE_LABEL, Start, anchor, chain_meta, current_link, head_mac, trail_start, verify,
-    verify_after,
+    BASE_LABEL, Start, anchor, chain_meta, current_link, head_mac, set_checkpoint, trail_start,
+    verify, verify_after,
 };
 use crate::{
     Storage, StorageError,
@@ -235,15 +235,7 @@ impl Storage {
         // and its checkpoint moves there (everything up to it was just verified).
         if let (Some(keys), Some((seq, link))) = (keys, newest_link) {
             anchor(txn, keys, account_id, seq, &link, None).await?;
-            let (key_id, mac) = head_mac(keys, "audit-checkpoint/v1", account_id, seq, &link)?;
-            audit_head::Entity::update_many()
-                .col_expr(H::VerifiedSeq, Expr::value(seq))
-                .col_expr(H::VerifiedLink, Expr::value(link))
-                .col_expr(H::VerifiedKeyId, Expr::value(key_id))
-                .col_expr(H::VerifiedMac, Expr::value(mac))
-                .filter(H::AccountId.eq(account_id))
-                .exec(txn)
-                .await?;
+            set_checkpoint(txn, keys, account_id, seq, &link, sea_orm::Condition::all()).await?;
         }
         Ok(sealed)
     }

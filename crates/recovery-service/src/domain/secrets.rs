@@ -221,4 +221,81 @@ mod tests {
         assert!(id.starts_with("fl_"));
         assert_ne!(id, random_id("fl_").unwrap());
     }
+
+    fn personal(ring_text: &str) -> PersonalData {
+        PersonalData {
+            keys: std::sync::Arc::new(ring(ring_text)),
+            personal_detail: super::super::notify::is_personal_detail,
+        }
+    }
+
+    #[test]
+    fn a_data_key_opens_only_its_accounts_rows_and_survives_a_rotation() {
+        use recovery_storage::{KeyState, PersonalDataKeys as _};
+        let old = personal(&format!("old:{A}"));
+        let (key_id, wrapped) = old.new_key("acct-1").unwrap();
+        assert!(key_id.starts_with("dk_"));
+        assert_eq!(old.check("acct-1", &key_id, &wrapped), KeyState::Current);
+        let sealed = old
+            .seal(
+                "acct-1",
+                (&key_id, &wrapped),
+                "acct-1\nev_1",
+                b"203.0.113.7",
+            )
+            .unwrap();
+        assert!(!sealed.contains("203.0.113.7"));
+        let opened = old.open("acct-1", (&key_id, &wrapped), "acct-1\nev_1", &sealed);
+        assert_eq!(opened.as_deref(), Some(&b"203.0.113.7"[..]));
+        // Another row, or the key row moved to another account: nothing opens.
+        assert!(
+            old.open("acct-1", (&key_id, &wrapped), "acct-1\nev_2", &sealed)
+                .is_none()
+        );
+        assert!(
+            old.open("acct-2", (&key_id, &wrapped), "acct-1\nev_1", &sealed)
+                .is_none()
+        );
+        assert!(old.seal("acct-2", (&key_id, &wrapped), "x", b"y").is_err());
+
+        // Rotation: the new ring re-wraps the key under its current key; the same data key,
+        // so what it sealed still opens.
+        let rotated = personal(&format!("new:{B},old:{A}"));
+        let KeyState::Rewrapped(rewrapped) = rotated.check("acct-1", &key_id, &wrapped) else {
+            panic!("a key under an older ring key is re-wrapped");
+        };
+        assert!(rewrapped.starts_with("v1.new."));
+        assert_eq!(
+            rotated.check("acct-1", &key_id, &rewrapped),
+            KeyState::Current
+        );
+        assert_eq!(
+            rotated
+                .open("acct-1", (&key_id, &rewrapped), "acct-1\nev_1", &sealed)
+                .as_deref(),
+            Some(&b"203.0.113.7"[..])
+        );
+        // A ring without the wrapping key: lost, never opened.
+        let other = personal(&format!("new:{B}"));
+        assert_eq!(other.check("acct-1", &key_id, &wrapped), KeyState::Lost);
+        assert!(
+            other
+                .open("acct-1", (&key_id, &wrapped), "acct-1\nev_1", &sealed)
+                .is_none()
+        );
+        // Debug shows no key material.
+        assert!(!format!("{old:?}").contains(A));
+    }
+
+    #[test]
+    fn only_addresses_and_free_text_reasons_are_personal_details() {
+        let p = personal(A);
+        use recovery_storage::PersonalDataKeys as _;
+        assert!(p.personal_detail("EMAIL_UPDATED", "email_hint"));
+        assert!(p.personal_detail("EMAIL_UPDATED", "old_email_hint"));
+        assert!(p.personal_detail("CODE_REVOKED", "reason"));
+        assert!(p.personal_detail("ACCOUNT_FORGOTTEN", "reason"));
+        assert!(!p.personal_detail("SUBMISSION_REFUSED", "reason"));
+        assert!(!p.personal_detail("RECOVERY_STARTED", "flow_id"));
+    }
 }

@@ -32,6 +32,10 @@ on_every_backend!(
     pruning_leaves_a_trail_that_verifies_and_a_cut_or_forged_base_breaks_it,
     racing_pruners_prune_each_row_once,
     a_trail_that_does_not_verify_is_not_pruned,
+    a_forged_unlinked_row_is_never_blessed_by_pruning_or_sealing,
+    a_row_put_behind_the_base_breaks_the_trail,
+    details_that_are_not_a_map_are_sealed_whole,
+    an_account_that_keeps_its_events_does_not_hold_back_the_others,
 );
 
 #[derive(Debug)]
@@ -254,7 +258,7 @@ async fn pruning_leaves_a_trail_that_verifies_and_a_cut_or_forged_base_breaks_it
     history(&s, "acct", 10).await;
     // Anchor and checkpoint it, as a read does.
     assert!(chain_of(&s, "acct").await.valid);
-    let report = s.prune_audit(T0 + 4 * DAY + 1, 1000).await.unwrap();
+    let report = s.prune_audit(T0 + 4 * DAY + 1, 1000, "").await.unwrap();
     assert_eq!(report.account_events, 5);
     let left = s.list_audit_events("acct", None, 100).await.unwrap();
     assert_eq!(left.len(), 5);
@@ -262,14 +266,14 @@ async fn pruning_leaves_a_trail_that_verifies_and_a_cut_or_forged_base_breaks_it
     assert!(chain_of(&s, "acct").await.valid, "a pruned trail verifies");
     // Pruning again finds nothing more; the newest row is never pruned.
     assert_eq!(
-        s.prune_audit(T0 + 4 * DAY + 1, 1000)
+        s.prune_audit(T0 + 4 * DAY + 1, 1000, "")
             .await
             .unwrap()
             .account_events,
         0
     );
     assert_eq!(
-        s.prune_audit(T0 + 100 * DAY, 1000)
+        s.prune_audit(T0 + 100 * DAY, 1000, "")
             .await
             .unwrap()
             .account_events,
@@ -294,7 +298,7 @@ async fn pruning_leaves_a_trail_that_verifies_and_a_cut_or_forged_base_breaks_it
     // ...and so does a base moved without the key.
     history(&s, "forged", 4).await;
     assert!(chain_of(&s, "forged").await.valid);
-    s.prune_audit(T0 + DAY + 1, 1000).await.unwrap();
+    s.prune_audit(T0 + DAY + 1, 1000, "").await.unwrap();
     assert!(chain_of(&s, "forged").await.valid);
     db.execute(
         "UPDATE {schema}.audit_heads SET base_seq = base_seq + 1 WHERE account_id = 'forged'",
@@ -312,7 +316,7 @@ async fn racing_pruners_prune_each_row_once(db: &TestDb) {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..4 {
         let s = s.clone();
-        set.spawn(async move { s.prune_audit(T0 + 3 * DAY + 1, 1000).await });
+        set.spawn(async move { s.prune_audit(T0 + 3 * DAY + 1, 1000, "").await });
     }
     let mut pruned = 0;
     while let Some(done) = set.join_next().await {
@@ -338,11 +342,104 @@ async fn a_trail_that_does_not_verify_is_not_pruned(db: &TestDb) {
     assert!(chain_of(&s, "acct").await.valid);
     db.execute("UPDATE {schema}.audit_events SET details = '{}' WHERE seq = (SELECT MIN(seq) FROM {schema}.audit_events)")
         .await;
-    let report = s.prune_audit(T0 + 3 * DAY + 1, 1000).await.unwrap();
+    let report = s.prune_audit(T0 + 3 * DAY + 1, 1000, "").await.unwrap();
     assert_eq!((report.account_events, report.kept_broken), (0, 1));
     assert_eq!(
         s.list_audit_events("acct", None, 100).await.unwrap().len(),
         6
     );
     assert!(!chain_of(&s, "acct").await.valid);
+}
+
+/// An attacker deletes the oldest rows and puts in their place an "unlinked legacy" row that
+/// carries the deleted row's link (so the next row seems to follow it): the trail does not
+/// verify, pruning keeps it, and sealing never links it again.
+async fn a_forged_unlinked_row_is_never_blessed_by_pruning_or_sealing(db: &TestDb) {
+    let (clear, s) = writers(db);
+    history(&clear, "acct", 6).await;
+    assert!(chain_of(&s, "acct").await.valid);
+    db.execute(
+        "INSERT INTO {schema}.audit_events (seq, event_id, account_id, kind, occurred_at, client_ip, details, chain_key_id, chain_hash) \
+         SELECT -1, 'forged', 'acct', 'CODE_CREATED', 1, '192.0.2.1', '{}', NULL, chain_hash FROM {schema}.audit_events \
+         WHERE account_id = 'acct' ORDER BY seq LIMIT 1 OFFSET 1",
+    )
+    .await;
+    db.execute("DELETE FROM {schema}.audit_events WHERE account_id = 'acct' AND seq > 0 AND seq IN (SELECT seq FROM {schema}.audit_events WHERE account_id = 'acct' AND seq > 0 ORDER BY seq LIMIT 2)")
+        .await;
+    assert!(!chain_of(&s, "acct").await.valid, "a forged unlinked row");
+    let report = s.prune_audit(T0 + 3 * DAY + 1, 1000, "").await.unwrap();
+    assert_eq!((report.account_events, report.kept_broken), (0, 1));
+    s.reseal_trail("acct", T0 + 10 * DAY).await.unwrap();
+    assert!(
+        !chain_of(&s, "acct").await.valid,
+        "sealing does not bless it"
+    );
+}
+
+async fn a_row_put_behind_the_base_breaks_the_trail(db: &TestDb) {
+    let (_, s) = writers(db);
+    history(&s, "acct", 6).await;
+    assert!(chain_of(&s, "acct").await.valid);
+    assert_eq!(
+        s.prune_audit(T0 + 2 * DAY + 1, 1000, "")
+            .await
+            .unwrap()
+            .account_events,
+        3
+    );
+    assert!(chain_of(&s, "acct").await.valid);
+    db.execute(
+        "INSERT INTO {schema}.audit_events (seq, event_id, account_id, kind, occurred_at, details) \
+         VALUES (-5, 'planted', 'acct', 'CODE_CREATED', 1, '{}')",
+    )
+    .await;
+    let status = chain_of(&s, "acct").await;
+    assert!(!status.valid);
+    assert_eq!(status.first_broken_event_id.as_deref(), Some("planted"));
+}
+
+async fn details_that_are_not_a_map_are_sealed_whole(db: &TestDb) {
+    let (clear, s) = writers(db);
+    history(&clear, "acct", 2).await;
+    db.execute(
+        "INSERT INTO {schema}.audit_events (event_id, account_id, kind, occurred_at, client_ip, details) \
+         VALUES ('odd', 'acct', 'CODE_REVOKED', 5, '192.0.2.9', '[\"not a map\"]')",
+    )
+    .await;
+    // One odd row stops neither the account's sealing nor the scan.
+    s.reseal_trail("acct", T0 + 10 * DAY).await.unwrap();
+    for r in clear.list_audit_events("acct", None, 100).await.unwrap() {
+        assert_eq!(r.client, ClientInfo::default(), "{r:?}");
+    }
+}
+
+async fn an_account_that_keeps_its_events_does_not_hold_back_the_others(db: &TestDb) {
+    let (_, s) = writers(db);
+    for account in ["a-broken", "b-fine"] {
+        history(&s, account, 4).await;
+        assert!(chain_of(&s, account).await.valid);
+    }
+    db.execute("UPDATE {schema}.audit_events SET details = '{}' WHERE seq = (SELECT MIN(seq) FROM {schema}.audit_events WHERE account_id = 'a-broken')")
+        .await;
+    // One account per pass: the broken one first, then the pass goes on after it.
+    let first = s.prune_audit(T0 + 2 * DAY + 1, 1, "").await.unwrap();
+    assert_eq!((first.account_events, first.kept_broken), (0, 1));
+    assert_eq!(first.next_account.as_deref(), Some("a-broken"));
+    let second = s
+        .prune_audit(T0 + 2 * DAY + 1, 1, "a-broken")
+        .await
+        .unwrap();
+    assert_eq!(
+        second.account_events, 1,
+        "a batch of 1 prunes 1 row of 1 account"
+    );
+    assert_eq!(second.next_account.as_deref(), Some("b-fine"));
+    assert_eq!(
+        s.list_audit_events("b-fine", None, 100)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(chain_of(&s, "b-fine").await.valid);
 }

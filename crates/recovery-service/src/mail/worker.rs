@@ -94,6 +94,8 @@ struct Inner {
     options: DeliveryOptions,
     owner: String,
     wake: Arc<Notify>,
+    /// The account the audit retention's next pass starts after.
+    prune_from: std::sync::Mutex<String>,
 }
 
 impl Worker {
@@ -116,6 +118,7 @@ impl Worker {
                 options,
                 owner: secrets::random_id("worker_")?,
                 wake,
+                prune_from: std::sync::Mutex::new(String::new()),
             }),
         })
     }
@@ -243,8 +246,16 @@ impl Worker {
         }
         let before = now
             - i64::try_from(self.inner.options.audit_retention.as_millis()).unwrap_or(i64::MAX / 2);
+        // Where the last pass stopped, so accounts that keep their events (a trail that does
+        // not verify) cannot hold the others back.
+        let mut after = self
+            .inner
+            .prune_from
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default();
         for _ in 0..10 {
-            match storage.prune_audit(before, 500).await {
+            match storage.prune_audit(before, 500, &after).await {
                 Ok(report) => {
                     let pruned = report.account_events + report.unattached_events;
                     if pruned > 0 || report.kept_broken > 0 {
@@ -255,7 +266,11 @@ impl Worker {
                             "pruned audit events past their retention"
                         );
                     }
-                    if pruned == 0 {
+                    after = report.next_account.unwrap_or_default();
+                    if let Ok(mut from) = self.inner.prune_from.lock() {
+                        from.clone_from(&after);
+                    }
+                    if after.is_empty() && pruned == 0 {
                         break;
                     }
                 }

@@ -201,13 +201,23 @@ impl Storage {
         txn: &C,
         row: &audit_event::Model,
     ) -> Result<String, StorageError> {
-        Ok(audit_event::Entity::find()
+        let before = audit_event::Entity::find()
             .filter(A::AccountId.eq(row.account_id.as_str()))
             .filter(A::Seq.lt(row.seq))
             .order_by_desc(A::Seq)
             .one(txn)
-            .await?
-            .and_then(|row| row.chain_hash)
+            .await?;
+        if let Some(before) = before {
+            return Ok(before.chain_hash.unwrap_or_default());
+        }
+        // The first row of a pruned trail follows the base.
+        let head = audit_head::Entity::find_by_id(row.account_id.clone())
+            .one(txn)
+            .await?;
+        Ok(self
+            .audit_chain()
+            .and_then(|keys| trail_start(keys, &row.account_id, head.as_ref()))
+            .map(|start| start.previous)
             .unwrap_or_default())
     }
 
@@ -527,7 +537,7 @@ pub(super) fn head_mac(
 }
 
 /// Whether an anchor's MAC is right: it names the row it says, as the key made it.
-fn anchor_mac_ok(keys: &dyn AuditChainKeys, anchor: &audit_head::Model) -> bool {
+pub(super) fn anchor_mac_ok(keys: &dyn AuditChainKeys, anchor: &audit_head::Model) -> bool {
     head_mac_ok(
         keys,
         "audit-head/v1",
@@ -728,6 +738,18 @@ pub(super) async fn verify<C: ConnectionTrait>(
     let Some(beginning) = trail_start(keys, account_id, head.as_ref()) else {
         return Ok((ChainStatus::broken(true, Some(newest.event_id)), None));
     };
+    // Nothing may stand at or behind a pruned trail's base: such a row was put there.
+    if beginning.linked {
+        let behind = audit_event::Entity::find()
+            .filter(A::AccountId.eq(account_id))
+            .filter(A::Seq.lte(beginning.after_seq))
+            .order_by_desc(A::Seq)
+            .one(db)
+            .await?;
+        if let Some(row) = behind {
+            return Ok((ChainStatus::broken(true, Some(row.event_id)), None));
+        }
+    }
     let from = from.unwrap_or(beginning.clone());
     if let Some(broken) = verify_after(db, keys, account_id, &from, None, legacy_max_seq).await? {
         return Ok((ChainStatus::broken(true, Some(broken)), None));
@@ -863,8 +885,10 @@ pub(super) async fn verify_after<C: ConnectionTrait>(
                         .is_some_and(|expected| expected == *stored)
                 }
                 // Unlinked rows are legacy rows: written before the chain, before every
-                // linked one.
-                _ => !linked && row.seq <= legacy_max_seq,
+                // linked one, with neither a key nor a link (a row with only one of them is
+                // forged: its stored link must never become the next row's predecessor).
+                (None, None) => !linked && row.seq >= 1 && row.seq <= legacy_max_seq,
+                _ => false,
             };
             if !ok {
                 return Ok(Some(row.event_id));

@@ -14,8 +14,8 @@ use sea_orm::{
 };
 
 use super::audit::{
-    BASE_LABEL, Start, anchor, chain_meta, current_link, head_mac, set_checkpoint, trail_start,
-    verify, verify_after,
+    BASE_LABEL, Start, anchor, anchor_mac_ok, chain_meta, current_link, head_mac, set_checkpoint,
+    trail_start, verify, verify_after,
 };
 use crate::{
     Storage, StorageError,
@@ -27,7 +27,7 @@ use crate::{
 };
 
 /// What one [`Storage::prune_audit`] pass removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PruneReport {
     /// Events of accounts, pruned from the oldest behind each account's base.
     pub account_events: u64,
@@ -36,6 +36,9 @@ pub struct PruneReport {
     /// Accounts whose old events were kept because their trail does not verify (pruning
     /// would destroy the evidence).
     pub kept_broken: u64,
+    /// Where the next pass goes on (the last account this one looked at), when it looked at
+    /// a full batch; `None`: it reached the end, start again from the first.
+    pub next_account: Option<String>,
 }
 
 impl Storage {
@@ -67,11 +70,16 @@ impl Storage {
             return Ok(None);
         }
         let through = resealed_through(self.db()).await?;
+        // Only rows older than the lag: a slower writer (an old replica during a rolling
+        // deploy) may still commit a row with a lower `seq` than one already committed, and
+        // the scan position must never pass a row that is not there yet.
+        let settled = now - RESEAL_LAG_MS;
         let candidates: Vec<(i64, String)> = audit_event::Entity::find()
             .select_only()
             .column(A::Seq)
             .column(A::AccountId)
             .filter(A::Seq.gt(through))
+            .filter(A::OccurredAt.lt(settled))
             .filter(A::Sealed.is_null())
             .filter(A::AccountId.ne(""))
             .filter(
@@ -87,6 +95,20 @@ impl Storage {
             .all(self.reader())
             .await?;
         let Some(last) = candidates.last().map(|(seq, _)| *seq) else {
+            // Nothing left in clear up to the settled rows: the scan moves to the newest of
+            // them, so the next pass reads only what came since.
+            let settled_seq: Option<i64> = audit_event::Entity::find()
+                .select_only()
+                .column(A::Seq)
+                .filter(A::OccurredAt.lt(settled))
+                .order_by_desc(A::OccurredAt)
+                .limit(1)
+                .into_tuple()
+                .one(self.reader())
+                .await?;
+            if let Some(seq) = settled_seq.filter(|seq| *seq > through) {
+                set_resealed_through(self, seq).await?;
+            }
             return Ok(None);
         };
         let mut accounts: Vec<&str> = candidates.iter().map(|(_, a)| a.as_str()).collect();
@@ -94,24 +116,15 @@ impl Storage {
         accounts.dedup();
         let mut sealed = 0;
         for account in accounts {
-            sealed += self.reseal_trail(account, now).await?;
+            // One account's trouble never stops the others.
+            match self.reseal_trail(account, now).await {
+                Ok(n) => sealed += n,
+                Err(err) => {
+                    tracing::warn!(account_id = account, error = %err, "an audit trail could not be sealed");
+                }
+            }
         }
-        self.db()
-            .execute_raw(sea_orm::Statement::from_sql_and_values(
-                self.db().get_database_backend(),
-                match self.backend() {
-                    crate::Backend::Postgres => {
-                        "UPDATE audit_chain_meta SET resealed_through_seq = $1 \
-                         WHERE id = 1 AND COALESCE(resealed_through_seq, 0) < $1"
-                    }
-                    crate::Backend::Sqlite => {
-                        "UPDATE audit_chain_meta SET resealed_through_seq = ?1 \
-                         WHERE id = 1 AND COALESCE(resealed_through_seq, 0) < ?1"
-                    }
-                },
-                [last.into()],
-            ))
-            .await?;
+        set_resealed_through(self, last).await?;
         // Rows that looked personal but held nothing to seal (a refusal's coded reason) are
         // passed over: the scan moved past them.
         Ok(Some(sealed))
@@ -127,25 +140,35 @@ impl Storage {
         let Some(sealer) = self.personal_data() else {
             return Ok(0);
         };
+        let keys = self.audit_chain();
+        let head = audit_head::Entity::find_by_id(account_id.to_owned())
+            .one(txn)
+            .await?;
+        // Only the trail after a pruned trail's base: anything behind it was put there (and
+        // makes the trail not verify).
+        let base_seq = keys
+            .and_then(|k| trail_start(k, account_id, head.as_ref()))
+            .filter(|start| start.linked)
+            .map_or(i64::MIN, |start| start.after_seq);
         let rows = audit_event::Entity::find()
             .filter(A::AccountId.eq(account_id))
+            .filter(A::Seq.gt(base_seq))
             .order_by_asc(A::Seq)
             .all(txn)
             .await?;
+        // Details that are not a map of strings (written by hand?) are sealed whole.
         let in_clear = |r: &audit_event::Model| {
             r.sealed.is_none()
                 && (r.client_ip.is_some()
                     || r.client_user_agent.is_some()
                     || serde_json::from_str::<BTreeMap<String, String>>(&r.details)
-                        .is_ok_and(|d| d.keys().any(|k| sealer.personal_detail(&r.kind, k))))
+                        .map_or(true, |d| {
+                            d.keys().any(|k| sealer.personal_detail(&r.kind, k))
+                        }))
         };
         let Some(first) = rows.iter().position(in_clear) else {
             return Ok(0);
         };
-        let keys = self.audit_chain();
-        let head = audit_head::Entity::find_by_id(account_id.to_owned())
-            .one(txn)
-            .await?;
         let intact = match keys {
             Some(keys) => {
                 let (legacy_max_seq, _) = chain_meta(txn).await?;
@@ -182,16 +205,27 @@ impl Storage {
         for mut row in rows.into_iter().skip(first) {
             let mut changed = false;
             if in_clear(&row) {
-                let mut details: BTreeMap<String, String> = serde_json::from_str(&row.details)
-                    .map_err(|e| {
-                        StorageError::Other(format!("audit details of {}: {e}", row.event_id))
-                    })?;
-                let personal_details: BTreeMap<String, String> = details
-                    .iter()
-                    .filter(|(k, _)| sealer.personal_detail(&row.kind, k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                details.retain(|k, _| !personal_details.contains_key(k));
+                let (details, personal_details) = match serde_json::from_str::<
+                    BTreeMap<String, String>,
+                >(&row.details)
+                {
+                    Ok(mut details) => {
+                        let personal: BTreeMap<String, String> = details
+                            .iter()
+                            .filter(|(k, _)| sealer.personal_detail(&row.kind, k))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect();
+                        details.retain(|k, _| !personal.contains_key(k));
+                        (details, personal)
+                    }
+                    Err(_) => {
+                        tracing::warn!(event_id = %row.event_id, "audit details that are not a map of strings are sealed whole");
+                        (
+                            BTreeMap::new(),
+                            BTreeMap::from([("details".to_owned(), row.details.clone())]),
+                        )
+                    }
+                };
                 let personal = Personal {
                     ip: row.client_ip.take(),
                     ua: row.client_user_agent.take(),
@@ -240,12 +274,19 @@ impl Storage {
         Ok(sealed)
     }
 
-    /// Prunes audit events that occurred before `before`: for up to `batch` accounts, their
-    /// oldest events in chain order (never an account's newest, which its anchor names),
-    /// behind a base that names the last pruned row's link under a MAC; and up to `batch`
-    /// events under no account. An account whose trail does not verify keeps its events.
+    /// Prunes audit events that occurred before `before`: for up to `batch` accounts after
+    /// `after_account` (in account order: a caller passes back [`PruneReport::next_account`]
+    /// so accounts that keep their events cannot starve the others), their oldest events in
+    /// chain order (never an account's newest, which its anchor names), behind a base that
+    /// names the last pruned row's link under a MAC; and up to `batch` events under no
+    /// account. An account whose trail does not verify keeps its events.
     #[tracing::instrument(name = "db.prune_audit", skip_all)]
-    pub async fn prune_audit(&self, before: i64, batch: u64) -> Result<PruneReport, StorageError> {
+    pub async fn prune_audit(
+        &self,
+        before: i64,
+        batch: u64,
+        after_account: &str,
+    ) -> Result<PruneReport, StorageError> {
         let mut report = PruneReport::default();
         let Some(keys) = self.audit_chain() else {
             return Ok(report);
@@ -275,30 +316,37 @@ impl Storage {
                 match self.backend() {
                     crate::Backend::Postgres => {
                         "SELECT DISTINCT e.account_id FROM audit_events e \
-                         WHERE e.occurred_at < $1 AND e.account_id <> '' AND EXISTS \
+                         WHERE e.occurred_at < $1 AND e.account_id > $3 AND EXISTS \
                          (SELECT 1 FROM audit_events n WHERE n.account_id = e.account_id \
-                         AND n.seq > e.seq) LIMIT $2"
+                         AND n.seq > e.seq) ORDER BY e.account_id LIMIT $2"
                     }
                     crate::Backend::Sqlite => {
                         "SELECT DISTINCT e.account_id FROM audit_events e \
-                         WHERE e.occurred_at < ?1 AND e.account_id <> '' AND EXISTS \
+                         WHERE e.occurred_at < ?1 AND e.account_id > ?3 AND EXISTS \
                          (SELECT 1 FROM audit_events n WHERE n.account_id = e.account_id \
-                         AND n.seq > e.seq) LIMIT ?2"
+                         AND n.seq > e.seq) ORDER BY e.account_id LIMIT ?2"
                     }
                 },
                 [
                     before.into(),
                     i64::try_from(batch).unwrap_or(i64::MAX).into(),
+                    after_account.into(),
                 ],
             ))
             .await?
             .into_iter()
             .filter_map(|row| row.try_get::<String>("", "account_id").ok())
             .collect();
+        report.next_account = (candidates.len() as u64 == batch)
+            .then(|| candidates.last().cloned())
+            .flatten();
         for account in candidates {
-            match self.prune_account(keys, &account, before, batch).await? {
-                Some(pruned) => report.account_events += pruned,
-                None => report.kept_broken += 1,
+            match self.prune_account(keys, &account, before, batch).await {
+                Ok(Some(pruned)) => report.account_events += pruned,
+                Ok(None) => report.kept_broken += 1,
+                Err(err) => {
+                    tracing::warn!(account_id = %account, error = %err, "an audit trail could not be pruned");
+                }
             }
         }
         Ok(report)
@@ -323,15 +371,43 @@ impl Storage {
             .order_by_desc(A::Seq)
             .one(&txn)
             .await?;
-        let (Some(head), Some(newest)) = (head, newest) else {
-            // No anchor yet (a trail from before anchors gets one when it is next verified):
-            // nothing to hang a base on.
+        let Some(newest) = newest else {
             return Ok(Some(0));
         };
-        // The oldest rows in chain order, while they are old (a prefix of the trail).
+        // A trail from before anchors gets its anchor here once it verifies (as a read would
+        // give it), so that it has somewhere to keep a base.
+        let head = match head {
+            Some(head) => head,
+            None => {
+                let (status, checkpoint) = verify(&txn, keys, account_id, None).await?;
+                match checkpoint.filter(|c| status.valid && c.anchor) {
+                    Some(c) => {
+                        anchor(&txn, keys, account_id, c.seq, &c.link, None).await?;
+                        match audit_head::Entity::find_by_id(account_id.to_owned())
+                            .one(&txn)
+                            .await?
+                        {
+                            Some(head) => head,
+                            None => return Ok(Some(0)),
+                        }
+                    }
+                    None if status.valid => return Ok(Some(0)),
+                    None => return Ok(None),
+                }
+            }
+        };
+        if !anchor_mac_ok(keys, &head) {
+            return Ok(None);
+        }
+        let Some(start) = trail_start(keys, account_id, Some(&head)) else {
+            return Ok(None);
+        };
+        // The oldest rows after the base, in chain order, up to (not including) the row the
+        // anchor names and the newest.
         let oldest = audit_event::Entity::find()
             .filter(A::AccountId.eq(account_id))
-            .filter(A::Seq.lt(newest.seq))
+            .filter(A::Seq.gt(start.after_seq))
+            .filter(A::Seq.lt(std::cmp::min(newest.seq, head.head_seq)))
             .order_by_asc(A::Seq)
             .limit(batch)
             .all(&txn)
@@ -344,9 +420,6 @@ impl Storage {
             return Ok(Some(0));
         };
         let (legacy_max_seq, _) = chain_meta(&txn).await?;
-        let Some(start) = trail_start(keys, account_id, Some(&head)) else {
-            return Ok(None);
-        };
         if verify_after(
             &txn,
             keys,
@@ -386,6 +459,31 @@ impl Storage {
         txn.commit().await?;
         Ok(Some(pruned))
     }
+}
+
+/// How long after its time a row is taken as committed by every writer that could write it.
+const RESEAL_LAG_MS: i64 = 10 * 60_000;
+
+/// Moves the scan for rows in clear forward to `seq` (never back).
+async fn set_resealed_through(storage: &Storage, seq: i64) -> Result<(), StorageError> {
+    storage
+        .db()
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            storage.db().get_database_backend(),
+            match storage.backend() {
+                crate::Backend::Postgres => {
+                    "UPDATE audit_chain_meta SET resealed_through_seq = $1 \
+                     WHERE id = 1 AND COALESCE(resealed_through_seq, 0) < $1"
+                }
+                crate::Backend::Sqlite => {
+                    "UPDATE audit_chain_meta SET resealed_through_seq = ?1 \
+                     WHERE id = 1 AND COALESCE(resealed_through_seq, 0) < ?1"
+                }
+            },
+            [seq.into()],
+        ))
+        .await?;
+    Ok(())
 }
 
 /// How far the scan for rows in clear got.

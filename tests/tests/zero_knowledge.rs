@@ -1017,3 +1017,32 @@ async fn every_counted_start_is_audited_whenever_the_device_hangs_up() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// ForgetAccount removes a zero-knowledge enrolment (its OPAQUE record and sealed keyset go
+/// with the row): the verified flow answers FLOW_NOT_FOUND to the device, the status is
+/// empty, and the address takes a new enrolment at once.
+#[tokio::test]
+async fn forgetting_removes_a_zero_knowledge_enrolment_and_its_flows() {
+    let mut env = Running::start(Options::default()).await;
+    device::enrol(&mut env.client, "zk-f", "zed@example.com", CODE, KEYSET)
+        .await
+        .unwrap();
+    let flow = verified(&mut env.client, &env.mail, "zed@example.com").await;
+    env.client
+        .forget_account(api::ForgetAccountRequest {
+            account_id: "zk-f".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    let err = device::recover(&mut env.client, &flow, CODE)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "FLOW_NOT_FOUND");
+    let st = status(&mut env.client, "zk-f").await;
+    assert!(!st.enrolled);
+    assert_eq!(st.mode(), RecoveryMode::Unspecified);
+    device::enrol(&mut env.client, "zk-g", "zed@example.com", CODE, KEYSET)
+        .await
+        .unwrap();
+}

@@ -196,6 +196,27 @@ fn smtp_to_a_remote_host_requires_tls_and_auth_is_never_in_clear() {
 }
 
 #[test]
+fn audit_retention_defaults_to_400_days_and_is_at_least_a_day() {
+    assert_eq!(
+        load(&[]).unwrap().audit_retention,
+        std::time::Duration::from_secs(400 * 86_400)
+    );
+    assert_eq!(
+        load(&[("RECOVERY_AUDIT_RETENTION", "90d")])
+            .unwrap()
+            .audit_retention,
+        std::time::Duration::from_secs(90 * 86_400)
+    );
+    assert!(
+        error(&[("RECOVERY_AUDIT_RETENTION", "2h")])
+            .starts_with("RECOVERY_AUDIT_RETENTION: must be at least 1d")
+    );
+    assert!(
+        error(&[("RECOVERY_AUDIT_RETENTION", "soon")]).starts_with("RECOVERY_AUDIT_RETENTION:")
+    );
+}
+
+#[test]
 fn listen_addresses_people_type_are_understood() {
     let config = load(&[("RECOVERY_LISTEN_ADDR", "localhost:50052")]).unwrap();
     assert_eq!(config.listen_addr, "127.0.0.1:50052".parse().unwrap());

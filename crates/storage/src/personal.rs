@@ -44,6 +44,18 @@ pub trait PersonalDataKeys: Send + Sync + fmt::Debug {
         bound_to: &str,
         sealed: &str,
     ) -> Option<Vec<u8>>;
+    /// [`Self::open`] of several rows sealed under one key (a page): the key unwrapped once.
+    fn open_all(
+        &self,
+        account_id: &str,
+        key: (&str, &str),
+        items: &[(String, &str)],
+    ) -> Vec<Option<Vec<u8>>> {
+        items
+            .iter()
+            .map(|(bound_to, sealed)| self.open(account_id, key, bound_to, sealed))
+            .collect()
+    }
     /// Whether detail `name` of an event of `kind` written in clear (before personal details
     /// were sealed) is personal: such details are sealed when the row is.
     fn personal_detail(&self, kind: &str, name: &str) -> bool;
@@ -101,8 +113,14 @@ pub(crate) async fn seal<C: ConnectionTrait>(
     event_id: &str,
     personal: &Personal,
     now: i64,
+    known: Option<Option<(String, String)>>,
 ) -> Result<String, StorageError> {
-    let newest = account_keys(db, account_id).await?.into_iter().next();
+    // `known`: the newest key as the caller already read it under the same lock (`Some(None)`:
+    // the account has none).
+    let newest = match known {
+        Some(newest) => newest,
+        None => account_keys(db, account_id).await?.into_iter().next(),
+    };
     let current = match newest {
         Some((key_id, wrapped)) => match keys.check(account_id, &key_id, &wrapped) {
             KeyState::Current => Some((key_id, wrapped)),
@@ -189,29 +207,89 @@ pub(crate) async fn account_keys<C: ConnectionTrait>(
         .collect())
 }
 
-/// Opens a row's `sealed` column with the account's data keys: its client and personal
-/// details, or `None` when the key it names is gone or cannot open it.
-pub(crate) fn open(
+/// The account's data keys (newest first) and the `seq` its forgetting covers, if it was
+/// forgotten: what a page of its trail needs, in one round trip.
+pub(crate) async fn page_keys<C: ConnectionTrait>(
+    db: &C,
+    account_id: &str,
+) -> Result<(Vec<(String, String)>, Option<i64>), StorageError> {
+    let sql = match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => {
+            "SELECT key_id, wrapped, created_at, NULL AS through_seq FROM account_data_keys \
+             WHERE account_id = $1 UNION ALL SELECT NULL, NULL, NULL, through_seq \
+             FROM forgotten_accounts WHERE account_id = $1"
+        }
+        _ => {
+            "SELECT key_id, wrapped, created_at, NULL AS through_seq FROM account_data_keys \
+             WHERE account_id = ?1 UNION ALL SELECT NULL, NULL, NULL, through_seq \
+             FROM forgotten_accounts WHERE account_id = ?1"
+        }
+    };
+    let rows = db
+        .query_all_raw(sea_orm::Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql,
+            [account_id.into()],
+        ))
+        .await?;
+    let mut keys = Vec::new();
+    let mut through = None;
+    for row in rows {
+        let key_id: Option<String> = row.try_get("", "key_id")?;
+        let wrapped: Option<String> = row.try_get("", "wrapped")?;
+        match (key_id, wrapped) {
+            (Some(key_id), Some(wrapped)) => {
+                let created_at: Option<i64> = row.try_get("", "created_at")?;
+                keys.push((created_at.unwrap_or(0), key_id, wrapped));
+            }
+            _ => through = row.try_get::<Option<i64>>("", "through_seq")?,
+        }
+    }
+    keys.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+    Ok((
+        keys.into_iter()
+            .map(|(_, id, wrapped)| (id, wrapped))
+            .collect(),
+        through,
+    ))
+}
+
+/// What a page's sealed rows hold: for each `(event_id, sealed)`, its client and personal
+/// details, or `None` when the key it names is gone or cannot open it. Each key is unwrapped
+/// once per page.
+pub(crate) fn open_page(
     sealer: &dyn PersonalDataKeys,
     keys: &[(String, String)],
     account_id: &str,
-    event_id: &str,
-    sealed: &str,
-) -> Option<(ClientInfo, BTreeMap<String, String>)> {
-    let (key_id, body) = sealed.split_once('.')?;
-    let (_, wrapped) = keys.iter().find(|(id, _)| id == key_id)?;
-    let plaintext = zeroize::Zeroizing::new(sealer.open(
-        account_id,
-        (key_id, wrapped),
-        &bound(account_id, event_id),
-        body,
-    )?);
-    let personal: Personal = serde_json::from_slice(&plaintext).ok()?;
-    Some((
-        ClientInfo {
-            ip: personal.ip,
-            user_agent: personal.ua,
-        },
-        personal.details,
-    ))
+    rows: &[(&str, &str)],
+) -> Vec<Option<(ClientInfo, BTreeMap<String, String>)>> {
+    let mut out: Vec<Option<(ClientInfo, BTreeMap<String, String>)>> = vec![None; rows.len()];
+    for (key_id, wrapped) in keys {
+        let (indexes, items): (Vec<usize>, Vec<(String, &str)>) = rows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (event_id, sealed))| {
+                let (under, body) = sealed.split_once('.')?;
+                (under == key_id).then(|| (i, (bound(account_id, event_id), body)))
+            })
+            .unzip();
+        if items.is_empty() {
+            continue;
+        }
+        let opened = sealer.open_all(account_id, (key_id, wrapped), &items);
+        for (i, plaintext) in indexes.into_iter().zip(opened) {
+            out[i] = plaintext.and_then(|p| {
+                let p = zeroize::Zeroizing::new(p);
+                let personal: Personal = serde_json::from_slice(&p).ok()?;
+                Some((
+                    ClientInfo {
+                        ip: personal.ip,
+                        user_agent: personal.ua,
+                    },
+                    personal.details,
+                ))
+            });
+        }
+    }
+    out
 }

@@ -160,6 +160,25 @@ impl recovery_storage::PersonalDataKeys for PersonalData {
             .ok()
     }
 
+    fn open_all(
+        &self,
+        account_id: &str,
+        (key_id, wrapped): (&str, &str),
+        items: &[(String, &str)],
+    ) -> Vec<Option<Vec<u8>>> {
+        let Some(key) = self.unwrap(account_id, key_id, wrapped) else {
+            return vec![None; items.len()];
+        };
+        items
+            .iter()
+            .map(|(bound_to, sealed)| {
+                crate::crypto::unseal_with(Purpose::PersonalData, &key, bound_to, sealed)
+                    .map(|p| p.to_vec())
+                    .ok()
+            })
+            .collect()
+    }
+
     fn personal_detail(&self, kind: &str, name: &str) -> bool {
         (self.personal_detail)(kind, name)
     }

@@ -92,12 +92,24 @@ impl Storage {
                 .one(txn)
                 .await?
         };
-        let anchored = match self.audit_chain() {
-            Some(_) => audit_head::Entity::find_by_id(anchor_key.clone())
-                .one(txn)
-                .await?
-                .filter(|_| chained),
-            None => None,
+        // An event with personal details is sealed under the account's newest data key: it is
+        // read with the anchor, in the same round trip.
+        let sealing = chained
+            && self.personal_data().is_some()
+            && (e.client.ip.is_some() || e.client.user_agent.is_some() || !e.personal.is_empty());
+        let (anchored, data_key) = match self.audit_chain() {
+            Some(_) if sealing => match anchor_with_key(txn, &anchor_key).await? {
+                Some((anchor, key)) => (Some(anchor), Some(key)),
+                None => (None, None),
+            },
+            Some(_) => (
+                audit_head::Entity::find_by_id(anchor_key.clone())
+                    .one(txn)
+                    .await?
+                    .filter(|_| chained),
+                None,
+            ),
+            None => (None, None),
         };
         // An anchor whose MAC does not verify was written without the key (a cut pointed at
         // what is left): appends leave it as it is, so that the trail keeps answering
@@ -140,6 +152,7 @@ impl Storage {
                     &e.event_id,
                     &personal,
                     e.occurred_at.as_ms(),
+                    data_key,
                 )
                 .await?,
             ),
@@ -445,22 +458,25 @@ async fn list_rows<C: ConnectionTrait>(
     let rows = query.order_by_desc(A::Seq).limit(limit).all(db).await?;
     // Every event up to the account's ACCOUNT_FORGOTTEN is forgotten: nothing of it is
     // opened, whether or not a key survived.
-    let forgotten_through = match rows.last() {
-        Some(_) => super::by_key(
-            crate::entity::forgotten_account::Entity::find_by_id(account_id.to_owned()),
-            db,
-        )
-        .await?
-        .map(|f| f.through_seq),
-        None => None,
-    };
-    let data_keys = if rows
-        .iter()
-        .any(|r| r.sealed.is_some() && forgotten_through.is_none_or(|through| r.seq > through))
-    {
-        crate::personal::account_keys(db, account_id).await?
+    let (data_keys, forgotten_through) = if rows.is_empty() {
+        (Vec::new(), None)
     } else {
-        Vec::new()
+        crate::personal::page_keys(db, account_id).await?
+    };
+    let sealed: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|r| forgotten_through.is_none_or(|through| r.seq > through))
+        .filter_map(|r| Some((r.event_id.as_str(), r.sealed.as_deref()?)))
+        .collect();
+    let mut opened: std::collections::HashMap<String, Option<(ClientInfo, _)>> = match sealer {
+        Some(sealer) if !sealed.is_empty() => sealed
+            .iter()
+            .map(|(event_id, _)| (*event_id).to_owned())
+            .zip(crate::personal::open_page(
+                sealer, &data_keys, account_id, &sealed,
+            ))
+            .collect(),
+        _ => Default::default(),
     };
     rows.into_iter()
         .map(|row| {
@@ -473,10 +489,8 @@ async fn list_rows<C: ConnectionTrait>(
                 user_agent: row.client_user_agent,
             };
             let forgotten = forgotten_through.is_some_and(|through| row.seq <= through);
-            if let (Some(sealed), false) = (&row.sealed, forgotten) {
-                match sealer.and_then(|s| {
-                    crate::personal::open(s, &data_keys, account_id, &row.event_id, sealed)
-                }) {
+            if row.sealed.is_some() && !forgotten {
+                match opened.remove(&row.event_id).flatten() {
                     Some((opened, mut personal)) => {
                         client = opened;
                         details.append(&mut personal);
@@ -939,4 +953,77 @@ fn folds_into(e: &NewAuditEvent, head: &audit_event::Model) -> bool {
             .get(*name)
             .is_some_and(|v| Some(v) == e.details.get(*name))
     })
+}
+
+/// An account's anchor with its newest data key beside it (looked up in the same statement).
+#[derive(sea_orm::FromQueryResult)]
+struct AnchorWithKey {
+    account_id: String,
+    head_seq: i64,
+    head_link: String,
+    key_id: String,
+    mac: String,
+    verified_seq: Option<i64>,
+    verified_link: Option<String>,
+    verified_key_id: Option<String>,
+    verified_mac: Option<String>,
+    base_seq: Option<i64>,
+    base_link: Option<String>,
+    base_key_id: Option<String>,
+    base_mac: Option<String>,
+    dk_id: Option<String>,
+    dk_wrapped: Option<String>,
+}
+
+/// The account's anchor and its newest data key (`None` beside it: it has none), or `None`
+/// without an anchor (then the key is looked up on its own).
+async fn anchor_with_key<C: ConnectionTrait>(
+    db: &C,
+    account_id: &str,
+) -> Result<Option<(audit_head::Model, Option<(String, String)>)>, StorageError> {
+    use crate::entity::account_data_key::{Column as K, Entity as Keys};
+    use sea_orm::sea_query::{Query, SubQueryStatement};
+    let newest = |column: K| {
+        let mut query = Query::select();
+        query
+            .column(column)
+            .from(Keys)
+            .and_where(K::AccountId.eq(account_id))
+            .order_by(K::CreatedAt, sea_orm::Order::Desc)
+            .order_by(K::KeyId, sea_orm::Order::Desc)
+            .limit(1);
+        sea_orm::sea_query::SimpleExpr::SubQuery(
+            None,
+            Box::new(SubQueryStatement::SelectStatement(query)),
+        )
+    };
+    let row = audit_head::Entity::find_by_id(account_id.to_owned())
+        .column_as(newest(K::KeyId), "dk_id")
+        .column_as(newest(K::Wrapped), "dk_wrapped")
+        .into_model::<AnchorWithKey>()
+        .all(db)
+        .await?
+        .into_iter()
+        .next();
+    Ok(row.map(|r| {
+        let key = r.dk_id.zip(r.dk_wrapped);
+        (
+            audit_head::Model {
+                account_id: r.account_id,
+                head_seq: r.head_seq,
+                head_link: r.head_link,
+                key_id: r.key_id,
+                mac: r.mac,
+                verified_seq: r.verified_seq,
+                verified_link: r.verified_link,
+                verified_key_id: r.verified_key_id,
+                verified_mac: r.verified_mac,
+                base_seq: r.base_seq,
+                base_link: r.base_link,
+                base_key_id: r.base_key_id,
+                base_mac: r.base_mac,
+            },
+            key,
+        )
+    }))
 }

@@ -232,8 +232,16 @@ impl Storage {
                     details: personal_details,
                 };
                 row.sealed = Some(
-                    crate::personal::seal(txn, sealer, account_id, &row.event_id, &personal, now)
-                        .await?,
+                    crate::personal::seal(
+                        txn,
+                        sealer,
+                        account_id,
+                        &row.event_id,
+                        &personal,
+                        now,
+                        None,
+                    )
+                    .await?,
                 );
                 row.details = serde_json::to_string(&details)
                     .map_err(|e| StorageError::Other(format!("audit details: {e}")))?;

@@ -35,27 +35,15 @@ pub trait PersonalDataKeys: Send + Sync + fmt::Debug {
         bound_to: &str,
         plaintext: &[u8],
     ) -> Result<String, String>;
-    /// What [`Self::seal`] sealed; `None` when the key cannot be unwrapped (its ring key is
-    /// gone) or the ciphertext does not open.
-    fn open(
-        &self,
-        account_id: &str,
-        key: (&str, &str),
-        bound_to: &str,
-        sealed: &str,
-    ) -> Option<Vec<u8>>;
-    /// [`Self::open`] of several rows sealed under one key (a page): the key unwrapped once.
+    /// What [`Self::seal`] sealed, for each `(bound_to, sealed)` of rows sealed under the
+    /// data key `key` (a page: the key unwrapped once); `None` for a row when the key cannot
+    /// be unwrapped (its ring key is gone) or the ciphertext does not open.
     fn open_all(
         &self,
         account_id: &str,
         key: (&str, &str),
         items: &[(String, &str)],
-    ) -> Vec<Option<Vec<u8>>> {
-        items
-            .iter()
-            .map(|(bound_to, sealed)| self.open(account_id, key, bound_to, sealed))
-            .collect()
-    }
+    ) -> Vec<Option<Vec<u8>>>;
     /// Whether detail `name` of an event of `kind` written in clear (before personal details
     /// were sealed) is personal: such details are sealed when the row is.
     fn personal_detail(&self, kind: &str, name: &str) -> bool;

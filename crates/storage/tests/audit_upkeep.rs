@@ -90,20 +90,25 @@ impl PersonalDataKeys for Sealer {
         ))
     }
 
-    fn open(
+    fn open_all(
         &self,
         account_id: &str,
         (key_id, wrapped): (&str, &str),
-        bound_to: &str,
-        sealed: &str,
-    ) -> Option<Vec<u8>> {
-        let body = sealed.strip_prefix(&format!("{account_id}|{key_id}|{wrapped}|{bound_to}|"))?;
-        let mut bytes: Vec<u8> = (0..body.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&body[i..i + 2], 16).unwrap())
-            .collect();
-        bytes.reverse();
-        Some(bytes)
+        items: &[(String, &str)],
+    ) -> Vec<Option<Vec<u8>>> {
+        items
+            .iter()
+            .map(|(bound_to, sealed)| {
+                let body =
+                    sealed.strip_prefix(&format!("{account_id}|{key_id}|{wrapped}|{bound_to}|"))?;
+                let mut bytes: Vec<u8> = (0..body.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&body[i..i + 2], 16).unwrap())
+                    .collect();
+                bytes.reverse();
+                Some(bytes)
+            })
+            .collect()
     }
 }
 

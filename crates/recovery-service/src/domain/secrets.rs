@@ -147,19 +147,6 @@ impl recovery_storage::PersonalDataKeys for PersonalData {
             .map_err(str::to_owned)
     }
 
-    fn open(
-        &self,
-        account_id: &str,
-        (key_id, wrapped): (&str, &str),
-        bound_to: &str,
-        sealed: &str,
-    ) -> Option<Vec<u8>> {
-        let key = self.unwrap(account_id, key_id, wrapped)?;
-        crate::crypto::unseal_with(Purpose::PersonalData, &key, bound_to, sealed)
-            .map(|p| p.to_vec())
-            .ok()
-    }
-
     fn open_all(
         &self,
         account_id: &str,
@@ -241,6 +228,20 @@ mod tests {
         assert_ne!(id, random_id("fl_").unwrap());
     }
 
+    /// One row opened (`open_all` of one item).
+    fn open_one(
+        p: &PersonalData,
+        account_id: &str,
+        key: (&str, &str),
+        bound_to: &str,
+        sealed: &str,
+    ) -> Option<Vec<u8>> {
+        use recovery_storage::PersonalDataKeys as _;
+        p.open_all(account_id, key, &[(bound_to.to_owned(), sealed)])
+            .pop()
+            .flatten()
+    }
+
     fn personal(ring_text: &str) -> PersonalData {
         PersonalData {
             keys: std::sync::Arc::new(ring(ring_text)),
@@ -264,17 +265,11 @@ mod tests {
             )
             .unwrap();
         assert!(!sealed.contains("203.0.113.7"));
-        let opened = old.open("acct-1", (&key_id, &wrapped), "acct-1\nev_1", &sealed);
+        let opened = open_one(&old, "acct-1", (&key_id, &wrapped), "acct-1\nev_1", &sealed);
         assert_eq!(opened.as_deref(), Some(&b"203.0.113.7"[..]));
         // Another row, or the key row moved to another account: nothing opens.
-        assert!(
-            old.open("acct-1", (&key_id, &wrapped), "acct-1\nev_2", &sealed)
-                .is_none()
-        );
-        assert!(
-            old.open("acct-2", (&key_id, &wrapped), "acct-1\nev_1", &sealed)
-                .is_none()
-        );
+        assert!(open_one(&old, "acct-1", (&key_id, &wrapped), "acct-1\nev_2", &sealed).is_none());
+        assert!(open_one(&old, "acct-2", (&key_id, &wrapped), "acct-1\nev_1", &sealed).is_none());
         assert!(old.seal("acct-2", (&key_id, &wrapped), "x", b"y").is_err());
 
         // Rotation: the new ring re-wraps the key under its current key; the same data key,
@@ -289,18 +284,28 @@ mod tests {
             KeyState::Current
         );
         assert_eq!(
-            rotated
-                .open("acct-1", (&key_id, &rewrapped), "acct-1\nev_1", &sealed)
-                .as_deref(),
+            open_one(
+                &rotated,
+                "acct-1",
+                (&key_id, &rewrapped),
+                "acct-1\nev_1",
+                &sealed
+            )
+            .as_deref(),
             Some(&b"203.0.113.7"[..])
         );
         // A ring without the wrapping key: lost, never opened.
         let other = personal(&format!("new:{B}"));
         assert_eq!(other.check("acct-1", &key_id, &wrapped), KeyState::Lost);
         assert!(
-            other
-                .open("acct-1", (&key_id, &wrapped), "acct-1\nev_1", &sealed)
-                .is_none()
+            open_one(
+                &other,
+                "acct-1",
+                (&key_id, &wrapped),
+                "acct-1\nev_1",
+                &sealed
+            )
+            .is_none()
         );
         // Debug shows no key material.
         assert!(!format!("{old:?}").contains(A));

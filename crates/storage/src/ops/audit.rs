@@ -143,8 +143,12 @@ impl Storage {
             ua: e.client.user_agent,
             details: e.personal,
         };
+        debug_assert_eq!(
+            sealing,
+            chained && self.personal_data().is_some() && !personal.is_empty()
+        );
         let sealed = match self.personal_data() {
-            Some(sealer) if chained && !personal.is_empty() => Some(
+            Some(sealer) if sealing => Some(
                 crate::personal::seal(
                     txn,
                     sealer,
@@ -564,7 +568,7 @@ pub(super) fn anchor_mac_ok(keys: &dyn AuditChainKeys, anchor: &audit_head::Mode
 }
 
 /// Whether a stored anchor or checkpoint MAC is right (under whichever key made it).
-pub(super) fn head_mac_ok(
+fn head_mac_ok(
     keys: &dyn AuditChainKeys,
     label: &str,
     account_id: &str,
@@ -580,7 +584,7 @@ pub(super) fn head_mac_ok(
 }
 
 /// A new anchor naming row `seq` with `link`, under its MAC, without a checkpoint.
-pub(super) fn new_anchor(
+fn new_anchor(
     keys: &dyn AuditChainKeys,
     account_id: &str,
     seq: i64,
@@ -958,19 +962,8 @@ fn folds_into(e: &NewAuditEvent, head: &audit_event::Model) -> bool {
 /// An account's anchor with its newest data key beside it (looked up in the same statement).
 #[derive(sea_orm::FromQueryResult)]
 struct AnchorWithKey {
-    account_id: String,
-    head_seq: i64,
-    head_link: String,
-    key_id: String,
-    mac: String,
-    verified_seq: Option<i64>,
-    verified_link: Option<String>,
-    verified_key_id: Option<String>,
-    verified_mac: Option<String>,
-    base_seq: Option<i64>,
-    base_link: Option<String>,
-    base_key_id: Option<String>,
-    base_mac: Option<String>,
+    #[sea_orm(nested)]
+    head: audit_head::Model,
     dk_id: Option<String>,
     dk_wrapped: Option<String>,
 }
@@ -1005,25 +998,5 @@ async fn anchor_with_key<C: ConnectionTrait>(
         .await?
         .into_iter()
         .next();
-    Ok(row.map(|r| {
-        let key = r.dk_id.zip(r.dk_wrapped);
-        (
-            audit_head::Model {
-                account_id: r.account_id,
-                head_seq: r.head_seq,
-                head_link: r.head_link,
-                key_id: r.key_id,
-                mac: r.mac,
-                verified_seq: r.verified_seq,
-                verified_link: r.verified_link,
-                verified_key_id: r.verified_key_id,
-                verified_mac: r.verified_mac,
-                base_seq: r.base_seq,
-                base_link: r.base_link,
-                base_key_id: r.base_key_id,
-                base_mac: r.base_mac,
-            },
-            key,
-        )
-    }))
+    Ok(row.map(|r| (r.head, r.dk_id.zip(r.dk_wrapped))))
 }

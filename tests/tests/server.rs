@@ -77,8 +77,8 @@ async fn reflection_v1_and_v1alpha_list_the_service() {
         .expect("the service's file");
     assert_eq!(
         file.service[0].method.len(),
-        20,
-        "8 RPCs, the 7 of Families, the 4 of zero-knowledge recovery and ForgetAccount"
+        30,
+        "8 RPCs, the 7 of Families, the 4 of zero-knowledge recovery, ForgetAccount and the 10 of recovery contacts"
     );
     let comments = file
         .source_code_info

@@ -117,6 +117,17 @@ Recovery rules
                                     CreateRecoveryCode calls per account an
                                     hour, before any hashing [default: 10]
 
+Recovery contacts
+  RECOVERY_CONTACT_INVITATION       how long an invitation stays open [default: 7d]
+  RECOVERY_CONTACT_ACTIVATION       how long after accepting a contact can act
+                                    [default: 7d]
+  RECOVERY_CONTACT_GATHERING        how long a contact recovery gathers vouches
+                                    [default: 24h]
+  RECOVERY_CONTACT_WAIT             the waiting period once the vouches meet the
+                                    threshold; may be 0s [default: 48h]
+  RECOVERY_CONTACT_COOLDOWN         how often a contact may vouch for one
+                                    account [default: 7d]
+
 Hashing
   RECOVERY_HASH_THREADS             argon2id threads [default: number of cores]
   RECOVERY_HASH_MEMORY_KIB, RECOVERY_HASH_ITERATIONS, RECOVERY_HASH_PARALLELISM

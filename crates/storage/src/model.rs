@@ -550,6 +550,8 @@ pub struct AssistedCompletion {
     pub superseded: Vec<AssistedFlow>,
     /// The address of the member's enrolment that was live until this completion, if any.
     pub recovery_address: Option<String>,
+    /// The member's open contact flows it ended.
+    pub ended_contact: Vec<ContactFlow>,
 }
 
 /// Why an assisted flow could not be completed or cancelled.
@@ -595,6 +597,8 @@ pub struct RecoveryCompletion {
     /// The account's family membership and its family's organizers, when it ended any.
     pub member: Option<FamilyMember>,
     pub organizers: Vec<FamilyMember>,
+    /// The account's open contact flows it ended.
+    pub ended_contact: Vec<ContactFlow>,
 }
 
 /// A platform event to publish after the change commits (written in its transaction).
@@ -673,4 +677,259 @@ impl std::fmt::Debug for NewAuditEvent {
             .field("coalesce", &self.coalesce)
             .finish_non_exhaustive()
     }
+}
+
+/// Where a recovery contact stands at an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContactState {
+    /// Invited, not accepted, the invitation still open.
+    Invited,
+    /// The invitation was not accepted in time.
+    Expired,
+    /// Accepted, not active yet.
+    Waiting,
+    /// May vouch and cancel.
+    Active,
+}
+
+impl ContactState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Invited => "invited",
+            Self::Expired => "expired",
+            Self::Waiting => "waiting",
+            Self::Active => "active",
+        }
+    }
+}
+
+/// One of an owner's recovery contacts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryContact {
+    pub owner_account_id: String,
+    pub contact_account_id: String,
+    /// Where the contact's mail goes.
+    pub contact_email: String,
+    pub invited_at: Timestamp,
+    /// When the invitation expires unless accepted.
+    pub expires_at: Timestamp,
+    pub accepted_at: Option<Timestamp>,
+    pub active_from: Option<Timestamp>,
+}
+
+impl RecoveryContact {
+    /// Where the contact stands at `now` (milliseconds).
+    pub fn state(&self, now: i64) -> ContactState {
+        match (self.accepted_at, self.active_from) {
+            (Some(_), Some(from)) if from.as_ms() <= now => ContactState::Active,
+            (Some(_), _) => ContactState::Waiting,
+            (None, _) if self.expires_at.as_ms() > now => ContactState::Invited,
+            (None, _) => ContactState::Expired,
+        }
+    }
+}
+
+/// The limits of recovery contacts, counted in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContactLimits {
+    /// Contacts per owner: invited (open), waiting and active.
+    pub per_owner: i64,
+    /// Owners per contact, counted the same way.
+    pub per_contact: i64,
+}
+
+/// Why a contact change was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContactRefusal {
+    /// No such contact (or no open invitation, for an acceptance).
+    NotContact,
+    /// The contact already accepted (a second invitation).
+    AlreadyAccepted,
+    /// The owner has its limit of contacts.
+    TooManyForOwner,
+    /// The contact serves its limit of owners.
+    TooManyForContact,
+}
+
+/// A contact change just stored: the contact as it now is (as it was, for a removal), the
+/// owner's recovery address (where the owner hears of it), and the waiting periods it stopped.
+#[derive(Debug, Clone)]
+pub struct ContactChange {
+    pub contact: RecoveryContact,
+    /// A second invitation (renewed), or an acceptance already made (nothing changed).
+    pub repeated: bool,
+    pub recovery_address: Option<String>,
+    /// Vouches of the contact withdrawn from open flows (a removal).
+    pub withdrawn_vouches: u64,
+    /// Flows whose waiting period stopped: their vouches no longer meet the threshold.
+    pub stopped: Vec<ContactFlow>,
+}
+
+/// A threshold change just stored.
+#[derive(Debug, Clone)]
+pub struct ThresholdChange {
+    pub previous: i32,
+    pub recovery_address: Option<String>,
+    /// Flows whose waiting period stopped: their vouches no longer meet the raised threshold.
+    pub stopped: Vec<ContactFlow>,
+}
+
+/// Why a contact flow ended without completing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContactEnd {
+    /// The owner or a contact cancelled it.
+    Cancelled,
+    /// The account was recovered another way (its own code, an organizer, another contact
+    /// flow).
+    Recovered,
+}
+
+impl ContactEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cancelled => "cancelled",
+            Self::Recovered => "recovered",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Cancelled, Self::Recovered]
+            .into_iter()
+            .find(|e| e.as_str() == name)
+    }
+}
+
+/// A contact recovery flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactFlow {
+    pub contact_flow_id: String,
+    /// `None`: begun for an address no account recovers with (it never completes).
+    pub account_id: Option<String>,
+    pub code_mac: Opaque,
+    pub mac_key_id: String,
+    /// Vouches it needs.
+    pub threshold: i32,
+    pub created_at: Timestamp,
+    /// The end of its gathering of vouches.
+    pub expires_at: Timestamp,
+    /// The end of its waiting period, once the vouches met the threshold.
+    pub completes_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
+    pub ended_at: Option<Timestamp>,
+    pub end_reason: Option<ContactEnd>,
+    pub ended_by: Option<String>,
+    pub client: ClientInfo,
+}
+
+impl ContactFlow {
+    /// When the flow can no longer be acted on: the end of its gathering, or, once its vouches
+    /// met the threshold, `after_completes_ms` past its waiting period.
+    pub fn expiry(&self, after_completes_ms: i64) -> Timestamp {
+        match self.completes_at {
+            Some(at) => Timestamp::from_ms(at.as_ms() + after_completes_ms),
+            None => self.expires_at,
+        }
+    }
+}
+
+/// What to store for a new contact flow.
+#[derive(Debug, Clone)]
+pub struct NewContactFlow {
+    pub contact_flow_id: String,
+    /// The keyed hash of the typed address (the flow's limit key when no account has it).
+    pub email_lookup: String,
+    pub code_mac: Opaque,
+    pub mac_key_id: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub client: ClientInfo,
+}
+
+/// A contact flow about to be stored: the account the address belongs to (if any), its
+/// recovery address, its active contacts and its threshold, as the transaction sees them.
+#[derive(Debug, Clone, Default)]
+pub struct ContactStart {
+    pub account_id: Option<String>,
+    pub recovery_address: Option<String>,
+    pub active_contacts: Vec<RecoveryContact>,
+    pub threshold: i32,
+}
+
+/// What [`crate::Storage::begin_contact_recovery`] decided.
+#[derive(Debug, Clone)]
+pub enum BeginContact {
+    Started(ContactStart),
+    /// Over the per-account limit of begins.
+    Limited {
+        retry_after_ms: i64,
+    },
+}
+
+/// Why a step of a contact flow was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContactFlowRefusal {
+    NotFound,
+    /// Completed or cancelled.
+    Ended,
+    /// Past its gathering (no threshold met) or past its lifetime after `completes_at`.
+    Expired,
+    /// The acting account is not an active contact (nor, for a cancel, the owner).
+    NotContact,
+    /// This contact used up its submissions on the flow.
+    TooManyAttempts,
+    /// This contact vouched for this account within the cooldown.
+    Cooldown {
+        retry_after_ms: i64,
+    },
+    /// The waiting period has not ended (`None`: the threshold is not met).
+    Pending {
+        completes_at: Option<Timestamp>,
+    },
+}
+
+/// A counted submission of a confirmation code.
+#[derive(Debug, Clone)]
+pub enum VouchOutcome {
+    /// A wrong code, counted.
+    Mismatch { attempts_left: i32 },
+    /// A right code: the contact's vouch (new or already given).
+    Vouched(Box<Vouch>),
+}
+
+/// A vouch and where the flow stands after it.
+#[derive(Debug, Clone)]
+pub struct Vouch {
+    pub flow: ContactFlow,
+    /// The contact vouched before: nothing changed.
+    pub repeated: bool,
+    pub vouches: i64,
+    /// This vouch met the threshold: the waiting period began (`flow.completes_at`).
+    pub pending_started: bool,
+    pub recovery_address: Option<String>,
+    /// The owner's active contacts (told when the waiting period begins).
+    pub contacts: Vec<RecoveryContact>,
+}
+
+/// A contact flow cancelled or completed, and who to tell.
+#[derive(Debug, Clone)]
+pub struct ContactFlowEnd {
+    pub flow: ContactFlow,
+    pub recovery_address: Option<String>,
+    /// The owner's active contacts.
+    pub contacts: Vec<RecoveryContact>,
+    /// The contacts whose vouches counted (a completion).
+    pub vouched_by: Vec<String>,
+    /// The enrolment a completion revoked, if one was live.
+    pub revoked_code_id: Option<String>,
+    /// What else a completion ended: the account's assisted flows (with its membership and
+    /// organizers) and its other contact flows.
+    pub recovered: RecoveryCompletion,
+}
+
+/// A contact request as a contact sees it.
+#[derive(Debug, Clone)]
+pub struct ContactRequest {
+    pub flow: ContactFlow,
+    /// This contact already vouched.
+    pub vouched: bool,
 }

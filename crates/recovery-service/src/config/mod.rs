@@ -540,7 +540,17 @@ fn policy_settings(s: &Settings<'_>, layers: &Layers) -> Result<Policy, ConfigEr
             &d.creates_per_account_per_hour.to_string(),
             |t| count(t, 1, 1_000_000).map(i64::from),
         )?,
-        // The family rules of the contract (API.md, "Families"): not settings.
+        contact_invitation_ms: s.parse("contact_invitation", "7d", parse_millis)?,
+        contact_activation_ms: s.parse("contact_activation", "7d", parse_millis)?,
+        contact_gathering_ms: s.parse("contact_gathering", "24h", parse_millis)?,
+        // May be `0s`: a recovery completes as soon as the vouches meet the threshold.
+        contact_wait_ms: s.parse("contact_wait", "48h", |t| {
+            i64::try_from(parse_duration(t)?.as_millis())
+                .map_err(|_| "expected a duration such as `48h` or `0s`".to_owned())
+        })?,
+        contact_cooldown_ms: s.parse("contact_cooldown", "7d", parse_millis)?,
+        // The family rules of the contract (API.md, "Families") and the contact limits
+        // (API.md, "Recovery contacts"): not settings.
         ..d
     };
     if policy.email_code_ttl_ms > policy.flow_ttl_ms {

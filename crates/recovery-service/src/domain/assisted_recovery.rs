@@ -426,6 +426,8 @@ impl Recovery {
                     }
                     let superseded = self.ended_effects(&c.superseded, now)?;
                     events.extend(superseded.audit);
+                    let contact = self.contact_ended_effects(&c.ended_contact, now)?;
+                    events.extend(contact.audit);
                     let member_id = &flow.member_account_id;
                     let mut platform = Vec::new();
                     if let Some(code_id) = &c.revoked_code_id {
@@ -453,6 +455,7 @@ impl Recovery {
                         }),
                     )?);
                     platform.extend(superseded.events);
+                    platform.extend(contact.events);
                     Ok(Effects {
                         messages,
                         audit: events,
@@ -649,8 +652,9 @@ impl Recovery {
         completion: &recovery_storage::model::RecoveryCompletion,
         now: i64,
     ) -> Result<Effects> {
+        let contact = self.contact_ended_effects(&completion.ended_contact, now)?;
         if completion.ended_assisted.is_empty() {
-            return Ok(Effects::none());
+            return Ok(contact);
         }
         let member_hint = completion
             .member
@@ -672,10 +676,11 @@ impl Recovery {
                 &o.email,
             )?);
         }
-        Ok(Effects {
-            messages,
-            ..self.ended_effects(&completion.ended_assisted, now)?
-        })
+        let mut effects = self.ended_effects(&completion.ended_assisted, now)?;
+        effects.messages = messages;
+        effects.audit.extend(contact.audit);
+        effects.events.extend(contact.events);
+        Ok(effects)
     }
 }
 

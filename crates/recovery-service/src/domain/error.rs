@@ -88,6 +88,29 @@ pub enum Error {
         "no zero-knowledge recovery is pending on this flow; call StartZeroKnowledgeRecovery first"
     )]
     ZeroKnowledgeNotStarted,
+    #[error("{0}")]
+    NotRecoveryContact(&'static str),
+    #[error("{}", match *.limit {
+        "accounts_per_contact" => "this contact already serves the most accounts a contact may (25)",
+        _ => "this account already has the most recovery contacts it may (10, invited, waiting and active); remove one first",
+    })]
+    TooManyContacts { limit: &'static str },
+    #[error(
+        "wrong confirmation code; {attempts_left} attempt(s) left. Enter only a code the person read out to you directly"
+    )]
+    ConfirmationCodeMismatch { attempts_left: i32 },
+    #[error("{}", if .completes_at.is_some() {
+        "the waiting period has not ended; the recovery completes at completes_at unless the owner or a contact cancels it"
+    } else {
+        "the contacts' vouches do not meet the account's threshold yet"
+    })]
+    RecoveryPending { completes_at: Option<Timestamp> },
+    #[error("the confirmation code must be exactly 6 digits (no attempt was counted)")]
+    ConfirmationCodeMalformed,
+    #[error("threshold must be from 1 to 10")]
+    InvalidThreshold,
+    #[error("this contact already accepted; remove them first to invite them again")]
+    ContactAlreadyAccepted,
     #[error("the database is unavailable; nothing was changed, retry shortly")]
     Unavailable,
     /// A bug or an unexpected answer: the cause is logged where it happens, never returned.

@@ -28,10 +28,16 @@ pub enum EventType {
     AssistedRecoveryCancelled,
     /// Everything about the account was erased here (`data.account_id`).
     AccountForgotten,
+    RecoveryContactInvited,
+    RecoveryContactActivated,
+    RecoveryContactRemoved,
+    ContactRecoveryStarted,
+    ContactRecoveryPending,
+    ContactRecoveryCancelled,
 }
 
 impl EventType {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 15] = [
         Self::AccountRecovered,
         Self::RecoveryCodeCreated,
         Self::RecoveryCodeReplaced,
@@ -41,6 +47,12 @@ impl EventType {
         Self::AssistedRecoveryStarted,
         Self::AssistedRecoveryCancelled,
         Self::AccountForgotten,
+        Self::RecoveryContactInvited,
+        Self::RecoveryContactActivated,
+        Self::RecoveryContactRemoved,
+        Self::ContactRecoveryStarted,
+        Self::ContactRecoveryPending,
+        Self::ContactRecoveryCancelled,
     ];
 
     /// The short name, e.g. `account.recovered` (the subject is `identity.recovery.v1.` + it).
@@ -55,6 +67,12 @@ impl EventType {
             Self::AssistedRecoveryStarted => "assisted_recovery.started",
             Self::AssistedRecoveryCancelled => "assisted_recovery.cancelled",
             Self::AccountForgotten => "account.forgotten",
+            Self::RecoveryContactInvited => "recovery_contact.invited",
+            Self::RecoveryContactActivated => "recovery_contact.activated",
+            Self::RecoveryContactRemoved => "recovery_contact.removed",
+            Self::ContactRecoveryStarted => "contact_recovery.started",
+            Self::ContactRecoveryPending => "contact_recovery.pending",
+            Self::ContactRecoveryCancelled => "contact_recovery.cancelled",
         }
     }
 }

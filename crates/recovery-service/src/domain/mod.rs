@@ -13,6 +13,7 @@ mod forget_account;
 pub mod notice;
 pub mod notify;
 mod recovery_code;
+pub mod recovery_contacts;
 mod recovery_flow;
 pub mod secrets;
 mod zero_knowledge;
@@ -114,6 +115,27 @@ pub struct Policy {
     /// PutFamilyMember calls per account per day that add it to a family, move it, or change
     /// its family address.
     pub family_changes_per_day: i64,
+    /// How long an invitation to be a recovery contact stays open.
+    pub contact_invitation_ms: i64,
+    /// How long after accepting a contact becomes active.
+    pub contact_activation_ms: i64,
+    /// How long a contact flow gathers vouches.
+    pub contact_gathering_ms: i64,
+    /// The waiting period once the vouches meet the threshold (may be 0).
+    pub contact_wait_ms: i64,
+    /// How often a contact may vouch for one account.
+    pub contact_cooldown_ms: i64,
+    /// How long a contact flow lives past the end of its waiting period.
+    pub contact_completion_window_ms: i64,
+    /// Contacts per account (invited, waiting and active).
+    pub contacts_per_account: i64,
+    /// Accounts per contact.
+    pub accounts_per_contact: i64,
+    /// BeginContactRecovery calls per account (per typed address without one) in any 24
+    /// hours.
+    pub contact_begins_per_day: i64,
+    /// VouchForRecovery submissions per contact per flow.
+    pub vouch_attempts: i32,
 }
 
 impl Default for Policy {
@@ -137,6 +159,16 @@ impl Default for Policy {
             assisted_begins_per_member: 3,
             family_changes_per_day: 5,
             creates_per_account_per_hour: 10,
+            contact_invitation_ms: 7 * DAY_MS,
+            contact_activation_ms: 7 * DAY_MS,
+            contact_gathering_ms: 24 * HOUR_MS,
+            contact_wait_ms: 48 * HOUR_MS,
+            contact_cooldown_ms: 7 * DAY_MS,
+            contact_completion_window_ms: 24 * HOUR_MS,
+            contacts_per_account: 10,
+            accounts_per_contact: 25,
+            contact_begins_per_day: 3,
+            vouch_attempts: 5,
         }
     }
 }

@@ -39,11 +39,14 @@ pub enum MessageKind {
     RecoveryByOrganizerCompleted,
     /// To each organizer: a member was forgotten (left the family); nothing about them.
     FamilyMemberLeft,
+    /// Recovery contacts: to the owner's recovery address or to a contact, one of
+    /// [`ContactTopic`].
+    RecoveryContact,
 }
 
 impl MessageKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::VerificationCode,
         Self::RecoveryStarted,
         Self::CodeCreated,
@@ -61,6 +64,7 @@ impl MessageKind {
         Self::RecoveryByOrganizerStarted,
         Self::RecoveryByOrganizerCompleted,
         Self::FamilyMemberLeft,
+        Self::RecoveryContact,
     ];
 
     /// The name stored in the outbox's `kind` column.
@@ -83,6 +87,7 @@ impl MessageKind {
             Self::RecoveryByOrganizerStarted => "recovery_by_organizer_started",
             Self::RecoveryByOrganizerCompleted => "recovery_by_organizer_completed",
             Self::FamilyMemberLeft => "family_member_left",
+            Self::RecoveryContact => "recovery_contact",
         }
     }
 
@@ -288,6 +293,63 @@ pub struct RecoveryByOrganizerCompleted {
     pub context: Context,
 }
 
+/// What a recovery-contact message is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContactTopic {
+    /// To the contact: the owner asks them to be a recovery contact.
+    Invited,
+    /// To the owner: they invited a contact.
+    InvitedByOwner,
+    /// To the owner: a contact accepted (active from `at_ms`).
+    Accepted,
+    /// To the owner and the contact: the contact was removed.
+    Removed,
+    /// To the owner: the threshold changed (to `threshold`).
+    ThresholdSet,
+    /// To the owner: someone began recovering the account through its contacts.
+    RecoveryStarted,
+    /// To an active contact: someone asks them to vouch.
+    VouchRequested,
+    /// To the owner and each contact: the vouches met the threshold; it completes at `at_ms`.
+    Pending,
+    /// To the owner and each contact: the recovery was cancelled.
+    Cancelled,
+    /// To the owner and each contact: a waiting period stopped (a contact was removed, or the
+    /// threshold raised).
+    Stopped,
+    /// To the owner and each contact: the account was recovered by its contacts.
+    Completed,
+}
+
+/// A recovery-contact message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryContactNotice {
+    pub topic: ContactTopic,
+    /// Sent to a contact (else to the owner's recovery address).
+    pub to_contact: bool,
+    /// The owner's account.
+    pub owner_account_id: String,
+    /// The owner's recovery address, masked; empty when it has none.
+    #[serde(default)]
+    pub owner_hint: String,
+    /// The contact concerned (invited, accepted, removed), or who cancelled.
+    #[serde(default)]
+    pub contact_account_id: String,
+    /// That contact's address, masked.
+    #[serde(default)]
+    pub contact_hint: String,
+    #[serde(default)]
+    pub threshold: u32,
+    #[serde(default)]
+    pub vouches: u32,
+    /// The instant the topic names (expiry, activation, end of the waiting period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<i64>,
+    #[serde(flatten)]
+    pub context: Context,
+}
+
 /// One notification's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
@@ -310,6 +372,7 @@ pub enum Notice {
     /// To each organizer: a member of the family was forgotten. Only when: nothing of the
     /// member, whose every detail is being erased.
     FamilyMemberLeft(Context),
+    RecoveryContact(RecoveryContactNotice),
 }
 
 impl Notice {
@@ -332,6 +395,7 @@ impl Notice {
             Self::RecoveryByOrganizerStarted(_) => MessageKind::RecoveryByOrganizerStarted,
             Self::RecoveryByOrganizerCompleted(_) => MessageKind::RecoveryByOrganizerCompleted,
             Self::FamilyMemberLeft(_) => MessageKind::FamilyMemberLeft,
+            Self::RecoveryContact(_) => MessageKind::RecoveryContact,
         }
     }
 
@@ -349,6 +413,7 @@ impl Notice {
             Self::FamilyMembershipChanged(n) => &n.context,
             Self::RecoveryByOrganizerStarted(n) => &n.context,
             Self::RecoveryByOrganizerCompleted(n) => &n.context,
+            Self::RecoveryContact(n) => &n.context,
             Self::RecoveryStarted(c)
             | Self::CodeCreated(c)
             | Self::CodeReplaced(c)
@@ -372,6 +437,7 @@ impl Notice {
             Self::FamilyMembershipChanged(n) => serde_json::to_vec(n),
             Self::RecoveryByOrganizerStarted(n) => serde_json::to_vec(n),
             Self::RecoveryByOrganizerCompleted(n) => serde_json::to_vec(n),
+            Self::RecoveryContact(n) => serde_json::to_vec(n),
             Self::RecoveryStarted(c)
             | Self::CodeCreated(c)
             | Self::CodeReplaced(c)
@@ -420,6 +486,7 @@ impl Notice {
                 Self::RecoveryByOrganizerCompleted(serde_json::from_slice(json)?)
             }
             MessageKind::FamilyMemberLeft => Self::FamilyMemberLeft(serde_json::from_slice(json)?),
+            MessageKind::RecoveryContact => Self::RecoveryContact(serde_json::from_slice(json)?),
         })
     }
 }

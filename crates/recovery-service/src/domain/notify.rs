@@ -48,11 +48,31 @@ pub enum AuditKind {
     ZeroKnowledgeRecoveryStarted,
     /// ForgetAccount erased the person; the trail's last event.
     AccountForgotten,
+    /// The owner invited a recovery contact.
+    RecoveryContactInvited,
+    /// The contact accepted.
+    RecoveryContactAccepted,
+    /// A contact was removed.
+    RecoveryContactRemoved,
+    /// The owner set the contact threshold.
+    RecoveryContactThresholdSet,
+    /// BeginContactRecovery for the account.
+    ContactRecoveryStarted,
+    /// A contact vouched.
+    ContactVouched,
+    /// A contact submitted a wrong confirmation code.
+    ConfirmationCodeFailed,
+    /// The vouches met the threshold: the waiting period began.
+    ContactRecoveryPending,
+    /// A contact flow ended without completing, or its waiting period stopped.
+    ContactRecoveryCancelled,
+    /// CompleteContactRecovery recovered the account.
+    ContactRecoveryCompleted,
 }
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 31] = [
         Self::CodeCreated,
         Self::CodeReplaced,
         Self::CodeRevoked,
@@ -74,6 +94,16 @@ impl AuditKind {
         Self::AssistedRecoveryCancelled,
         Self::ZeroKnowledgeRecoveryStarted,
         Self::AccountForgotten,
+        Self::RecoveryContactInvited,
+        Self::RecoveryContactAccepted,
+        Self::RecoveryContactRemoved,
+        Self::RecoveryContactThresholdSet,
+        Self::ContactRecoveryStarted,
+        Self::ContactVouched,
+        Self::ConfirmationCodeFailed,
+        Self::ContactRecoveryPending,
+        Self::ContactRecoveryCancelled,
+        Self::ContactRecoveryCompleted,
     ];
 
     /// The kind a stored name stands for; `None` for a name this build does not know.
@@ -105,6 +135,16 @@ impl AuditKind {
             Self::AssistedRecoveryCancelled => "ASSISTED_RECOVERY_CANCELLED",
             Self::ZeroKnowledgeRecoveryStarted => "ZERO_KNOWLEDGE_RECOVERY_STARTED",
             Self::AccountForgotten => "ACCOUNT_FORGOTTEN",
+            Self::RecoveryContactInvited => "RECOVERY_CONTACT_INVITED",
+            Self::RecoveryContactAccepted => "RECOVERY_CONTACT_ACCEPTED",
+            Self::RecoveryContactRemoved => "RECOVERY_CONTACT_REMOVED",
+            Self::RecoveryContactThresholdSet => "RECOVERY_CONTACT_THRESHOLD_SET",
+            Self::ContactRecoveryStarted => "CONTACT_RECOVERY_STARTED",
+            Self::ContactVouched => "CONTACT_VOUCHED",
+            Self::ConfirmationCodeFailed => "CONFIRMATION_CODE_FAILED",
+            Self::ContactRecoveryPending => "CONTACT_RECOVERY_PENDING",
+            Self::ContactRecoveryCancelled => "CONTACT_RECOVERY_CANCELLED",
+            Self::ContactRecoveryCompleted => "CONTACT_RECOVERY_COMPLETED",
         }
     }
 }
@@ -159,7 +199,7 @@ pub fn context(now_ms: i64, client: &Client) -> Context {
 
 /// The details that are about the person (masked addresses): wherever an event carries them,
 /// they are sealed with its client under the account's data key (see [`personal`]).
-const PERSONAL_DETAILS: &[&str] = &["email_hint", "old_email_hint"];
+const PERSONAL_DETAILS: &[&str] = &["email_hint", "old_email_hint", "contact_email_hint"];
 
 /// Whether detail `name` of an audit event of `kind` is about the person: the masked addresses
 /// of [`PERSONAL_DETAILS`], and the free-text reason of a revocation or a forget (the reasons

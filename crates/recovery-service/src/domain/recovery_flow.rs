@@ -63,7 +63,8 @@ impl Recovery {
         let now = self.now();
         // What the flow, the limits and a never-sent row keep of the typed address.
         let address_key = secrets::address_key(&self.keys, email.lookup());
-        self.check_start_limits(&address_key, &client, now).await?;
+        self.check_start_limits("begin", &address_key, &client, now)
+            .await?;
 
         let mut first_try = true;
         let (flow_id, expires_at) = loop {
@@ -153,7 +154,14 @@ impl Recovery {
         })
     }
 
-    async fn check_start_limits(&self, address_key: &str, client: &Client, now: i64) -> Result<()> {
+    /// The limits of a recovery start (`prefix` keeps each kind of start's buckets apart).
+    pub(super) async fn check_start_limits(
+        &self,
+        prefix: &str,
+        address_key: &str,
+        client: &Client,
+        now: i64,
+    ) -> Result<()> {
         let p = &self.policy;
         let mut checks = Vec::with_capacity(3);
         if let Some(ip) = client.ip {
@@ -164,20 +172,20 @@ impl Recovery {
                 secrets::address_key(&self.keys, &ip_limit_key(ip))
             );
             checks.push((
-                format!("begin:min:{key}"),
+                format!("{prefix}:min:{key}"),
                 MINUTE_MS,
                 p.starts_per_ip_per_minute,
                 "ip_per_minute",
             ));
             checks.push((
-                format!("begin:hour:{key}"),
+                format!("{prefix}:hour:{key}"),
                 HOUR_MS,
                 p.starts_per_ip_per_hour,
                 "ip_per_hour",
             ));
         }
         checks.push((
-            format!("begin:hour:email:{address_key}"),
+            format!("{prefix}:hour:email:{address_key}"),
             HOUR_MS,
             p.starts_per_email_per_hour,
             "email_per_hour",

@@ -1,6 +1,6 @@
 //! The thin adapter between the wire (tonic) and the domain, one file per RPC family
 //! (`recovery_code`, `recovery_flow`, `family`, `assisted_recovery`, `zero_knowledge`,
-//! `forget_account`), each
+//! `forget_account`, `recovery_contacts`), each
 //! named as its domain and storage files are. Every RPC goes through [`RecoveryApi::handle`]:
 //! the caller's role is checked, the request converted, [`Recovery`] called, the answer
 //! converted, and every failure mapped by [`status::to_status`]. No `unwrap` on a request path.
@@ -11,6 +11,7 @@ mod family;
 mod forget_account;
 pub mod layer;
 pub(crate) mod recovery_code;
+mod recovery_contacts;
 mod recovery_flow;
 pub mod status;
 mod zero_knowledge;
@@ -229,5 +230,74 @@ impl RecoveryService for RecoveryApi {
         request: Request<wire::ForgetAccountRequest>,
     ) -> Answer<wire::ForgetAccountResponse> {
         forget_account::forget(self, request).await
+    }
+    async fn invite_recovery_contact(
+        &self,
+        request: Request<wire::InviteRecoveryContactRequest>,
+    ) -> Answer<wire::InviteRecoveryContactResponse> {
+        recovery_contacts::invite(self, request).await
+    }
+
+    async fn accept_recovery_contact(
+        &self,
+        request: Request<wire::AcceptRecoveryContactRequest>,
+    ) -> Answer<wire::AcceptRecoveryContactResponse> {
+        recovery_contacts::accept(self, request).await
+    }
+
+    async fn remove_recovery_contact(
+        &self,
+        request: Request<wire::RemoveRecoveryContactRequest>,
+    ) -> Answer<wire::RemoveRecoveryContactResponse> {
+        recovery_contacts::remove(self, request).await
+    }
+
+    async fn set_recovery_contact_threshold(
+        &self,
+        request: Request<wire::SetRecoveryContactThresholdRequest>,
+    ) -> Answer<wire::SetRecoveryContactThresholdResponse> {
+        recovery_contacts::set_threshold(self, request).await
+    }
+
+    async fn get_recovery_contacts(
+        &self,
+        request: Request<wire::GetRecoveryContactsRequest>,
+    ) -> Answer<wire::GetRecoveryContactsResponse> {
+        recovery_contacts::list(self, request).await
+    }
+
+    async fn begin_contact_recovery(
+        &self,
+        request: Request<wire::BeginContactRecoveryRequest>,
+    ) -> Answer<wire::BeginContactRecoveryResponse> {
+        recovery_contacts::begin(self, request).await
+    }
+
+    async fn list_contact_requests(
+        &self,
+        request: Request<wire::ListContactRequestsRequest>,
+    ) -> Answer<wire::ListContactRequestsResponse> {
+        recovery_contacts::requests(self, request).await
+    }
+
+    async fn vouch_for_recovery(
+        &self,
+        request: Request<wire::VouchForRecoveryRequest>,
+    ) -> Answer<wire::VouchForRecoveryResponse> {
+        recovery_contacts::vouch(self, request).await
+    }
+
+    async fn cancel_contact_recovery(
+        &self,
+        request: Request<wire::CancelContactRecoveryRequest>,
+    ) -> Answer<wire::CancelContactRecoveryResponse> {
+        recovery_contacts::cancel(self, request).await
+    }
+
+    async fn complete_contact_recovery(
+        &self,
+        request: Request<wire::CompleteContactRecoveryRequest>,
+    ) -> Answer<wire::CompleteContactRecoveryResponse> {
+        recovery_contacts::complete(self, request).await
     }
 }

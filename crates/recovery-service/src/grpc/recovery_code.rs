@@ -151,5 +151,15 @@ fn audit_kind(kind: AuditKind) -> AuditEventKind {
         AuditKind::AssistedRecoveryCancelled => AuditEventKind::AssistedRecoveryCancelled,
         AuditKind::ZeroKnowledgeRecoveryStarted => AuditEventKind::ZeroKnowledgeRecoveryStarted,
         AuditKind::AccountForgotten => AuditEventKind::AccountForgotten,
+        AuditKind::RecoveryContactInvited => AuditEventKind::RecoveryContactInvited,
+        AuditKind::RecoveryContactAccepted => AuditEventKind::RecoveryContactAccepted,
+        AuditKind::RecoveryContactRemoved => AuditEventKind::RecoveryContactRemoved,
+        AuditKind::RecoveryContactThresholdSet => AuditEventKind::RecoveryContactThresholdSet,
+        AuditKind::ContactRecoveryStarted => AuditEventKind::ContactRecoveryStarted,
+        AuditKind::ContactVouched => AuditEventKind::ContactVouched,
+        AuditKind::ConfirmationCodeFailed => AuditEventKind::ConfirmationCodeFailed,
+        AuditKind::ContactRecoveryPending => AuditEventKind::ContactRecoveryPending,
+        AuditKind::ContactRecoveryCancelled => AuditEventKind::ContactRecoveryCancelled,
+        AuditKind::ContactRecoveryCompleted => AuditEventKind::ContactRecoveryCompleted,
     }
 }

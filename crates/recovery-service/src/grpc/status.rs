@@ -46,6 +46,15 @@ pub fn classify(err: &Error) -> (Code, ErrorReason) {
         Error::ZeroKnowledgeEnrollment => (Code::FailedPrecondition, R::ZeroKnowledgeEnrollment),
         Error::NotZeroKnowledge => (Code::FailedPrecondition, R::NotZeroKnowledge),
         Error::ZeroKnowledgeNotStarted => (Code::FailedPrecondition, R::ZeroKnowledgeNotStarted),
+        Error::NotRecoveryContact(_) => (Code::PermissionDenied, R::NotRecoveryContact),
+        Error::TooManyContacts { .. } => (Code::FailedPrecondition, R::TooManyContacts),
+        Error::ConfirmationCodeMismatch { .. } => {
+            (Code::PermissionDenied, R::ConfirmationCodeMismatch)
+        }
+        Error::RecoveryPending { .. } => (Code::FailedPrecondition, R::RecoveryPending),
+        Error::ConfirmationCodeMalformed => (Code::InvalidArgument, R::ConfirmationCodeMalformed),
+        Error::InvalidThreshold => (Code::InvalidArgument, R::InvalidThreshold),
+        Error::ContactAlreadyAccepted => (Code::AlreadyExists, R::ContactAlreadyAccepted),
         Error::Unavailable => (Code::Unavailable, R::Unavailable),
         Error::Internal => (Code::Internal, R::Internal),
     }
@@ -58,8 +67,17 @@ pub fn to_status(err: &Error) -> Status {
     let mut retry = None;
     match err {
         Error::EmailCodeMismatch { attempts_left }
-        | Error::RecoveryCodeMismatch { attempts_left } => {
+        | Error::RecoveryCodeMismatch { attempts_left }
+        | Error::ConfirmationCodeMismatch { attempts_left } => {
             metadata.insert("attempts_left".to_owned(), attempts_left.to_string());
+        }
+        Error::RecoveryPending {
+            completes_at: Some(at),
+        } => {
+            metadata.insert("completes_at".to_owned(), at.rfc3339());
+        }
+        Error::TooManyContacts { limit } => {
+            metadata.insert("limit".to_owned(), (*limit).to_owned());
         }
         Error::RecoveryLocked { locked_until } => {
             metadata.insert("locked_until".to_owned(), locked_until.rfc3339());
@@ -147,6 +165,43 @@ mod tests {
                 Error::ZeroKnowledgeNotStarted,
                 Code::FailedPrecondition,
                 "ZERO_KNOWLEDGE_NOT_STARTED",
+            ),
+            (
+                Error::NotRecoveryContact("x"),
+                Code::PermissionDenied,
+                "NOT_RECOVERY_CONTACT",
+            ),
+            (
+                Error::TooManyContacts {
+                    limit: "contacts_per_account",
+                },
+                Code::FailedPrecondition,
+                "TOO_MANY_CONTACTS",
+            ),
+            (
+                Error::ConfirmationCodeMismatch { attempts_left: 2 },
+                Code::PermissionDenied,
+                "CONFIRMATION_CODE_MISMATCH",
+            ),
+            (
+                Error::RecoveryPending { completes_at: None },
+                Code::FailedPrecondition,
+                "RECOVERY_PENDING",
+            ),
+            (
+                Error::ConfirmationCodeMalformed,
+                Code::InvalidArgument,
+                "CONFIRMATION_CODE_MALFORMED",
+            ),
+            (
+                Error::InvalidThreshold,
+                Code::InvalidArgument,
+                "INVALID_THRESHOLD",
+            ),
+            (
+                Error::ContactAlreadyAccepted,
+                Code::AlreadyExists,
+                "CONTACT_ALREADY_ACCEPTED",
             ),
             (Error::FlowNotFound, Code::NotFound, "FLOW_NOT_FOUND"),
             (Error::FlowExpired, Code::FailedPrecondition, "FLOW_EXPIRED"),

@@ -15,6 +15,7 @@ mod m20261202_000002_event_outbox;
 mod m20261207_000001_zero_knowledge;
 mod m20261207_000002_audit_heads;
 mod m20261208_000001_forgetting;
+mod m20261209_000001_recovery_contacts;
 
 /// Every migration this build knows, oldest first.
 #[derive(Debug)]
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000001_zero_knowledge::Migration),
             Box::new(m20261207_000002_audit_heads::Migration),
             Box::new(m20261208_000001_forgetting::Migration),
+            Box::new(m20261209_000001_recovery_contacts::Migration),
         ]
     }
 }

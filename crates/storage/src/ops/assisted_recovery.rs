@@ -303,6 +303,9 @@ impl Storage {
             now,
         )
         .await?;
+        let ended_contact =
+            super::recovery_contacts::end_contact_flows_of(&txn, &flow.member_account_id, "", now)
+                .await?;
         let completion = AssistedCompletion {
             parties: AssistedParties {
                 member,
@@ -312,6 +315,7 @@ impl Storage {
             revoked_code_id,
             superseded,
             recovery_address,
+            ended_contact,
         };
         self.apply_effects(
             &txn,

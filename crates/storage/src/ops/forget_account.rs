@@ -13,8 +13,9 @@ use super::{ChangeError, IntoEffects, events::EventStatus};
 use crate::{
     Storage, StorageError,
     entity::{
-        account_data_key, assisted_flow, audit_event, enrollment, event, failure, family_member,
-        flow, forgotten_account, outbox,
+        account_data_key, assisted_flow, audit_event, contact_flow, contact_vouch, enrollment,
+        event, failure, family_member, flow, forgotten_account, outbox, recovery_contact,
+        recovery_contact_setting,
     },
     model::{AssistedEnd, FamilyMember, FamilyRole, ForgetOutcome, Forgotten, Timestamp},
 };
@@ -26,6 +27,8 @@ struct Removed {
     membership: Option<FamilyMember>,
     flows: u64,
     messages: u64,
+    /// Recovery contacts, as owner and as contact.
+    contacts: u64,
 }
 
 impl Storage {
@@ -72,7 +75,7 @@ impl Storage {
         let removed_messages = first.messages + second.messages;
         let anything = enrolment.is_some()
             || membership.is_some()
-            || removed_flows + removed_messages + resealed > 0
+            || removed_flows + removed_messages + resealed + first.contacts + second.contacts > 0
             || !ended.is_empty()
             || !keys.is_empty();
         let before = super::by_key(
@@ -210,6 +213,46 @@ async fn remove<C: ConnectionTrait>(txn: &C, account_id: &str) -> Result<Removed
         .exec(txn)
         .await?
         .rows_affected;
+    flows += contact_flow::Entity::delete_many()
+        .filter(contact_flow::Column::AccountId.eq(account_id))
+        .exec(txn)
+        .await?
+        .rows_affected;
+    // Its recovery contacts in both directions. The owners it was a contact of lose its
+    // vouches on their open flows (a waiting period left unmet stops; a completion counts
+    // vouches again in any case).
+    let served: Vec<String> = recovery_contact::Entity::find()
+        .select_only()
+        .column(recovery_contact::Column::OwnerAccountId)
+        .filter(recovery_contact::Column::ContactAccountId.eq(account_id))
+        .into_tuple()
+        .all(txn)
+        .await?;
+    let mut contacts = recovery_contact::Entity::delete_many()
+        .filter(
+            Condition::any()
+                .add(recovery_contact::Column::OwnerAccountId.eq(account_id))
+                .add(recovery_contact::Column::ContactAccountId.eq(account_id)),
+        )
+        .exec(txn)
+        .await?
+        .rows_affected;
+    contacts += recovery_contact_setting::Entity::delete_many()
+        .filter(recovery_contact_setting::Column::AccountId.eq(account_id))
+        .exec(txn)
+        .await?
+        .rows_affected;
+    contact_vouch::Entity::delete_many()
+        .filter(
+            Condition::any()
+                .add(contact_vouch::Column::OwnerAccountId.eq(account_id))
+                .add(contact_vouch::Column::ContactAccountId.eq(account_id)),
+        )
+        .exec(txn)
+        .await?;
+    for owner in &served {
+        super::recovery_contacts::stop_unmet(txn, owner).await?;
+    }
     let mut to_person = Condition::any().add(outbox::Column::AccountId.eq(account_id));
     if !addresses.is_empty() {
         to_person = to_person.add(
@@ -238,5 +281,6 @@ async fn remove<C: ConnectionTrait>(txn: &C, account_id: &str) -> Result<Removed
         membership,
         flows,
         messages,
+        contacts,
     })
 }

@@ -1,6 +1,6 @@
 //! The storage operations, one transaction each, one file per RPC family as in the domain and
 //! the gRPC adapter (`recovery_code`, `recovery_flow`, `family`, `assisted_recovery`,
-//! `zero_knowledge`), beside the shared ones (`audit`, `limits`, `outbox`, `events`, `cleanup`). Every limit is decided by the database with a
+//! `zero_knowledge`, `recovery_contacts`), beside the shared ones (`audit`, `limits`, `outbox`, `events`, `cleanup`). Every limit is decided by the database with a
 //! conditional statement and its affected-row count, never by reading and then writing in Rust,
 //! so several replicas never allow more than one would.
 
@@ -14,6 +14,7 @@ mod forget_account;
 mod limits;
 mod outbox;
 mod recovery_code;
+mod recovery_contacts;
 mod recovery_flow;
 mod zero_knowledge;
 

@@ -333,6 +333,14 @@ impl Storage {
             ended_assisted,
             member,
             organizers,
+            // Contact recoveries of the account are over too.
+            ended_contact: super::recovery_contacts::end_contact_flows_of(
+                &txn,
+                &account_id,
+                "",
+                now,
+            )
+            .await?,
         };
         self.apply_effects(
             &txn,

@@ -6,6 +6,7 @@
 //! text. Every notice of a change the owner may not have made says what to do if it was not
 //! them.
 
+mod contacts;
 mod family;
 
 use crate::{
@@ -205,6 +206,19 @@ pub fn render(notice: &Notice, recipient: &str, branding: &Branding) -> Rendered
         Notice::RecoveryByOrganizerStarted(n) => family::organizer_started(n, owner_parts(&account, &family, &hint, &support, facts)),
         Notice::RecoveryByOrganizerCompleted(n) => family::organizer_completed(n, owner_parts(&account, &family, &hint, &support, facts)),
         Notice::FamilyMemberLeft(c) => family::member_left(c, family_parts(&account, &family, &hint, &support, facts, &mut footer)),
+        Notice::RecoveryContact(n) => {
+            let (subject, blocks, reason) = contacts::render(
+                n,
+                contacts::Parts {
+                    account: &account,
+                    hint: &hint,
+                    support: &support,
+                    facts,
+                },
+            );
+            footer = reason;
+            (subject, blocks)
+        }
     };
     Rendered {
         text: text(&blocks, &footer),
@@ -406,9 +420,9 @@ mod tests {
     use super::*;
     use crate::domain::notice::{
         AssistedRecoveryCancelled, AssistedRecoveryCode, AssistedRecoveryCompleted,
-        AssistedRecoveryStarted, EmailChanged, FamilyMemberRecovered, FamilyMembershipChanged,
-        MembershipChange, MessageKind, RecoveryByOrganizerCompleted, RecoveryByOrganizerStarted,
-        RecoveryLocked, VerificationCode,
+        AssistedRecoveryStarted, ContactTopic, EmailChanged, FamilyMemberRecovered,
+        FamilyMembershipChanged, MembershipChange, MessageKind, RecoveryByOrganizerCompleted,
+        RecoveryByOrganizerStarted, RecoveryContactNotice, RecoveryLocked, VerificationCode,
     };
 
     /// 30 Nov 2026, 21:02 UTC.
@@ -421,6 +435,77 @@ mod tests {
             user_agent: Some(
                 "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0".into(),
             ),
+        }
+    }
+
+    fn contact_notice(topic: ContactTopic, to_contact: bool) -> RecoveryContactNotice {
+        RecoveryContactNotice {
+            topic,
+            to_contact,
+            owner_account_id: "acct-ann".into(),
+            owner_hint: "a***@example.com".into(),
+            contact_account_id: "acct-bob".into(),
+            contact_hint: "b***@example.net".into(),
+            threshold: 2,
+            vouches: 2,
+            at_ms: Some(T + 48 * 3_600_000),
+            context: context(),
+        }
+    }
+
+    /// Every topic, to the owner and to a contact: the owner always hears what to do if it
+    /// was not them; a contact asked to act is told never to vouch for a code not heard from
+    /// the person directly, and who asks from where.
+    #[test]
+    fn contact_mail_tells_the_owner_what_to_do_and_the_contact_never_to_vouch_blindly() {
+        use ContactTopic as T;
+        for topic in [
+            T::Invited,
+            T::InvitedByOwner,
+            T::Accepted,
+            T::Removed,
+            T::ThresholdSet,
+            T::RecoveryStarted,
+            T::VouchRequested,
+            T::Pending,
+            T::Cancelled,
+            T::Stopped,
+            T::Completed,
+        ] {
+            let owner = render(
+                &Notice::RecoveryContact(contact_notice(topic, false)),
+                "ann@example.com",
+                &acme(),
+            );
+            let lower = owner.text.to_lowercase().replace('\n', " ");
+            if !matches!(topic, T::Invited | T::VouchRequested) {
+                assert!(
+                    lower.contains("if this wasn't you") || lower.contains("if you didn't"),
+                    "{topic:?} to the owner: {}",
+                    owner.text
+                );
+                assert!(
+                    lower.contains("https://help.acme.example/recovery"),
+                    "{topic:?}"
+                );
+            }
+            let contact = render(
+                &Notice::RecoveryContact(contact_notice(topic, true)),
+                "bob@example.net",
+                &acme(),
+            );
+            let text = contact.text.replace('\n', " ");
+            assert!(
+                text.contains("where the account acct-ann (a***@example.com) reaches you"),
+                "{topic:?}: {text}"
+            );
+            if matches!(topic, T::Invited | T::VouchRequested) {
+                assert!(text.contains("Never vouch"), "{topic:?}: {text}");
+            }
+            if topic == T::VouchRequested {
+                assert!(text.contains("IP address: 203.0.113.7"), "{text}");
+                assert!(text.contains("Browser: Firefox 133 on Linux"), "{text}");
+            }
         }
     }
 
@@ -495,6 +580,7 @@ mod tests {
                 context: context(),
             }),
             Notice::FamilyMemberLeft(context()),
+            Notice::RecoveryContact(contact_notice(ContactTopic::RecoveryStarted, false)),
         ];
         let kinds: Vec<MessageKind> = notices.iter().map(Notice::kind).collect();
         assert_eq!(kinds, MessageKind::ALL, "one sample per kind");

@@ -274,6 +274,22 @@ async fn two_of_four_contacts_recover_the_account_after_the_owner_cancels_a_firs
         two.completes_at.is_some(),
         "the threshold is met: the waiting period starts"
     );
+    let status = c
+        .get_recovery_status(api::GetRecoveryStatusRequest {
+            account_id: "ann".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            status.active_contacts,
+            status.contact_threshold,
+            status.open_contact_recoveries
+        ),
+        (4, 2, 1)
+    );
+    assert_eq!(status.contact_recovery_completes_at, two.completes_at);
     env.mail
         .wait_for("ann@example.com", "will be recovered by its contacts")
         .await

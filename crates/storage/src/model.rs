@@ -933,3 +933,16 @@ pub struct ContactRequest {
     /// This contact already vouched.
     pub vouched: bool,
 }
+
+/// An account's recovery contacts at a glance (GetRecoveryStatus).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContactSummary {
+    /// Contacts active now.
+    pub active: i64,
+    /// The threshold (`None`: never set, 1).
+    pub threshold: Option<i32>,
+    /// Open contact flows (gathering vouches, or in or past their waiting period).
+    pub open_flows: i64,
+    /// The earliest end of a waiting period among them.
+    pub completes_at: Option<Timestamp>,
+}

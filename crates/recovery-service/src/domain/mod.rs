@@ -284,6 +284,14 @@ pub struct Status {
     pub use_count: u32,
     pub locked_until: Option<Timestamp>,
     pub email_hint: Option<String>,
+    /// Recovery contacts active now.
+    pub active_contacts: u32,
+    /// The contact threshold.
+    pub contact_threshold: u32,
+    /// Contact recoveries in progress.
+    pub open_contact_recoveries: u32,
+    /// The earliest end of a waiting period among them.
+    pub contact_recovery_completes_at: Option<Timestamp>,
 }
 
 /// One event of an account's audit trail.

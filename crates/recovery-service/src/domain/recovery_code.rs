@@ -200,11 +200,28 @@ impl Recovery {
     pub async fn get_recovery_status(&self, account_id: &str) -> Result<Status> {
         let account_id = validate_account_id(account_id)?;
         let now = self.now();
-        let Some(enrollment) = self.storage.find_enrollment(account_id).await? else {
-            return Ok(Status::default());
+        // Both reads at once: the contacts' summary costs no extra wait.
+        let (enrollment, contacts) = tokio::join!(
+            self.storage.find_enrollment(account_id),
+            self.storage
+                .contact_summary(account_id, self.policy.contact_completion_window_ms, now)
+        );
+        let contacts = contacts?;
+        let with_contacts = Status {
+            active_contacts: u32::try_from(contacts.active).unwrap_or(u32::MAX),
+            contact_threshold: contacts
+                .threshold
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(1),
+            open_contact_recoveries: u32::try_from(contacts.open_flows).unwrap_or(u32::MAX),
+            contact_recovery_completes_at: contacts.completes_at,
+            ..Status::default()
+        };
+        let Some(enrollment) = enrollment? else {
+            return Ok(with_contacts);
         };
         let Some(code) = enrollment.code else {
-            return Ok(Status::default());
+            return Ok(with_contacts);
         };
         Ok(Status {
             enrolled: true,
@@ -215,6 +232,7 @@ impl Recovery {
             use_count: u32::try_from(enrollment.use_count).unwrap_or(u32::MAX),
             locked_until: enrollment.locked_until.filter(|until| until.as_ms() > now),
             email_hint: Some(mask(&enrollment.email)),
+            ..with_contacts
         })
     }
 

@@ -738,7 +738,10 @@ async fn status_never_shows_the_code_or_the_full_address() {
     let h = harness(Policy::default()).await;
     assert_eq!(
         h.recovery.get_recovery_status("nobody").await.unwrap(),
-        Status::default()
+        Status {
+            contact_threshold: 1,
+            ..Status::default()
+        }
     );
     let created = h
         .recovery
@@ -1722,4 +1725,182 @@ async fn a_forgotten_person_gets_no_more_mail_and_the_organizer_hears_only_that_
     // A second forget sends nothing.
     h.recovery.forget_account("kid", "again").await.unwrap();
     assert!(h.mail().await.is_empty());
+}
+
+/// Every wait of recovery contacts, crossed at -1 ms and at 0 ms with the injected clock:
+/// the invitation (7 d), the activation (7 d), the gathering (24 h), the waiting period
+/// (48 h), the contact's cooldown (7 d) and the flow's life past its waiting period (24 h).
+#[tokio::test]
+async fn every_contact_wait_is_crossed_at_minus_one_and_zero_ms() {
+    const DAY: i64 = 24 * HOUR;
+    let h = harness(Policy::default()).await;
+    let r = &h.recovery;
+    let at = |ms: i64| h.clock.set(ms);
+    r.create_recovery_code("ann", "ann@example.com")
+        .await
+        .unwrap();
+    for c in ["bob", "late"] {
+        r.invite_recovery_contact("ann", c, &format!("{c}@example.net"))
+            .await
+            .unwrap();
+    }
+    // The invitation: open until 7 d, not at 7 d.
+    at(T0 + 7 * DAY);
+    assert!(matches!(
+        r.accept_recovery_contact("ann", "late").await,
+        Err(Error::NotRecoveryContact(_))
+    ));
+    at(T0 + 7 * DAY - 1);
+    let active_from = r
+        .accept_recovery_contact("ann", "bob")
+        .await
+        .unwrap()
+        .as_ms();
+    assert_eq!(active_from, T0 + 14 * DAY - 1);
+
+    // The activation: not an active contact 1 ms before, active at the instant.
+    at(active_from - 1);
+    let f1 = r
+        .begin_contact_recovery("ann@example.com", IP, "ua")
+        .await
+        .unwrap();
+    assert_eq!(f1.expires_at.as_ms(), active_from - 1 + DAY);
+    assert!(matches!(
+        r.vouch_for_recovery(&f1.contact_flow_id, "bob", &f1.confirmation_code)
+            .await,
+        Err(Error::NotRecoveryContact(_))
+    ));
+    // The gathering: a vouch 1 ms before its end counts.
+    let v1 = active_from - 1 + DAY - 1;
+    at(v1);
+    let vouched = r
+        .vouch_for_recovery(&f1.contact_flow_id, "bob", &f1.confirmation_code)
+        .await
+        .unwrap();
+    let c1 = v1 + 2 * DAY;
+    assert_eq!(vouched.completes_at.map(|t| t.as_ms()), Some(c1));
+    // The waiting period: pending 1 ms before its end, complete at it.
+    at(c1 - 1);
+    assert_eq!(
+        r.complete_contact_recovery(&f1.contact_flow_id).await,
+        Err(Error::RecoveryPending {
+            completes_at: Some(Timestamp::from_ms(c1))
+        })
+    );
+    at(c1);
+    let done = r
+        .complete_contact_recovery(&f1.contact_flow_id)
+        .await
+        .unwrap();
+    assert_eq!(done.account_id, "ann");
+    assert!(done.recovery_code_revoked);
+
+    // The gathering ends at its instant.
+    r.create_recovery_code("ann", "ann@example.com")
+        .await
+        .unwrap();
+    let t2 = c1 + 1;
+    at(t2);
+    let f2 = r
+        .begin_contact_recovery("ann@example.com", IP, "ua")
+        .await
+        .unwrap();
+    at(t2 + DAY);
+    assert_eq!(
+        r.vouch_for_recovery(&f2.contact_flow_id, "bob", &f2.confirmation_code)
+            .await,
+        Err(Error::FlowExpired)
+    );
+
+    // The cooldown: bob vouched at v1; not again for 7 d.
+    let t3 = v1 + 7 * DAY - HOUR;
+    at(t3);
+    let f3 = r
+        .begin_contact_recovery("ann@example.com", IP, "ua")
+        .await
+        .unwrap();
+    at(v1 + 7 * DAY - 1);
+    assert!(matches!(
+        r.vouch_for_recovery(&f3.contact_flow_id, "bob", &f3.confirmation_code)
+            .await,
+        Err(Error::RateLimited {
+            retry_after_ms: 1,
+            limit: "vouches_per_contact"
+        })
+    ));
+    at(v1 + 7 * DAY);
+    let c3 = r
+        .vouch_for_recovery(&f3.contact_flow_id, "bob", &f3.confirmation_code)
+        .await
+        .unwrap()
+        .completes_at
+        .unwrap()
+        .as_ms();
+    // The flow's life past its waiting period: 24 h, not a millisecond more.
+    at(c3 + DAY);
+    assert_eq!(
+        r.cancel_contact_recovery(&f3.contact_flow_id, "ann").await,
+        Err(Error::FlowExpired)
+    );
+    assert_eq!(
+        r.complete_contact_recovery(&f3.contact_flow_id).await,
+        Err(Error::FlowExpired)
+    );
+    at(c3 + DAY - 1);
+    r.complete_contact_recovery(&f3.contact_flow_id)
+        .await
+        .unwrap();
+}
+
+/// A threshold raised during a flow stops a waiting period it no longer meets; lowered, it
+/// never eases a flow in progress.
+#[tokio::test]
+async fn a_threshold_change_during_a_flow_raises_it_but_never_lowers_it() {
+    let h = harness(Policy {
+        contact_activation_ms: 1,
+        ..Policy::default()
+    })
+    .await;
+    let r = &h.recovery;
+    r.create_recovery_code("ann", "ann@example.com")
+        .await
+        .unwrap();
+    for c in ["bob", "cat", "dan"] {
+        r.invite_recovery_contact("ann", c, &format!("{c}@example.net"))
+            .await
+            .unwrap();
+        r.accept_recovery_contact("ann", c).await.unwrap();
+    }
+    r.set_recovery_contact_threshold("ann", 2).await.unwrap();
+    h.clock.advance(1);
+    let f = r
+        .begin_contact_recovery("ann@example.com", IP, "ua")
+        .await
+        .unwrap();
+    r.set_recovery_contact_threshold("ann", 1).await.unwrap();
+    let one = r
+        .vouch_for_recovery(&f.contact_flow_id, "bob", &f.confirmation_code)
+        .await
+        .unwrap();
+    assert_eq!((one.vouches, one.threshold, one.completes_at), (1, 2, None));
+    let two = r
+        .vouch_for_recovery(&f.contact_flow_id, "cat", &f.confirmation_code)
+        .await
+        .unwrap();
+    assert!(two.completes_at.is_some());
+    r.set_recovery_contact_threshold("ann", 3).await.unwrap();
+    h.clock.advance(3 * 24 * HOUR);
+    assert_eq!(
+        r.complete_contact_recovery(&f.contact_flow_id).await,
+        Err(Error::RecoveryPending { completes_at: None })
+    );
+    assert!(
+        h.storage
+            .find_contact_flow(&f.contact_flow_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .completes_at
+            .is_none()
+    );
 }

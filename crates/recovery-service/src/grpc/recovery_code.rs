@@ -44,6 +44,10 @@ pub(super) async fn status(
                     .mode
                     .map_or(wire::RecoveryMode::Unspecified, mode_to_wire)
                     .into(),
+                active_contacts: status.active_contacts,
+                contact_threshold: status.contact_threshold,
+                open_contact_recoveries: status.open_contact_recoveries,
+                contact_recovery_completes_at: status.contact_recovery_completes_at.map(timestamp),
             })
         },
     )

@@ -25,8 +25,8 @@ use crate::{
     model::{
         BeginContact, ClientInfo, ContactChange, ContactEnd, ContactFlow, ContactFlowEnd,
         ContactFlowRefusal, ContactLimits, ContactRefusal, ContactRequest, ContactStart,
-        NewContactFlow, Opaque, RecoveryCompletion, RecoveryContact, ThresholdChange, Timestamp,
-        Vouch, VouchOutcome,
+        ContactSummary, NewContactFlow, Opaque, RecoveryCompletion, RecoveryContact,
+        ThresholdChange, Timestamp, Vouch, VouchOutcome,
     },
 };
 
@@ -257,6 +257,50 @@ impl Storage {
             .map(to_contact)
             .collect();
         Ok((contacts, threshold_of(db, owner).await?))
+    }
+
+    /// The account's contacts and contact flows at a glance, in one statement.
+    #[tracing::instrument(name = "db.contact_summary", skip_all)]
+    pub async fn contact_summary(
+        &self,
+        owner: &str,
+        after_completes_ms: i64,
+        now: i64,
+    ) -> Result<ContactSummary, StorageError> {
+        const SQL: &str = "SELECT \
+            (SELECT COUNT(*) FROM recovery_contacts \
+              WHERE owner_account_id = $1 AND active_from <= $2), \
+            (SELECT threshold FROM recovery_contact_settings WHERE account_id = $1), \
+            (SELECT COUNT(*) FROM contact_flows WHERE account_id = $1 \
+              AND completed_at IS NULL AND ended_at IS NULL \
+              AND ((completes_at IS NULL AND expires_at > $2) \
+                OR (completes_at IS NOT NULL AND completes_at + $3 > $2))), \
+            (SELECT MIN(completes_at) FROM contact_flows WHERE account_id = $1 \
+              AND completed_at IS NULL AND ended_at IS NULL \
+              AND completes_at IS NOT NULL AND completes_at + $3 > $2)";
+        let sql = match self.backend() {
+            crate::Backend::Postgres => SQL.to_owned(),
+            crate::Backend::Sqlite => SQL.replace('$', "?"),
+        };
+        let rows = self
+            .reader()
+            .query_all_raw(sea_orm::Statement::from_sql_and_values(
+                self.db().get_database_backend(),
+                sql,
+                [owner.into(), now.into(), after_completes_ms.into()],
+            ))
+            .await?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(ContactSummary::default());
+        };
+        Ok(ContactSummary {
+            active: row.try_get_by_index::<i64>(0)?,
+            threshold: row.try_get_by_index::<Option<i32>>(1)?,
+            open_flows: row.try_get_by_index::<i64>(2)?,
+            completes_at: row
+                .try_get_by_index::<Option<i64>>(3)?
+                .map(Timestamp::from_ms),
+        })
     }
 
     /// Begins a contact flow for whoever typed an address: `enrolled_lookup` finds the

@@ -4,6 +4,10 @@
 //! the call after it), on SQLite and, when `RECOVERY_TEST_DATABASE_URL` is set, on PostgreSQL.
 //! Prints Welch's t for the call and for the call after it; |t| < 4.5 is the goal.
 //!
+//! Then the same for BeginContactRecovery over three kinds of address: unknown, enrolled
+//! without recovery contacts, and enrolled with two active contacts (2,100 calls each, three
+//! per address: the contract's limit per account per day), each pair compared.
+//!
 //! ```text
 //! cargo build --release -p recovery-service && cargo bench -p recovery-e2e --bench begin_timing
 //! ```
@@ -125,12 +129,129 @@ async fn run(label: &str, database_url: Option<String>) {
     drop(server);
 }
 
+/// Addresses per kind in the contact-recovery run; each is begun 3 times.
+const CONTACT_ADDRESSES: usize = 700;
+
+async fn run_contacts(label: &str, database_url: Option<String>) {
+    let sink = SmtpSink::start().await.unwrap();
+    let mut options = Options::default()
+        .env("RECOVERY_SECRET_KEY", KEY)
+        .env("RECOVERY_SMTP_URL", sink.url())
+        .env("RECOVERY_STARTS_PER_EMAIL_PER_HOUR", "1000000")
+        .env("RECOVERY_STARTS_PER_IP_PER_HOUR", "1000000")
+        .env("RECOVERY_STARTS_PER_IP_PER_MINUTE", "1000000")
+        .env("RECOVERY_CREATES_PER_ACCOUNT_PER_HOUR", "1000000")
+        .env("RECOVERY_CONTACT_ACTIVATION", "1s")
+        .env("RECOVERY_HASH_ADMISSION_WAIT", "10s")
+        .env("RUST_LOG", "warn,recovery_service::server=info");
+    if let Some(url) = database_url {
+        options = options.env("RECOVERY_DATABASE_URL", url);
+    }
+    let server = Server::start_with(options).unwrap();
+    server.wait_serving("").await.unwrap();
+    let mut c = RecoveryServiceClient::new(server.channel().await.unwrap());
+    for i in 0..CONTACT_ADDRESSES {
+        for kind in ["alone", "helped"] {
+            c.create_recovery_code(api::CreateRecoveryCodeRequest {
+                account_id: format!("{kind}-{i}"),
+                email: format!("{kind}{i}@example.com"),
+            })
+            .await
+            .unwrap();
+        }
+        for k in ["a", "b"] {
+            let contact = format!("k{i}{k}");
+            c.invite_recovery_contact(api::InviteRecoveryContactRequest {
+                account_id: format!("helped-{i}"),
+                contact_account_id: contact.clone(),
+                contact_email: format!("{contact}@example.net"),
+            })
+            .await
+            .unwrap();
+            c.accept_recovery_contact(api::AcceptRecoveryContactRequest {
+                account_id: format!("helped-{i}"),
+                contact_account_id: contact,
+            })
+            .await
+            .unwrap();
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Kind 0: unknown; 1: enrolled without contacts; 2: with two active contacts.
+    let mut order: Vec<(usize, usize)> = (0..3 * CONTACT_ADDRESSES)
+        .flat_map(|i| [(i % 3, i / 3); 3])
+        .collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..order.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    let begin = |email: String, i: usize| api::BeginContactRecoveryRequest {
+        email,
+        client: Some(ClientContext {
+            ip_address: format!("198.51.{}.{}", (i / 250) % 250, i % 250 + 1),
+            user_agent: "bench".into(),
+        }),
+    };
+    for i in 0..100 {
+        // Warm-up on addresses of no kind measured.
+        c.begin_contact_recovery(begin(format!("warm{i}@example.com"), i))
+            .await
+            .unwrap();
+    }
+    let mut calls: [Vec<f64>; 3] = Default::default();
+    let mut after: [Vec<f64>; 3] = Default::default();
+    for (n, (kind, i)) in order.into_iter().enumerate() {
+        let email = match kind {
+            0 => format!("ghost{i}@example.com"),
+            1 => format!("alone{i}@example.com"),
+            _ => format!("helped{i}@example.com"),
+        };
+        let t = Instant::now();
+        c.begin_contact_recovery(begin(email, n)).await.unwrap();
+        calls[kind].push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        c.get_recovery_status(api::GetRecoveryStatusRequest {
+            account_id: "alone-0".into(),
+        })
+        .await
+        .unwrap();
+        after[kind].push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let n = calls[0].len();
+    for (a, b, what) in [
+        (1, 0, "enrolled, no contacts vs unknown"),
+        (2, 0, "with contacts vs unknown       "),
+        (2, 1, "with contacts vs no contacts   "),
+    ] {
+        println!(
+            "{label:<9} BeginContactRecovery, {n} calls each, {what}: {}",
+            welch(&calls[a], &calls[b])
+        );
+        println!(
+            "{label:<9}   the call right after:                                    {}",
+            welch(&after[a], &after[b])
+        );
+    }
+    drop(server);
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    run("sqlite", None).await;
+    let only_contacts = std::env::args().any(|a| a == "contacts");
+    if !only_contacts {
+        run("sqlite", None).await;
+    }
+    run_contacts("sqlite", None).await;
     if std::env::var("RECOVERY_TEST_DATABASE_URL").is_ok() {
         let db = PgDatabase::create().await;
-        run("postgres", Some(db.url.clone())).await;
+        if !only_contacts {
+            run("postgres", Some(db.url.clone())).await;
+        }
+        let db2 = PgDatabase::create().await;
+        run_contacts("postgres", Some(db2.url.clone())).await;
     } else {
         println!("postgres: skipped (set RECOVERY_TEST_DATABASE_URL)");
     }

@@ -238,6 +238,11 @@ async fn two_of_four_contacts_recover_the_account_after_the_owner_cancels_a_firs
     assert_eq!(request.account_id, "ann");
     assert!(!request.vouched);
     assert_eq!(request.client.as_ref().unwrap().ip_address, "198.51.100.23");
+    assert_eq!(
+        request.client.as_ref().unwrap().user_agent,
+        "Firefox 133 on Linux",
+        "the parsed browser, never the request's text"
+    );
 
     let wrong = if first.confirmation_code == "000000" {
         "111111"
@@ -297,7 +302,7 @@ async fn two_of_four_contacts_recover_the_account_after_the_owner_cancels_a_firs
     env.mail
         .wait_for(
             "eve@contacts.example",
-            "An account recovery you confirmed will complete",
+            "An account recovery by recovery contacts will complete",
         )
         .await
         .unwrap();

@@ -152,7 +152,13 @@ async fn verified_flow(c: &mut Client, mail: &Mailbox, email: &str) -> (String, 
 #[ignore = "needs nats-server (apt install nats-server): run with -- --include-ignored"]
 async fn every_event_type_is_published_once_with_the_contract_envelope_and_no_secret() {
     let nats = NatsServer::start().unwrap();
-    let (server, mut c, mail) = start(&nats.url(), Options::default()).await;
+    let (server, mut c, mail) = start(
+        &nats.url(),
+        Options::default()
+            .env("RECOVERY_CONTACT_ACTIVATION", "1s")
+            .env("RECOVERY_CONTACT_WAIT", "0s"),
+    )
+    .await;
     let mut secrets: Vec<String> = vec![KEY.to_owned()];
 
     // recovery_code.created, recovery_code.replaced, recovery_email.updated
@@ -253,6 +259,66 @@ async fn every_event_type_is_published_once_with_the_contract_envelope_and_no_se
     .await
     .unwrap();
 
+    // Recovery contacts: invited, activated, removed; a contact recovery started, pending,
+    // cancelled; another started, pending, completed (the code revoked, the account recovered).
+    enroll(&mut c, "own", "own@example.com").await;
+    for contact in ["pal", "pal2", "tmp"] {
+        c.invite_recovery_contact(api::InviteRecoveryContactRequest {
+            account_id: "own".into(),
+            contact_account_id: contact.into(),
+            contact_email: format!("{contact}@example.net"),
+        })
+        .await
+        .unwrap();
+        if contact != "tmp" {
+            c.accept_recovery_contact(api::AcceptRecoveryContactRequest {
+                account_id: "own".into(),
+                contact_account_id: contact.into(),
+            })
+            .await
+            .unwrap();
+        }
+    }
+    c.remove_recovery_contact(api::RemoveRecoveryContactRequest {
+        account_id: "own".into(),
+        contact_account_id: "tmp".into(),
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for (contact, complete) in [("pal", false), ("pal2", true)] {
+        let flow = c
+            .begin_contact_recovery(api::BeginContactRecoveryRequest {
+                email: "own@example.com".into(),
+                client: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        secrets.push(flow.confirmation_code.clone());
+        c.vouch_for_recovery(api::VouchForRecoveryRequest {
+            contact_flow_id: flow.contact_flow_id.clone(),
+            contact_account_id: contact.into(),
+            confirmation_code: flow.confirmation_code.clone(),
+        })
+        .await
+        .unwrap();
+        if complete {
+            c.complete_contact_recovery(api::CompleteContactRecoveryRequest {
+                contact_flow_id: flow.contact_flow_id,
+            })
+            .await
+            .unwrap();
+        } else {
+            c.cancel_contact_recovery(api::CancelContactRecoveryRequest {
+                contact_flow_id: flow.contact_flow_id,
+                account_id: "own".into(),
+            })
+            .await
+            .unwrap();
+        }
+    }
+
     // account.forgotten
     c.forget_account(api::ForgetAccountRequest {
         account_id: "acct-1".into(),
@@ -272,6 +338,20 @@ async fn every_event_type_is_published_once_with_the_contract_envelope_and_no_se
         ("kid", "assisted_recovery.cancelled"),
         ("kid", "assisted_recovery.started"),
         ("kid", "account.recovered"),
+        ("own", "recovery_code.created"),
+        ("own", "recovery_contact.invited"),
+        ("own", "recovery_contact.activated"),
+        ("own", "recovery_contact.invited"),
+        ("own", "recovery_contact.activated"),
+        ("own", "recovery_contact.invited"),
+        ("own", "recovery_contact.removed"),
+        ("own", "contact_recovery.started"),
+        ("own", "contact_recovery.pending"),
+        ("own", "contact_recovery.cancelled"),
+        ("own", "contact_recovery.started"),
+        ("own", "contact_recovery.pending"),
+        ("own", "recovery_code.revoked"),
+        ("own", "account.recovered"),
         ("acct-1", "account.forgotten"),
     ];
     let published = wait_for_messages(&nats, expected.len(), Duration::from_secs(30)).await;
@@ -292,7 +372,17 @@ async fn every_event_type_is_published_once_with_the_contract_envelope_and_no_se
         .iter()
         .map(|(a, t)| ((*a).to_owned(), (*t).to_owned()))
         .collect();
-    assert_eq!(got, want, "each change once, in order");
+    // In the order of the changes per account (the contract's promise; accounts interleave).
+    assert_eq!(got.len(), want.len(), "each change once: {got:?}");
+    for account in ["acct-1", "kid", "own"] {
+        let of = |v: &[(String, String)]| {
+            v.iter()
+                .filter(|(a, _)| a == account)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of(&got), of(&want), "{account}'s events once, in order");
+    }
 
     let schema = cloudevents_schema();
     let validator = jsonschema::options()
@@ -304,6 +394,8 @@ async fn every_event_type_is_published_once_with_the_contract_envelope_and_no_se
         "ann.new@example.com",
         "kid@fam.example",
         "org@fam.example",
+        "own@example.com",
+        "pal@example.net",
     ];
     for p in &published {
         let errors: Vec<String> = validator
@@ -350,6 +442,22 @@ async fn every_event_type_is_published_once_with_the_contract_envelope_and_no_se
     assert!(recovered[0]["flow_id"].as_str().unwrap().starts_with("fl_"));
     assert_eq!(recovered[1]["method"], "family_organizer");
     assert!(recovered[1]["flow_id"].as_str().unwrap().starts_with("af_"));
+    assert_eq!(recovered[2]["method"], "recovery_contacts");
+    assert_eq!(recovered[2]["account_id"], "own");
+    assert!(recovered[2]["flow_id"].as_str().unwrap().starts_with("cf_"));
+    assert_eq!(recovered[2]["vouched_by"], serde_json::json!(["pal2"]));
+    let pending = published
+        .iter()
+        .find(|p| p.event["type"] == "identity.recovery.v1.contact_recovery.pending")
+        .unwrap();
+    assert_eq!(pending.event["data"]["threshold"], 1);
+    assert_eq!(pending.event["data"]["vouches"], 1);
+    assert!(
+        pending.event["data"]["completes_at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
     // The stream as the contract says: subjects, file storage, a 2-minute duplicate window.
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let info = js

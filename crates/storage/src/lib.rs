@@ -17,5 +17,5 @@ mod personal;
 pub use chain::{AuditChainKeys, ChainStatus};
 pub use connect::{Backend, ConnectOptions, SchemaStatus, Storage, sqlite_file_path};
 pub use error::{ConflictKind, StorageError};
-pub use ops::{ChangeError, CleanupReport, IntoEffects, PruneReport};
+pub use ops::{CONTACT_FLOW_RETENTION_MS, ChangeError, CleanupReport, IntoEffects, PruneReport};
 pub use personal::{KeyState, PersonalDataKeys};

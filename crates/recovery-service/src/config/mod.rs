@@ -548,7 +548,15 @@ fn policy_settings(s: &Settings<'_>, layers: &Layers) -> Result<Policy, ConfigEr
             i64::try_from(parse_duration(t)?.as_millis())
                 .map_err(|_| "expected a duration such as `48h` or `0s`".to_owned())
         })?,
-        contact_cooldown_ms: s.parse("contact_cooldown", "7d", parse_millis)?,
+        contact_cooldown_ms: s.parse("contact_cooldown", "7d", |t| {
+            let ms = parse_millis(t)?;
+            if ms > recovery_storage::CONTACT_FLOW_RETENTION_MS {
+                return Err(
+                    "must be at most 30d: the vouches that record it are kept 30 days".to_owned(),
+                );
+            }
+            Ok(ms)
+        })?,
         // The family rules of the contract (API.md, "Families") and the contact limits
         // (API.md, "Recovery contacts"): not settings.
         ..d

@@ -217,6 +217,45 @@ fn audit_retention_defaults_to_400_days_and_is_at_least_a_day() {
 }
 
 #[test]
+fn contact_waits_default_to_the_contract_and_take_short_settings() {
+    let p = load(&[]).unwrap().policy;
+    const DAY: i64 = 86_400_000;
+    assert_eq!(
+        (
+            p.contact_invitation_ms,
+            p.contact_activation_ms,
+            p.contact_gathering_ms,
+            p.contact_wait_ms,
+            p.contact_cooldown_ms
+        ),
+        (7 * DAY, 7 * DAY, DAY, 2 * DAY, 7 * DAY)
+    );
+    let p = load(&[
+        ("RECOVERY_CONTACT_ACTIVATION", "2s"),
+        ("RECOVERY_CONTACT_WAIT", "0s"),
+        ("RECOVERY_CONTACT_GATHERING", "1h"),
+    ])
+    .unwrap()
+    .policy;
+    assert_eq!(
+        (
+            p.contact_activation_ms,
+            p.contact_wait_ms,
+            p.contact_gathering_ms
+        ),
+        (2_000, 0, 3_600_000)
+    );
+    assert!(
+        error(&[("RECOVERY_CONTACT_COOLDOWN", "31d")])
+            .starts_with("RECOVERY_CONTACT_COOLDOWN: must be at most 30d")
+    );
+    assert!(
+        error(&[("RECOVERY_CONTACT_ACTIVATION", "0s")]).starts_with("RECOVERY_CONTACT_ACTIVATION:")
+    );
+    assert!(error(&[("RECOVERY_CONTACT_WAIT", "soon")]).starts_with("RECOVERY_CONTACT_WAIT:"));
+}
+
+#[test]
 fn listen_addresses_people_type_are_understood() {
     let config = load(&[("RECOVERY_LISTEN_ADDR", "localhost:50052")]).unwrap();
     assert_eq!(config.listen_addr, "127.0.0.1:50052".parse().unwrap());

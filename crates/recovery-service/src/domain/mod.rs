@@ -136,6 +136,9 @@ pub struct Policy {
     pub contact_begins_per_day: i64,
     /// VouchForRecovery submissions per contact per flow.
     pub vouch_attempts: i32,
+    /// InviteRecoveryContact calls (renewals included) per owner, and per invited address, a
+    /// day.
+    pub contact_invites_per_day: i64,
 }
 
 impl Default for Policy {
@@ -169,6 +172,7 @@ impl Default for Policy {
             accounts_per_contact: 25,
             contact_begins_per_day: 3,
             vouch_attempts: 5,
+            contact_invites_per_day: 50,
         }
     }
 }

@@ -311,12 +311,13 @@ pub enum ContactTopic {
     RecoveryStarted,
     /// To an active contact: someone asks them to vouch.
     VouchRequested,
+    /// To the owner: a contact vouched (`vouches` of `threshold`).
+    Vouched,
     /// To the owner and each contact: the vouches met the threshold; it completes at `at_ms`.
     Pending,
     /// To the owner and each contact: the recovery was cancelled.
     Cancelled,
-    /// To the owner and each contact: a waiting period stopped (a contact was removed, or the
-    /// threshold raised).
+    /// To the owner: a waiting period stopped (a contact was removed, or the threshold raised).
     Stopped,
     /// To the owner and each contact: the account was recovered by its contacts.
     Completed,

@@ -270,3 +270,35 @@ pub fn folding(
     });
     event
 }
+
+/// The browser a user agent names, in a short form ("Firefox 133 on Linux") built only from
+/// the parser's own names and the major version's digits: never the request's text.
+pub fn browser(agent: &str) -> String {
+    const UNKNOWN: &str = "UNKNOWN";
+    let Some(parsed) = woothee::parser::Parser::new()
+        .parse(agent)
+        .filter(|p| p.name != UNKNOWN && !p.name.is_empty())
+    else {
+        return "an unknown browser".to_owned();
+    };
+    let mut out = parsed.name.to_owned();
+    let major = parsed.version.split('.').next().unwrap_or_default();
+    if !major.is_empty() && major.len() <= 6 && major.bytes().all(|b| b.is_ascii_digit()) {
+        out.push(' ');
+        out.push_str(major);
+    }
+    if parsed.os != UNKNOWN && !parsed.os.is_empty() {
+        out.push_str(" on ");
+        out.push_str(parsed.os);
+    }
+    out.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(120)
+        .collect()
+}

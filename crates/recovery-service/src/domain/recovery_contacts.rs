@@ -171,6 +171,28 @@ impl Recovery {
         }
         let now = self.now();
         let p = &self.policy;
+        // Each invitation mails an address the owner typed: bounded per owner and per
+        // address, renewals included.
+        let to = secrets::address_key(&self.keys, email.lookup());
+        for (key, name) in [
+            (
+                format!("contact:invite:{owner}"),
+                "contact_invites_per_account",
+            ),
+            (
+                format!("contact:invite:to:{to}"),
+                "contact_invites_per_address",
+            ),
+        ] {
+            self.limit(
+                &key,
+                crate::time::DAY_MS,
+                p.contact_invites_per_day,
+                name,
+                now,
+            )
+            .await?;
+        }
         let expires_at = now + p.contact_invitation_ms;
         let new = RecoveryContact {
             owner_account_id: owner.to_owned(),
@@ -609,10 +631,9 @@ impl Recovery {
             )
             .await?;
         match begun {
-            BeginContact::Started(s) => {
-                if s.account_id.is_some() {
-                    self.mail_enqueued();
-                }
+            BeginContact::Started(_) => {
+                // Whatever was written (void rows for an unknown address): the same steps.
+                self.mail_enqueued();
                 Ok(StartedContactFlow {
                     contact_flow_id,
                     confirmation_code: zeroize::Zeroizing::new(code.digits().to_owned()),
@@ -645,7 +666,17 @@ impl Recovery {
                 expires_at: r.flow.expiry(window),
                 contact_flow_id: r.flow.contact_flow_id,
                 account_id: r.flow.account_id.unwrap_or_default(),
-                client: r.flow.client,
+                // The parsed browser, never the request's text: a contact reads this, and
+                // a user agent is whatever the person asking typed.
+                client: recovery_storage::model::ClientInfo {
+                    ip: r.flow.client.ip,
+                    user_agent: r
+                        .flow
+                        .client
+                        .user_agent
+                        .as_deref()
+                        .map(super::notify::browser),
+                },
                 requested_at: r.flow.created_at,
                 completes_at: r.flow.completes_at,
                 vouched: r.vouched,
@@ -730,6 +761,22 @@ impl Recovery {
                         )?],
                         events: vec![],
                     };
+                    if !v.pending_started {
+                        // Every step reaches the owner's address.
+                        effects.messages.extend(
+                            Mail {
+                                topic: ContactTopic::Vouched,
+                                owner: &owner,
+                                owner_address: v.recovery_address.as_deref(),
+                                contact: None,
+                                threshold: v.flow.threshold,
+                                vouches: v.vouches,
+                                at_ms: None,
+                                context: context(now, &Client::default()),
+                            }
+                            .to_owner(keys)?,
+                        );
+                    }
                     if v.pending_started {
                         let completes_at = v.flow.completes_at.map(|t| t.as_ms()).unwrap_or(now);
                         let mail = Mail {
@@ -780,10 +827,8 @@ impl Recovery {
                 Err(Error::ConfirmationCodeMismatch { attempts_left })
             }
             Ok(VouchOutcome::Vouched(v)) => {
-                if v.pending_started {
+                if !v.repeated {
                     self.mail_enqueued();
-                } else if !v.repeated {
-                    self.events_written();
                 }
                 tracing::info!(owner = %owner, contact, contact_flow_id, vouches = v.vouches, pending = v.flow.completes_at.is_some(), "contact vouched");
                 Ok(Vouched {

@@ -200,7 +200,8 @@ impl Worker {
                         + report.published_events
                         + report.rate_limits
                         + report.failures
-                        + report.sent_messages;
+                        + report.sent_messages
+                        + report.contact_flows;
                     if total > 0 {
                         tracing::debug!(
                             flows = report.flows,
@@ -209,6 +210,7 @@ impl Worker {
                             rate_limits = report.rate_limits,
                             failures = report.failures,
                             sent_messages = report.sent_messages,
+                            contact_flows = report.contact_flows,
                             "cleaned up expired rows"
                         );
                     }

@@ -303,9 +303,14 @@ impl Storage {
             now,
         )
         .await?;
-        let ended_contact =
-            super::recovery_contacts::end_contact_flows_of(&txn, &flow.member_account_id, "", now)
-                .await?;
+        let ended_contact = super::recovery_contacts::end_contact_flows_of(
+            self.backend(),
+            &txn,
+            &flow.member_account_id,
+            "",
+            now,
+        )
+        .await?;
         let completion = AssistedCompletion {
             parties: AssistedParties {
                 member,

@@ -7,7 +7,10 @@ use sea_orm::{
 
 use crate::{
     Storage, StorageError,
-    entity::{assisted_flow, failure, finished_enrollment, flow, outbox, rate_limit},
+    entity::{
+        assisted_flow, contact_flow, contact_vouch, failure, finished_enrollment, flow, outbox,
+        rate_limit,
+    },
     model::OutboxStatus,
 };
 
@@ -25,7 +28,14 @@ pub struct CleanupReport {
     pub published_events: u64,
     /// Records of finished zero-knowledge enrollment ids past the ids' expiry.
     pub finished_enrollments: u64,
+    /// Contact flows begun more than [`CONTACT_FLOW_RETENTION_MS`] ago, with their vouches.
+    pub contact_flows: u64,
 }
+
+/// How long a contact flow is kept from its begin: past its gathering (24 h), waiting period
+/// (48 h) and life after it (24 h), and past the longest contact cooldown (its vouches are the
+/// cooldown's record; `RECOVERY_CONTACT_COOLDOWN` is at most this).
+pub const CONTACT_FLOW_RETENTION_MS: i64 = 30 * 24 * 3_600_000;
 
 impl Storage {
     /// Deletes at most `batch` rows of each kind: flows past their expiry, rate-limit windows
@@ -65,6 +75,24 @@ impl Storage {
             .await?;
         let assisted_flows = assisted_flow::Entity::delete_many()
             .filter(assisted_flow::Column::AssistedFlowId.is_in(assisted_ids))
+            .exec(self.db())
+            .await?
+            .rows_affected;
+
+        let contact_ids: Vec<String> = contact_flow::Entity::find()
+            .select_only()
+            .column(contact_flow::Column::ContactFlowId)
+            .filter(contact_flow::Column::CreatedAt.lte(now - CONTACT_FLOW_RETENTION_MS))
+            .limit(batch)
+            .into_tuple()
+            .all(self.db())
+            .await?;
+        contact_vouch::Entity::delete_many()
+            .filter(contact_vouch::Column::ContactFlowId.is_in(contact_ids.clone()))
+            .exec(self.db())
+            .await?;
+        let contact_flows = contact_flow::Entity::delete_many()
+            .filter(contact_flow::Column::ContactFlowId.is_in(contact_ids))
             .exec(self.db())
             .await?
             .rows_affected;
@@ -148,6 +176,7 @@ impl Storage {
             failures,
             sent_messages,
             finished_enrollments,
+            contact_flows,
         })
     }
 }

@@ -27,8 +27,6 @@ struct Removed {
     membership: Option<FamilyMember>,
     flows: u64,
     messages: u64,
-    /// Recovery contacts, as owner and as contact.
-    contacts: u64,
 }
 
 impl Storage {
@@ -55,6 +53,9 @@ impl Storage {
         let first = remove(&txn, account_id).await?;
         super::lock_accounts(self.backend(), &txn, [account_id]).await?;
         let second = remove(&txn, account_id).await?;
+        // Contacts only under the lock: every contact change holds the locks of both its
+        // accounts, so it commits before this or finds the account gone.
+        let (contacts, contact_flows) = remove_contacts(&txn, account_id).await?;
         let ended = super::family::end_flows(
             &txn,
             Condition::all()
@@ -71,11 +72,11 @@ impl Storage {
         let keys = crate::personal::account_keys(&txn, account_id).await?;
         let enrolment = second.enrolment.or(first.enrolment);
         let membership = second.membership.or(first.membership);
-        let removed_flows = first.flows + second.flows;
+        let removed_flows = first.flows + second.flows + contact_flows;
         let removed_messages = first.messages + second.messages;
         let anything = enrolment.is_some()
             || membership.is_some()
-            || removed_flows + removed_messages + resealed + first.contacts + second.contacts > 0
+            || removed_flows + removed_messages + resealed + contacts > 0
             || !ended.is_empty()
             || !keys.is_empty();
         let before = super::by_key(
@@ -213,14 +214,50 @@ async fn remove<C: ConnectionTrait>(txn: &C, account_id: &str) -> Result<Removed
         .exec(txn)
         .await?
         .rows_affected;
-    flows += contact_flow::Entity::delete_many()
+    let mut to_person = Condition::any().add(outbox::Column::AccountId.eq(account_id));
+    if !addresses.is_empty() {
+        to_person = to_person.add(
+            Condition::all()
+                .add(outbox::Column::AccountId.is_null())
+                .add(outbox::Column::Recipient.is_in(addresses)),
+        );
+    }
+    let messages = outbox::Entity::delete_many()
+        .filter(to_person)
+        .exec(txn)
+        .await?
+        .rows_affected;
+    // Published events only: one not yet published still goes out, in order.
+    event::Entity::delete_many()
+        .filter(event::Column::AccountId.eq(account_id))
+        .filter(event::Column::Status.eq(EventStatus::Sent.as_str()))
+        .exec(txn)
+        .await?;
+    failure::Entity::delete_many()
+        .filter(failure::Column::AccountId.eq(account_id))
+        .exec(txn)
+        .await?;
+    Ok(Removed {
+        enrolment,
+        membership,
+        flows,
+        messages,
+    })
+}
+
+/// Removes the account's recovery contacts in both directions, its threshold, its contact
+/// vouches (as owner and as contact) and stops each waiting period of another owner that its
+/// withdrawn vouches leave unmet; answers how many rows of contacts and settings went, and how
+/// many of its contact flows.
+async fn remove_contacts<C: ConnectionTrait>(
+    txn: &C,
+    account_id: &str,
+) -> Result<(u64, u64), StorageError> {
+    let flows = contact_flow::Entity::delete_many()
         .filter(contact_flow::Column::AccountId.eq(account_id))
         .exec(txn)
         .await?
         .rows_affected;
-    // Its recovery contacts in both directions. The owners it was a contact of lose its
-    // vouches on their open flows (a waiting period left unmet stops; a completion counts
-    // vouches again in any case).
     let served: Vec<String> = recovery_contact::Entity::find()
         .select_only()
         .column(recovery_contact::Column::OwnerAccountId)
@@ -253,34 +290,5 @@ async fn remove<C: ConnectionTrait>(txn: &C, account_id: &str) -> Result<Removed
     for owner in &served {
         super::recovery_contacts::stop_unmet(txn, owner).await?;
     }
-    let mut to_person = Condition::any().add(outbox::Column::AccountId.eq(account_id));
-    if !addresses.is_empty() {
-        to_person = to_person.add(
-            Condition::all()
-                .add(outbox::Column::AccountId.is_null())
-                .add(outbox::Column::Recipient.is_in(addresses)),
-        );
-    }
-    let messages = outbox::Entity::delete_many()
-        .filter(to_person)
-        .exec(txn)
-        .await?
-        .rows_affected;
-    // Published events only: one not yet published still goes out, in order.
-    event::Entity::delete_many()
-        .filter(event::Column::AccountId.eq(account_id))
-        .filter(event::Column::Status.eq(EventStatus::Sent.as_str()))
-        .exec(txn)
-        .await?;
-    failure::Entity::delete_many()
-        .filter(failure::Column::AccountId.eq(account_id))
-        .exec(txn)
-        .await?;
-    Ok(Removed {
-        enrolment,
-        membership,
-        flows,
-        messages,
-        contacts,
-    })
+    Ok((contacts, flows))
 }

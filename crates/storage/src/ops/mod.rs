@@ -27,7 +27,7 @@ use crate::{
 };
 
 pub use audit_upkeep::PruneReport;
-pub use cleanup::CleanupReport;
+pub use cleanup::{CONTACT_FLOW_RETENTION_MS, CleanupReport};
 
 /// The row a primary-key lookup finds, if any. `Select::one` appends `LIMIT ?`, and SQLite's
 /// planner reads a bound LIMIT's value: each new binding expires the cached statement, so every

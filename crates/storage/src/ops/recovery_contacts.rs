@@ -91,7 +91,7 @@ impl Storage {
         }
         let change = ContactChange {
             repeated: existing.is_some(),
-            recovery_address: super::recovery_code::recovery_address(&txn, owner).await?,
+            recovery_address: owner_address(&txn, owner).await?,
             contact: new,
             withdrawn_vouches: 0,
             stopped: Vec::new(),
@@ -116,7 +116,7 @@ impl Storage {
         let Some(mut row) = find_contact(&txn, owner, contact).await? else {
             return Ok(Err(ContactRefusal::NotContact));
         };
-        let recovery_address = super::recovery_code::recovery_address(&txn, owner).await?;
+        let recovery_address = owner_address(&txn, owner).await?;
         if row.accepted_at.is_some() {
             return Ok(Ok(ContactChange {
                 contact: row,
@@ -176,7 +176,7 @@ impl Storage {
         let change = ContactChange {
             contact: row,
             repeated: false,
-            recovery_address: super::recovery_code::recovery_address(&txn, owner).await?,
+            recovery_address: owner_address(&txn, owner).await?,
             withdrawn_vouches: withdrawn,
             stopped,
         };
@@ -226,7 +226,7 @@ impl Storage {
             .await?;
         let change = ThresholdChange {
             previous,
-            recovery_address: super::recovery_code::recovery_address(&txn, owner).await?,
+            recovery_address: owner_address(&txn, owner).await?,
             stopped: stop_unmet(&txn, owner).await?,
         };
         self.commit_with(txn, &change, effects, now).await?;
@@ -361,7 +361,7 @@ impl Storage {
             .map(to_contact)
             .collect();
         let threshold = threshold_of(&txn, account).await?;
-        let recovery_address = super::recovery_code::recovery_address(&txn, account).await?;
+        let recovery_address = owner_address(&txn, account).await?;
         contact_flow::Entity::insert(contact_flow::ActiveModel {
             contact_flow_id: Set(new.contact_flow_id),
             account_id: Set(owner.clone()),
@@ -473,7 +473,7 @@ impl Storage {
         effects: impl FnOnce(&VouchOutcome) -> R,
     ) -> Result<Result<VouchOutcome, ContactFlowRefusal>, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
-        let Some(flow) = locked_flow(self, &txn, contact_flow_id).await? else {
+        let Some(flow) = locked_flow(self, &txn, contact_flow_id, contact).await? else {
             return Ok(Err(ContactFlowRefusal::NotFound));
         };
         if flow.completed_at.is_some() || flow.ended_at.is_some() {
@@ -572,7 +572,7 @@ impl Storage {
                 flow.completes_at = Some(Timestamp::from_ms(completes_at));
             }
             VouchOutcome::Vouched(Box::new(Vouch {
-                recovery_address: super::recovery_code::recovery_address(&txn, &owner).await?,
+                recovery_address: owner_address(&txn, &owner).await?,
                 contacts: active_contacts(&txn, &owner, now).await?,
                 flow,
                 repeated: false,
@@ -599,7 +599,7 @@ impl Storage {
         effects: impl FnOnce(&ContactFlowEnd) -> R,
     ) -> Result<Result<ContactFlowEnd, ContactFlowRefusal>, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
-        let Some(flow) = locked_flow(self, &txn, contact_flow_id).await? else {
+        let Some(flow) = locked_flow(self, &txn, contact_flow_id, actor).await? else {
             return Ok(Err(ContactFlowRefusal::NotFound));
         };
         if let Some(refusal) = closed(&flow, after_completes_ms, now) {
@@ -626,7 +626,7 @@ impl Storage {
             return Ok(Err(ContactFlowRefusal::Ended));
         };
         let end = ContactFlowEnd {
-            recovery_address: super::recovery_code::recovery_address(&txn, &owner).await?,
+            recovery_address: owner_address(&txn, &owner).await?,
             contacts: active_contacts(&txn, &owner, now).await?,
             flow,
             vouched_by: Vec::new(),
@@ -711,8 +711,10 @@ impl Storage {
         flow.completed_at = Some(Timestamp::from_ms(now));
         let mut revoked_code_id = None;
         let mut recovery_address = None;
-        if let Some(row) = enrolment.filter(|e| e.code_hash.is_some()) {
+        if let Some(row) = &enrolment {
             recovery_address = Some(row.email.clone());
+        }
+        if let Some(row) = enrolment.filter(|e| e.code_hash.is_some()) {
             if !super::recovery_code::retire(&txn, &row.account_id, row.generation, now).await? {
                 return Err(StorageError::Other(
                     "the account's recovery enrolment could not be revoked".into(),
@@ -721,7 +723,7 @@ impl Storage {
             }
             revoked_code_id = row.code_id;
         }
-        let recovered = end_other_paths(&txn, &owner, contact_flow_id, now).await?;
+        let recovered = end_other_paths(self.backend(), &txn, &owner, contact_flow_id, now).await?;
         let end = ContactFlowEnd {
             recovery_address,
             contacts: active_contacts(&txn, &owner, now).await?,
@@ -759,6 +761,7 @@ impl Storage {
 /// account's assisted flows (with its membership and its family's organizers, to be told) and
 /// its open contact flows other than `except`.
 pub(crate) async fn end_other_paths<D: ConnectionTrait>(
+    backend: crate::Backend,
     txn: &D,
     account: &str,
     except: &str,
@@ -789,17 +792,22 @@ pub(crate) async fn end_other_paths<D: ConnectionTrait>(
         ended_assisted,
         member,
         organizers,
-        ended_contact: end_contact_flows_of(txn, account, except, now).await?,
+        ended_contact: end_contact_flows_of(backend, txn, account, except, now).await?,
     })
 }
 
 /// Ends the account's open contact flows other than `except` (`recovered`).
+/// Takes the account's lock first (as every contact change does before it writes a flow),
+/// so that a recovery holding the enrolment's row and a vouch holding the account's lock never
+/// wait on each other.
 pub(crate) async fn end_contact_flows_of<D: ConnectionTrait>(
+    backend: crate::Backend,
     txn: &D,
     account: &str,
     except: &str,
     now: i64,
 ) -> Result<Vec<ContactFlow>, StorageError> {
+    lock_accounts(backend, txn, [account]).await?;
     end_contact_flows(
         txn,
         Condition::all()
@@ -851,12 +859,13 @@ fn closed(flow: &ContactFlow, after_completes_ms: i64, now: i64) -> Option<Conta
     }
 }
 
-/// The flow, read again after taking its owner's lock (a flow of no account takes none: nothing
-/// can change it but its expiry).
+/// The flow, read again after taking its owner's lock and the acting account's (a flow of no
+/// account takes none: nothing can change it but its expiry).
 async fn locked_flow(
     storage: &Storage,
     txn: &sea_orm::DatabaseTransaction,
     contact_flow_id: &str,
+    actor: &str,
 ) -> Result<Option<ContactFlow>, StorageError> {
     let Some(flow) = super::by_key(
         contact_flow::Entity::find_by_id(contact_flow_id.to_owned()),
@@ -869,7 +878,9 @@ async fn locked_flow(
     let Some(owner) = flow.account_id.as_deref() else {
         return Ok(Some(flow));
     };
-    lock_accounts(storage.backend(), txn, [owner]).await?;
+    // The actor's too: a forget of the contact (which takes its lock) waits for this step, or
+    // this step sees the contact gone.
+    lock_accounts(storage.backend(), txn, [owner, actor]).await?;
     Ok(super::by_key(
         contact_flow::Entity::find_by_id(contact_flow_id.to_owned()),
         txn,
@@ -935,6 +946,20 @@ pub(crate) async fn stop_unmet<D: ConnectionTrait>(
         stopped.push(flow);
     }
     Ok(stopped)
+}
+
+/// The address of the account's enrolment, live or revoked (`None` without one): where its
+/// owner hears of every contact change and step, even after a stolen session revoked the code.
+async fn owner_address<D: ConnectionTrait>(
+    db: &D,
+    account_id: &str,
+) -> Result<Option<String>, StorageError> {
+    Ok(enrollment::Entity::find_by_id(account_id.to_owned())
+        .select_only()
+        .column(enrollment::Column::Email)
+        .into_tuple()
+        .one(db)
+        .await?)
 }
 
 /// The vouches given on a flow.

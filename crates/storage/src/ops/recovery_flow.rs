@@ -335,6 +335,7 @@ impl Storage {
             organizers,
             // Contact recoveries of the account are over too.
             ended_contact: super::recovery_contacts::end_contact_flows_of(
+                self.backend(),
                 &txn,
                 &account_id,
                 "",

@@ -140,9 +140,21 @@ pub(super) fn render(n: &RecoveryContactNotice, p: Parts<'_>) -> (String, Vec<Bl
                 )),
             ],
         ),
+        (ContactTopic::Vouched, _) => (
+            format!("A recovery contact confirmed a recovery of {account}"),
+            vec![
+                Block::Para(format!(
+                    "On {when} one of the recovery contacts of {account} ({hint}) confirmed that the person recovering it is you: {} of {} confirmations.",
+                    n.vouches, n.threshold
+                )),
+                Block::Para(format!(
+                    "If this wasn't you, cancel the recovery now in your account settings, tell your contacts, and {support}."
+                )),
+            ],
+        ),
         (ContactTopic::Pending, to_contact) => (
             if to_contact {
-                "An account recovery you confirmed will complete".to_owned()
+                "An account recovery by recovery contacts will complete".to_owned()
             } else {
                 format!("{} will be recovered by its contacts", capitalise(account))
             },

@@ -274,27 +274,9 @@ fn facts(context: &Context) -> Block {
     Block::Facts(facts)
 }
 
-/// The browser a user agent names, in a short form ("Firefox 133 on Linux") built only from
-/// the parser's own names and the major version's digits: never the request's text.
+/// The browser a user agent names, in the short parsed form (see [`notify::browser`]).
 fn browser(agent: &str) -> String {
-    const UNKNOWN: &str = "UNKNOWN";
-    let Some(parsed) = woothee::parser::Parser::new()
-        .parse(agent)
-        .filter(|p| p.name != UNKNOWN && !p.name.is_empty())
-    else {
-        return "an unknown browser".to_owned();
-    };
-    let mut out = parsed.name.to_owned();
-    let major = parsed.version.split('.').next().unwrap_or_default();
-    if !major.is_empty() && major.len() <= 6 && major.bytes().all(|b| b.is_ascii_digit()) {
-        out.push(' ');
-        out.push_str(major);
-    }
-    if parsed.os != UNKNOWN && !parsed.os.is_empty() {
-        out.push_str(" on ");
-        out.push_str(parsed.os);
-    }
-    printable(&out)
+    crate::domain::notify::browser(agent)
 }
 
 fn capitalise(text: &str) -> String {
@@ -467,6 +449,7 @@ mod tests {
             T::ThresholdSet,
             T::RecoveryStarted,
             T::VouchRequested,
+            T::Vouched,
             T::Pending,
             T::Cancelled,
             T::Stopped,

@@ -144,6 +144,80 @@ const RPCS: &[(&str, &[&str], &[&str])] = &[
         &["assisted_flow_id:string", "account_id:string"],
         &["cancelled_at:.google.protobuf.Timestamp"],
     ),
+    // Recovery contacts.
+    (
+        "InviteRecoveryContact",
+        &[
+            "account_id:string",
+            "contact_account_id:string",
+            "contact_email:string",
+        ],
+        &[
+            "invited_at:.google.protobuf.Timestamp",
+            "expires_at:.google.protobuf.Timestamp",
+        ],
+    ),
+    (
+        "AcceptRecoveryContact",
+        &["account_id:string", "contact_account_id:string"],
+        &["active_from:.google.protobuf.Timestamp"],
+    ),
+    (
+        "RemoveRecoveryContact",
+        &["account_id:string", "contact_account_id:string"],
+        &["removed_at:.google.protobuf.Timestamp"],
+    ),
+    (
+        "SetRecoveryContactThreshold",
+        &["account_id:string", "threshold:uint32"],
+        &["updated_at:.google.protobuf.Timestamp"],
+    ),
+    (
+        "GetRecoveryContacts",
+        &["account_id:string"],
+        &[
+            "contacts:[].identity.recovery.v1.RecoveryContact",
+            "threshold:uint32",
+            "active_count:uint32",
+        ],
+    ),
+    (
+        "BeginContactRecovery",
+        &["email:string", "client:.identity.recovery.v1.ClientContext"],
+        &[
+            "contact_flow_id:string",
+            "confirmation_code:string",
+            "expires_at:.google.protobuf.Timestamp",
+        ],
+    ),
+    (
+        "ListContactRequests",
+        &["contact_account_id:string"],
+        &["requests:[].identity.recovery.v1.ContactRequest"],
+    ),
+    (
+        "VouchForRecovery",
+        &[
+            "contact_flow_id:string",
+            "contact_account_id:string",
+            "confirmation_code:string",
+        ],
+        &[
+            "vouches:uint32",
+            "threshold:uint32",
+            "completes_at:.google.protobuf.Timestamp",
+        ],
+    ),
+    (
+        "CancelContactRecovery",
+        &["contact_flow_id:string", "account_id:string"],
+        &["cancelled_at:.google.protobuf.Timestamp"],
+    ),
+    (
+        "CompleteContactRecovery",
+        &["contact_flow_id:string"],
+        &["account_id:string", "revoke_all_sessions:bool"],
+    ),
 ];
 
 /// Message types the contract names, with their fields.
@@ -170,13 +244,43 @@ const MESSAGES: &[(&str, &[&str])] = &[
             "assisted_recovery_pending:bool",
         ],
     ),
+    (
+        "RecoveryContact",
+        &[
+            "contact_account_id:string",
+            "state:.identity.recovery.v1.RecoveryContactState",
+            "email_hint:string",
+            "active_from:.google.protobuf.Timestamp",
+        ],
+    ),
+    (
+        "ContactRequest",
+        &[
+            "contact_flow_id:string",
+            "account_id:string",
+            "client:.identity.recovery.v1.ClientContext",
+            "requested_at:.google.protobuf.Timestamp",
+            "expires_at:.google.protobuf.Timestamp",
+            "vouched:bool",
+        ],
+    ),
 ];
 
 /// Enums the contract names, with the values callers send or branch on.
-const ENUMS: &[(&str, &[&str])] = &[(
-    "FamilyRole",
-    &["FAMILY_ROLE_ORGANIZER", "FAMILY_ROLE_MEMBER"],
-)];
+const ENUMS: &[(&str, &[&str])] = &[
+    (
+        "FamilyRole",
+        &["FAMILY_ROLE_ORGANIZER", "FAMILY_ROLE_MEMBER"],
+    ),
+    (
+        "RecoveryContactState",
+        &[
+            "RECOVERY_CONTACT_STATE_INVITED",
+            "RECOVERY_CONTACT_STATE_WAITING",
+            "RECOVERY_CONTACT_STATE_ACTIVE",
+        ],
+    ),
+];
 
 /// The reasons of the contract (the proto, docs/design.md), bare (the enum carries buf's `ERROR_REASON_` prefix).
 const REASONS: &[&str] = &[
@@ -201,6 +305,10 @@ const REASONS: &[&str] = &[
     "NOT_FAMILY_ORGANIZER",
     "NOT_FAMILY_MEMBER",
     "SELF_RECOVERY_NOT_ALLOWED",
+    "NOT_RECOVERY_CONTACT",
+    "TOO_MANY_CONTACTS",
+    "CONFIRMATION_CODE_MISMATCH",
+    "RECOVERY_PENDING",
 ];
 
 /// Every file the server describes through reflection v1, dependencies included.

@@ -76,9 +76,20 @@ enum Rpc {
     FinishZeroKnowledgeEnrollment,
     StartZeroKnowledgeRecovery,
     FinishZeroKnowledgeRecovery,
+    ForgetAccount,
+    InviteRecoveryContact,
+    AcceptRecoveryContact,
+    RemoveRecoveryContact,
+    SetRecoveryContactThreshold,
+    GetRecoveryContacts,
+    BeginContactRecovery,
+    ListContactRequests,
+    VouchForRecovery,
+    CancelContactRecovery,
+    CompleteContactRecovery,
 }
 
-const RPCS: [Rpc; 19] = [
+const RPCS: [Rpc; 30] = [
     Rpc::CreateRecoveryCode,
     Rpc::BeginRecovery,
     Rpc::VerifyEmail,
@@ -98,6 +109,17 @@ const RPCS: [Rpc; 19] = [
     Rpc::FinishZeroKnowledgeEnrollment,
     Rpc::StartZeroKnowledgeRecovery,
     Rpc::FinishZeroKnowledgeRecovery,
+    Rpc::ForgetAccount,
+    Rpc::InviteRecoveryContact,
+    Rpc::AcceptRecoveryContact,
+    Rpc::RemoveRecoveryContact,
+    Rpc::SetRecoveryContactThreshold,
+    Rpc::GetRecoveryContacts,
+    Rpc::BeginContactRecovery,
+    Rpc::ListContactRequests,
+    Rpc::VouchForRecovery,
+    Rpc::CancelContactRecovery,
+    Rpc::CompleteContactRecovery,
 ];
 
 impl Rpc {
@@ -123,10 +145,21 @@ impl Rpc {
             | Rpc::StartZeroKnowledgeEnrollment
             | Rpc::FinishZeroKnowledgeEnrollment
             | Rpc::StartZeroKnowledgeRecovery
-            | Rpc::FinishZeroKnowledgeRecovery => (true, false),
-            Rpc::GetRecoveryStatus | Rpc::RevokeRecoveryCode | Rpc::GetFamilyRecoveryStatus => {
-                (true, true)
-            }
+            | Rpc::FinishZeroKnowledgeRecovery
+            | Rpc::InviteRecoveryContact
+            | Rpc::AcceptRecoveryContact
+            | Rpc::RemoveRecoveryContact
+            | Rpc::SetRecoveryContactThreshold
+            | Rpc::BeginContactRecovery
+            | Rpc::ListContactRequests
+            | Rpc::VouchForRecovery
+            | Rpc::CancelContactRecovery
+            | Rpc::CompleteContactRecovery => (true, false),
+            Rpc::GetRecoveryStatus
+            | Rpc::RevokeRecoveryCode
+            | Rpc::GetFamilyRecoveryStatus
+            | Rpc::ForgetAccount
+            | Rpc::GetRecoveryContacts => (true, true),
             Rpc::ListAuditEvents => (false, true),
         }
     }
@@ -168,6 +201,21 @@ impl Rpc {
             }
             Rpc::FinishZeroKnowledgeRecovery => {
                 api::FinishZeroKnowledgeRecoveryRequest::decode(body).map(drop)
+            }
+            Rpc::ForgetAccount => api::ForgetAccountRequest::decode(body).map(drop),
+            Rpc::InviteRecoveryContact => api::InviteRecoveryContactRequest::decode(body).map(drop),
+            Rpc::AcceptRecoveryContact => api::AcceptRecoveryContactRequest::decode(body).map(drop),
+            Rpc::RemoveRecoveryContact => api::RemoveRecoveryContactRequest::decode(body).map(drop),
+            Rpc::SetRecoveryContactThreshold => {
+                api::SetRecoveryContactThresholdRequest::decode(body).map(drop)
+            }
+            Rpc::GetRecoveryContacts => api::GetRecoveryContactsRequest::decode(body).map(drop),
+            Rpc::BeginContactRecovery => api::BeginContactRecoveryRequest::decode(body).map(drop),
+            Rpc::ListContactRequests => api::ListContactRequestsRequest::decode(body).map(drop),
+            Rpc::VouchForRecovery => api::VouchForRecoveryRequest::decode(body).map(drop),
+            Rpc::CancelContactRecovery => api::CancelContactRecoveryRequest::decode(body).map(drop),
+            Rpc::CompleteContactRecovery => {
+                api::CompleteContactRecoveryRequest::decode(body).map(drop)
             }
         }
     }
@@ -464,7 +512,13 @@ async fn every_rpc_answers_each_caller_role_as_documented() {
             match allowed {
                 // Past authorization: the empty request is judged on its content.
                 Some(true) => {
-                    assert_eq!(status.code(), Code::InvalidArgument, "{cell}");
+                    // A bare flow id is judged by finding it (as an unknown one).
+                    let want = if rpc == Rpc::CompleteContactRecovery {
+                        Code::NotFound
+                    } else {
+                        Code::InvalidArgument
+                    };
+                    assert_eq!(status.code(), want, "{cell}");
                     let info = info.unwrap_or_else(|| panic!("no ErrorInfo: {cell}"));
                     assert_eq!(info.domain, DOMAIN, "{cell}");
                     assert_ne!(info.reason, "CALLER_NOT_ALLOWED", "{cell}");
@@ -734,6 +788,66 @@ fn hostile_message(rpc: Rpc, rng: &mut Rng, strings: &[String]) -> Vec<u8> {
             credential_finalization: s().into_bytes(),
         }
         .encode_to_vec(),
+        Rpc::ForgetAccount => api::ForgetAccountRequest {
+            account_id: s(),
+            reason: s(),
+        }
+        .encode_to_vec(),
+        Rpc::InviteRecoveryContact => api::InviteRecoveryContactRequest {
+            account_id: s(),
+            contact_account_id: s(),
+            contact_email: s(),
+        }
+        .encode_to_vec(),
+        Rpc::AcceptRecoveryContact => api::AcceptRecoveryContactRequest {
+            account_id: s(),
+            contact_account_id: s(),
+        }
+        .encode_to_vec(),
+        Rpc::RemoveRecoveryContact => api::RemoveRecoveryContactRequest {
+            account_id: s(),
+            contact_account_id: s(),
+        }
+        .encode_to_vec(),
+        Rpc::SetRecoveryContactThreshold => {
+            let account_id = s();
+            let threshold = *rng.pick(&[0, 1, 10, 11, u32::MAX]);
+            api::SetRecoveryContactThresholdRequest {
+                account_id,
+                threshold,
+            }
+            .encode_to_vec()
+        }
+        Rpc::GetRecoveryContacts => {
+            api::GetRecoveryContactsRequest { account_id: s() }.encode_to_vec()
+        }
+        Rpc::BeginContactRecovery => api::BeginContactRecoveryRequest {
+            email: s(),
+            client: Some(ClientContext {
+                ip_address: s(),
+                user_agent: s(),
+            }),
+        }
+        .encode_to_vec(),
+        Rpc::ListContactRequests => api::ListContactRequestsRequest {
+            contact_account_id: s(),
+        }
+        .encode_to_vec(),
+        Rpc::VouchForRecovery => api::VouchForRecoveryRequest {
+            contact_flow_id: s(),
+            contact_account_id: s(),
+            confirmation_code: s(),
+        }
+        .encode_to_vec(),
+        Rpc::CancelContactRecovery => api::CancelContactRecoveryRequest {
+            contact_flow_id: s(),
+            account_id: s(),
+        }
+        .encode_to_vec(),
+        Rpc::CompleteContactRecovery => api::CompleteContactRecoveryRequest {
+            contact_flow_id: s(),
+        }
+        .encode_to_vec(),
     }
 }
 
@@ -853,8 +967,31 @@ fn judge(rpc: Rpc, body: &[u8], answer: &Result<Vec<u8>, Status>) -> Result<Stri
                 Ok("OK (a family, or none: only what hostile puts made)".into())
             }
             // The account service's mirror takes any well-formed membership, however odd its
-            // values (each passed the same checks as a normal one).
+            // values (each passed the same checks as a normal one); so a threshold of 1 to 10
+            // for any well-formed account id.
             Rpc::PutFamilyMember | Rpc::RemoveFamilyMember => Ok("OK (a valid membership)".into()),
+            Rpc::SetRecoveryContactThreshold => Ok("OK (a valid threshold)".into()),
+            Rpc::GetRecoveryContacts => {
+                let response = api::GetRecoveryContactsResponse::decode(&bytes[..])
+                    .map_err(|e| format!("bad response: {e}"))?;
+                if !response.contacts.is_empty() {
+                    return Err(format!(
+                        "a hostile account id listed contacts: {response:?}"
+                    ));
+                }
+                Ok("OK (no contacts)".into())
+            }
+            Rpc::ListContactRequests => {
+                let response = api::ListContactRequestsResponse::decode(&bytes[..])
+                    .map_err(|e| format!("bad response: {e}"))?;
+                if !response.requests.is_empty() {
+                    return Err(format!("a hostile account id saw requests: {response:?}"));
+                }
+                Ok("OK (no requests)".into())
+            }
+            // Forgetting an account nobody knows answers OK and changes nothing (the victim's
+            // trail is checked after the storm).
+            Rpc::ForgetAccount => Ok("OK (nothing to forget)".into()),
             _ => Err("OK to a hostile request that changes state".into()),
         },
         Err(s) => {
@@ -1013,7 +1150,13 @@ async fn five_mib_messages_are_refused_on_every_rpc() {
         );
         let under = len_field(1, &vec![b'a'; MAX_MESSAGE - 16]);
         let status = raw_call(channel.clone(), rpc, under).await.unwrap_err();
-        assert_eq!(status.code(), Code::InvalidArgument, "{rpc:?}: {status:?}");
+        // A request that is only a flow id: an unknown one (FLOW_NOT_FOUND).
+        let want = if rpc == Rpc::CompleteContactRecovery {
+            Code::NotFound
+        } else {
+            Code::InvalidArgument
+        };
+        assert_eq!(status.code(), want, "{rpc:?}: {status:?}");
         assert_eq!(status.get_details_error_info().unwrap().domain, DOMAIN);
     }
     assert_eq!(
@@ -1476,10 +1619,16 @@ async fn invalid_utf8_in_strings_is_refused_and_the_connection_survives() {
         // Field 1 (a string in every request), and field 2 (a string, or for BeginRecovery
         // the ClientContext whose field 1 is a string; for ListAuditEvents field 3).
         let second = match rpc {
-            Rpc::BeginRecovery => Some(len_field(2, &len_field(1, &invalid))),
-            // One string field, or bytes after it (any bytes are valid there).
+            Rpc::BeginRecovery | Rpc::BeginContactRecovery => {
+                Some(len_field(2, &len_field(1, &invalid)))
+            }
+            // One string field, or bytes (or a number) after it.
             Rpc::GetRecoveryStatus
             | Rpc::GetFamilyRecoveryStatus
+            | Rpc::GetRecoveryContacts
+            | Rpc::ListContactRequests
+            | Rpc::CompleteContactRecovery
+            | Rpc::SetRecoveryContactThreshold
             | Rpc::StartZeroKnowledgeEnrollment
             | Rpc::StartZeroKnowledgeRecovery
             | Rpc::FinishZeroKnowledgeRecovery => None,

@@ -750,6 +750,77 @@ async fn races(clients: &[Client]) {
     }
 }
 
+/// An invitation, and a vouch at activation, racing a removal: the removal stands either way
+/// (no contact left, no vouch left counting).
+async fn removal_races(clients: &[Client]) {
+    let mut c = clients[0].clone();
+    let at = |i: usize| clients[i % clients.len()].clone();
+    for round in 0..4 {
+        let owner = format!("r6-{round}");
+        with_contacts(&mut c, &owner, &["v"], 1).await;
+        invite(&mut c, &owner, "w").await.unwrap();
+        let flow = begin(&mut c, &format!("{owner}@example.com")).await;
+        let (mut c1, mut c2, mut c3, mut c4) = (at(round), at(round + 1), at(round + 2), at(round));
+        let (invited, removed_w, vouched, removed_v) = tokio::join!(
+            invite(&mut c1, &owner, "w"),
+            c2.remove_recovery_contact(api::RemoveRecoveryContactRequest {
+                account_id: owner.clone(),
+                contact_account_id: "w".into(),
+            }),
+            vouch(&mut c3, &flow.contact_flow_id, "v", &flow.confirmation_code),
+            c4.remove_recovery_contact(api::RemoveRecoveryContactRequest {
+                account_id: owner.clone(),
+                contact_account_id: "v".into(),
+            }),
+        );
+        invited.unwrap();
+        removed_v.unwrap();
+        let left: Vec<String> = contacts(&mut c, &owner)
+            .await
+            .contacts
+            .into_iter()
+            .map(|x| x.contact_account_id)
+            .collect();
+        match removed_w {
+            // Removed after the renewal, or the renewal came after the removal.
+            Ok(_) => assert!(left.is_empty() || left == ["w"], "{left:?}"),
+            Err(s) => panic!("w existed before both: {s:?}"),
+        }
+        if let Err(s) = vouched {
+            is(&s, Code::PermissionDenied, "NOT_RECOVERY_CONTACT");
+        }
+        let status = c
+            .get_recovery_status(api::GetRecoveryStatusRequest {
+                account_id: owner.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            status.contact_recovery_completes_at.is_none(),
+            "a removed contact's vouch never counts"
+        );
+        let requests = c
+            .list_contact_requests(api::ListContactRequestsRequest {
+                contact_account_id: "v".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .requests;
+        assert!(
+            requests.is_empty(),
+            "v is no longer a contact: {requests:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_removal_racing_an_invitation_or_a_vouch_stands() {
+    let env = Running::start(short(Options::default())).await;
+    removal_races(std::slice::from_ref(&env.client)).await;
+}
+
 #[tokio::test]
 async fn the_races_hold_on_sqlite() {
     let env = Running::start(short(Options::default())).await;
@@ -775,6 +846,7 @@ async fn the_races_hold_across_three_replicas_on_postgres() {
         servers.push(server);
     }
     races(&clients).await;
+    removal_races(&clients).await;
     drop(servers);
     drop(db);
 }

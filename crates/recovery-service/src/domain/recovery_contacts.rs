@@ -1016,32 +1016,10 @@ impl Recovery {
     pub(super) fn contact_ended_effects(&self, ended: &[ContactFlow], now: i64) -> Result<Effects> {
         let mut effects = Effects::none();
         for flow in ended {
-            let Some(owner) = flow.account_id.as_deref() else {
-                continue;
-            };
-            let reason = flow.end_reason.map_or("ended", |r| r.as_str());
-            effects.audit.push(audit(
-                owner,
-                AuditKind::ContactRecoveryCancelled,
-                now,
-                &Client::default(),
-                &[
-                    ("contact_flow_id", flow.contact_flow_id.clone()),
-                    ("reason", reason.to_owned()),
-                    ("ended_by", flow.ended_by.clone().unwrap_or_default()),
-                ],
-            )?);
-            effects.events.extend(self.event(
-                EventType::ContactRecoveryCancelled,
-                owner,
-                now,
-                json!({
-                    "account_id": owner,
-                    "contact_flow_id": flow.contact_flow_id,
-                    "reason": reason,
-                    "ended_by": flow.ended_by,
-                }),
-            )?);
+            if let Some(owner) = flow.account_id.as_deref() {
+                let reason = flow.end_reason.map_or("ended", |r| r.as_str());
+                self.flow_stopped(&mut effects, owner, flow, reason, now)?;
+            }
         }
         Ok(effects)
     }
@@ -1057,26 +1035,7 @@ impl Recovery {
     ) -> Result<Effects> {
         let mut effects = Effects::none();
         for flow in stopped {
-            effects.audit.push(audit(
-                owner,
-                AuditKind::ContactRecoveryCancelled,
-                now,
-                &Client::default(),
-                &[
-                    ("contact_flow_id", flow.contact_flow_id.clone()),
-                    ("reason", "threshold_unmet".to_owned()),
-                ],
-            )?);
-            effects.events.extend(self.event(
-                EventType::ContactRecoveryCancelled,
-                owner,
-                now,
-                json!({
-                    "account_id": owner,
-                    "contact_flow_id": flow.contact_flow_id,
-                    "reason": "threshold_unmet",
-                }),
-            )?);
+            self.flow_stopped(&mut effects, owner, flow, "threshold_unmet", now)?;
             effects.messages.extend(
                 Mail {
                     topic: ContactTopic::Stopped,
@@ -1092,6 +1051,42 @@ impl Recovery {
             );
         }
         Ok(effects)
+    }
+
+    /// A flow ended or its waiting period stopped, for `reason`: `CONTACT_RECOVERY_CANCELLED`
+    /// and `contact_recovery.cancelled`.
+    fn flow_stopped(
+        &self,
+        effects: &mut Effects,
+        owner: &str,
+        flow: &ContactFlow,
+        reason: &str,
+        now: i64,
+    ) -> Result<()> {
+        let ended_by = flow.ended_by.clone().unwrap_or_default();
+        effects.audit.push(audit(
+            owner,
+            AuditKind::ContactRecoveryCancelled,
+            now,
+            &Client::default(),
+            &[
+                ("contact_flow_id", flow.contact_flow_id.clone()),
+                ("reason", reason.to_owned()),
+                ("ended_by", ended_by.clone()),
+            ],
+        )?);
+        effects.events.extend(self.event(
+            EventType::ContactRecoveryCancelled,
+            owner,
+            now,
+            json!({
+                "account_id": owner,
+                "contact_flow_id": flow.contact_flow_id,
+                "reason": reason,
+                "ended_by": ended_by,
+            }),
+        )?);
+        Ok(())
     }
 }
 

@@ -368,16 +368,7 @@ fn html(subject: &str, blocks: &[Block], footer: &str) -> String {
 
 /// Printable ASCII only, at most 120 characters: request text never shapes the message.
 fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .take(120)
-        .collect()
+    crate::domain::notify::printable(text)
 }
 
 fn escape(text: &str) -> String {

@@ -964,3 +964,89 @@ async fn the_contact_flow_through_grpcurl_json() {
     );
     assert!(removed["removedAt"].is_string());
 }
+
+/// A contact recovery ends the member's assisted flow; an organizer's completion ends the
+/// member's contact recovery.
+#[tokio::test]
+async fn contact_and_organizer_recoveries_end_each_other() {
+    let mut env =
+        Running::start(short(Options::default()).env("RECOVERY_CONTACT_WAIT", "0s")).await;
+    let c = &mut env.client;
+    for (account, role) in [
+        ("org", api::FamilyRole::Organizer),
+        ("kid", api::FamilyRole::Member),
+    ] {
+        c.put_family_member(api::PutFamilyMemberRequest {
+            family_id: "fam".into(),
+            account_id: account.into(),
+            role: role.into(),
+            email: format!("{account}@fam.example"),
+        })
+        .await
+        .unwrap();
+    }
+    with_contacts(c, "kid", &["pal", "pal2"], 1).await;
+    let assisted = |c: &mut Client| {
+        let mut c = c.clone();
+        async move {
+            c.begin_assisted_recovery(api::BeginAssistedRecoveryRequest {
+                family_id: "fam".into(),
+                organizer_account_id: "org".into(),
+                member_account_id: "kid".into(),
+                client: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .assisted_flow_id
+        }
+    };
+    // The contacts win: the organizer's flow is over.
+    let af = assisted(c).await;
+    env.mail
+        .wait_for("kid@fam.example", "A family organizer is recovering")
+        .await
+        .unwrap();
+    let flow = begin(c, "kid@example.com").await;
+    vouch(c, &flow.contact_flow_id, "pal", &flow.confirmation_code)
+        .await
+        .unwrap();
+    complete(c, &flow.contact_flow_id).await.unwrap();
+    let over = c
+        .complete_assisted_recovery(api::CompleteAssistedRecoveryRequest {
+            assisted_flow_id: af,
+            organizer_account_id: "org".into(),
+        })
+        .await
+        .unwrap_err();
+    is(&over, Code::FailedPrecondition, "FLOW_COMPLETED");
+
+    // The organizer wins: the contacts' flow is over.
+    enroll(c, "kid", "kid@example.com").await;
+    let flow = begin(c, "kid@example.com").await;
+    let af = assisted(c).await;
+    let code = env
+        .mail
+        .wait_for("kid@fam.example", "A family organizer is recovering")
+        .await
+        .unwrap()
+        .code()
+        .unwrap();
+    let c = &mut env.client;
+    c.verify_assisted_recovery(api::VerifyAssistedRecoveryRequest {
+        assisted_flow_id: af.clone(),
+        email_code: code,
+    })
+    .await
+    .unwrap();
+    c.complete_assisted_recovery(api::CompleteAssistedRecoveryRequest {
+        assisted_flow_id: af,
+        organizer_account_id: "org".into(),
+    })
+    .await
+    .unwrap();
+    let over = vouch(c, &flow.contact_flow_id, "pal2", &flow.confirmation_code)
+        .await
+        .unwrap_err();
+    is(&over, Code::FailedPrecondition, "FLOW_COMPLETED");
+}

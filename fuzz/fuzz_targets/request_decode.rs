@@ -65,4 +65,72 @@ fuzz_target!(|data: &[u8]| {
     if let Some(req) = decode::<v1::FinishZeroKnowledgeRecoveryRequest>(data) {
         check::check_opaque_messages(&req.credential_finalization);
     }
+    if let Some(req) = decode::<v1::ForgetAccountRequest>(data) {
+        check::check_account_id(&req.account_id);
+        check::check_truncate(req.reason.trim(), 200);
+    }
+    // Families.
+    if let Some(req) = decode::<v1::PutFamilyMemberRequest>(data) {
+        check::check_account_id(&req.account_id);
+        check::check_email(&req.email);
+    }
+    if let Some(req) = decode::<v1::RemoveFamilyMemberRequest>(data) {
+        check::check_account_id(&req.account_id);
+    }
+    decode::<v1::GetFamilyRecoveryStatusRequest>(data);
+    if let Some(req) = decode::<v1::BeginAssistedRecoveryRequest>(data) {
+        check::check_account_id(&req.organizer_account_id);
+        check::check_account_id(&req.member_account_id);
+        let client = req.client.unwrap_or_default();
+        check::check_client(&client.ip_address, &client.user_agent);
+    }
+    if let Some(req) = decode::<v1::VerifyAssistedRecoveryRequest>(data) {
+        check::check_email_code(&req.email_code);
+    }
+    if let Some(req) = decode::<v1::CompleteAssistedRecoveryRequest>(data) {
+        check::check_account_id(&req.organizer_account_id);
+    }
+    if let Some(req) = decode::<v1::CancelAssistedRecoveryRequest>(data) {
+        check::check_account_id(&req.account_id);
+    }
+    // Recovery contacts.
+    if let Some(req) = decode::<v1::InviteRecoveryContactRequest>(data) {
+        check::check_account_id(&req.account_id);
+        check::check_account_id(&req.contact_account_id);
+        check::check_email(&req.contact_email);
+    }
+    for (owner, contact) in [
+        decode::<v1::AcceptRecoveryContactRequest>(data)
+            .map(|r| (r.account_id, r.contact_account_id)),
+        decode::<v1::RemoveRecoveryContactRequest>(data)
+            .map(|r| (r.account_id, r.contact_account_id)),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        check::check_account_id(&owner);
+        check::check_account_id(&contact);
+    }
+    if let Some(req) = decode::<v1::SetRecoveryContactThresholdRequest>(data) {
+        check::check_account_id(&req.account_id);
+    }
+    if let Some(req) = decode::<v1::GetRecoveryContactsRequest>(data) {
+        check::check_account_id(&req.account_id);
+    }
+    if let Some(req) = decode::<v1::BeginContactRecoveryRequest>(data) {
+        check::check_email(&req.email);
+        let client = req.client.unwrap_or_default();
+        check::check_client(&client.ip_address, &client.user_agent);
+    }
+    if let Some(req) = decode::<v1::ListContactRequestsRequest>(data) {
+        check::check_account_id(&req.contact_account_id);
+    }
+    if let Some(req) = decode::<v1::VouchForRecoveryRequest>(data) {
+        check::check_account_id(&req.contact_account_id);
+        check::check_email_code(&req.confirmation_code);
+    }
+    if let Some(req) = decode::<v1::CancelContactRecoveryRequest>(data) {
+        check::check_account_id(&req.account_id);
+    }
+    decode::<v1::CompleteContactRecoveryRequest>(data);
 });

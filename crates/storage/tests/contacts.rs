@@ -150,6 +150,21 @@ async fn concurrent_vouches_count_once_and_start_one_waiting_period(db: &TestDb)
         flow.completes_at,
         Some(Timestamp::from_ms(T0 + 20 + 2 * DAY))
     );
+    // The status read: the enrolment and the contacts at a glance, in one statement.
+    let (enrolment, summary) = s.recovery_status("ann", DAY, T0 + 30).await.unwrap();
+    assert_eq!(enrolment.unwrap().code.unwrap().code_id, "c1");
+    assert_eq!(
+        (
+            summary.active,
+            summary.threshold,
+            summary.open_flows,
+            summary.completes_at
+        ),
+        (3, Some(2), 1, flow.completes_at)
+    );
+    let (nobody, none) = s.recovery_status("nobody", DAY, T0 + 30).await.unwrap();
+    assert!(nobody.is_none());
+    assert_eq!((none.active, none.threshold, none.open_flows), (0, None, 0));
     // 32 completions after the wait: one.
     let mut tasks = JoinSet::new();
     for _ in 0..32 {

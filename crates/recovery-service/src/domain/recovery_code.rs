@@ -200,13 +200,11 @@ impl Recovery {
     pub async fn get_recovery_status(&self, account_id: &str) -> Result<Status> {
         let account_id = validate_account_id(account_id)?;
         let now = self.now();
-        // Both reads at once: the contacts' summary costs no extra wait.
-        let (enrollment, contacts) = tokio::join!(
-            self.storage.find_enrollment(account_id),
-            self.storage
-                .contact_summary(account_id, self.policy.contact_completion_window_ms, now)
-        );
-        let contacts = contacts?;
+        // One statement: the enrolment and the contacts' summary.
+        let (enrollment, contacts) = self
+            .storage
+            .recovery_status(account_id, self.policy.contact_completion_window_ms, now)
+            .await?;
         let with_contacts = Status {
             active_contacts: u32::try_from(contacts.active).unwrap_or(u32::MAX),
             contact_threshold: contacts
@@ -217,7 +215,7 @@ impl Recovery {
             contact_recovery_completes_at: contacts.completes_at,
             ..Status::default()
         };
-        let Some(enrollment) = enrollment? else {
+        let Some(enrollment) = enrollment else {
             return Ok(with_contacts);
         };
         let Some(code) = enrollment.code else {

@@ -259,25 +259,29 @@ impl Storage {
         Ok((contacts, threshold_of(db, owner).await?))
     }
 
-    /// The account's contacts and contact flows at a glance, in one statement.
-    #[tracing::instrument(name = "db.contact_summary", skip_all)]
-    pub async fn contact_summary(
+    /// The account's enrolment (live or revoked) and its contacts at a glance, in one
+    /// statement (a status read is one round trip).
+    #[tracing::instrument(name = "db.recovery_status", skip_all)]
+    pub async fn recovery_status(
         &self,
         owner: &str,
         after_completes_ms: i64,
         now: i64,
-    ) -> Result<ContactSummary, StorageError> {
-        const SQL: &str = "SELECT \
+    ) -> Result<(Option<crate::model::Enrollment>, ContactSummary), StorageError> {
+        const SQL: &str = "SELECT e.*, \
             (SELECT COUNT(*) FROM recovery_contacts \
-              WHERE owner_account_id = $1 AND active_from <= $2), \
-            (SELECT threshold FROM recovery_contact_settings WHERE account_id = $1), \
+              WHERE owner_account_id = $1 AND active_from <= $2) AS contacts_active, \
+            (SELECT threshold FROM recovery_contact_settings WHERE account_id = $1) \
+              AS contacts_threshold, \
             (SELECT COUNT(*) FROM contact_flows WHERE account_id = $1 \
               AND completed_at IS NULL AND ended_at IS NULL \
               AND ((completes_at IS NULL AND expires_at > $2) \
-                OR (completes_at IS NOT NULL AND completes_at + $3 > $2))), \
+                OR (completes_at IS NOT NULL AND completes_at + $3 > $2))) AS contacts_open, \
             (SELECT MIN(completes_at) FROM contact_flows WHERE account_id = $1 \
               AND completed_at IS NULL AND ended_at IS NULL \
-              AND completes_at IS NOT NULL AND completes_at + $3 > $2)";
+              AND completes_at IS NOT NULL AND completes_at + $3 > $2) AS contacts_completes_at \
+            FROM (SELECT 1 AS probe) AS probe \
+            LEFT JOIN recovery_enrollments e ON e.account_id = $1";
         let sql = match self.backend() {
             crate::Backend::Postgres => SQL.to_owned(),
             crate::Backend::Sqlite => SQL.replace('$', "?"),
@@ -291,16 +295,26 @@ impl Storage {
             ))
             .await?;
         let Some(row) = rows.into_iter().next() else {
-            return Ok(ContactSummary::default());
+            return Ok((None, ContactSummary::default()));
         };
-        Ok(ContactSummary {
-            active: row.try_get_by_index::<i64>(0)?,
-            threshold: row.try_get_by_index::<Option<i32>>(1)?,
-            open_flows: row.try_get_by_index::<i64>(2)?,
+        let enrolled = row.try_get::<Option<String>>("", "account_id")?.is_some();
+        let enrollment = if enrolled {
+            use sea_orm::FromQueryResult as _;
+            Some(super::recovery_code::to_enrollment(
+                enrollment::Model::from_query_result(&row, "")?,
+            ))
+        } else {
+            None
+        };
+        let summary = ContactSummary {
+            active: row.try_get::<i64>("", "contacts_active")?,
+            threshold: row.try_get::<Option<i32>>("", "contacts_threshold")?,
+            open_flows: row.try_get::<i64>("", "contacts_open")?,
             completes_at: row
-                .try_get_by_index::<Option<i64>>(3)?
+                .try_get::<Option<i64>>("", "contacts_completes_at")?
                 .map(Timestamp::from_ms),
-        })
+        };
+        Ok((enrollment, summary))
     }
 
     /// Begins a contact flow for whoever typed an address: `enrolled_lookup` finds the

@@ -699,9 +699,5 @@ fn refused(refusal: AssistedRefusal, not_allowed: &'static str) -> Error {
 
 /// `af_` and 26 base32 characters, as [`secrets::random_id`] makes them.
 fn valid_assisted_id(id: &str) -> bool {
-    id.len() == ASSISTED_PREFIX.len() + 26
-        && id.starts_with(ASSISTED_PREFIX)
-        && id[ASSISTED_PREFIX.len()..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    secrets::is_random_id(ASSISTED_PREFIX, id)
 }

@@ -1130,9 +1130,5 @@ fn flow_refused(refusal: ContactFlowRefusal) -> Error {
 
 /// `cf_` and 26 base32 characters, as [`secrets::random_id`] makes them.
 fn valid_contact_flow_id(id: &str) -> bool {
-    id.len() == CONTACT_FLOW_PREFIX.len() + 26
-        && id.starts_with(CONTACT_FLOW_PREFIX)
-        && id[CONTACT_FLOW_PREFIX.len()..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    secrets::is_random_id(CONTACT_FLOW_PREFIX, id)
 }

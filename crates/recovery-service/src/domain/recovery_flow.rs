@@ -914,9 +914,5 @@ pub(super) fn flow_client(flow: &Flow) -> Client {
 }
 
 fn valid_flow_id(flow_id: &str) -> bool {
-    flow_id.len() == FLOW_PREFIX.len() + 26
-        && flow_id.starts_with(FLOW_PREFIX)
-        && flow_id[FLOW_PREFIX.len()..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    secrets::is_random_id(FLOW_PREFIX, flow_id)
 }

@@ -33,6 +33,16 @@ pub fn random_id(prefix: &str) -> Result<String, Error> {
     Ok(id)
 }
 
+/// Whether `id` has the shape [`random_id`] gives it under `prefix`: the prefix, then 26
+/// lowercase letters or digits (checked before any lookup, so junk never reaches a query).
+pub fn is_random_id(prefix: &str, id: &str) -> bool {
+    id.len() == prefix.len() + 26
+        && id.starts_with(prefix)
+        && id[prefix.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+}
+
 /// A keyed hash of an address's lookup form (HMAC-SHA-256 under the current key, 128 bits in
 /// hex): what rate-limit keys, flows and never-sent rows keep instead of a typed address.
 pub fn address_key(keys: &KeyRing, lookup: &str) -> String {

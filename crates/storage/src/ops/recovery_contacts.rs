@@ -365,15 +365,7 @@ impl Storage {
             });
         }
         let account = owner.as_deref().unwrap_or("");
-        let active_contacts: Vec<RecoveryContact> = recovery_contact::Entity::find()
-            .filter(C::OwnerAccountId.eq(account))
-            .filter(C::ActiveFrom.lte(now))
-            .order_by_asc(C::ContactAccountId)
-            .all(&txn)
-            .await?
-            .into_iter()
-            .map(to_contact)
-            .collect();
+        let active_contacts = active_contacts(&txn, account, now).await?;
         let threshold = threshold_of(&txn, account).await?;
         let recovery_address = owner_address(&txn, account).await?;
         contact_flow::Entity::insert(contact_flow::ActiveModel {
@@ -411,12 +403,7 @@ impl Storage {
         &self,
         contact_flow_id: &str,
     ) -> Result<Option<ContactFlow>, StorageError> {
-        Ok(super::by_key(
-            contact_flow::Entity::find_by_id(contact_flow_id.to_owned()),
-            self.reader(),
-        )
-        .await?
-        .map(to_flow))
+        flow_by_id(self.reader(), contact_flow_id).await
     }
 
     /// The open flows of the owners `contact` is an active contact of, newest first, each
@@ -663,12 +650,7 @@ impl Storage {
         effects: impl FnOnce(&ContactFlowEnd) -> R,
     ) -> Result<Result<ContactFlowEnd, ContactFlowRefusal>, ChangeError<R::Error>> {
         let txn = self.db().begin().await?;
-        let Some(seen) = super::by_key(
-            contact_flow::Entity::find_by_id(contact_flow_id.to_owned()),
-            &txn,
-        )
-        .await?
-        .map(to_flow) else {
+        let Some(seen) = flow_by_id(&txn, contact_flow_id).await? else {
             return Ok(Err(ContactFlowRefusal::NotFound));
         };
         let Some(owner) = seen.account_id.clone() else {
@@ -683,12 +665,7 @@ impl Storage {
         )
         .await?;
         lock_accounts(self.backend(), &txn, [owner.as_str()]).await?;
-        let Some(flow) = super::by_key(
-            contact_flow::Entity::find_by_id(contact_flow_id.to_owned()),
-            &txn,
-        )
-        .await?
-        .map(to_flow) else {
+        let Some(flow) = flow_by_id(&txn, contact_flow_id).await? else {
             return Ok(Err(ContactFlowRefusal::NotFound));
         };
         if let Some(refusal) = closed(&flow, after_completes_ms, now) {
@@ -881,12 +858,7 @@ async fn locked_flow(
     contact_flow_id: &str,
     actor: &str,
 ) -> Result<Option<ContactFlow>, StorageError> {
-    let Some(flow) = super::by_key(
-        contact_flow::Entity::find_by_id(contact_flow_id.to_owned()),
-        txn,
-    )
-    .await?
-    .map(to_flow) else {
+    let Some(flow) = flow_by_id(txn, contact_flow_id).await? else {
         return Ok(None);
     };
     let Some(owner) = flow.account_id.as_deref() else {
@@ -895,12 +867,7 @@ async fn locked_flow(
     // The actor's too: a forget of the contact (which takes its lock) waits for this step, or
     // this step sees the contact gone.
     lock_accounts(storage.backend(), txn, [owner, actor]).await?;
-    Ok(super::by_key(
-        contact_flow::Entity::find_by_id(contact_flow_id.to_owned()),
-        txn,
-    )
-    .await?
-    .map(to_flow))
+    flow_by_id(txn, contact_flow_id).await
 }
 
 /// Withdraws the vouches given on `owner`'s open flows (by `contact`, or by anyone): the
@@ -987,6 +954,19 @@ async fn vouches_on<D: ConnectionTrait>(
         .count(txn)
         .await?;
     Ok(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// The contact flow with this id.
+async fn flow_by_id<D: ConnectionTrait>(
+    db: &D,
+    contact_flow_id: &str,
+) -> Result<Option<ContactFlow>, StorageError> {
+    Ok(super::by_key(
+        contact_flow::Entity::find_by_id(contact_flow_id.to_owned()),
+        db,
+    )
+    .await?
+    .map(to_flow))
 }
 
 /// The owner's threshold (the default when never set).

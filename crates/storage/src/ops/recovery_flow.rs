@@ -306,42 +306,12 @@ impl Storage {
             return Ok(Completion::Cancelled);
         }
         // The person recovered with their own code: organizer-assisted recovery of the
-        // account is over, and the family's organizers are told.
-        let ended_assisted = super::family::end_flows(
-            &txn,
-            sea_orm::Condition::all()
-                .add(crate::entity::assisted_flow::Column::MemberAccountId.eq(account_id.as_str())),
-            crate::model::AssistedEnd::MemberRecovered,
-            Some(&account_id),
-            now,
-        )
-        .await?;
-        let (member, organizers) = match ended_assisted.first() {
-            Some(flow) => (
-                super::by_key(
-                    crate::entity::family_member::Entity::find_by_id(account_id.clone()),
-                    &txn,
-                )
-                .await?
-                .and_then(super::family::to_member),
-                super::family::organizers_of(&txn, &flow.family_id).await?,
-            ),
-            None => (None, Vec::new()),
-        };
+        // account is over (the family's organizers are told), and so are its contact
+        // recoveries.
         let completion = RecoveryCompletion {
             use_count,
-            ended_assisted,
-            member,
-            organizers,
-            // Contact recoveries of the account are over too.
-            ended_contact: super::recovery_contacts::end_contact_flows_of(
-                self.backend(),
-                &txn,
-                &account_id,
-                "",
-                now,
-            )
-            .await?,
+            ..super::recovery_contacts::end_other_paths(self.backend(), &txn, &account_id, "", now)
+                .await?
         };
         self.apply_effects(
             &txn,
